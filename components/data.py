@@ -1,0 +1,62 @@
+"""JSONL in and out, with errors that name the file and line.
+
+Stages hand off through JSONL files that DVC tracks. Reading validates the fields a stage needs,
+so an unparsable or incomplete record stops the stage with `file:line` instead of a KeyError
+three functions later, and an empty input is an error, not a silently empty model.
+
+    python -m components.data data/generated/test.jsonl     # count and check a file
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+
+class DataError(ValueError):
+    """An input file is missing, empty or has a bad record; the message names file and line."""
+
+
+def read_jsonl(path: str | Path, required: Iterable[str] = (), allow_empty: bool = False) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{n}: not valid JSON ({err.msg})") from err
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{n}: expected an object, got {type(row).__name__}")
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise DataError(f"{path}:{n}: missing field(s) {missing}")
+        rows.append(row)
+    if not rows and not allow_empty:
+        raise DataError(f"{path}: no records")
+    return rows
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
+    """Write rows atomically (temp file + rename): a killed stage never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp",
+                                     encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    os.replace(f.name, path)
+    return n
+
+
+if __name__ == "__main__":
+    print(len(read_jsonl(sys.argv[1])), "records")

@@ -1,0 +1,122 @@
+"""Stage `evaluate@<checkpoint>`: greedy pass@1 on the held-out set (and GSM8K when configured).
+
+Batched greedy decoding with the same chat prompt as training, graded by `grading.grade` (the
+function feedback uses). Writes metrics/<checkpoint>.json (DVC metrics: accuracy with a 95%
+Wilson interval, per-family accuracy, GSM8K accuracy, tokens/s) and eval/<checkpoint>/ with
+one prediction per problem, so two models can be compared problem by problem.
+
+GSM8K format: ``question`` and ``answer`` whose last line is ``#### N``; from a local jsonl
+(`evaluate.gsm8k.path`; skipped with a note if the file is absent) or a `datasets` id.
+
+    python -m components.evaluate 0 models/round-0 data/generated/test.jsonl metrics/0.json eval/0
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from components import tracking
+from components.config import Gsm8k, Params, load_params
+from components.data import DataError, read_jsonl, write_jsonl
+from components.grading import grade
+from components.modeling import chat_prompts, generate, load, pick_device, setup_runtime
+
+
+def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (sane at 0% and 100%, unlike Wald)."""
+    if n == 0:
+        return 0.0, 0.0
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def load_gsm8k(cfg: Gsm8k) -> list[dict] | None:
+    """GSM8K problems as {id, question, answer, solution}, or None when none is configured/present."""
+    if cfg.path:
+        if not Path(cfg.path).exists():
+            print(f"evaluate: GSM8K file {cfg.path} not found; skipping GSM8K", file=sys.stderr)
+            return None
+        rows = read_jsonl(cfg.path, required=("question", "answer"))
+    elif cfg.dataset:
+        from datasets import load_dataset
+
+        rows = list(load_dataset(cfg.dataset, cfg.subset or None, split=cfg.split))
+    else:
+        return None
+    if cfg.limit:
+        rows = rows[:cfg.limit]
+    return [{"id": f"gsm8k-{i}", "question": r["question"], "solution": r["answer"],
+             "answer": r["answer"].split("####")[-1].strip()} for i, r in enumerate(rows)]
+
+
+def score(model, tok, params: Params, problems: list[dict], desc: str) -> tuple[list[dict], dict]:
+    cfg = params.evaluate
+    prompts = chat_prompts(tok, [p["question"] for p in problems], params.prompt.system,
+                           params.prompt.template)
+    gen = generate(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                   desc=desc)
+    preds = []
+    for p, texts in zip(problems, gen.texts):
+        g = grade(texts[0], p["answer"])
+        preds.append({"id": p["id"], "family": p.get("family", ""), "reference": p["answer"],
+                      "extracted": g.extracted, "correct": g.correct, "completion": texts[0]})
+    correct = sum(x["correct"] for x in preds)
+    low, high = wilson(correct, len(preds))
+    stats = {"accuracy": correct / len(preds), "correct": correct, "n": len(preds), "ci95_low": low,
+             "ci95_high": high, "tokens_per_second": gen.tokens_per_second, "seconds": gen.seconds,
+             "unparsed_rate": sum(x["extracted"] is None for x in preds) / len(preds)}
+    return preds, stats
+
+
+def run(params: Params, model_dir: Path, test_file: Path, metrics_file: Path, out_dir: Path) -> dict:
+    cfg = params.evaluate
+    test = read_jsonl(test_file, required=("id", "question", "answer"))
+    if cfg.limit:
+        test = test[:cfg.limit]
+    gsm8k = load_gsm8k(cfg.gsm8k)
+    setup_runtime(params.runtime.threads)
+    model, tok = load(model_dir, dtype=cfg.dtype, device=pick_device(params.runtime.device))
+    preds, metrics = score(model, tok, params, test, f"evaluate {model_dir.name}")
+    write_jsonl(out_dir / "predictions.jsonl", preds)
+    by_family: dict[str, list[bool]] = defaultdict(list)
+    for x in preds:
+        by_family[x["family"]].append(x["correct"])
+    metrics["family"] = {f: sum(v) / len(v) for f, v in sorted(by_family.items())}
+    if gsm8k:
+        g_preds, g_stats = score(model, tok, params, gsm8k, "evaluate gsm8k")
+        write_jsonl(out_dir / "gsm8k_predictions.jsonl", g_preds)
+        metrics["gsm8k"] = g_stats
+    tracking.write_json(metrics, metrics_file)
+    return metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("model", type=Path)
+    parser.add_argument("test", type=Path)
+    parser.add_argument("metrics", type=Path)
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
+    params = load_params()
+    with tracking.stage_run("evaluate", params.evaluate.model_dump(), round_key=args.checkpoint) as log:
+        metrics = run(params, args.model, args.test, args.metrics, args.out)
+        flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+        flat.update({f"family/{k}": v for k, v in metrics["family"].items()})
+        flat.update({f"gsm8k_{k}": v for k, v in metrics.get("gsm8k", {}).items()})
+        log.metrics(flat)
+        log.artifact(args.out / "predictions.jsonl", "eval")
+        log.artifact(args.out / "gsm8k_predictions.jsonl", "eval")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DataError as err:
+        sys.exit(f"evaluate: {err}")

@@ -1,0 +1,55 @@
+"""Stage `practice@r`: the round r-1 student samples K solutions per practice problem.
+
+Orca-Math's settings by default (K=4, temperature 0.7, top_p 0.95), batched (each batch asks for
+K sequences per prompt at once) and seeded, so a round re-run gives the same samples. Output:
+one row per sample ``{problem_id, sample, completion}`` in data/round-r/samples.jsonl.
+
+    python -m components.practice 1 models/round-0 data/generated/practice.jsonl data/round-1
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from components import tracking
+from components.config import Params, load_params
+from components.data import read_jsonl, write_jsonl
+from components.modeling import chat_prompts, generate, load, pick_device, setup_runtime
+
+
+def run(params: Params, round_key: str, model_dir: Path, problems_file: Path, out: Path) -> dict:
+    cfg, rcfg = params.practice, params.rounds[round_key].practice
+    problems = read_jsonl(problems_file, required=("id", "question", "answer"))
+    if cfg.limit:
+        problems = problems[:cfg.limit]
+    setup_runtime(params.runtime.threads)
+    model, tok = load(model_dir, dtype=cfg.dtype, device=pick_device(params.runtime.device))
+    prompts = chat_prompts(tok, [p["question"] for p in problems], params.prompt.system,
+                           params.prompt.template)
+    gen = generate(model, tok, prompts, num_return_sequences=rcfg.samples, do_sample=True,
+                   temperature=rcfg.temperature, top_p=rcfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                   batch_size=cfg.batch_size, seed=rcfg.seed, desc=f"practice@{round_key}")
+    rows = [{"problem_id": p["id"], "sample": k, "completion": text}
+            for p, texts in zip(problems, gen.texts) for k, text in enumerate(texts)]
+    write_jsonl(out / "samples.jsonl", rows)
+    return {"problems": len(problems), "samples": len(rows), "new_tokens": gen.new_tokens,
+            "tokens_per_second": gen.tokens_per_second, "seconds": gen.seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("round")
+    parser.add_argument("model", type=Path)
+    parser.add_argument("problems", type=Path)
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
+    params = load_params()
+    logged = {"practice": params.practice.model_dump(),
+              "round": params.rounds[args.round].practice.model_dump()}
+    with tracking.stage_run("practice", logged, round_key=args.round) as log:
+        log.metrics(run(params, args.round, args.model, args.problems, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Stage `sft`: supervised fine-tuning of the student on the teacher's solutions -> models/round-0.
+
+TRL `SFTTrainer` + a PEFT LoRA adapter on the chat-formatted problems in the prompt/completion
+format, so the loss covers the assistant's solution tokens only (TRL's default for that format;
+SmolLM2's chat template has no `{% generation %}` markers, so `assistant_only_loss` is not an
+option). The adapter is merged and the result saved as a plain safetensors checkpoint, which every
+later stage loads with `from_pretrained`.
+
+    python -m components.sft models/base data/generated/sft.jsonl models/round-0
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from components import tracking
+from components.config import Lora, Params, load_params
+from components.data import read_jsonl
+from components.modeling import load, merge_and_save, messages, pick_device, setup_runtime
+
+
+def lora_config(cfg: Lora):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+
+
+def trainer_precision(device) -> dict:
+    """bf16 autocast everywhere we can: on CPU TRL needs use_cpu=True for it (~1.5x fp32 here)."""
+    if device.type == "cuda":
+        import torch
+        return {"bf16": torch.cuda.is_bf16_supported()}
+    return {"use_cpu": True, "bf16": True}
+
+
+def make_sft_trainer_class():
+    from trl import SFTTrainer
+
+    class PlainLossSFTTrainer(SFTTrainer):
+        """SFTTrainer with the model's own loss.
+
+        TRL 1.16 computes the loss through a fused LM head with chunked fp32 log-probs and extra
+        metrics (entropy, token accuracy); on CPU that path took ~44% of each step, and
+        `model(**inputs).loss` gives the same loss (labels are -100 on the prompt) 1.5x faster.
+        """
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            from transformers import Trainer
+
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    return PlainLossSFTTrainer
+
+
+def to_conversations(rows: list[dict], params: Params) -> list[dict]:
+    p = params.prompt
+    return [{"prompt": messages(r["question"], p.system, p.template),
+             "completion": [{"role": "assistant", "content": r["solution"]}]} for r in rows]
+
+
+def run(params: Params, base: Path, train_file: Path, out: Path, log: tracking.StageLog) -> dict:
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    cfg = params.sft
+    rows = read_jsonl(train_file, required=("question", "solution"))
+    setup_runtime(params.runtime.threads)
+    device = pick_device(params.runtime.device)
+    model, tok = load(base, device=device)
+    dataset = Dataset.from_list(to_conversations(rows, params))
+    work = Path(tempfile.mkdtemp(prefix="sft-"))
+    args = SFTConfig(
+        output_dir=str(work), learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        warmup_steps=cfg.warmup_ratio, lr_scheduler_type="cosine", max_length=cfg.max_length,
+        seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps, save_strategy="no",
+        report_to="none", gradient_checkpointing=False,  # ~25% faster; activations fit easily
+        completion_only_loss=True, dataset_num_proc=1, **trainer_precision(device))
+    trainer = make_sft_trainer_class()(
+        model=model, args=args, train_dataset=dataset, processing_class=tok,
+        peft_config=lora_config(cfg.lora), callbacks=[tracking.trainer_callback(log)])
+    start = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - start
+    tokens = sum(len(x) for x in trainer.train_dataset["input_ids"]) * cfg.epochs
+    merge_and_save(trainer.model, tok, out)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"train_loss": result.training_loss, "train_seconds": seconds,
+            "train_tokens_per_second": tokens / seconds, "examples": len(rows)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("base", type=Path)
+    parser.add_argument("train", type=Path)
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
+    params = load_params()
+    with tracking.stage_run("sft", {"sft": params.sft.model_dump(), "prompt": params.prompt.model_dump()},
+                            round_key="0") as log:
+        log.metrics(run(params, args.base, args.train, args.out, log))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""MLflow for the stages: one run per stage execution, nested under its round's parent run.
+
+- Store: `MLFLOW_TRACKING_URI`, else ``sqlite:///<project>/mlflow.db``; artifacts go to
+  ``<project>/mlartifacts`` (set on the experiment when it is created, so `mlflow ui` started in
+  the project finds them).
+- Parent: the Prefect round flow opens the round's run and passes its id in
+  `TUTORLOOP_PARENT_RUN_ID`; `dvc repro` by hand has none and the stage run stands alone.
+  A stage DVC skips never starts, so it logs nothing.
+- `TUTORLOOP_TRACKING=off` turns all of this into a no-op (unit tests of a single stage).
+- Secrets: only params and metrics we pass are logged; never the environment.
+
+    python -m components.tracking        # create the store and experiment once, print the URI
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+EXPERIMENT = "tutorloop"
+PARENT_ENV = "TUTORLOOP_PARENT_RUN_ID"
+
+
+def enabled() -> bool:
+    return os.environ.get("TUTORLOOP_TRACKING", "on").lower() not in {"off", "0", "false"}
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """The tracking store: MLFLOW_TRACKING_URI, else mlflow.db in the project `root` (cwd)."""
+    root = Path(root or Path.cwd()).resolve()
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
+
+
+def ensure_store(root: Path | None = None) -> str:
+    """Create the tracking database and experiment once; returns the experiment id.
+
+    Call before anything runs in parallel: concurrent first-time creation of the sqlite schema
+    fails (2 of 3 tries in our measurements).
+    """
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    root = Path(root or Path.cwd()).resolve()
+    mlflow.set_tracking_uri(tracking_uri(root))
+    exp = mlflow.get_experiment_by_name(experiment_name())
+    if exp is not None:
+        return exp.experiment_id
+    return mlflow.create_experiment(experiment_name(), artifact_location=(root / "mlartifacts").as_uri())
+
+
+def git_commit(root: Path | None = None) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=root).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(_flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+class StageLog:
+    """What a stage may log; every method is a no-op when tracking is off."""
+
+    def __init__(self, mlflow_module=None) -> None:
+        self._mlflow = mlflow_module
+
+    @property
+    def active(self) -> bool:
+        return self._mlflow is not None
+
+    @property
+    def run_id(self) -> str | None:
+        return self._mlflow.active_run().info.run_id if self._mlflow else None
+
+    def params(self, params: dict) -> None:
+        if self._mlflow:
+            self._mlflow.log_params({k: str(v)[:6000] for k, v in _flatten(params).items()})
+
+    def metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self._mlflow:
+            clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            self._mlflow.log_metrics(clean, step=step)
+
+    def tags(self, tags: dict[str, Any]) -> None:
+        if self._mlflow:
+            self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self._mlflow and Path(path).exists():
+            self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def json(self, obj: Any, name: str) -> None:
+        if self._mlflow:
+            self._mlflow.log_dict(obj, name)
+
+    def text(self, text: str, name: str) -> None:
+        if self._mlflow:
+            self._mlflow.log_text(text, name)
+
+
+@contextmanager
+def stage_run(stage: str, params: dict, round_key: str | None = None) -> Iterator[StageLog]:
+    """Open the MLflow run of one stage execution (nested when a parent id is in the env)."""
+    if not enabled():
+        yield StageLog(None)
+        return
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    exp_id = ensure_store()
+    parent = os.environ.get(PARENT_ENV) or None
+    name = stage if round_key is None else f"{stage}@{round_key}"
+    tags = {"tutorloop.stage": stage, "tutorloop.git_commit": git_commit()}
+    if round_key is not None:
+        tags["tutorloop.round"] = round_key
+    with mlflow.start_run(experiment_id=exp_id, run_name=name, parent_run_id=parent,
+                          nested=parent is not None, tags=tags):
+        log = StageLog(mlflow)
+        log.params(params)
+        yield log
+
+
+def trainer_callback(log: StageLog):
+    """A transformers TrainerCallback that sends the trainer's logs (loss, lr, rewards) to `log`.
+
+    Rather than `report_to="mlflow"`: HF's MLflowCallback logs all ~200 TrainingArguments as
+    params and may end the active run itself; we want only the curves, in our stage run.
+    """
+    from transformers import TrainerCallback
+
+    class _Callback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                log.metrics({f"train/{k}": v for k, v in logs.items()}, step=state.global_step)
+
+    return _Callback()
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """Write JSON atomically (DVC must never see a half-written metrics file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(f.name, path)
+
+
+if __name__ == "__main__":
+    print(tracking_uri(), "experiment", ensure_store())

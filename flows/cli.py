@@ -1,0 +1,100 @@
+"""`tutorloop`: the command line over the Prefect flows.
+
+    tutorloop validate                     check params.yaml (every problem, with key and value)
+    tutorloop run                          the loop flow: round 0, every round, the report
+    tutorloop run --round 2                one round's flow only
+    tutorloop report                       the accuracy table of the evaluated checkpoints
+    tutorloop schedule --cron "0 3 * * *"  serve the loop on a cron schedule (needs a Prefect server)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+# Offline, telemetry calls time out slowly (~18 s per CLI call); keep Prefect's state in the project.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+app = typer.Typer(add_completion=False, help="Specialise a small language model by iterative teacher feedback.")
+
+
+def _validate(project: Path):
+    from components.config import ConfigError, load_params
+
+    try:
+        return load_params(project / "params.yaml")
+    except ConfigError as err:
+        typer.secho(str(err), fg="red", err=True)
+        raise typer.Exit(2)
+
+
+@app.command()
+def validate(project: Path = typer.Option(Path("."), help="project root")) -> None:
+    """Validate params.yaml."""
+    params = _validate(project)
+    typer.echo(f"params.yaml is valid: {len(params.rounds)} round(s), checkpoints {list(params.checkpoints)}")
+
+
+@app.command()
+def run(project: Path = typer.Option(Path("."), help="project root"),
+        round: Optional[str] = typer.Option(None, "--round", help="run only this round's flow ('0' = SFT)")) -> None:
+    """Run the improvement loop (Prefect flow over the DVC stages) and print the accuracy table."""
+    params = _validate(project)
+    from flows.pipeline import loop_flow, round_flow
+
+    if round is None:
+        results = loop_flow(str(project))
+    else:
+        if round != "0" and round not in params.rounds:
+            typer.secho(f"--round {round!r}: not in params.yaml rounds {sorted(params.rounds)}", fg="red", err=True)
+            raise typer.Exit(2)
+        results = round_flow(round, str(project))
+    ran = [r["stage"] for r in results if r["ran"]]
+    typer.echo(f"stages run: {len(ran)} of {len(results)} ({', '.join(ran) or 'all up to date'})")
+    report(project)
+
+
+@app.command()
+def report(project: Path = typer.Option(Path("."), help="project root")) -> None:
+    """Print accuracy per checkpoint (from metrics/*.json)."""
+    from rich.console import Console
+
+    from components.report import rows, table
+
+    if not rows(project / "metrics"):
+        typer.secho("no evaluations yet: run `tutorloop run` first", fg="yellow", err=True)
+        raise typer.Exit(1)
+    Console().print(table(project / "metrics"))
+
+
+@app.command()
+def schedule(cron: str = typer.Option("0 3 * * *", help="cron expression (server time zone: UTC)"),
+             name: str = typer.Option("nightly", help="deployment name"),
+             project: Path = typer.Option(Path("."), help="project root")) -> None:
+    """Serve the loop flow as a deployment on a cron schedule (blocks; Ctrl-C stops)."""
+    _validate(project)
+    if not os.environ.get("PREFECT_API_URL"):
+        from prefect.settings import PREFECT_API_URL
+
+        if not PREFECT_API_URL.value():
+            typer.secho("No Prefect server configured: the temporary server cannot run schedules.\n"
+                        "Start one (infra/start-servers.sh) and export "
+                        "PREFECT_API_URL=http://127.0.0.1:4200/api", fg="red", err=True)
+            raise typer.Exit(2)
+    from flows.pipeline import loop_flow
+
+    loop_flow.serve(name=name, cron=cron, parameters={"project": str(project.resolve())})
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,125 @@
+"""Prefect flows over the DVC stages: a flow per round, and the loop flow over all rounds.
+
+A task runs one stage with ``dvc repro -s <stage>`` — DVC decides whether it is stale, so a flow
+never re-implements a stage and Prefect's own task cache stays off (one cache: DVC's). Stages run
+one at a time, under a file lock, because overlapping `dvc repro` runs fail ("is busy"), whether
+they come from this flow or from a scheduled run that fires meanwhile. No retries: stages are
+deterministic, and the teacher's flaky network calls retry inside the stage.
+
+MLflow: each round flow opens the round's parent run and hands its id to the stages through
+`TUTORLOOP_PARENT_RUN_ID`; a round in which DVC ran nothing leaves no run behind.
+
+    python -m flows.pipeline          # the loop flow on params.yaml (what `tutorloop run` does)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from components import tracking
+from components.config import load_params
+
+LOCK = ".tutorloop.lock"
+
+
+def round_zero_stages() -> list[str]:
+    """Round 0: the student, the data, SFT — and the evaluation of base and SFT model."""
+    return ["base_model", "generate", "evaluate@base", "register@base", "sft", "evaluate@0",
+            "register@0"]
+
+
+def round_stages(round_key: str) -> list[str]:
+    return [f"{s}@{round_key}" for s in ("practice", "feedback", "dpo", "evaluate", "register")]
+
+
+def _lock_entry(project: Path, stage: str) -> str:
+    """A fingerprint of the stage's dvc.lock entry; it changes exactly when DVC ran the stage."""
+    import yaml
+
+    lock = project / "dvc.lock"
+    if not lock.exists():
+        return ""
+    entry = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get(stage)
+    return hashlib.sha1(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _stage_env(parent_run_id: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    # Stages run `python -m components...`: make it this interpreter even if the venv is not active.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop(tracking.PARENT_ENV, None)
+    if parent_run_id:
+        env[tracking.PARENT_ENV] = parent_run_id
+    return env
+
+
+@task(name="dvc-stage", cache_policy=NO_CACHE, retries=0, task_run_name="{stage}")
+def dvc_stage(stage: str, parent_run_id: str | None = None, project: str = ".") -> dict:
+    """Run one DVC stage if stale; returns {stage, ran, seconds}."""
+    from filelock import FileLock
+
+    logger = get_run_logger()
+    root = Path(project)
+    with FileLock(str(root / LOCK)):
+        before = _lock_entry(root, stage)
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "-s", stage], cwd=root,
+                              env=_stage_env(parent_run_id))
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"dvc repro -s {stage} failed with exit code {proc.returncode}")
+        ran = _lock_entry(root, stage) != before
+    logger.info("%s: %s in %.1f s", stage, "ran" if ran else "up to date", seconds)
+    return {"stage": stage, "ran": ran, "seconds": seconds}
+
+
+@flow(name="tutorloop-round", flow_run_name="round-{round_key}")
+def round_flow(round_key: str, project: str = ".") -> list[dict]:
+    """One round's stages in order, nested under one MLflow parent run."""
+    from mlflow import MlflowClient
+
+    root = Path(project).resolve()
+    exp_id = tracking.ensure_store(root)
+    client = MlflowClient(tracking.tracking_uri(root))
+    parent = client.create_run(exp_id, run_name=f"round-{round_key}", tags={
+        "tutorloop.round": round_key, "tutorloop.kind": "round",
+        "tutorloop.git_commit": tracking.git_commit(root)}).info.run_id
+    stages = round_zero_stages() if round_key == "0" else round_stages(round_key)
+    results: list[dict] = []
+    try:
+        for stage in stages:
+            results.append(dvc_stage(stage, parent, str(root)))
+    except BaseException:
+        client.set_terminated(parent, status="FAILED")
+        raise
+    if any(r["ran"] for r in results):
+        for r in results:
+            client.log_metric(parent, f"seconds/{r['stage'].replace('@', '_at_')}", r["seconds"])
+        client.set_terminated(parent, status="FINISHED")
+    else:
+        client.delete_run(parent)  # DVC ran nothing: nothing to record
+    return results
+
+
+@flow(name="tutorloop-loop")
+def loop_flow(project: str = ".") -> list[dict]:
+    """Round 0 (base, data, SFT), then every round in params.yaml, then the report."""
+    params = load_params(Path(project) / "params.yaml")  # validate before any work
+    results = round_flow("0", project)
+    for key in sorted(params.rounds, key=int):
+        results += round_flow(key, project)
+    results.append(dvc_stage("report", None, project))
+    return results
+
+
+if __name__ == "__main__":
+    loop_flow()

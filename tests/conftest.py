@@ -1,0 +1,123 @@
+"""Shared fixtures: a tiny random Llama student built in the test (no downloads), params.
+
+The tiny model has a real BPE tokenizer trained here on procedural problems and SmolLM2's chat
+template, so every code path (chat prompts, completion-only loss, generation, merge, save) is the
+one the real student takes — only the sizes differ.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+GSM8K_TRAIN = SHARED / "data" / "gsm8k" / "train.jsonl"
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_tiny_model(out: Path, seed: int = 0) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from components.teachers import ProceduralTeacher
+
+    texts = []
+    for r in ProceduralTeacher().problems(300, seed=123):
+        texts += [r["question"], r["solution"]]
+    texts.append("You are a careful math tutor. Solve the problem step by step, then give the final answer.")
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=700, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>", unk_token="<unk>")
+    tok.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def tiny_params(model_source: str | Path, rounds: int = 1) -> dict:
+    """A complete, valid params dict sized for seconds, not minutes."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["runtime"] = {"threads": 1, "device": "cpu"}
+    raw["base_model"] = {"source": str(model_source), "dtype": "float32"}
+    raw["generate"].update(n_sft=24, n_practice=6, n_test=8)
+    raw["sft"].update(epochs=1, batch_size=8, grad_accum=1, max_length=256, logging_steps=1,
+                      lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"})
+    raw["practice"].update(batch_size=8, max_new_tokens=16, dtype="float32")
+    raw["dpo"].update(batch_size=4, grad_accum=1, max_length=256, logging_steps=1,
+                      lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"})
+    raw["evaluate"].update(batch_size=8, max_new_tokens=16, dtype="float32",
+                           gsm8k={"path": str(GSM8K_TRAIN), "dataset": "", "subset": "main",
+                                  "split": "test", "limit": 4})
+    raw["rounds"] = {str(r): {"prev": str(r - 1),
+                              "practice": {"samples": 2, "temperature": 0.7, "top_p": 0.95, "seed": r},
+                              "dpo": {"method": "dpo", "beta": 0.1, "learning_rate": 1e-4, "epochs": 1,
+                                      "seed": r}}
+                     for r in range(1, rounds + 1)}
+    raw["checkpoints"] = {"base": "models/base", "0": "models/round-0",
+                          **{str(r): f"models/round-{r}" for r in range(1, rounds + 1)}}
+    return raw
+
+
+@pytest.fixture
+def params_factory(tiny_model_dir):
+    from components.config import validate
+
+    def make(**overrides):
+        raw = tiny_params(tiny_model_dir, rounds=overrides.pop("rounds", 1))
+        for key, value in overrides.items():
+            raw[key] = value
+        return validate(raw)
+
+    return make
+
+
+@pytest.fixture
+def no_tracking(monkeypatch):
+    monkeypatch.setenv("TUTORLOOP_TRACKING", "off")
+
+
+def copy_project(dest: Path) -> Path:
+    """The pipeline's files (code, dvc.yaml) in a fresh folder: what a clone holds."""
+    for name in ("components", "flows", "dvc.yaml", "prefect.toml"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dest / name)
+    return dest

@@ -1,0 +1,111 @@
+"""params.yaml validation: every problem reported at once, each with its key and bad value."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.config import ConfigError, Params, load_params, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def raw_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def errors_of(raw: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate(raw)
+    return str(info.value)
+
+
+def test_repo_params_are_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert isinstance(params, Params)
+    assert params.rounds["1"].practice.samples == 4  # Orca-Math K
+    assert params.rounds["1"].practice.temperature == 0.7
+    assert params.rounds["1"].practice.top_p == 0.95
+    assert params.generate.max_answer_chars == 1800
+
+
+def test_every_yaml_in_the_repo_loads():
+    """torchtune-style: a YAML that does not parse (or a params file that does not validate) fails here."""
+    files = [p for p in ROOT.rglob("*.y*ml") if ".venv" not in p.parts and ".dvc" not in p.parts
+             and "site-packages" not in p.parts]
+    assert {"params.yaml", "dvc.yaml", "prefect.yaml"} <= {p.name for p in files}
+    for path in files:
+        data = yaml.safe_load(path.read_text())
+        assert data, f"{path} is empty"
+        if path.name == "params.yaml":
+            validate(data)
+
+
+def test_dvc_yaml_lists_each_stage_source_and_existing_params():
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    raw = raw_params()
+    for name, stage in dvc.items():
+        body = stage.get("do", stage)
+        deps = body.get("deps", [])
+        assert f"components/{name}.py" in deps, f"{name} must depend on its own source"
+        for key in body.get("params", []):
+            top = key.split(".")[0]
+            assert top in raw, f"{name} reads params key {key} that params.yaml lacks"
+
+
+def test_unknown_key_wrong_type_and_impossible_values_all_reported():
+    raw = raw_params()
+    raw["sft"]["learning_rat"] = 1e-3                      # typo
+    raw["sft"]["learning_rate"] = -1.0                     # impossible
+    raw["rounds"]["1"]["practice"]["samples"] = 0          # K=0
+    raw["generate"]["n_test"] = "many"                     # wrong type
+    msg = errors_of(raw)
+    assert "sft.learning_rat: 0.001" in msg
+    assert "sft.learning_rate: -1.0" in msg
+    assert "rounds.1.practice.samples: 0" in msg
+    assert "generate.n_test: 'many'" in msg
+
+
+def test_round_referring_to_missing_round():
+    raw = raw_params()
+    raw["rounds"]["2"]["prev"] = "5"
+    assert "rounds.2.prev: '5'" in errors_of(raw)
+
+
+def test_round_cannot_start_from_a_later_round():
+    raw = raw_params()
+    raw["rounds"]["1"]["prev"] = "2"
+    assert "rounds.1.prev: '2'" in errors_of(raw)
+
+
+def test_checkpoints_must_match_rounds():
+    raw = raw_params()
+    del raw["checkpoints"]["2"]
+    assert "checkpoints" in errors_of(raw)
+
+
+def test_unquoted_integer_round_keys_are_caught():
+    raw = raw_params()
+    raw["rounds"] = {1: copy.deepcopy(raw["rounds"]["1"])}
+    raw["checkpoints"] = {"base": "models/base", "0": "models/round-0", 1: "models/round-1"}
+    # pydantic coerces nothing here: the dict key must be a string, as DVC needs it quoted
+    assert "rounds.1" in errors_of(raw)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_cli_validate_reports_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    raw = raw_params()
+    raw["rounds"]["1"]["dpo"]["beta"] = -0.1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["validate", "--project", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "rounds.1.dpo.beta: -0.1" in result.output

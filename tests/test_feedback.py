@@ -1,0 +1,74 @@
+"""Orca-Math's pairing rules, proven on small hand-made tables."""
+
+from components.config import Feedback
+from components.feedback import build_pairs, judge
+
+
+def problem(pid, answer="10"):
+    return {"id": pid, "question": f"question {pid}", "solution": f"teacher solution {pid}\n#### {answer}",
+            "answer": answer}
+
+
+def fb(pid, text, correct):
+    return {"problem_id": pid, "completion": text, "correct": correct, "extracted": None}
+
+
+CFG = Feedback(max_pairs_per_problem=100, borrowed_negatives=4, seed=0)
+
+
+def test_mixed_problem_pairs_positives_with_negatives():
+    probs = [problem("a")]
+    table = [fb("a", "right 1", True), fb("a", "wrong 1", False), fb("a", "wrong 2", False),
+             fb("a", "right 2", True)]
+    pairs, stats = build_pairs(probs, table, CFG)
+    # positives: teacher + 2 correct; negatives: 2 wrong -> 3 x 2
+    assert len(pairs) == 6
+    assert {p["chosen"] for p in pairs} == {"teacher solution a\n#### 10", "right 1", "right 2"}
+    assert {p["rejected"] for p in pairs} == {"wrong 1", "wrong 2"}
+    assert all(p["rejected_source"] == "own" for p in pairs)
+    assert stats["negatives_borrowed"] == 0
+    assert stats["practice_pass_rate"] == 0.5
+
+
+def test_all_correct_borrows_one_negative_from_each_of_four_others():
+    probs = [problem(x) for x in "abcdef"]
+    table = [fb("a", f"right {k}", True) for k in range(4)]
+    for other in "bcdef":
+        table += [fb(other, f"wrong {other}", False)]
+    pairs, stats = build_pairs(probs, table, CFG)
+    a_pairs = [p for p in pairs if p["problem_id"] == "a"]
+    donors = {p["rejected_source"] for p in a_pairs}
+    assert len(donors) == 4 and all(d.startswith("borrowed:") for d in donors)
+    assert "borrowed:a" not in donors
+    # 5 positives (teacher + 4 correct) x 4 borrowed negatives
+    assert len(a_pairs) == 20
+    assert stats["negatives_borrowed"] == 4 and stats["problems_all_correct"] == 1
+
+
+def test_all_wrong_uses_the_teacher_solution_as_the_only_positive():
+    probs = [problem("a")]
+    table = [fb("a", f"wrong {k}", False) for k in range(4)]
+    pairs, stats = build_pairs(probs, table, CFG)
+    assert len(pairs) == 4
+    assert all(p["chosen_source"] == "teacher" for p in pairs)
+    assert stats["problems_all_wrong"] == 1
+
+
+def test_cap_and_duplicates():
+    probs = [problem("a")]
+    table = [fb("a", "right", True), fb("a", "right", True), fb("a", "wrong", False), fb("a", "wrong", False),
+             fb("a", "other wrong", False)]
+    pairs, _ = build_pairs(probs, table, Feedback(max_pairs_per_problem=100, borrowed_negatives=4, seed=0))
+    assert len(pairs) == 4  # (teacher, right) x (wrong, other wrong): duplicates folded
+    capped, _ = build_pairs(probs, table, Feedback(max_pairs_per_problem=3, borrowed_negatives=4, seed=0))
+    assert len(capped) == 3
+    again, _ = build_pairs(probs, table, Feedback(max_pairs_per_problem=3, borrowed_negatives=4, seed=0))
+    assert capped == again  # seeded
+
+
+def test_judge_uses_the_shared_grader():
+    rows = judge([problem("a", "12")], [{"problem_id": "a", "sample": 0, "completion": "so #### 12"},
+                                        {"problem_id": "a", "sample": 1, "completion": "The answer is 13."}])
+    assert [r["correct"] for r in rows] == [True, False]
+    assert rows[1]["extracted"] == "13"
+    assert rows[0]["teacher_solution"].startswith("teacher solution")
