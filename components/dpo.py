@@ -48,7 +48,7 @@ def run(params: Params, round_key: str, prev_model: Path, pairs_file: Path, out:
         gradient_accumulation_steps=cfg.grad_accum, warmup_steps=cfg.warmup_ratio,
         lr_scheduler_type="cosine", max_length=cfg.max_length, seed=rcfg.seed, data_seed=rcfg.seed,
         logging_steps=cfg.logging_steps, save_strategy="no", report_to="none",
-        gradient_checkpointing=False, dataset_num_proc=1, **trainer_precision(device))
+        activation_checkpointing=False, dataset_num_proc=1, **trainer_precision(device))
     trainer = DPOTrainer(model=model, ref_model=None, args=args,
                          train_dataset=Dataset.from_list(to_preference(rows, params)),
                          processing_class=tok, peft_config=lora_config(cfg.lora),

@@ -28,13 +28,21 @@ def run(config: Generate, out: Path) -> dict:
     """Write out/{sft,practice,test}.jsonl and return counts."""
     teacher = make_teacher(config.teacher, config.families)
     sizes = {"sft": config.n_sft, "practice": config.n_practice, "test": config.n_test}
-    # Over-draw a little so dropping over-long solutions never leaves a split short.
     wanted = sum(sizes.values())
-    records = teacher.problems(int(wanted * 1.05) + 10, config.seed)
-    kept = [r for r in records if len(r["solution"]) <= config.max_answer_chars]
-    dropped_long = len(records) - len(kept)
-    if len(kept) < wanted:
-        raise RuntimeError(f"teacher gave {len(kept)} usable problems, {wanted} needed")
+    # Draw more until the filters leave enough. A teacher's first n problems for a seed are a
+    # prefix of its first 2n, so growing the draw never changes what was already kept.
+    n = wanted
+    while True:
+        records = teacher.problems(n, config.seed)
+        kept = [r for r in records if len(r["solution"]) <= config.max_answer_chars]
+        if len(kept) >= wanted:
+            break
+        if n >= 16 * wanted:
+            raise RuntimeError(f"only {len(kept)} of {n} problems pass the filters; {wanted} needed "
+                               f"(generate.max_answer_chars={config.max_answer_chars})")
+        n *= 2
+    kept = kept[:wanted]
+    dropped_long = records.index(kept[-1]) + 1 - wanted
     random.Random(config.seed).shuffle(kept)
     counts: dict[str, int | float] = {"dropped_too_long": dropped_long}
     start = 0

@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import yaml
+
+# Logging a local model needs no hub; without this, mlflow.transformers spends ~25 s retrying to
+# fetch a model card and license for a repo id that does not exist. Set before transformers loads.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from components import tracking
 from components.config import Params, load_params
@@ -47,6 +52,27 @@ def lineage(checkpoint: str, params: Params, lock_file: Path = Path("dvc.lock"))
     return tags
 
 
+def log_transformers_model(model_dir: Path) -> str:
+    """Log the checkpoint with mlflow.transformers so `models:/name@alias` loads offline.
+
+    Passed as loaded components: MLflow 3.17's checkpoint-path mode breaks on transformers 5's
+    pipeline registry. Requirements are given explicitly: MLflow's inference adds torchvision,
+    which has no CPU wheel here.
+    """
+    import mlflow
+    import torch
+    import transformers
+
+    from components.modeling import load
+
+    model, tok = load(model_dir)
+    reqs = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}",
+            "accelerate", "safetensors"]
+    info = mlflow.transformers.log_model(transformers_model={"model": model, "tokenizer": tok},
+                                         name="model", task="text-generation", pip_requirements=reqs)
+    return info.model_uri
+
+
 def decide(new_acc: float, champion_acc: float | None) -> tuple[str, str]:
     """(alias, reason): champion only if strictly better than the current champion."""
     if champion_acc is None:
@@ -74,9 +100,7 @@ def run(params: Params, checkpoint: str, model_dir: Path, metrics_file: Path, ou
         raise RuntimeError("register needs MLflow tracking (TUTORLOOP_TRACKING is off)")
 
     if cfg.log_model:
-        info = mlflow.transformers.log_model(transformers_model=str(model_dir.resolve()),
-                                             name="model", task="text-generation")
-        model_uri = info.model_uri
+        model_uri = log_transformers_model(model_dir)
     else:
         model_uri = model_dir.resolve().as_uri()
     version = mlflow.register_model(model_uri, cfg.model_name)

@@ -80,7 +80,7 @@ def run(params: Params, base: Path, train_file: Path, out: Path, log: tracking.S
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         warmup_steps=cfg.warmup_ratio, lr_scheduler_type="cosine", max_length=cfg.max_length,
         seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps, save_strategy="no",
-        report_to="none", gradient_checkpointing=False,  # ~25% faster; activations fit easily
+        report_to="none", activation_checkpointing=False,  # ~25% faster; activations fit easily
         completion_only_loss=True, dataset_num_proc=1, **trainer_precision(device))
     trainer = make_sft_trainer_class()(
         model=model, args=args, train_dataset=dataset, processing_class=tok,

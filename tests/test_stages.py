@@ -1,0 +1,165 @@
+"""Each stage's run() on a tiny random Llama: the real code paths, in seconds, with folders only."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from components import base_model, dpo, evaluate, feedback, generate, practice, sft
+from components.data import DataError, read_jsonl, write_jsonl
+from components.modeling import chat_prompts, generate as gen, load
+from components.tracking import StageLog
+
+pytestmark = pytest.mark.usefixtures("no_tracking")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("stages")
+
+
+def test_base_model_from_local_checkpoint(params_factory, workdir):
+    params = params_factory()
+    out = workdir / "models/base"
+    metrics = base_model.run(params.base_model, out)
+    assert metrics["parameters"] > 0
+    model, tok = load(out)
+    assert model.config.vocab_size == len(tok)
+    assert (out / "model.safetensors").exists()
+
+
+def test_base_model_missing_sources_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not installed"):
+        base_model.resolve("pkg:surely_not_a_module/x.gguf")
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        base_model.resolve(str(tmp_path / "nope") + "/")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        base_model.resolve(str(tmp_path / "missing.gguf"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        base_model.resolve(str(tmp_path / "empty"))
+    assert base_model.resolve("HuggingFaceTB/SmolLM2-135M-Instruct") == ("HuggingFaceTB/SmolLM2-135M-Instruct", None)
+
+
+def test_generate_splits_without_overlap(params_factory, workdir):
+    params = params_factory()
+    counts = generate.run(params.generate, workdir / "data")
+    sets = {s: read_jsonl(workdir / "data" / f"{s}.jsonl") for s in generate.SPLITS}
+    assert {s: len(v) for s, v in sets.items()} == {"sft": 24, "practice": 6, "test": 8}
+    questions = [r["question"] for v in sets.values() for r in v]
+    assert len(set(questions)) == len(questions)
+    assert counts["dropped_too_long"] == 0
+    assert all(len(r["solution"]) <= 1800 and r["id"].startswith(s) for s, v in sets.items() for r in v)
+
+
+def test_generate_drops_long_solutions(params_factory, tmp_path):
+    params = params_factory()
+    cfg = params.generate.model_copy(update={"max_answer_chars": 150})
+    counts = generate.run(cfg, tmp_path)
+    assert counts["dropped_too_long"] > 0
+    assert all(len(r["solution"]) <= 150 for r in read_jsonl(tmp_path / "sft.jsonl"))
+
+
+def test_batched_generation_is_deterministic_and_ordered(params_factory, workdir):
+    params = params_factory()
+    model, tok = load(workdir / "models/base")
+    qs = ["What is 2+2?", "A much longer question about apples and oranges and pears?", "Hi"]
+    prompts = chat_prompts(tok, qs, params.prompt.system, params.prompt.template)
+    a = gen(model, tok, prompts, num_return_sequences=3, do_sample=True, temperature=0.7, top_p=0.95,
+            max_new_tokens=8, batch_size=2, seed=7)
+    b = gen(model, tok, prompts, num_return_sequences=3, do_sample=True, temperature=0.7, top_p=0.95,
+            max_new_tokens=8, batch_size=2, seed=7)
+    assert a.texts == b.texts and len(a.texts) == 3 and all(len(t) == 3 for t in a.texts)
+    assert 0 < a.new_tokens <= 3 * 3 * 8
+    # greedy decoding of a prompt is the same alone or in a padded batch
+    alone = gen(model, tok, prompts[:1], max_new_tokens=8)
+    batched = gen(model, tok, prompts, max_new_tokens=8, batch_size=3)
+    assert alone.texts[0] == batched.texts[0]
+
+
+def test_sft_trains_only_on_the_solution_and_saves_a_plain_checkpoint(params_factory, workdir):
+    params = params_factory()
+    metrics = sft.run(params, workdir / "models/base", workdir / "data/sft.jsonl",
+                      workdir / "models/round-0", StageLog(None))
+    assert metrics["examples"] == 24 and metrics["train_loss"] > 0
+    out = workdir / "models/round-0"
+    assert not (out / "adapter_config.json").exists(), "adapter must be merged"
+    merged, _ = load(out)
+    base_model_, _ = load(workdir / "models/base")
+    changed = any(not torch.equal(p, q) for p, q in zip(merged.state_dict().values(),
+                                                        base_model_.state_dict().values()))
+    assert changed
+
+
+def test_sft_completion_only_labels(params_factory, workdir):
+    """The collator must mask the prompt: only solution tokens carry loss."""
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    params = params_factory()
+    model, tok = load(workdir / "models/base")
+    rows = read_jsonl(workdir / "data/sft.jsonl")[:2]
+    trainer = sft.make_sft_trainer_class()(
+        model=model, processing_class=tok, train_dataset=Dataset.from_list(sft.to_conversations(rows, params)),
+        args=SFTConfig(output_dir=str(workdir / "tmp"), report_to="none", use_cpu=True, max_length=256,
+                       per_device_train_batch_size=2, completion_only_loss=True, activation_checkpointing=False))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    for ids, labels in zip(batch["input_ids"], batch["labels"]):
+        kept = tok.decode(ids[labels != -100])
+        assert kept.strip().startswith(rows[0]["solution"][:10]) or "####" in kept
+        assert params.prompt.system not in kept and "user" not in kept
+
+
+def test_practice_feedback_dpo_round(params_factory, workdir):
+    params = params_factory()
+    rnd = workdir / "data/round-1"
+    m = practice.run(params, "1", workdir / "models/round-0", workdir / "data/practice.jsonl", rnd)
+    samples = read_jsonl(rnd / "samples.jsonl")
+    assert m["samples"] == len(samples) == 6 * 2
+    stats = feedback.run(params.feedback, workdir / "data/practice.jsonl", rnd)
+    assert stats["pairs"] == len(read_jsonl(rnd / "pairs.jsonl")) > 0
+    assert len(read_jsonl(rnd / "feedback.jsonl")) == 12
+    metrics = dpo.run(params, "1", workdir / "models/round-0", rnd / "pairs.jsonl",
+                      workdir / "models/round-1", StageLog(None))
+    assert metrics["pairs"] == stats["pairs"] and "reward_accuracy" in metrics
+    assert not (workdir / "models/round-1/adapter_config.json").exists()
+    load(workdir / "models/round-1")
+
+
+def test_evaluate_writes_metrics_and_predictions(params_factory, workdir):
+    params = params_factory()
+    metrics = evaluate.run(params, workdir / "models/round-0", workdir / "data/test.jsonl",
+                           workdir / "metrics/0.json", workdir / "eval/0")
+    on_disk = json.loads((workdir / "metrics/0.json").read_text())
+    assert on_disk["n"] == 8 and 0 <= on_disk["accuracy"] <= 1
+    assert on_disk["ci95_low"] <= on_disk["accuracy"] <= on_disk["ci95_high"]
+    assert set(on_disk["family"]) <= set(r["family"] for r in read_jsonl(workdir / "data/test.jsonl"))
+    preds = read_jsonl(workdir / "eval/0/predictions.jsonl")
+    assert len(preds) == 8 and {"id", "correct", "completion", "extracted"} <= set(preds[0])
+    if "gsm8k" in metrics:  # ../shared present
+        assert metrics["gsm8k"]["n"] == 4
+
+
+def test_wilson_interval():
+    assert evaluate.wilson(0, 10)[0] == 0.0
+    lo, hi = evaluate.wilson(50, 100)
+    assert 0.40 < lo < 0.5 < hi < 0.60
+
+
+def test_bad_inputs_are_clear_errors(params_factory, tmp_path, workdir):
+    params = params_factory()
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="no records"):
+        evaluate.run(params, workdir / "models/round-0", tmp_path / "empty.jsonl", tmp_path / "m.json",
+                     tmp_path / "e")
+    (tmp_path / "bad.jsonl").write_text('{"id": "x", "question": "q", "answer": "1"}\n{not json\n')
+    with pytest.raises(DataError, match="bad.jsonl:2"):
+        read_jsonl(tmp_path / "bad.jsonl")
+    with pytest.raises(FileNotFoundError, match="no model checkpoint"):
+        evaluate.run(params, tmp_path / "no-model", workdir / "data/test.jsonl", tmp_path / "m.json",
+                     tmp_path / "e")
+    write_jsonl(tmp_path / "pairs.jsonl", [{"question": "q"}])
+    with pytest.raises(DataError, match="missing field"):
+        dpo.run(params, "1", workdir / "models/round-0", tmp_path / "pairs.jsonl", tmp_path / "out",
+                StageLog(None))
