@@ -138,7 +138,7 @@ class Evaluate(Section):
 class Register(Section):
     model_name: str = Field("tutor", min_length=1, description="registered model name")
     metric: str = Field("accuracy", description="held-out metric that decides the champion")
-    log_model: bool = Field(True, description="log the weights with mlflow.transformers (loadable from models:/...)")
+    log_model: bool = Field(True, description="log the weights with mlflow.transformers (loadable from models:/...); false registers the DVC-owned folder, which later runs overwrite")
 
 
 class Params(Section):

@@ -49,16 +49,18 @@ def run(params: Params, round_key: str, prev_model: Path, pairs_file: Path, out:
         lr_scheduler_type="cosine", max_length=cfg.max_length, seed=rcfg.seed, data_seed=rcfg.seed,
         logging_steps=cfg.logging_steps, save_strategy="no", report_to="none",
         activation_checkpointing=False, dataset_num_proc=1, **trainer_precision(device))
-    trainer = DPOTrainer(model=model, ref_model=None, args=args,
-                         train_dataset=Dataset.from_list(to_preference(rows, params)),
-                         processing_class=tok, peft_config=lora_config(cfg.lora),
-                         callbacks=[tracking.trainer_callback(log)])
-    start = time.perf_counter()
-    result = trainer.train()
-    seconds = time.perf_counter() - start
-    history = [h for h in trainer.state.log_history if "rewards/accuracies" in h]
-    merge_and_save(trainer.model, tok, out)
-    shutil.rmtree(work, ignore_errors=True)
+    try:
+        trainer = DPOTrainer(model=model, ref_model=None, args=args,
+                             train_dataset=Dataset.from_list(to_preference(rows, params)),
+                             processing_class=tok, peft_config=lora_config(cfg.lora),
+                             callbacks=[tracking.trainer_callback(log)])
+        start = time.perf_counter()
+        result = trainer.train()
+        seconds = time.perf_counter() - start
+        history = [h for h in trainer.state.log_history if "rewards/accuracies" in h]
+        merge_and_save(trainer.model, tok, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     metrics = {"train_loss": result.training_loss, "train_seconds": seconds, "pairs": len(rows),
                "pairs_per_second": len(rows) * rcfg.epochs / seconds}
     if history:

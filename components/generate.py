@@ -1,8 +1,9 @@
 """Stage `generate`: the teacher writes problems and solutions, split into sft / practice / test.
 
-Every record: ``{id, question, solution, answer, family, provenance}``. The split is made after
-de-duplication (normalised question text), so no problem appears in two sets; solutions longer
-than `max_answer_chars` are dropped (Orca-Math's 1,800-character rule) and counted.
+Every record: ``{id, question, solution, answer, family, provenance}``. Splits come from separate
+seeded streams and skip questions an earlier split holds (normalised text), so no problem appears
+in two sets and the test set never depends on the other sizes; solutions longer than
+`max_answer_chars` are dropped (Orca-Math's 1,800-character rule) and counted.
 
     python -m components.generate data/generated
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import random
 from collections import Counter
 from pathlib import Path
 
@@ -24,33 +24,49 @@ from components.teachers import make_teacher, normalise
 SPLITS = ("sft", "practice", "test")
 
 
-def run(config: Generate, out: Path) -> dict:
-    """Write out/{sft,practice,test}.jsonl and return counts."""
-    teacher = make_teacher(config.teacher, config.families)
-    sizes = {"sft": config.n_sft, "practice": config.n_practice, "test": config.n_test}
-    wanted = sum(sizes.values())
-    # Draw more until the filters leave enough. A teacher's first n problems for a seed are a
-    # prefix of its first 2n, so growing the draw never changes what was already kept.
-    n = wanted
+def _stream_seed(seed: int, split: str) -> int:
+    return int(hashlib.sha1(f"{seed}/{split}".encode()).hexdigest()[:8], 16)
+
+
+def _draw(teacher, n: int, seed: int, keep) -> tuple[list[dict], list[dict]]:
+    """The first `n` problems of the teacher's stream that pass `keep`, and all records examined.
+
+    A teacher's first k problems for a seed are a prefix of its first 2k, so growing the draw
+    never changes what was already kept.
+    """
+    size = n
     while True:
-        records = teacher.problems(n, config.seed)
-        kept = [r for r in records if len(r["solution"]) <= config.max_answer_chars]
-        if len(kept) >= wanted:
-            break
-        if n >= 16 * wanted:
-            raise RuntimeError(f"only {len(kept)} of {n} problems pass the filters; {wanted} needed "
-                               f"(generate.max_answer_chars={config.max_answer_chars})")
-        n *= 2
-    kept = kept[:wanted]
-    dropped_long = records.index(kept[-1]) + 1 - wanted
-    random.Random(config.seed).shuffle(kept)
-    counts: dict[str, int | float] = {"dropped_too_long": dropped_long}
-    start = 0
-    for split in ("test", "practice", "sft"):  # test first: its size never depends on the others
-        part = kept[start:start + sizes[split]]
-        start += sizes[split]
+        records = teacher.problems(size, seed)
+        kept = [r for r in records if keep(r)]
+        if len(kept) >= n:
+            return kept[:n], records[:records.index(kept[n - 1]) + 1]
+        if size >= 16 * n + 64:
+            raise RuntimeError(f"only {len(kept)} of {size} problems pass the filters; {n} needed")
+        size *= 2
+
+
+def run(config: Generate, out: Path) -> dict:
+    """Write out/{sft,practice,test}.jsonl and return counts.
+
+    Each split is drawn from its own seeded stream, test first, and later splits skip any question
+    an earlier one holds. So the held-out set depends only on (teacher, seed, n_test): growing
+    n_sft never swaps test problems, and accuracies stay comparable across runs.
+    """
+    teacher = make_teacher(config.teacher, config.families)
+    taken: set[str] = set()
+    counts: dict[str, int | float] = {"dropped_too_long": 0, "dropped_overlap": 0}
+    for split, n in (("test", config.n_test), ("practice", config.n_practice), ("sft", config.n_sft)):
+        def keep(r: dict) -> bool:
+            return len(r["solution"]) <= config.max_answer_chars and normalise(r["question"]) not in taken
+
+        part, examined = _draw(teacher, n, _stream_seed(config.seed, split), keep)
+        long_ = sum(len(r["solution"]) > config.max_answer_chars for r in examined)
+        counts["dropped_too_long"] += long_
+        counts["dropped_overlap"] += len(examined) - len(part) - long_
         for r in part:
-            r["id"] = f"{split}-{hashlib.sha1(normalise(r['question']).encode()).hexdigest()[:12]}"
+            key = normalise(r["question"])
+            taken.add(key)
+            r["id"] = f"{split}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
         write_jsonl(out / f"{split}.jsonl", part)
         counts[f"n_{split}"] = len(part)
         for fam, c in Counter(r["family"] for r in part).items():

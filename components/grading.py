@@ -8,8 +8,8 @@ Order of extraction, and why:
 1. ``#### N`` — GSM8K's own marker. math-verify alone does not give it priority
    (``"#### 56\\nThe answer is: 98"`` parses as 98), so it is read first, by regex.
 2. math-verify on the whole text — ``\\boxed{18}``, ``The answer is $18.``, ``$1,234.00``,
-   fractions, LaTeX. It is called with its timeouts off: its signal-based timeouts raise
-   outside the main thread, and Prefect runs tasks in worker threads.
+   fractions, LaTeX. Its signal-based timeout is used on the main thread only: off the main
+   thread (Prefect task runners) it would raise.
 3. The last number in the text, the classic GSM8K fallback.
 Answers compare as exact rationals (`Fraction`), so ``18.0``, ``$18`` and ``18`` are equal
 and no float tolerance is needed for grade-school arithmetic.
@@ -61,10 +61,14 @@ def _canonical(value: Fraction) -> str:
 
 
 def _math_verify_number(text: str) -> Fraction | None:
+    import threading
+
     import sympy
     from math_verify import parse
 
-    for item in parse(text, parsing_timeout=None):
+    # Its timeout is signal-based: usable on the main thread (stage processes), fatal elsewhere.
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    for item in parse(text, parsing_timeout=timeout):
         if isinstance(item, sympy.Basic) and item.is_number and item.is_real:
             try:
                 return Fraction(str(sympy.nsimplify(item, rational=True)))

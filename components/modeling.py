@@ -29,7 +29,8 @@ def setup_runtime(threads: int) -> torch.device:
     """Pin torch's thread count (0 = one per core) and quiet the libraries' noise."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Two busy threads per core made a training step 12x slower: never exceed the core count.
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    # sched_getaffinity honours cgroup/taskset limits; os.cpu_count() would count the host's cores.
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)) or 1)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

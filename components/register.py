@@ -20,9 +20,6 @@ from pathlib import Path
 
 import yaml
 
-# Logging a local model needs no hub; without this, mlflow.transformers spends ~25 s retrying to
-# fetch a model card and license for a repo id that does not exist. Set before transformers loads.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from components import tracking
 from components.config import Params, load_params
@@ -107,7 +104,9 @@ def run(params: Params, checkpoint: str, model_dir: Path, metrics_file: Path, ou
     client = MlflowClient()
     try:
         champ = client.get_model_version_by_alias(cfg.model_name, CHAMPION)
-        champ_acc = float(champ.tags.get(f"metric.{cfg.metric}", "nan"))
+        tag = champ.tags.get(f"metric.{cfg.metric}")
+        # A champion never scored on this metric (register.metric changed) cannot block promotion.
+        champ_acc = float(tag) if tag is not None else None
     except MlflowException:
         champ, champ_acc = None, None
     alias, reason = decide(accuracy, champ_acc)
@@ -133,6 +132,9 @@ def main() -> None:
     parser.add_argument("metrics", type=Path)
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
+    # Logging a local model needs no hub; without this, mlflow.transformers spends ~25 s retrying
+    # to fetch a model card and license for a repo id that does not exist.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     params = load_params()
     with tracking.stage_run("register", params.register_.model_dump(), round_key=args.checkpoint) as log:
         record = run(params, args.checkpoint, args.model, args.metrics, args.out, log)

@@ -64,33 +64,38 @@ def to_conversations(rows: list[dict], params: Params) -> list[dict]:
              "completion": [{"role": "assistant", "content": r["solution"]}]} for r in rows]
 
 
-def run(params: Params, base: Path, train_file: Path, out: Path, log: tracking.StageLog) -> dict:
+def build_trainer(params: Params, model, tok, rows: list[dict], work: Path, callbacks=()):
+    """The SFT trainer exactly as the stage configures it (tests inspect its collator)."""
     from datasets import Dataset
     from trl import SFTConfig
 
     cfg = params.sft
-    rows = read_jsonl(train_file, required=("question", "solution"))
-    setup_runtime(params.runtime.threads)
-    device = pick_device(params.runtime.device)
-    model, tok = load(base, device=device)
-    dataset = Dataset.from_list(to_conversations(rows, params))
-    work = Path(tempfile.mkdtemp(prefix="sft-"))
     args = SFTConfig(
         output_dir=str(work), learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         warmup_steps=cfg.warmup_ratio, lr_scheduler_type="cosine", max_length=cfg.max_length,
         seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps, save_strategy="no",
         report_to="none", activation_checkpointing=False,  # ~25% faster; activations fit easily
-        completion_only_loss=True, dataset_num_proc=1, **trainer_precision(device))
-    trainer = make_sft_trainer_class()(
-        model=model, args=args, train_dataset=dataset, processing_class=tok,
-        peft_config=lora_config(cfg.lora), callbacks=[tracking.trainer_callback(log)])
-    start = time.perf_counter()
-    result = trainer.train()
-    seconds = time.perf_counter() - start
-    tokens = sum(len(x) for x in trainer.train_dataset["input_ids"]) * cfg.epochs
-    merge_and_save(trainer.model, tok, out)
-    shutil.rmtree(work, ignore_errors=True)
+        completion_only_loss=True, dataset_num_proc=1, **trainer_precision(model.device))
+    return make_sft_trainer_class()(
+        model=model, args=args, train_dataset=Dataset.from_list(to_conversations(rows, params)),
+        processing_class=tok, peft_config=lora_config(cfg.lora), callbacks=list(callbacks))
+
+
+def run(params: Params, base: Path, train_file: Path, out: Path, log: tracking.StageLog) -> dict:
+    rows = read_jsonl(train_file, required=("question", "solution"))
+    setup_runtime(params.runtime.threads)
+    model, tok = load(base, device=pick_device(params.runtime.device))
+    work = Path(tempfile.mkdtemp(prefix="sft-"))
+    try:
+        trainer = build_trainer(params, model, tok, rows, work, [tracking.trainer_callback(log)])
+        start = time.perf_counter()
+        result = trainer.train()
+        seconds = time.perf_counter() - start
+        tokens = sum(len(x) for x in trainer.train_dataset["input_ids"]) * params.sft.epochs
+        merge_and_save(trainer.model, tok, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return {"train_loss": result.training_loss, "train_seconds": seconds,
             "train_tokens_per_second": tokens / seconds, "examples": len(rows)}
 

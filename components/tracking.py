@@ -165,4 +165,5 @@ def write_json(obj: Any, path: str | Path) -> None:
 
 
 if __name__ == "__main__":
-    print(tracking_uri(), "experiment", ensure_store())
+    # Not the URI itself: a remote MLFLOW_TRACKING_URI may embed credentials.
+    print("experiment", experiment_name(), "id", ensure_store())

@@ -2,7 +2,7 @@
 
     tutorloop validate                     check params.yaml (every problem, with key and value)
     tutorloop run                          the loop flow: round 0, every round, the report
-    tutorloop run --round 2                one round's flow only
+    tutorloop run --round 2                round 2 and the rounds it builds on (its prev chain)
     tutorloop report                       the accuracy table of the evaluated checkpoints
     tutorloop schedule --cron "0 3 * * *"  serve the loop on a cron schedule (needs a Prefect server)
 """
@@ -43,7 +43,7 @@ def validate(project: Path = typer.Option(Path("."), help="project root")) -> No
 
 @app.command()
 def run(project: Path = typer.Option(Path("."), help="project root"),
-        round: Optional[str] = typer.Option(None, "--round", help="run only this round's flow ('0' = SFT)")) -> None:
+        round: Optional[str] = typer.Option(None, "--round", help="run this round and the rounds it builds on ('0' = SFT)")) -> None:
     """Run the improvement loop (Prefect flow over the DVC stages) and print the accuracy table."""
     params = _validate(project)
     from flows.pipeline import loop_flow, round_flow
@@ -54,7 +54,12 @@ def run(project: Path = typer.Option(Path("."), help="project root"),
         if round != "0" and round not in params.rounds:
             typer.secho(f"--round {round!r}: not in params.yaml rounds {sorted(params.rounds)}", fg="red", err=True)
             raise typer.Exit(2)
-        results = round_flow(round, str(project))
+        # Stages run with `dvc repro -s`, which does not look upstream: so run the rounds this one
+        # builds on first (DVC skips them in ~1 s each when they are up to date).
+        chain = [round]
+        while chain[-1] != "0":
+            chain.append(params.rounds[chain[-1]].prev)
+        results = [r for key in reversed(chain) for r in round_flow(key, str(project))]
     ran = [r["stage"] for r in results if r["ran"]]
     typer.echo(f"stages run: {len(ran)} of {len(results)} ({', '.join(ran) or 'all up to date'})")
     report(project)

@@ -49,9 +49,18 @@ def test_dvc_yaml_lists_each_stage_source_and_existing_params():
         body = stage.get("do", stage)
         deps = body.get("deps", [])
         assert f"components/{name}.py" in deps, f"{name} must depend on its own source"
-        for key in body.get("params", []):
-            top = key.split(".")[0]
-            assert top in raw, f"{name} reads params key {key} that params.yaml lacks"
+        keys = body.get("params", [])
+        for key in keys:
+            for round_key in (raw["rounds"] if "${key}" in key else [None]):
+                node = raw
+                for part in key.replace("${key}", str(round_key)).split("."):
+                    assert isinstance(node, dict) and part in node, f"{name}: params key {key} not in params.yaml"
+                    node = node[part]
+        # every components module the stage imports for its computation is a dep
+        source = (ROOT / "components" / f"{name}.py").read_text()
+        for module in ("modeling", "grading", "sft"):
+            if f"from components.{module} import" in source and name != module:
+                assert f"components/{module}.py" in deps, f"{name} imports {module} but does not depend on it"
 
 
 def test_unknown_key_wrong_type_and_impossible_values_all_reported():

@@ -30,6 +30,6 @@ def test_gguf_student_materialises_and_answers(tmp_path, no_tracking):
     assert prompts[0].startswith("<|im_start|>system") and prompts[0].endswith("<|im_start|>assistant\n")
     g = generate(model, tok, prompts, max_new_tokens=24, batch_size=4)
     assert all(t[0] for t in g.texts) and g.new_tokens > 0
-    # grading runs on real output without error, whatever the verdict
-    for p, t in zip(problems, g.texts):
-        grade(t[0], p["answer"])
+    # the zero-shot student writes numbers that the grader reads
+    extracted = [grade(t[0], p["answer"]).extracted for p, t in zip(problems, g.texts)]
+    assert any(e is not None for e in extracted)
