@@ -57,6 +57,12 @@ class Generate(Section):
     max_answer_chars: int = Field(1800, gt=0, description="solutions longer than this are dropped (Orca-Math: 1,800)")
 
 
+class Decontaminate(Section):
+    ngram: int = Field(13, gt=0, description="word n-gram length whose overlap with an evaluation problem marks a training record")
+    min_overlap: float = Field(0.5, gt=0, le=1, description="a record is contaminated if this share of its n-grams occurs in one eval problem")
+    max_share: float = Field(0.10, ge=0, le=1, description="fail the stage if more than this share of training records is contaminated")
+
+
 class Lora(Section):
     r: int = Field(16, gt=0, description="LoRA rank")
     alpha: int = Field(32, gt=0, description="LoRA alpha (scale = alpha / r)")
@@ -132,12 +138,17 @@ class Evaluate(Section):
     max_new_tokens: int = Field(256, gt=0, description="greedy tokens per solution at most")
     dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="inference dtype")
     limit: int = Field(0, ge=0, description="evaluate on the first N held-out problems; 0 = all")
+    fewshot: int = Field(0, ge=0, description="worked examples (from the SFT set) shown before each problem; 0 = zero-shot")
+    maj_k: int = Field(0, ge=0, description="also sample k solutions per problem and score the majority answer (maj@k); 0 = off")
+    maj_temperature: float = Field(0.7, gt=0, description="sampling temperature for maj@k")
     gsm8k: Gsm8k = Field(default_factory=Gsm8k, description="optional real GSM8K evaluation")
 
 
 class Register(Section):
     model_name: str = Field("tutor", min_length=1, description="registered model name")
-    metric: str = Field("accuracy", description="held-out metric that decides the champion")
+    metric: Literal["accuracy"] = Field("accuracy", description="held-out metric recorded on each version")
+    test: Literal["mcnemar", "accuracy"] = Field("mcnemar", description="promotion rule: exact one-sided McNemar on shared problems, or plain higher accuracy")
+    alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the McNemar promotion test")
     log_model: bool = Field(True, description="log the weights with mlflow.transformers (loadable from models:/...); false registers the DVC-owned folder, which later runs overwrite")
 
 
@@ -146,6 +157,7 @@ class Params(Section):
     prompt: Prompt = Field(description="chat prompt shared by training, practice and evaluation")
     base_model: BaseModelCfg
     generate: Generate
+    decontaminate: Decontaminate = Field(default_factory=Decontaminate)
     sft: Sft
     practice: Practice = Field(default_factory=Practice)
     feedback: Feedback = Field(default_factory=Feedback)

@@ -3,7 +3,9 @@
 Batched greedy decoding with the same chat prompt as training, graded by `grading.grade` (the
 function feedback uses). Writes metrics/<checkpoint>.json (DVC metrics: accuracy with a 95%
 Wilson interval, per-family accuracy, GSM8K accuracy, tokens/s) and eval/<checkpoint>/ with
-one prediction per problem, so two models can be compared problem by problem.
+one prediction per problem, so two models can be compared problem by problem. Zero-shot by
+default; `fewshot: k` shows k worked SFT examples first; `maj_k: k` adds majority-vote accuracy
+over k samples (maj@k).
 
 GSM8K format: ``question`` and ``answer`` whose last line is ``#### N``; from a local jsonl
 (`evaluate.gsm8k.path`; skipped with a note if the file is absent) or a `datasets` id.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from components import tracking
@@ -55,10 +57,17 @@ def load_gsm8k(cfg: Gsm8k) -> list[dict] | None:
              "answer": r["answer"].split("####")[-1].strip()} for i, r in enumerate(rows)]
 
 
-def score(model, tok, params: Params, problems: list[dict], desc: str) -> tuple[list[dict], dict]:
+def majority(answers: list[str | None]) -> str | None:
+    """The most common extracted answer (ties: the first to appear); None if none parsed."""
+    counted = Counter(a for a in answers if a is not None)
+    return max(counted, key=lambda a: (counted[a], -answers.index(a))) if counted else None
+
+
+def score(model, tok, params: Params, problems: list[dict], desc: str,
+          shots: list[tuple[str, str]] = ()) -> tuple[list[dict], dict]:
     cfg = params.evaluate
     prompts = chat_prompts(tok, [p["question"] for p in problems], params.prompt.system,
-                           params.prompt.template)
+                           params.prompt.template, shots)
     gen = generate(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                    desc=desc)
     preds = []
@@ -71,25 +80,41 @@ def score(model, tok, params: Params, problems: list[dict], desc: str) -> tuple[
     stats = {"accuracy": correct / len(preds), "correct": correct, "n": len(preds), "ci95_low": low,
              "ci95_high": high, "tokens_per_second": gen.tokens_per_second, "seconds": gen.seconds,
              "unparsed_rate": sum(x["extracted"] is None for x in preds) / len(preds)}
+    if cfg.maj_k:
+        sampled = generate(model, tok, prompts, num_return_sequences=cfg.maj_k, do_sample=True,
+                           temperature=cfg.maj_temperature, top_p=1.0, max_new_tokens=cfg.max_new_tokens,
+                           batch_size=max(1, cfg.batch_size // cfg.maj_k), desc=f"{desc} maj@{cfg.maj_k}")
+        for x, p, texts in zip(preds, problems, sampled.texts):
+            vote = majority([grade(t, p["answer"]).extracted for t in texts])
+            x["majority"] = vote
+            x["majority_correct"] = vote is not None and grade(f"#### {vote}", p["answer"]).correct
+        stats[f"maj@{cfg.maj_k}"] = sum(x["majority_correct"] for x in preds) / len(preds)
     return preds, stats
 
 
-def run(params: Params, model_dir: Path, test_file: Path, metrics_file: Path, out_dir: Path) -> dict:
+def run(params: Params, model_dir: Path, test_file: Path, metrics_file: Path, out_dir: Path,
+        shots_file: Path | None = None) -> dict:
     cfg = params.evaluate
     test = read_jsonl(test_file, required=("id", "question", "answer"))
     if cfg.limit:
         test = test[:cfg.limit]
+    shots: list[tuple[str, str]] = []
+    if cfg.fewshot:
+        if shots_file is None:
+            raise ValueError("evaluate.fewshot > 0 needs the SFT set for its examples (--shots)")
+        shots = [(r["question"], r["solution"])
+                 for r in read_jsonl(shots_file, required=("question", "solution"))[:cfg.fewshot]]
     gsm8k = load_gsm8k(cfg.gsm8k)
     setup_runtime(params.runtime.threads)
     model, tok = load(model_dir, dtype=cfg.dtype, device=pick_device(params.runtime.device))
-    preds, metrics = score(model, tok, params, test, f"evaluate {model_dir.name}")
+    preds, metrics = score(model, tok, params, test, f"evaluate {model_dir.name}", shots)
     write_jsonl(out_dir / "predictions.jsonl", preds)
     by_family: dict[str, list[bool]] = defaultdict(list)
     for x in preds:
         by_family[x["family"]].append(x["correct"])
     metrics["family"] = {f: sum(v) / len(v) for f, v in sorted(by_family.items())}
     if gsm8k:
-        g_preds, g_stats = score(model, tok, params, gsm8k, "evaluate gsm8k")
+        g_preds, g_stats = score(model, tok, params, gsm8k, "evaluate gsm8k", shots)
         write_jsonl(out_dir / "gsm8k_predictions.jsonl", g_preds)
         metrics["gsm8k"] = g_stats
     tracking.write_json(metrics, metrics_file)
@@ -103,10 +128,11 @@ def main() -> None:
     parser.add_argument("test", type=Path)
     parser.add_argument("metrics", type=Path)
     parser.add_argument("out", type=Path)
+    parser.add_argument("--shots", type=Path, default=None, help="jsonl of worked examples for few-shot")
     args = parser.parse_args()
     params = load_params()
     with tracking.stage_run("evaluate", params.evaluate.model_dump(), round_key=args.checkpoint) as log:
-        metrics = run(params, args.model, args.test, args.metrics, args.out)
+        metrics = run(params, args.model, args.test, args.metrics, args.out, args.shots)
         flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
         flat.update({f"family/{k}": v for k, v in metrics["family"].items()})
         flat.update({f"gsm8k_{k}": v for k, v in metrics.get("gsm8k", {}).items()})

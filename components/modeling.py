@@ -66,14 +66,20 @@ def load(path: str | Path, dtype: str = "float32", device: torch.device | str = 
     return model.to(device), load_tokenizer(path)
 
 
-def messages(question: str, system: str, template: str) -> list[dict]:
-    return [{"role": "system", "content": system},
-            {"role": "user", "content": template.format(question=question)}]
+def messages(question: str, system: str, template: str,
+             shots: list[tuple[str, str]] = ()) -> list[dict]:
+    """System turn, optional worked examples as earlier user/assistant turns, then the question."""
+    turns = [{"role": "system", "content": system}]
+    for q, a in shots:
+        turns += [{"role": "user", "content": template.format(question=q)},
+                  {"role": "assistant", "content": a}]
+    return turns + [{"role": "user", "content": template.format(question=question)}]
 
 
-def chat_prompts(tok, questions: list[str], system: str, template: str) -> list[str]:
+def chat_prompts(tok, questions: list[str], system: str, template: str,
+                 shots: list[tuple[str, str]] = ()) -> list[str]:
     """Render each question as the chat prompt the student answers (generation prompt appended)."""
-    return [tok.apply_chat_template(messages(q, system, template), tokenize=False,
+    return [tok.apply_chat_template(messages(q, system, template, shots), tokenize=False,
                                     add_generation_prompt=True) for q in questions]
 
 

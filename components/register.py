@@ -1,14 +1,18 @@
 """Stage `register@<checkpoint>`: add the checkpoint to the MLflow registry, promote if earned.
 
 The model is logged with `mlflow.transformers` (so ``models:/tutor@champion`` loads offline) and
-registered as a new version of `register.model_name`, tagged with its lineage: round, git commit,
-and the dvc.lock hashes of its weights, its training data and its parent model. The `champion`
-alias moves to it only if its held-out accuracy beats the current champion's; otherwise it gets
-`challenger`, with a tag saying why. Writes registry/<checkpoint>.json.
+registered as a new version of `register.model_name`, tagged with its lineage (round, parent,
+git commit, dvc.lock hashes of its weights, training data and parent model) and described by a
+generated model card (metrics with CIs, provenance counts, the params of every stage that made
+it). Promotion is earned: the `champion` alias moves to the new version only if it beats the
+current champion on the same held-out problems — exact one-sided McNemar test, p < alpha — and
+otherwise it gets `challenger` with tags saying why (p-value, both accuracies). The per-problem
+verdicts are logged with each version so the next challenger can be paired against them.
 
-Nothing is registered unless the checkpoint and a non-empty evaluation exist.
+Nothing is registered unless the checkpoint and a non-empty evaluation exist; DVC runs this stage
+only after `evaluate` (and, upstream, `decontaminate`) succeeded.
 
-    python -m components.register 1 models/round-1 metrics/1.json registry/1.json
+    python -m components.register 1 models/round-1 metrics/1.json eval/1/predictions.jsonl registry/1.json --data data/clean
 """
 
 from __future__ import annotations
@@ -16,16 +20,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
+from collections import Counter
+from math import comb
 from pathlib import Path
 
 import yaml
 
 
 from components import tracking
-from components.config import Params, load_params
+from components.config import Params, Register, load_params
+from components.data import read_jsonl
 from components.modeling import require_checkpoint
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+PREDICTIONS = "eval/predictions.jsonl"  # artifact path of the verdicts a version was registered with
 
 
 def producing_stage(checkpoint: str) -> str:
@@ -70,17 +79,133 @@ def log_transformers_model(model_dir: Path) -> str:
     return info.model_uri
 
 
-def decide(new_acc: float, champion_acc: float | None) -> tuple[str, str]:
-    """(alias, reason): champion only if strictly better than the current champion."""
-    if champion_acc is None:
-        return CHAMPION, f"first version: accuracy {new_acc:.4f}"
-    if new_acc > champion_acc:
-        return CHAMPION, f"accuracy {new_acc:.4f} > champion {champion_acc:.4f}"
-    return CHALLENGER, f"accuracy {new_acc:.4f} <= champion {champion_acc:.4f}"
+def mcnemar_p(b: int, c: int) -> float:
+    """Exact one-sided McNemar p-value that the new model is better.
+
+    b = problems only the champion solves, c = problems only the new model solves. Under the null
+    (equally good), each of the b + c discordant problems goes either way with p = 1/2, so
+    p = P(Binomial(b + c, 1/2) >= c).
+    """
+    n = b + c
+    return 1.0 if n == 0 else sum(comb(n, k) for k in range(c, n + 1)) / 2 ** n
 
 
-def run(params: Params, checkpoint: str, model_dir: Path, metrics_file: Path, out: Path,
-        log: tracking.StageLog) -> dict:
+def decide(new: dict[str, bool], champion: dict[str, bool] | None, cfg: Register) -> tuple[str, str, dict]:
+    """(alias, reason, stats): `champion` only for a version that beats the champion on evidence.
+
+    `new` and `champion` map problem id -> correct. With `test: mcnemar` the two are compared on
+    the problems both were evaluated on (paired), and the new version must solve more of the
+    discordant ones with p < alpha; with `test: accuracy`, a strictly higher accuracy suffices.
+    """
+    acc = sum(new.values()) / len(new)
+    if champion is None:
+        return CHAMPION, f"first version: accuracy {acc:.4f}", {"accuracy": acc}
+    common = sorted(set(new) & set(champion))
+    if not common:
+        return CHALLENGER, "no problems in common with the champion's evaluation: no paired evidence", {"accuracy": acc}
+    new_acc = sum(new[i] for i in common) / len(common)
+    old_acc = sum(champion[i] for i in common) / len(common)
+    b = sum(champion[i] and not new[i] for i in common)
+    c = sum(new[i] and not champion[i] for i in common)
+    p = mcnemar_p(b, c)
+    stats = {"accuracy": acc, "paired_n": len(common), "only_new_right": c, "only_champion_right": b,
+             "p_value": p, "champion_accuracy": old_acc}
+    summary = (f"accuracy {new_acc:.4f} vs champion {old_acc:.4f} on {len(common)} shared problems; "
+               f"only new right {c}, only champion right {b}, McNemar exact one-sided p={p:.4g}")
+    if cfg.test == "accuracy":
+        better = new_acc > old_acc
+    else:
+        better = c > b and p < cfg.alpha
+        summary += f", alpha {cfg.alpha}"
+    return (CHAMPION if better else CHALLENGER), summary, stats
+
+
+def correctness(predictions: list[dict]) -> dict[str, bool]:
+    return {p["id"]: bool(p["correct"]) for p in predictions}
+
+
+def champion_predictions(client, version) -> dict[str, bool] | None:
+    """The per-problem verdicts the champion was registered with (an artifact of its run)."""
+    import mlflow
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=PREDICTIONS,
+                                                       dst_path=tmp)
+            return correctness(read_jsonl(path))
+    except Exception:  # noqa: BLE001 - a champion logged without predictions gives no paired evidence
+        return None
+
+
+def stage_params(params: Params, checkpoint: str) -> dict:
+    """The params of every stage that made this checkpoint (base -> SFT -> each round in its chain)."""
+    out = {"base_model": params.base_model.model_dump(), "prompt": params.prompt.model_dump()}
+    if checkpoint == "base":
+        return out
+    out.update({"generate": params.generate.model_dump(), "decontaminate": params.decontaminate.model_dump(),
+                "sft": params.sft.model_dump()})
+    chain, key = [], checkpoint
+    while key != "0":
+        chain.append(key)
+        key = params.rounds[key].prev
+    for key in reversed(chain):
+        out[f"round {key}"] = {"practice": {**params.practice.model_dump(), **params.rounds[key].practice.model_dump()},
+                               "feedback": params.feedback.model_dump(),
+                               "dpo": {**params.dpo.model_dump(), **params.rounds[key].dpo.model_dump()},
+                               "prev": params.rounds[key].prev}
+    return out
+
+
+def provenance(data_dir: Path | None) -> dict:
+    """Counts of the training data by teacher, agent path and family, plus decontamination stats."""
+    if data_dir is None:
+        return {}
+    counts: dict[str, dict[str, int]] = {}
+    for split in ("sft", "practice"):
+        path = data_dir / f"{split}.jsonl"
+        if not path.exists():
+            continue
+        rows = read_jsonl(path, allow_empty=True)
+        prov = [r.get("provenance", {}) for r in rows]
+        counts[split] = {"records": len(rows),
+                         **{f"teacher:{k}": v for k, v in Counter(f"{p.get('teacher')}/{p.get('model')}" for p in prov).items()},
+                         **{f"agent:{k}": v for k, v in Counter(p.get("agent_path") for p in prov).items()},
+                         **{f"family:{k}": v for k, v in sorted(Counter(r.get("family") for r in rows).items())}}
+    decon = data_dir / "decontamination.json"
+    if decon.exists():
+        counts["decontamination"] = json.loads(decon.read_text())
+    return counts
+
+
+def model_card(name: str, version: str, checkpoint: str, metrics: dict, alias: str, reason: str,
+               lineage_tags: dict, params_used: dict, prov: dict) -> str:
+    """A markdown model card: what the model is, how good, how it was made, how to load it."""
+    label = {"base": "the untrained base student", "0": "round 0 (SFT)"}.get(checkpoint, f"preference round {checkpoint}")
+    lines = [f"# {name} v{version}: {label}", "",
+             f"**Promotion:** `{alias}` — {reason}", "",
+             "## Evaluation (greedy pass@1)", "",
+             "| set | accuracy | 95% CI | n |", "| --- | --- | --- | --- |",
+             f"| held-out synthetic | {metrics['accuracy']:.1%} | {metrics['ci95_low']:.1%}–{metrics['ci95_high']:.1%} | {metrics['n']} |"]
+    if "gsm8k" in metrics:
+        g = metrics["gsm8k"]
+        lines.append(f"| GSM8K | {g['accuracy']:.1%} | {g['ci95_low']:.1%}–{g['ci95_high']:.1%} | {g['n']} |")
+    if metrics.get("family"):
+        lines += ["", "Held-out accuracy by problem family: " +
+                  ", ".join(f"{k} {v:.0%}" for k, v in metrics["family"].items())]
+    lines += ["", "## Lineage", "", "| key | value |", "| --- | --- |"]
+    lines += [f"| {k} | `{v}` |" for k, v in sorted(lineage_tags.items())]
+    if prov:
+        lines += ["", "## Training data provenance", "", "```json", json.dumps(prov, indent=2), "```"]
+    lines += ["", "## Parameters of every stage that made it", "", "```json",
+              json.dumps(params_used, indent=2, default=str), "```",
+              "", "## Load", "", "```python", "import mlflow",
+              f'components = mlflow.transformers.load_model("models:/{name}/{version}", return_type="components")',
+              "```"]
+    return "\n".join(lines) + "\n"
+
+
+def run(params: Params, checkpoint: str, model_dir: Path, metrics_file: Path, predictions_file: Path,
+        out: Path, log: tracking.StageLog, data_dir: Path | None = None) -> dict:
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -92,34 +217,50 @@ def run(params: Params, checkpoint: str, model_dir: Path, metrics_file: Path, ou
     metrics = json.loads(metrics_file.read_text())
     if not metrics.get("n"):
         raise ValueError(f"{metrics_file}: evaluated on 0 problems: refusing to register")
-    accuracy = float(metrics[cfg.metric])
+    predictions = read_jsonl(predictions_file, required=("id", "correct"))
+    if len(predictions) != metrics["n"]:
+        raise ValueError(f"{predictions_file} has {len(predictions)} predictions, metrics say {metrics['n']}")
     if not log.active:
         raise RuntimeError("register needs MLflow tracking (TUTORLOOP_TRACKING is off)")
 
-    if cfg.log_model:
-        model_uri = log_transformers_model(model_dir)
-    else:
-        model_uri = model_dir.resolve().as_uri()
-    version = mlflow.register_model(model_uri, cfg.model_name)
     client = MlflowClient()
     try:
         champ = client.get_model_version_by_alias(cfg.model_name, CHAMPION)
-        tag = champ.tags.get(f"metric.{cfg.metric}")
-        # A champion never scored on this metric (register.metric changed) cannot block promotion.
-        champ_acc = float(tag) if tag is not None else None
     except MlflowException:
-        champ, champ_acc = None, None
-    alias, reason = decide(accuracy, champ_acc)
-    tags = {f"lineage.{k}": v for k, v in lineage(checkpoint, params).items()}
-    tags.update({f"metric.{cfg.metric}": f"{accuracy:.6f}", "promotion": alias,
+        champ = None
+    champ_preds = champion_predictions(client, champ) if champ else None
+    alias, reason, stats = decide(correctness(predictions), champ_preds if champ else None, cfg)
+
+    log.artifact(predictions_file, "eval")  # the paired evidence a later challenger is tested against
+    if cfg.log_model:
+        version = mlflow.register_model(log_transformers_model(model_dir), cfg.model_name)
+    else:
+        client.create_registered_model(cfg.model_name) if not client.search_registered_models(
+            f"name='{cfg.model_name}'") else None
+        version = client.create_model_version(cfg.model_name, source=model_dir.resolve().as_uri(),
+                                              run_id=log.run_id)
+    lineage_tags = lineage(checkpoint, params)
+    prov = provenance(data_dir)
+    if checkpoint != "base" and prov.get("sft"):
+        lineage_tags["teacher"] = ",".join(k.split(":", 1)[1] for k in prov["sft"] if k.startswith("teacher:"))
+    tags = {f"lineage.{k}": v for k, v in lineage_tags.items()}
+    tags.update({f"metric.{cfg.metric}": f"{metrics[cfg.metric]:.6f}", "promotion": alias,
                  "promotion.reason": reason, "round": checkpoint})
+    if "p_value" in stats:
+        tags["promotion.p_value"] = f"{stats['p_value']:.6g}"
     if "gsm8k" in metrics:
         tags["metric.gsm8k_accuracy"] = f"{metrics['gsm8k']['accuracy']:.6f}"
     for k, v in tags.items():
         client.set_model_version_tag(cfg.model_name, version.version, k, v)
+    used = stage_params(params, checkpoint)
+    card = model_card(cfg.model_name, version.version, checkpoint, metrics, alias, reason, lineage_tags, used,
+                      prov)
+    client.update_model_version(cfg.model_name, version.version, description=card)
+    log.text(card, "model_card.md")
+    log.json(used, "lineage/params.json")
     client.set_registered_model_alias(cfg.model_name, alias, version.version)
     record = {"name": cfg.model_name, "version": version.version, "alias": alias, "reason": reason,
-              "accuracy": accuracy, "previous_champion": champ.version if champ else None}
+              "previous_champion": champ.version if champ else None, **stats}
     tracking.write_json(record, out)
     log.tags({"registered_version": version.version, "alias": alias})
     return record
@@ -130,15 +271,18 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("model", type=Path)
     parser.add_argument("metrics", type=Path)
+    parser.add_argument("predictions", type=Path)
     parser.add_argument("out", type=Path)
+    parser.add_argument("--data", type=Path, default=None, help="training data dir, for provenance counts")
     args = parser.parse_args()
     # Logging a local model needs no hub; without this, mlflow.transformers spends ~25 s retrying
     # to fetch a model card and license for a repo id that does not exist.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     params = load_params()
     with tracking.stage_run("register", params.register_.model_dump(), round_key=args.checkpoint) as log:
-        record = run(params, args.checkpoint, args.model, args.metrics, args.out, log)
-        log.metrics({"version": int(record["version"]), "accuracy": record["accuracy"]})
+        record = run(params, args.checkpoint, args.model, args.metrics, args.predictions, args.out, log,
+                     data_dir=args.data)
+        log.metrics({k: v for k, v in record.items() if isinstance(v, (int, float))} | {"version": int(record["version"])})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Stage `report`: the accuracy curve over checkpoints (base, SFT, each round) as CSV and PNG.
 
-Reads metrics/<checkpoint>.json written by `evaluate`, writes reports/accuracy.csv (a DVC plot:
-`dvc plots show`) and reports/accuracy.png, and `table()` renders the same rows for the CLI.
+Reads metrics/<checkpoint>.json (from `evaluate`) and data/round-<r>/feedback_metrics.json
+(pairs, practice pass rate), writes reports/accuracy.csv (a DVC plot: `dvc plots show`) and
+reports/accuracy.png, and logs both to MLflow. `table()` renders the same rows for
+`tutorloop report`, with each round's stage wall time read from MLflow when a store exists.
 
     python -m components.report metrics reports
 """
@@ -13,40 +15,80 @@ import csv
 import json
 from pathlib import Path
 
-COLUMNS = ["checkpoint", "accuracy", "ci95_low", "ci95_high", "n", "gsm8k_accuracy", "gsm8k_n"]
+COLUMNS = ["checkpoint", "accuracy", "ci95_low", "ci95_high", "n", "gsm8k_accuracy", "gsm8k_n", "pairs",
+           "practice_pass_rate"]
 
 
 def _order(name: str) -> tuple[int, int]:
     return (0, 0) if name == "base" else (1, int(name)) if name.isdigit() else (2, 0)
 
 
-def rows(metrics_dir: Path) -> list[dict]:
+def rows(metrics_dir: Path, data_dir: Path | None = None) -> list[dict]:
     """One row per evaluated checkpoint, in loop order: base, 0 (SFT), 1, 2, ..."""
+    data_dir = Path(data_dir) if data_dir else Path(metrics_dir).parent / "data"
     out = []
     for path in sorted(Path(metrics_dir).glob("*.json"), key=lambda p: _order(p.stem)):
         m = json.loads(path.read_text())
         g = m.get("gsm8k", {})
+        fb_file = data_dir / f"round-{path.stem}" / "feedback_metrics.json"
+        fb = json.loads(fb_file.read_text()) if fb_file.exists() else {}
         out.append({"checkpoint": path.stem, "accuracy": m["accuracy"], "ci95_low": m["ci95_low"],
                     "ci95_high": m["ci95_high"], "n": m["n"],
-                    "gsm8k_accuracy": g.get("accuracy", ""), "gsm8k_n": g.get("n", "")})
+                    "gsm8k_accuracy": g.get("accuracy", ""), "gsm8k_n": g.get("n", ""),
+                    "pairs": fb.get("pairs", ""), "practice_pass_rate": fb.get("practice_pass_rate", "")})
     return out
+
+
+def stage_minutes(project: Path) -> dict[str, float]:
+    """Wall minutes per checkpoint: the latest finished run of each stage, from MLflow.
+
+    Round 0's time includes base_model, generate and decontaminate as well as SFT.
+    """
+    db = Path(project) / "mlflow.db"
+    if not db.exists():
+        return {}
+    from mlflow import MlflowClient
+
+    from components import tracking
+
+    client = MlflowClient(tracking.tracking_uri(project))
+    exp = client.get_experiment_by_name(tracking.experiment_name())
+    if exp is None:
+        return {}
+    latest: dict[tuple[str, str], float] = {}
+    for run in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'",
+                                  order_by=["attributes.start_time ASC"], max_results=5000):
+        stage, key = run.data.tags.get("tutorloop.stage"), run.data.tags.get("tutorloop.round", "0")
+        if stage and run.info.end_time:
+            latest[(key, stage)] = (run.info.end_time - run.info.start_time) / 60000
+    minutes: dict[str, float] = {}
+    for (key, _), m in latest.items():
+        minutes[key] = minutes.get(key, 0.0) + m
+    return minutes
 
 
 def label(checkpoint: str) -> str:
     return {"base": "base", "0": "round 0 (SFT)"}.get(checkpoint, f"round {checkpoint}")
 
 
-def table(metrics_dir: Path):
-    """A rich Table of accuracy per checkpoint."""
+def table(metrics_dir: Path, minutes: dict[str, float] | None = None):
+    """A rich Table of accuracy per checkpoint (with pairs and minutes where known)."""
     from rich.table import Table
 
-    t = Table(title="tutorloop: held-out accuracy per checkpoint")
-    for col in ("checkpoint", "held-out acc", "95% CI", "n", "GSM8K acc", "GSM8K n"):
+    minutes = minutes or {}
+    t = Table(title="tutorloop: accuracy per checkpoint (greedy pass@1)")
+    for col in ("checkpoint", "held-out acc", "95% CI", "n", "GSM8K acc", "GSM8K 95% CI", "pairs",
+                "practice pass", "minutes"):
         t.add_column(col, justify="right")
     for r in rows(metrics_dir):
-        gsm = f"{r['gsm8k_accuracy']:.1%}" if r["gsm8k_accuracy"] != "" else "-"
+        g = json.loads((Path(metrics_dir) / f"{r['checkpoint']}.json").read_text()).get("gsm8k")
         t.add_row(label(r["checkpoint"]), f"{r['accuracy']:.1%}",
-                  f"{r['ci95_low']:.1%}-{r['ci95_high']:.1%}", str(r["n"]), gsm, str(r["gsm8k_n"] or "-"))
+                  f"{r['ci95_low']:.1%}-{r['ci95_high']:.1%}", str(r["n"]),
+                  f"{g['accuracy']:.1%} (n={g['n']})" if g else "-",
+                  f"{g['ci95_low']:.1%}-{g['ci95_high']:.1%}" if g else "-",
+                  str(r["pairs"] or "-"),
+                  f"{r['practice_pass_rate']:.1%}" if r["practice_pass_rate"] != "" else "-",
+                  f"{minutes[r['checkpoint']]:.1f}" if r["checkpoint"] in minutes else "-")
     return t
 
 
@@ -88,9 +130,15 @@ def main() -> None:
     parser.add_argument("metrics", type=Path)
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
-    run(args.metrics, args.out)
     from rich.console import Console
 
+    from components import tracking
+
+    with tracking.stage_run("report", {}) as log:
+        data = run(args.metrics, args.out)
+        log.artifact(args.out / "accuracy.png", "report")
+        log.artifact(args.out / "accuracy.csv", "report")
+        log.metrics({f"accuracy/{r['checkpoint']}": r["accuracy"] for r in data})
     Console().print(table(args.metrics))
 
 

@@ -67,15 +67,19 @@ def run(project: Path = typer.Option(Path("."), help="project root"),
 
 @app.command()
 def report(project: Path = typer.Option(Path("."), help="project root")) -> None:
-    """Print accuracy per checkpoint (from metrics/*.json)."""
+    """Print accuracy per checkpoint with CIs, pairs and minutes; write reports/accuracy.png."""
     from rich.console import Console
 
-    from components.report import rows, table
+    from components.report import rows, run as write_report, stage_minutes, table
 
     if not rows(project / "metrics"):
         typer.secho("no evaluations yet: run `tutorloop run` first", fg="yellow", err=True)
         raise typer.Exit(1)
-    Console().print(table(project / "metrics"))
+    if not (project / "reports" / "accuracy.png").exists():
+        # normally the `report` stage's output; never overwrite it here, or DVC would see it modified
+        write_report(project / "metrics", project / "reports")
+    Console().print(table(project / "metrics", stage_minutes(project)))
+    typer.echo(f"plot: {project / 'reports' / 'accuracy.png'}")
 
 
 @app.command()

@@ -33,8 +33,8 @@ LOCK = ".tutorloop.lock"
 
 def round_zero_stages() -> list[str]:
     """Round 0: the student, the data, SFT — and the evaluation of base and SFT model."""
-    return ["base_model", "generate", "evaluate@base", "register@base", "sft", "evaluate@0",
-            "register@0"]
+    return ["base_model", "generate", "decontaminate", "evaluate@base", "register@base", "sft",
+            "evaluate@0", "register@0"]
 
 
 def round_stages(round_key: str) -> list[str]:

@@ -1,18 +1,52 @@
-"""Registration: lineage tags, champion only when earned, nothing registered on bad input."""
+"""Registration: paired promotion, lineage tags, model card, nothing registered on bad input."""
 
 import json
 
 import pytest
 
 from components import register, tracking
-from components.register import decide
+from components.config import Register
+from components.data import write_jsonl
+from components.register import decide, mcnemar_p
+
+MCNEMAR = Register(test="mcnemar", alpha=0.05)
 
 
-def test_decide_promotes_only_strict_improvements():
-    assert decide(0.3, None)[0] == "champion"
-    assert decide(0.4, 0.3)[0] == "champion"
-    assert decide(0.3, 0.3)[0] == "challenger"
-    assert decide(0.2, 0.3) == ("challenger", "accuracy 0.2000 <= champion 0.3000")
+def verdicts(pattern: str, prefix: str = "p") -> dict[str, bool]:
+    return {f"{prefix}{i}": ch == "1" for i, ch in enumerate(pattern)}
+
+
+def test_mcnemar_exact_values():
+    assert mcnemar_p(0, 0) == 1.0
+    assert mcnemar_p(0, 5) == pytest.approx(1 / 32)
+    assert mcnemar_p(2, 8) == pytest.approx(56 / 1024)  # P(X >= 8 | n=10)
+    assert mcnemar_p(5, 5) > 0.5
+
+
+def test_first_version_is_champion():
+    assert decide(verdicts("0101"), None, MCNEMAR)[0] == "champion"
+
+
+def test_significant_improvement_is_promoted():
+    champ = verdicts("0" * 30 + "1" * 10)
+    new = verdicts("1" * 12 + "0" * 18 + "1" * 10)  # 12 newly solved, none lost
+    alias, reason, stats = decide(new, champ, MCNEMAR)
+    assert alias == "champion" and stats["p_value"] < 0.001
+    assert "McNemar" in reason
+
+
+def test_higher_but_not_significant_stays_challenger():
+    champ = verdicts("0" * 20 + "1" * 20)
+    new = verdicts("11" + "0" * 18 + "0" + "1" * 19)  # +2 -1: higher accuracy, p ~ 0.5
+    alias, reason, stats = decide(new, champ, MCNEMAR)
+    assert alias == "challenger" and stats["p_value"] > 0.05
+    assert "0.5250 vs champion 0.5000" in reason
+    assert decide(new, champ, Register(test="accuracy"))[0] == "champion"
+
+
+def test_no_shared_problems_is_no_evidence():
+    alias, reason, _ = decide(verdicts("11", "a"), verdicts("00", "b"), MCNEMAR)
+    assert alias == "challenger" and "no problems in common" in reason
 
 
 @pytest.fixture
@@ -24,56 +58,71 @@ def store(tmp_path, monkeypatch):
     return tmp_path
 
 
-def write_metrics(path, acc, n=10):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"accuracy": acc, "n": n, "correct": int(acc * n)}))
+def write_eval(root, key, pattern):
+    n = len(pattern)
+    acc = pattern.count("1") / n
+    (root / "metrics").mkdir(exist_ok=True)
+    (root / f"metrics/{key}.json").write_text(json.dumps(
+        {"accuracy": acc, "n": n, "correct": pattern.count("1"), "ci95_low": 0.0, "ci95_high": 1.0,
+         "family": {"ages": acc}}))
+    write_jsonl(root / f"eval/{key}/predictions.jsonl",
+                [{"id": f"t{i}", "correct": ch == "1"} for i, ch in enumerate(pattern)])
 
 
-def test_register_versions_aliases_and_lineage(store, tiny_model_dir, params_factory):
-    import mlflow
+def do_register(params, store, key, model_dir):
+    with tracking.stage_run("register", {}, round_key=key) as log:
+        return register.run(params, key, model_dir, store / f"metrics/{key}.json",
+                            store / f"eval/{key}/predictions.jsonl", store / f"registry/{key}.json", log)
+
+
+def test_register_versions_aliases_lineage_and_card(store, tiny_model_dir, params_factory):
     from mlflow import MlflowClient
 
     params = params_factory(rounds=2)
     params = params.model_copy(update={"register_": params.register_.model_copy(update={"log_model": False})})
-    for key, acc in [("base", 0.1), ("0", 0.5), ("1", 0.4), ("2", 0.6)]:
-        write_metrics(store / f"metrics/{key}.json", acc)
-        with tracking.stage_run("register", {}, round_key=key) as log:
-            register.run(params, key, tiny_model_dir, store / f"metrics/{key}.json",
-                         store / f"registry/{key}.json", log)
+    patterns = {"base": "0" * 40,                      # champion (first)
+                "0": "1" * 20 + "0" * 20,              # 20 newly solved: promoted
+                "1": "1" * 21 + "0" * 19,              # +1: not significant -> challenger
+                "2": "1" * 34 + "0" * 6}               # +14 vs round 0: promoted
+    for key, pattern in patterns.items():
+        write_eval(store, key, pattern)
+        do_register(params, store, key, tiny_model_dir)
     client = MlflowClient(tracking.tracking_uri())
     versions = {v.tags["round"]: v for v in client.search_model_versions("name='tutor'")}
     assert set(versions) == {"base", "0", "1", "2"}
     assert client.get_model_version_by_alias("tutor", "champion").tags["round"] == "2"
+    assert client.get_model_version_by_alias("tutor", "challenger").tags["round"] == "1"
     assert versions["1"].tags["promotion"] == "challenger"
-    assert "<= champion 0.5000" in versions["1"].tags["promotion.reason"]
-    assert versions["2"].tags["lineage.parent"] == "1"
-    assert versions["0"].tags["lineage.parent"] == "base"
+    assert float(versions["1"].tags["promotion.p_value"]) > 0.05
+    assert "0.5250 vs champion 0.5000" in versions["1"].tags["promotion.reason"]
+    assert versions["2"].tags["lineage.parent"] == "1" and versions["0"].tags["lineage.parent"] == "base"
     assert "lineage.git_commit" in versions["2"].tags
+    card = client.get_model_version("tutor", versions["2"].version).description
+    assert card.startswith("# tutor v4: preference round 2") and "round 1" in card and "McNemar" in card
     assert json.loads((store / "registry/2.json").read_text())["alias"] == "champion"
-    assert mlflow.get_tracking_uri().endswith("mlflow.db")
 
 
 def test_register_logs_a_loadable_transformers_model(store, tiny_model_dir, params_factory):
     import mlflow
 
     params = params_factory()
-    write_metrics(store / "metrics/0.json", 0.5)
-    with tracking.stage_run("register", {}, round_key="0") as log:
-        register.run(params, "0", tiny_model_dir, store / "metrics/0.json", store / "registry/0.json", log)
+    write_eval(store, "0", "0110")
+    do_register(params, store, "0", tiny_model_dir)
     components = mlflow.transformers.load_model("models:/tutor@champion", return_type="components")
     assert components["model"].config.vocab_size == len(components["tokenizer"])
 
 
 def test_register_refuses_without_evaluation(store, tiny_model_dir, params_factory):
-    params = params_factory()
-    with tracking.stage_run("register", {}, round_key="0") as log:
-        with pytest.raises(FileNotFoundError, match="refusing to register"):
-            register.run(params, "0", tiny_model_dir, store / "metrics/0.json", store / "r.json", log)
-        write_metrics(store / "metrics/0.json", 0.0, n=0)
-        with pytest.raises(ValueError, match="0 problems"):
-            register.run(params, "0", tiny_model_dir, store / "metrics/0.json", store / "r.json", log)
-        with pytest.raises(FileNotFoundError, match="no model checkpoint"):
-            register.run(params, "0", store / "nope", store / "metrics/0.json", store / "r.json", log)
     from mlflow import MlflowClient
 
+    params = params_factory()
+    with pytest.raises(FileNotFoundError, match="refusing to register"):
+        do_register(params, store, "0", tiny_model_dir)
+    write_eval(store, "0", "01")
+    (store / "metrics/0.json").write_text(json.dumps({"accuracy": 0.0, "n": 0}))
+    with pytest.raises(ValueError, match="0 problems"):
+        do_register(params, store, "0", tiny_model_dir)
+    write_eval(store, "0", "01")
+    with pytest.raises(FileNotFoundError, match="no model checkpoint"):
+        do_register(params, store, "0", store / "nope")
     assert MlflowClient(tracking.tracking_uri()).search_model_versions("name='tutor'") == []

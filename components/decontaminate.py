@@ -1,0 +1,100 @@
+"""Stage `decontaminate`: a gate between generated data and training.
+
+Every record used for training (SFT and practice problems) is checked for word n-gram overlap
+(default 13 words, GPT-3's test, on normalised text) with every evaluation problem: the held-out
+set and GSM8K when configured. A record is contaminated when at least `min_overlap` of its
+n-grams occur in one evaluation problem. (GPT-3 drops on any shared 13-gram; templated synthetic
+problems share fixed 13-word spans across genuinely different problems, so "any" would drop a
+third of a procedural set, while a copied or lightly edited problem shares most of its n-grams.)
+Contaminated records are dropped before SFT/DPO, the counts are logged, and the stage fails if
+the dropped share exceeds `max_share` — a teacher that copies benchmark problems should stop the
+loop, not quietly shrink the data.
+
+    python -m components.decontaminate data/generated data/clean
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from components import tracking
+from components.config import Params, load_params
+from components.data import read_jsonl, write_jsonl
+from components.evaluate import load_gsm8k
+
+TRAINING_SPLITS = ("sft", "practice")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens with punctuation dropped: "$1,234." and "1234" match."""
+    return re.findall(r"[a-z0-9]+", text.lower().replace(",", ""))
+
+
+def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    w = words(text)
+    if len(w) < n:  # a text shorter than n words is compared whole
+        return {tuple(w)} if w else set()
+    return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
+
+
+def build_index(problems: list[dict], n: int) -> dict[tuple[str, ...], set[int]]:
+    """n-gram -> the evaluation problems (by position) that contain it."""
+    index: dict[tuple[str, ...], set[int]] = defaultdict(set)
+    for i, p in enumerate(problems):
+        for g in ngrams(p["question"], n):
+            index[g].add(i)
+    return index
+
+
+def overlap(question: str, index: dict[tuple[str, ...], set[int]], n: int) -> float:
+    """The largest share of this question's n-grams found in a single evaluation problem."""
+    grams = ngrams(question, n)
+    hits: Counter[int] = Counter()
+    for g in grams:
+        hits.update(index.get(g, ()))
+    return max(hits.values()) / len(grams) if hits else 0.0
+
+
+def run(params: Params, generated: Path, out: Path) -> dict:
+    cfg = params.decontaminate
+    eval_sets = {"heldout": read_jsonl(generated / "test.jsonl", required=("question",))}
+    gsm8k = load_gsm8k(params.evaluate.gsm8k)
+    if gsm8k:
+        eval_sets["gsm8k"] = gsm8k
+    index = build_index([p for rows in eval_sets.values() for p in rows], cfg.ngram)
+    stats: dict[str, float] = {f"eval_problems/{k}": len(v) for k, v in eval_sets.items()}
+    total = dropped = 0
+    for split in TRAINING_SPLITS:
+        rows = read_jsonl(generated / f"{split}.jsonl", required=("id", "question"))
+        flags = [overlap(r["question"], index, cfg.ngram) >= cfg.min_overlap for r in rows]
+        kept = [r for r, bad in zip(rows, flags) if not bad]
+        write_jsonl(out / f"{split}.jsonl", kept)
+        stats[f"dropped/{split}"] = sum(flags)
+        stats[f"kept/{split}"] = len(kept)
+        total += len(rows)
+        dropped += sum(flags)
+    stats["dropped_share"] = dropped / total if total else 0.0
+    tracking.write_json(stats, out / "decontamination.json")
+    if stats["dropped_share"] > cfg.max_share:
+        raise RuntimeError(
+            f"decontaminate: {dropped} of {total} training records ({stats['dropped_share']:.1%}) share a "
+            f"{cfg.ngram}-gram with an evaluation set; limit decontaminate.max_share={cfg.max_share:.1%}")
+    return stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("generated", type=Path)
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
+    params = load_params()
+    with tracking.stage_run("decontaminate", params.decontaminate.model_dump()) as log:
+        stats = run(params, args.generated, args.out)
+        log.metrics(stats)
+
+
+if __name__ == "__main__":
+    main()

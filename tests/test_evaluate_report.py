@@ -1,0 +1,81 @@
+"""Evaluation options (few-shot, maj@k) and the report (CSV, PNG, table, CLI)."""
+
+import json
+
+import pytest
+
+from components import evaluate, generate, report
+from components.data import read_jsonl
+from components.modeling import chat_prompts, load
+
+pytestmark = pytest.mark.usefixtures("no_tracking")
+
+
+def test_majority_vote():
+    assert evaluate.majority(["3", "5", "3", None]) == "3"
+    assert evaluate.majority(["5", "3"]) == "5"  # tie: first seen
+    assert evaluate.majority([None, None]) is None
+
+
+def test_fewshot_prompt_holds_the_worked_examples(tiny_model_dir):
+    _, tok = load(tiny_model_dir)
+    shots = [("What is 2+3?", "2+3 = <<2+3=5>>5\n#### 5")]
+    prompt = chat_prompts(tok, ["What is 4+4?"], "sys", "{question}", shots)[0]
+    assert prompt.index("What is 2+3?") < prompt.index("#### 5") < prompt.index("What is 4+4?")
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_fewshot_and_majority_evaluation(params_factory, tmp_path):
+    params = params_factory()
+    ev = params.evaluate.model_copy(update={"fewshot": 2, "maj_k": 3, "gsm8k": params.evaluate.gsm8k.model_copy(update={"path": ""})})
+    params = params.model_copy(update={"evaluate": ev})
+    generate.run(params.generate, tmp_path / "gen")
+    metrics = evaluate.run(params, _model(params), tmp_path / "gen/test.jsonl",
+                           tmp_path / "m.json", tmp_path / "e", shots_file=tmp_path / "gen/sft.jsonl")
+    assert 0 <= metrics["maj@3"] <= 1 and "gsm8k" not in metrics
+    preds = read_jsonl(tmp_path / "e/predictions.jsonl")
+    assert all("majority_correct" in p for p in preds)
+    with pytest.raises(ValueError, match="--shots"):
+        evaluate.run(params, _model(params), tmp_path / "gen/test.jsonl", tmp_path / "m.json", tmp_path / "e")
+
+
+def _model(params):
+    from pathlib import Path
+
+    return Path(params.base_model.source)
+
+
+def write_metrics(root, key, acc, n=100, gsm=None):
+    m = {"accuracy": acc, "n": n, "correct": int(acc * n), "ci95_low": acc - 0.05, "ci95_high": acc + 0.05}
+    if gsm is not None:
+        m["gsm8k"] = {"accuracy": gsm, "n": 50, "ci95_low": 0.0, "ci95_high": gsm + 0.1}
+    (root / "metrics").mkdir(exist_ok=True)
+    (root / f"metrics/{key}.json").write_text(json.dumps(m))
+
+
+def test_report_orders_checkpoints_and_writes_plot(tmp_path):
+    for key, acc in [("2", 0.5), ("base", 0.01), ("0", 0.4), ("1", 0.45), ("10", 0.6)]:
+        write_metrics(tmp_path, key, acc, gsm=0.02)
+    (tmp_path / "data/round-1").mkdir(parents=True)
+    (tmp_path / "data/round-1/feedback_metrics.json").write_text(json.dumps({"pairs": 123, "practice_pass_rate": 0.4}))
+    data = report.run(tmp_path / "metrics", tmp_path / "reports")
+    assert [r["checkpoint"] for r in data] == ["base", "0", "1", "2", "10"]
+    assert data[2]["pairs"] == 123
+    csv_lines = (tmp_path / "reports/accuracy.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("checkpoint,accuracy") and len(csv_lines) == 6
+    assert (tmp_path / "reports/accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_report_prints_the_table(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    write_metrics(tmp_path, "base", 0.01)
+    write_metrics(tmp_path, "0", 0.425, gsm=0.01)
+    result = CliRunner().invoke(app, ["report", "--project", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "round 0 (SFT)" in result.output and "42.5%" in result.output
+    assert (tmp_path / "reports/accuracy.png").exists()
+    empty = CliRunner().invoke(app, ["report", "--project", str(tmp_path / "nothing")])
+    assert empty.exit_code == 1
