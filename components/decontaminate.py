@@ -2,8 +2,8 @@
 
 Every record used for training (SFT and practice problems) is checked for word n-gram overlap
 (default 13 words, GPT-3's test, on normalised text) with every evaluation problem: the held-out
-set and GSM8K when configured. A record is contaminated when at least `min_overlap` of its
-n-grams occur in one evaluation problem. (GPT-3 drops on any shared 13-gram; templated synthetic
+set and GSM8K when configured. A record is contaminated when at least `min_overlap` of the
+n-grams of the shorter of the two texts are shared with one evaluation problem. (GPT-3 drops on any shared 13-gram; templated synthetic
 problems share fixed 13-word spans across genuinely different problems, so "any" would drop a
 third of a procedural set, while a copied or lightly edited problem shares most of its n-grams.)
 Contaminated records are dropped before SFT/DPO, the counts are logged, and the stage fails if
@@ -40,22 +40,30 @@ def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
 
 
-def build_index(problems: list[dict], n: int) -> dict[tuple[str, ...], set[int]]:
-    """n-gram -> the evaluation problems (by position) that contain it."""
-    index: dict[tuple[str, ...], set[int]] = defaultdict(set)
-    for i, p in enumerate(problems):
-        for g in ngrams(p["question"], n):
-            index[g].add(i)
-    return index
+class EvalIndex:
+    """n-gram -> evaluation problems containing it, plus each problem's n-gram count."""
 
+    def __init__(self, problems: list[dict], n: int) -> None:
+        self.n = n
+        self.index: dict[tuple[str, ...], set[int]] = defaultdict(set)
+        self.sizes: list[int] = []
+        for i, p in enumerate(problems):
+            grams = ngrams(p["question"], n)
+            self.sizes.append(len(grams))
+            for g in grams:
+                self.index[g].add(i)
 
-def overlap(question: str, index: dict[tuple[str, ...], set[int]], n: int) -> float:
-    """The largest share of this question's n-grams found in a single evaluation problem."""
-    grams = ngrams(question, n)
-    hits: Counter[int] = Counter()
-    for g in grams:
-        hits.update(index.get(g, ()))
-    return max(hits.values()) / len(grams) if hits else 0.0
+    def overlap(self, question: str) -> float:
+        """Largest overlap with one evaluation problem, as a share of the *smaller* of the two.
+
+        Symmetric on purpose: a training question that embeds a whole benchmark question inside
+        extra text covers all of the benchmark's n-grams even though they are a minority of its own.
+        """
+        grams = ngrams(question, self.n)
+        hits: Counter[int] = Counter()
+        for g in grams:
+            hits.update(self.index.get(g, ()))
+        return max((c / min(len(grams), self.sizes[i]) for i, c in hits.items()), default=0.0)
 
 
 def run(params: Params, generated: Path, out: Path) -> dict:
@@ -64,12 +72,14 @@ def run(params: Params, generated: Path, out: Path) -> dict:
     gsm8k = load_gsm8k(params.evaluate.gsm8k)
     if gsm8k:
         eval_sets["gsm8k"] = gsm8k
-    index = build_index([p for rows in eval_sets.values() for p in rows], cfg.ngram)
+    index = EvalIndex([p for rows in eval_sets.values() for p in rows], cfg.ngram)
     stats: dict[str, float] = {f"eval_problems/{k}": len(v) for k, v in eval_sets.items()}
+    # A configured GSM8K file that is absent is skipped by evaluate too; say so in the metrics.
+    stats["gsm8k_checked"] = int(gsm8k is not None)
     total = dropped = 0
     for split in TRAINING_SPLITS:
         rows = read_jsonl(generated / f"{split}.jsonl", required=("id", "question"))
-        flags = [overlap(r["question"], index, cfg.ngram) >= cfg.min_overlap for r in rows]
+        flags = [index.overlap(r["question"]) >= cfg.min_overlap for r in rows]
         kept = [r for r, bad in zip(rows, flags) if not bad]
         write_jsonl(out / f"{split}.jsonl", kept)
         stats[f"dropped/{split}"] = sum(flags)

@@ -88,7 +88,7 @@ def score(model, tok, params: Params, problems: list[dict], desc: str,
             vote = majority([grade(t, p["answer"]).extracted for t in texts])
             x["majority"] = vote
             x["majority_correct"] = vote is not None and grade(f"#### {vote}", p["answer"]).correct
-        stats[f"maj@{cfg.maj_k}"] = sum(x["majority_correct"] for x in preds) / len(preds)
+        stats[f"maj_at_{cfg.maj_k}"] = sum(x["majority_correct"] for x in preds) / len(preds)
     return preds, stats
 
 
@@ -117,8 +117,28 @@ def run(params: Params, model_dir: Path, test_file: Path, metrics_file: Path, ou
         g_preds, g_stats = score(model, tok, params, gsm8k, "evaluate gsm8k", shots)
         write_jsonl(out_dir / "gsm8k_predictions.jsonl", g_preds)
         metrics["gsm8k"] = g_stats
+    metrics["protocol"] = protocol(params)
     tracking.write_json(metrics, metrics_file)
     return metrics
+
+
+def flat_metrics(metrics: dict) -> dict[str, float]:
+    """The nested metrics as flat MLflow metric names (only [\\w/.- :] allowed: no '@')."""
+    flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    flat.update({f"family/{k}": v for k, v in metrics["family"].items()})
+    flat.update({f"gsm8k_{k}": v for k, v in metrics.get("gsm8k", {}).items()})
+    return flat
+
+
+def protocol(params: Params) -> str:
+    """A fingerprint of how a model was evaluated: verdicts pair only under the same protocol."""
+    import hashlib
+    import json
+
+    cfg = params.evaluate
+    key = {"prompt": params.prompt.model_dump(), "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype,
+           "limit": cfg.limit, "fewshot": cfg.fewshot}
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def main() -> None:
@@ -133,10 +153,7 @@ def main() -> None:
     params = load_params()
     with tracking.stage_run("evaluate", params.evaluate.model_dump(), round_key=args.checkpoint) as log:
         metrics = run(params, args.model, args.test, args.metrics, args.out, args.shots)
-        flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-        flat.update({f"family/{k}": v for k, v in metrics["family"].items()})
-        flat.update({f"gsm8k_{k}": v for k, v in metrics.get("gsm8k", {}).items()})
-        log.metrics(flat)
+        log.metrics(flat_metrics(metrics))
         log.artifact(args.out / "predictions.jsonl", "eval")
         log.artifact(args.out / "gsm8k_predictions.jsonl", "eval")
 

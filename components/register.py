@@ -90,7 +90,8 @@ def mcnemar_p(b: int, c: int) -> float:
     return 1.0 if n == 0 else sum(comb(n, k) for k in range(c, n + 1)) / 2 ** n
 
 
-def decide(new: dict[str, bool], champion: dict[str, bool] | None, cfg: Register) -> tuple[str, str, dict]:
+def decide(new: dict[str, bool], champion: dict[str, bool] | None, cfg: Register,
+           has_champion: bool | None = None) -> tuple[str, str, dict]:
     """(alias, reason, stats): `champion` only for a version that beats the champion on evidence.
 
     `new` and `champion` map problem id -> correct. With `test: mcnemar` the two are compared on
@@ -98,8 +99,14 @@ def decide(new: dict[str, bool], champion: dict[str, bool] | None, cfg: Register
     discordant ones with p < alpha; with `test: accuracy`, a strictly higher accuracy suffices.
     """
     acc = sum(new.values()) / len(new)
-    if champion is None:
+    if has_champion is None:
+        has_champion = champion is not None
+    if not has_champion:
         return CHAMPION, f"first version: accuracy {acc:.4f}", {"accuracy": acc}
+    if champion is None:
+        # A champion exists but its verdicts cannot be paired (none logged, or another protocol):
+        # no evidence, so no promotion. Never treat a lost artifact as "first version".
+        return CHALLENGER, "champion's per-problem verdicts unavailable under this protocol: no paired evidence", {"accuracy": acc}
     common = sorted(set(new) & set(champion))
     if not common:
         return CHALLENGER, "no problems in common with the champion's evaluation: no paired evidence", {"accuracy": acc}
@@ -124,10 +131,13 @@ def correctness(predictions: list[dict]) -> dict[str, bool]:
     return {p["id"]: bool(p["correct"]) for p in predictions}
 
 
-def champion_predictions(client, version) -> dict[str, bool] | None:
-    """The per-problem verdicts the champion was registered with (an artifact of its run)."""
+def champion_predictions(client, version, protocol: str) -> dict[str, bool] | None:
+    """The per-problem verdicts the champion was registered with (an artifact of its run), if it
+    was evaluated under the same protocol (prompt, decoding, few-shot) as the new version."""
     import mlflow
 
+    if version.tags.get("eval.protocol") != protocol:
+        return None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=PREDICTIONS,
@@ -178,7 +188,7 @@ def provenance(data_dir: Path | None) -> dict:
 
 
 def model_card(name: str, version: str, checkpoint: str, metrics: dict, alias: str, reason: str,
-               lineage_tags: dict, params_used: dict, prov: dict) -> str:
+               lineage_tags: dict, params_used: dict, prov: dict, logged: bool = True) -> str:
     """A markdown model card: what the model is, how good, how it was made, how to load it."""
     label = {"base": "the untrained base student", "0": "round 0 (SFT)"}.get(checkpoint, f"preference round {checkpoint}")
     lines = [f"# {name} v{version}: {label}", "",
@@ -198,9 +208,14 @@ def model_card(name: str, version: str, checkpoint: str, metrics: dict, alias: s
         lines += ["", "## Training data provenance", "", "```json", json.dumps(prov, indent=2), "```"]
     lines += ["", "## Parameters of every stage that made it", "", "```json",
               json.dumps(params_used, indent=2, default=str), "```",
-              "", "## Load", "", "```python", "import mlflow",
-              f'components = mlflow.transformers.load_model("models:/{name}/{version}", return_type="components")',
-              "```"]
+              "", "## Load", ""]
+    if logged:
+        lines += ["```python", "import mlflow",
+                  f'components = mlflow.transformers.load_model("models:/{name}/{version}", return_type="components")',
+                  "```"]
+    else:
+        lines += ["Weights were not logged (register.log_model: false): the version points at the DVC-owned "
+                  "folder; restore it with `dvc checkout` at the commit in the lineage tags."]
     return "\n".join(lines) + "\n"
 
 
@@ -228,8 +243,8 @@ def run(params: Params, checkpoint: str, model_dir: Path, metrics_file: Path, pr
         champ = client.get_model_version_by_alias(cfg.model_name, CHAMPION)
     except MlflowException:
         champ = None
-    champ_preds = champion_predictions(client, champ) if champ else None
-    alias, reason, stats = decide(correctness(predictions), champ_preds if champ else None, cfg)
+    champ_preds = champion_predictions(client, champ, metrics.get("protocol", "")) if champ else None
+    alias, reason, stats = decide(correctness(predictions), champ_preds, cfg, has_champion=champ is not None)
 
     log.artifact(predictions_file, "eval")  # the paired evidence a later challenger is tested against
     if cfg.log_model:
@@ -240,12 +255,13 @@ def run(params: Params, checkpoint: str, model_dir: Path, metrics_file: Path, pr
         version = client.create_model_version(cfg.model_name, source=model_dir.resolve().as_uri(),
                                               run_id=log.run_id)
     lineage_tags = lineage(checkpoint, params)
-    prov = provenance(data_dir)
+    prov = provenance(data_dir) if checkpoint != "base" else {}  # base saw none of our data
     if checkpoint != "base" and prov.get("sft"):
         lineage_tags["teacher"] = ",".join(k.split(":", 1)[1] for k in prov["sft"] if k.startswith("teacher:"))
     tags = {f"lineage.{k}": v for k, v in lineage_tags.items()}
     tags.update({f"metric.{cfg.metric}": f"{metrics[cfg.metric]:.6f}", "promotion": alias,
-                 "promotion.reason": reason, "round": checkpoint})
+                 "promotion.reason": reason, "round": checkpoint,
+                 "eval.protocol": metrics.get("protocol", "")})
     if "p_value" in stats:
         tags["promotion.p_value"] = f"{stats['p_value']:.6g}"
     if "gsm8k" in metrics:
@@ -254,8 +270,10 @@ def run(params: Params, checkpoint: str, model_dir: Path, metrics_file: Path, pr
         client.set_model_version_tag(cfg.model_name, version.version, k, v)
     used = stage_params(params, checkpoint)
     card = model_card(cfg.model_name, version.version, checkpoint, metrics, alias, reason, lineage_tags, used,
-                      prov)
-    client.update_model_version(cfg.model_name, version.version, description=card)
+                      prov, logged=cfg.log_model)
+    # Registry descriptions are VARCHAR(5000) on SQL backends: the full card is an artifact.
+    description = card if len(card) <= 5000 else card[:4900] + "\n\n… (truncated: full card in the run's model_card.md)\n"
+    client.update_model_version(cfg.model_name, version.version, description=description)
     log.text(card, "model_card.md")
     log.json(used, "lineage/params.json")
     client.set_registered_model_alias(cfg.model_name, alias, version.version)

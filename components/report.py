@@ -57,9 +57,9 @@ def stage_minutes(project: Path) -> dict[str, float]:
         return {}
     latest: dict[tuple[str, str], float] = {}
     for run in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'",
-                                  order_by=["attributes.start_time ASC"], max_results=5000):
+                                  order_by=["attributes.start_time DESC"], max_results=5000):
         stage, key = run.data.tags.get("tutorloop.stage"), run.data.tags.get("tutorloop.round", "0")
-        if stage and run.info.end_time:
+        if stage and stage != "report" and run.info.end_time and (key, stage) not in latest:
             latest[(key, stage)] = (run.info.end_time - run.info.start_time) / 60000
     minutes: dict[str, float] = {}
     for (key, _), m in latest.items():

@@ -78,7 +78,7 @@ def test_held_out_problems_planted_in_practice_are_caught(params_factory, tmp_pa
     test = read_jsonl(gen / "test.jsonl")
     plant(gen, [{"question": r["question"], "answer": r["solution"]} for r in test[:3]], split="practice")
     stats = decontaminate.run(params, gen, tmp_path / "clean")
-    assert stats["dropped/practice"] >= 3
+    assert stats["dropped/practice"] == 3 and stats["dropped/sft"] == 0
 
 
 @pytest.mark.skipif(not GSM8K_TRAIN.exists(), reason="../shared/data/gsm8k/train.jsonl absent")
@@ -90,6 +90,15 @@ def test_real_gsm8k_train_problems_planted(params_factory, tmp_path):
     plant(gen, real[100:110])  # planted problems lie inside the first 200 evaluated
     stats = decontaminate.run(with_gsm8k(params, GSM8K_TRAIN, limit=200), gen, tmp_path / "clean")
     assert stats["dropped/sft"] == 10
+
+
+def test_embedded_copy_is_caught():
+    """A benchmark question hidden inside a longer training question is still a copy."""
+    index = decontaminate.EvalIndex(HANDMADE_GSM8K, 13)
+    padded = ("Here is a warm-up story about a busy shop on a rainy Tuesday with many customers "
+              "waiting in line for a long time. " + HANDMADE_GSM8K[0]["question"] + " Explain carefully.")
+    assert index.overlap(padded) == 1.0
+    assert index.overlap("Tom has 3 apples and buys 4 more. How many apples does Tom have now?") == 0.0
 
 
 def test_ngrams_normalise_text():

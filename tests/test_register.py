@@ -44,6 +44,11 @@ def test_higher_but_not_significant_stays_challenger():
     assert decide(new, champ, Register(test="accuracy"))[0] == "champion"
 
 
+def test_champion_without_verdicts_is_never_replaced_by_default():
+    alias, reason, _ = decide(verdicts("1111"), None, MCNEMAR, has_champion=True)
+    assert alias == "challenger" and "no paired evidence" in reason
+
+
 def test_no_shared_problems_is_no_evidence():
     alias, reason, _ = decide(verdicts("11", "a"), verdicts("00", "b"), MCNEMAR)
     assert alias == "challenger" and "no problems in common" in reason
@@ -100,6 +105,18 @@ def test_register_versions_aliases_lineage_and_card(store, tiny_model_dir, param
     card = client.get_model_version("tutor", versions["2"].version).description
     assert card.startswith("# tutor v4: preference round 2") and "round 1" in card and "McNemar" in card
     assert json.loads((store / "registry/2.json").read_text())["alias"] == "champion"
+
+
+def test_other_protocol_is_not_paired(store, tiny_model_dir, params_factory):
+    params = params_factory()
+    params = params.model_copy(update={"register_": params.register_.model_copy(update={"log_model": False})})
+    write_eval(store, "0", "0" * 20)
+    do_register(params, store, "0", tiny_model_dir)
+    write_eval(store, "1", "1" * 20)
+    m = json.loads((store / "metrics/1.json").read_text())
+    (store / "metrics/1.json").write_text(json.dumps({**m, "protocol": "fewshot-8"}))
+    record = do_register(params, store, "1", tiny_model_dir)
+    assert record["alias"] == "challenger" and "protocol" in record["reason"]
 
 
 def test_register_logs_a_loadable_transformers_model(store, tiny_model_dir, params_factory):
