@@ -73,22 +73,29 @@ def label(checkpoint: str) -> str:
 
 def table(metrics_dir: Path, minutes: dict[str, float] | None = None):
     """A rich Table of accuracy per checkpoint (with pairs and minutes where known)."""
+    from rich import box
     from rich.table import Table
 
     minutes = minutes or {}
-    t = Table(title="tutorloop: accuracy per checkpoint (greedy pass@1)")
-    for col in ("checkpoint", "held-out acc", "95% CI", "n", "GSM8K acc", "GSM8K 95% CI", "pairs",
-                "practice pass", "minutes"):
-        t.add_column(col, justify="right")
+    # Compact enough for an 80-column terminal (make demo's log, CI): CIs in brackets, no grid.
+    t = Table(title="tutorloop: greedy pass@1 per checkpoint", box=box.SIMPLE_HEAD, padding=(0, 1))
+    t.add_column("checkpoint", no_wrap=True)
+    for col in ("held-out [95% CI]", "GSM8K [95% CI]", "pairs", "pass", "minutes"):
+        t.add_column(col, justify="right", no_wrap=True)
+
+    def pct(m: dict) -> str:
+        return f"{m['accuracy']:.1%} [{m['ci95_low']:.0%},{m['ci95_high']:.0%}]"
+
+    sizes = set()
     for r in rows(metrics_dir):
-        g = json.loads((Path(metrics_dir) / f"{r['checkpoint']}.json").read_text()).get("gsm8k")
-        t.add_row(label(r["checkpoint"]), f"{r['accuracy']:.1%}",
-                  f"{r['ci95_low']:.1%}-{r['ci95_high']:.1%}", str(r["n"]),
-                  f"{g['accuracy']:.1%} (n={g['n']})" if g else "-",
-                  f"{g['ci95_low']:.1%}-{g['ci95_high']:.1%}" if g else "-",
+        m = json.loads((Path(metrics_dir) / f"{r['checkpoint']}.json").read_text())
+        sizes.add(f"held-out n={m['n']}" + (f", GSM8K n={m['gsm8k']['n']}" if "gsm8k" in m else ""))
+        t.add_row(label(r["checkpoint"]), pct(m), pct(m["gsm8k"]) if "gsm8k" in m else "-",
                   str(r["pairs"] or "-"),
-                  f"{r['practice_pass_rate']:.1%}" if r["practice_pass_rate"] != "" else "-",
+                  f"{r['practice_pass_rate']:.0%}" if r["practice_pass_rate"] != "" else "-",
                   f"{minutes[r['checkpoint']]:.1f}" if r["checkpoint"] in minutes else "-")
+    t.caption = (f"{'; '.join(sorted(sizes))}. pass: practice samples judged right.\n"
+                 "minutes: wall time of the stages that made and scored the checkpoint (MLflow).")
     return t
 
 
