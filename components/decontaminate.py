@@ -90,8 +90,9 @@ def run(params: Params, generated: Path, out: Path) -> dict:
     tracking.write_json(stats, out / "decontamination.json")
     if stats["dropped_share"] > cfg.max_share:
         raise RuntimeError(
-            f"decontaminate: {dropped} of {total} training records ({stats['dropped_share']:.1%}) share a "
-            f"{cfg.ngram}-gram with an evaluation set; limit decontaminate.max_share={cfg.max_share:.1%}")
+            f"decontaminate: {dropped} of {total} training records ({stats['dropped_share']:.1%}) share at "
+            f"least {cfg.min_overlap:.0%} of their {cfg.ngram}-grams with an evaluation problem; limit "
+            f"decontaminate.max_share={cfg.max_share:.1%}")
     return stats
 
 
