@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -99,10 +98,6 @@ def schedule(cron: str = typer.Option("0 3 * * *", help="cron expression (server
     from flows.pipeline import loop_flow
 
     loop_flow.serve(name=name, cron=cron, parameters={"project": str(project.resolve())})
-
-
-def main() -> None:  # pragma: no cover
-    sys.exit(app())
 
 
 if __name__ == "__main__":
