@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
@@ -44,18 +45,33 @@ def read_jsonl(path: str | Path, required: Iterable[str] = (), allow_empty: bool
     return rows
 
 
-def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
-    """Write rows atomically (temp file + rename): a killed stage never leaves half a file."""
+@contextmanager
+def atomic_open(path: str | Path):
+    """Write to a temp file beside `path` and rename it into place: a killed stage never leaves
+    half a file for DVC to hash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp",
                                      encoding="utf-8") as f:
+        yield f
+    os.replace(f.name, path)
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
+    """Write rows atomically, one JSON object per line; returns the count."""
+    n = 0
+    with atomic_open(path) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
-    os.replace(f.name, path)
     return n
+
+
+def write_json(obj, path: str | Path) -> None:
+    """Write one JSON document atomically (metrics files DVC reads)."""
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 if __name__ == "__main__":

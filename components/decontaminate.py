@@ -22,7 +22,7 @@ from pathlib import Path
 
 from components import tracking
 from components.config import Params, load_params
-from components.data import read_jsonl, write_jsonl
+from components.data import read_jsonl, write_json, write_jsonl
 from components.evaluate import load_gsm8k
 
 TRAINING_SPLITS = ("sft", "practice")
@@ -87,7 +87,7 @@ def run(params: Params, generated: Path, out: Path) -> dict:
         total += len(rows)
         dropped += sum(flags)
     stats["dropped_share"] = dropped / total if total else 0.0
-    tracking.write_json(stats, out / "decontamination.json")
+    write_json(stats, out / "decontamination.json")
     if stats["dropped_share"] > cfg.max_share:
         raise RuntimeError(
             f"decontaminate: {dropped} of {total} training records ({stats['dropped_share']:.1%}) share at "

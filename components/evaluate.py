@@ -23,7 +23,7 @@ from pathlib import Path
 
 from components import tracking
 from components.config import Gsm8k, Params, load_params
-from components.data import DataError, read_jsonl, write_jsonl
+from components.data import DataError, read_jsonl, write_json, write_jsonl
 from components.grading import grade
 from components.modeling import chat_prompts, generate, load, pick_device, setup_runtime
 
@@ -118,7 +118,7 @@ def run(params: Params, model_dir: Path, test_file: Path, metrics_file: Path, ou
         write_jsonl(out_dir / "gsm8k_predictions.jsonl", g_preds)
         metrics["gsm8k"] = g_stats
     metrics["protocol"] = protocol(params)
-    tracking.write_json(metrics, metrics_file)
+    write_json(metrics, metrics_file)
     return metrics
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from components import tracking
 from components.config import Feedback, load_params
-from components.data import read_jsonl, write_jsonl
+from components.data import read_jsonl, write_json, write_jsonl
 from components.grading import grade
 
 
@@ -103,7 +103,7 @@ def run(cfg: Feedback, problems_file: Path, round_dir: Path) -> dict:
         raise RuntimeError("no preference pairs could be built (no negatives anywhere?)")
     write_jsonl(round_dir / "feedback.jsonl", feedback)
     write_jsonl(round_dir / "pairs.jsonl", pairs)
-    tracking.write_json(stats, round_dir / "feedback_metrics.json")
+    write_json(stats, round_dir / "feedback_metrics.json")
     return stats
 
 

@@ -30,7 +30,7 @@ import yaml
 
 from components import tracking
 from components.config import Params, Register, load_params
-from components.data import read_jsonl
+from components.data import read_jsonl, write_json
 from components.modeling import require_checkpoint
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -279,7 +279,7 @@ def run(params: Params, checkpoint: str, model_dir: Path, metrics_file: Path, pr
     client.set_registered_model_alias(cfg.model_name, alias, version.version)
     record = {"name": cfg.model_name, "version": version.version, "alias": alias, "reason": reason,
               "previous_champion": champ.version if champ else None, **stats}
-    tracking.write_json(record, out)
+    write_json(record, out)
     log.tags({"registered_version": version.version, "alias": alias})
     return record
 

@@ -9,15 +9,13 @@
 - `TUTORLOOP_TRACKING=off` turns all of this into a no-op (unit tests of a single stage).
 - Secrets: only params and metrics we pass are logged; never the environment.
 
-    python -m components.tracking        # create the store and experiment once, print the URI
+    python -m components.tracking        # create the store and experiment once
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -152,16 +150,6 @@ def trainer_callback(log: StageLog):
                 log.metrics({f"train/{k}": v for k, v in logs.items()}, step=state.global_step)
 
     return _Callback()
-
-
-def write_json(obj: Any, path: str | Path) -> None:
-    """Write JSON atomically (DVC must never see a half-written metrics file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(f.name, path)
 
 
 if __name__ == "__main__":

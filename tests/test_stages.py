@@ -1,7 +1,6 @@
 """Each stage's run() on a tiny random Llama: the real code paths, in seconds, with folders only."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
