@@ -47,14 +47,55 @@ class BaseModelCfg(Section):
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="dtype the checkpoint is saved in")
 
 
+class Teacher(Section):
+    kind: Literal["procedural", "openai", "transformers"] = Field("procedural", description="procedural = the embedded offline teacher; openai = any OpenAI-compatible chat server; transformers = a local model")
+    model: str = Field("", description="openai: the server's model name; transformers: a local HF dir or hub id")
+    base_url: str = Field("", description="openai: server URL, e.g. http://localhost:8000/v1 (vLLM), http://localhost:11434/v1 (Ollama); empty = api.openai.com")
+    api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="NAME of the environment variable holding the API key (the key itself never goes in params)")
+    temperature: float = Field(0.7, ge=0, description="sampling temperature of every agent call")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling of every agent call")
+    max_tokens: int = Field(1024, gt=0, description="tokens per teacher reply at most")
+    seed: int = Field(0, description="sampling seed sent with each call (servers that honour it are reproducible)")
+    concurrency: int = Field(8, gt=0, description="teacher calls in flight at once")
+    timeout: float = Field(120, gt=0, description="seconds per call before it counts as a timeout (retried)")
+    max_retries: int = Field(6, ge=0, description="retries on 429/5xx/timeouts, with backoff honouring Retry-After")
+    json_mode: bool = Field(True, description="ask the server for JSON (response_format) where an agent expects JSON")
+    verify: bool = Field(True, description="solve each new problem twice (independent samples); drop it if the answers disagree")
+    batch_size: int = Field(8, gt=0, description="transformers: prompts generated together")
+    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="transformers: inference dtype")
+
+
+class Seeds(Section):
+    source: Literal["procedural", "jsonl", "dataset"] = Field("procedural", description="where seed problems come from")
+    path: str = Field("", description="jsonl: GSM8K-format file (question, answer ending '#### N')")
+    dataset: str = Field("", description="dataset: a `datasets` id, e.g. openai/gsm8k")
+    subset: str = Field("main", description="dataset: config name")
+    split: str = Field("train", description="dataset: split")
+    offset: int = Field(0, ge=0, description="skip the first N seed rows (e.g. rows used for evaluation)")
+    shuffle: bool = Field(True, description="jsonl/dataset: take rows in a seeded random order")
+
+
+class Agents(Section):
+    ama: int = Field(2, ge=0, description="Ask-Me-Anything problems made from each seed (0 = off)")
+    suggest_edit_rounds: int = Field(2, ge=0, description="Suggester -> Editor rounds per seed (Orca-Math: 2)")
+    edits: list[Literal["percent", "step", "convert", "distractor", "chain"]] = Field(
+        default_factory=lambda: ["percent", "step", "convert", "distractor", "chain"],
+        description="procedural Suggester: kinds of edit it may propose")
+    test_agents: bool = Field(False, description="also expand the held-out test seeds (false: test = seed problems only, like GSM8K test)")
+
+
 class Generate(Section):
-    teacher: Literal["procedural"] = Field("procedural", description="teacher backend; procedural = the embedded offline teacher")
-    seed: int = Field(0, description="seed of the teacher's sampling and of the split")
+    teacher: Teacher = Field(default_factory=Teacher, description="who writes problems and solutions")
+    seeds: Seeds = Field(default_factory=Seeds, description="seed problems the agents expand")
+    agents: Agents = Field(default_factory=Agents, description="AgentInstruct agents")
+    seed: int = Field(0, description="seed of the seed stream and of the split")
     n_sft: int = Field(gt=0, description="problems in the SFT set")
     n_practice: int = Field(gt=0, description="problems the student practises on (shared by all rounds)")
     n_test: int = Field(gt=0, description="held-out problems for evaluation")
-    families: list[str] = Field(default_factory=list, description="problem families to draw from; empty = all")
+    families: list[str] = Field(default_factory=list, description="procedural seed families to draw from; empty = all")
     max_answer_chars: int = Field(1800, gt=0, description="solutions longer than this are dropped (Orca-Math: 1,800)")
+    near_dup: float = Field(0.8, gt=0, le=1, description="drop a problem whose word-3-gram Jaccard with a kept one is at least this")
+    cache_dir: str = Field(".tutorloop-cache", description="teacher-call cache and resume journals (outside DVC outputs, so dvc repro --force re-pays nothing)")
 
 
 class Decontaminate(Section):
@@ -187,6 +228,25 @@ def _cross_checks(raw: dict) -> list[str]:
         prev = str(prev)
         if prev != "0" and (prev not in rounds or not prev.isdigit() or int(prev) >= int(key)):
             problems.append(f"rounds.{key}.prev: {prev!r} -> must be '0' or an earlier round in rounds")
+    gen = raw.get("generate")
+    if isinstance(gen, dict):
+        teacher = gen.get("teacher") if isinstance(gen.get("teacher"), dict) else {}
+        seeds = gen.get("seeds") if isinstance(gen.get("seeds"), dict) else {}
+        kind, source = teacher.get("kind", "procedural"), seeds.get("source", "procedural")
+        if kind == "procedural" and source != "procedural":
+            problems.append(f"generate.seeds.source: {source!r} -> the procedural teacher's agents work on its own "
+                            "graphs; use an LLM teacher (openai/transformers) to expand text seeds")
+        if kind != "procedural" and not teacher.get("model"):
+            problems.append(f"generate.teacher.model: {teacher.get('model', '')!r} -> required for teacher {kind!r}")
+        if source == "jsonl" and not seeds.get("path"):
+            problems.append("generate.seeds.path: '' -> required for seeds from jsonl")
+        if source == "dataset" and not seeds.get("dataset"):
+            problems.append("generate.seeds.dataset: '' -> required for seeds from a dataset")
+        gsm = ((raw.get("evaluate") or {}).get("gsm8k") or {}) if isinstance(raw.get("evaluate"), dict) else {}
+        if (source == "jsonl" and seeds.get("path") and seeds.get("path") == gsm.get("path")
+                and seeds.get("offset", 0) < (gsm.get("limit") or 10**9)):
+            problems.append(f"generate.seeds.offset: {seeds.get('offset', 0)!r} -> seeds and evaluate.gsm8k read the same "
+                            f"file; skip the {gsm.get('limit')} evaluated rows (offset >= evaluate.gsm8k.limit)")
     checkpoints = raw.get("checkpoints")
     if isinstance(checkpoints, dict):
         want = {"base": "models/base", "0": "models/round-0"}

@@ -1,9 +1,21 @@
-"""Stage `generate`: the teacher writes problems and solutions, split into sft / practice / test.
+"""Stage `generate`: AgentInstruct data generation, split into sft / practice / test.
 
-Every record: ``{id, question, solution, answer, family, provenance}``. Splits come from separate
-seeded streams and skip questions an earlier split holds (normalised text), so no problem appears
-in two sets and the test set never depends on the other sizes; solutions longer than
-`max_answer_chars` are dropped (Orca-Math's 1,800-character rule) and counted.
+Seeds (procedural graphs, a GSM8K-format jsonl, or a `datasets` id) are expanded by the agents —
+Ask-Me-Anything, two Suggester -> Editor rounds, the Solver (twice, for LLM teachers) — on the
+embedded procedural teacher (`teachers/agents.py`) or an LLM (`teachers/instruct.py`). Filters:
+solutions over `max_answer_chars` (Orca-Math's 1,800), unparseable answers, disagreeing solves,
+problems that are not self-contained, exact and near duplicates (word-3-gram Jaccard). Every
+record carries provenance: teacher, model, seed id, agent path, generation params.
+
+Safe to interrupt: teacher calls are cached on disk (`llm.CachedChat`), and each finished seed is
+appended to a journal (one JSON line per seed, flushed) under `cache_dir` — outside the DVC
+output, which `dvc repro` deletes before running. A re-run replays the journal (repairing a torn
+last line), re-expands only unfinished seeds (their finished calls hit the cache), and applies
+the global filters in seed order, so the output is the same as an uninterrupted run's.
+
+Splits: one seed stream, consumed test first, then practice, then sft; so the held-out set
+depends only on (teacher, seeds, seed, n_test). Test seeds are not expanded unless
+`agents.test_agents` (the held-out set stays original problems, as GSM8K's test set is).
 
     python -m components.generate data/generated
 """
@@ -13,65 +25,278 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import random
+import sys
+import time
 from collections import Counter
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from components import tracking
 from components.config import Generate, load_params
-from components.data import write_jsonl
-from components.teachers import make_teacher, normalise
+from components.data import read_jsonl, write_json, write_jsonl
+from components.teachers import ProceduralTeacher, graph_record, normalise
 
-SPLITS = ("sft", "practice", "test")
-
-
-def _stream_seed(seed: int, split: str) -> int:
-    return int(hashlib.sha1(f"{seed}/{split}".encode()).hexdigest()[:8], 16)
+SPLITS = ("test", "practice", "sft")
+TEACHERS_DIR = Path(__file__).with_name("teachers")
 
 
-def _draw(teacher, n: int, seed: int, keep) -> tuple[list[dict], list[dict]]:
-    """The first `n` problems of the teacher's stream that pass `keep`, and all records examined.
+# --- seeds ----------------------------------------------------------------------------------
 
-    A teacher's first k problems for a seed are a prefix of its first 2k, so growing the draw
-    never changes what was already kept.
+class SeedSource:
+    """Seed i of the stream as {seed_id, question, solution?, family?}; None past the end."""
+
+    def __init__(self, config: Generate) -> None:
+        self.cfg = config
+        self.procedural = ProceduralTeacher(config.families) if config.seeds.source == "procedural" else None
+        self.rows: list[dict] | None = None
+        if config.seeds.source == "jsonl":
+            rows = read_jsonl(config.seeds.path, required=("question",))
+            self.rows = [{"seed_id": f"{Path(config.seeds.path).name}:{i}", "question": r["question"],
+                          "solution": r.get("answer", "")} for i, r in enumerate(rows)]
+        elif config.seeds.source == "dataset":
+            from datasets import load_dataset
+
+            s = config.seeds
+            ds = load_dataset(s.dataset, s.subset or None, split=s.split)
+            self.rows = [{"seed_id": f"{s.dataset}/{s.split}:{i}", "question": r["question"],
+                          "solution": r.get("answer", "")} for i, r in enumerate(ds)]
+        if self.rows is not None:
+            self.rows = self.rows[config.seeds.offset:]
+            if config.seeds.shuffle:
+                random.Random(config.seed).shuffle(self.rows)
+
+    def __call__(self, i: int) -> dict | None:
+        if self.procedural is not None:
+            sid = self.procedural.seed_id(i, self.cfg.seed)
+            return {"seed_id": sid, "family": sid.split(":")[0]}
+        return self.rows[i] if i < len(self.rows) else None
+
+
+# --- expansion (one seed -> its records) ----------------------------------------------------
+
+class ProceduralExpander:
+    concurrency = 1
+
+    def __init__(self, config: Generate) -> None:
+        self.cfg = config
+
+    def __call__(self, seed: dict, agents: bool) -> tuple[list[dict], Counter]:
+        from components.teachers.agents import expand
+
+        a = self.cfg.agents
+        g = ProceduralTeacher.graph(seed["seed_id"])
+        out, drops = [], Counter()
+        variants = expand(seed["seed_id"], g, a.ama, a.suggest_edit_rounds, a.edits) if agents else [("seed", g, [])]
+        for path, v, sugg in variants:
+            r = graph_record(v, seed["seed_id"], path)
+            if sugg:
+                r["provenance"]["suggestions"] = sugg
+            if len(r["solution"]) > self.cfg.max_answer_chars:
+                drops["too_long"] += 1
+                continue
+            out.append(r)
+        return out, drops
+
+
+class LLMExpander:
+    def __init__(self, config: Generate, cache_dir: Path, device: str) -> None:
+        from components.teachers.instruct import LLMAgents
+        from components.teachers.llm import make_chat
+
+        self.chat = make_chat(config.teacher, cache_dir, device)
+        self.agents = LLMAgents(self.chat, config.teacher, config.agents, config.max_answer_chars)
+        self.concurrency = config.teacher.concurrency
+
+    def __call__(self, seed: dict, agents: bool) -> tuple[list[dict], Counter]:
+        return self.agents.expand(seed, agents)
+
+
+# --- journal --------------------------------------------------------------------------------
+
+class Journal:
+    """Append-only JSONL of finished seeds; a torn last line (kill -9 mid-write) is cut off."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.done: dict[int, dict] = {}
+        self.repaired = 0
+        if path.exists():
+            data = path.read_bytes()
+            good = 0
+            for line in data.splitlines(keepends=True):
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    b = json.loads(line)
+                except json.JSONDecodeError:
+                    break
+                self.done[b["index"]] = b
+                good += len(line)
+            if good < len(data):
+                self.repaired = len(data) - good
+                with open(path, "r+b") as f:
+                    f.truncate(good)
+        self._f = open(path, "a", encoding="utf-8")
+
+    def append(self, bundle: dict) -> None:
+        self._f.write(json.dumps(bundle) + "\n")
+        self._f.flush()
+        self.done[bundle["index"]] = bundle
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def journal_key(config: Generate) -> str:
+    """What decides a seed's records: the teacher (minus transport knobs), seeds, agents, and the
+    teachers' code and prompts (a fixed template must not be served from an old journal)."""
+    t = config.teacher.model_dump(exclude={"concurrency", "timeout", "max_retries", "batch_size", "api_key_env",
+                                           "base_url"})
+    spec = {"teacher": t, "seeds": config.seeds.model_dump(), "agents": config.agents.model_dump(),
+            "seed": config.seed, "families": config.families, "max_answer_chars": config.max_answer_chars}
+    h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+    for f in sorted(TEACHERS_DIR.rglob("*")):
+        if f.is_file() and f.suffix in (".py", ".md"):
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+# --- global filters -------------------------------------------------------------------------
+
+class Dedup:
+    """Exact (normalised text) and near duplicates (word-3-gram Jaccard >= threshold).
+
+    Candidates come from an index of the 3-grams that contain a number: two problems that are
+    near-copies share most of those, while template-mates with other numbers share almost none,
+    so the check stays near-linear instead of comparing all pairs.
     """
-    size = n
-    while True:
-        records = teacher.problems(size, seed)
-        kept = [r for r in records if keep(r)]
-        if len(kept) >= n:
-            return kept[:n], records[:records.index(kept[n - 1]) + 1]
-        if size >= 16 * n + 64:
-            raise RuntimeError(f"only {len(kept)} of {size} problems pass the filters; {n} needed")
-        size *= 2
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.exact: set[str] = set()
+        self.grams: list[set] = []
+        self.index: dict[tuple, list[int]] = {}
+
+    @staticmethod
+    def _grams(key: str) -> set:
+        w = key.split()
+        return {tuple(w[i:i + 3]) for i in range(max(1, len(w) - 2))}
+
+    def verdict(self, text: str) -> str | None:
+        """None if new (and remember it), else 'duplicate' or 'near_duplicate'."""
+        key = normalise(text)
+        if key in self.exact:
+            return "duplicate"
+        grams = self._grams(key)
+        numbered = [g for g in grams if any(t.isdigit() for t in g)]
+        seen = Counter(j for g in numbered for j in self.index.get(g, ()))
+        for j, shared_numbered in seen.items():
+            if shared_numbered * 2 < len(numbered):
+                continue
+            other = self.grams[j]
+            if len(grams & other) / len(grams | other) >= self.threshold:
+                return "near_duplicate"
+        self.exact.add(key)
+        self.grams.append(grams)
+        for g in numbered:
+            self.index.setdefault(g, []).append(len(self.grams) - 1)
+        return None
 
 
-def run(config: Generate, out: Path) -> dict:
-    """Write out/{sft,practice,test}.jsonl and return counts.
+# --- the stage ------------------------------------------------------------------------------
 
-    Each split is drawn from its own seeded stream, test first, and later splits skip any question
-    an earlier one holds. So the held-out set depends only on (teacher, seed, n_test): growing
-    n_sft never swaps test problems, and accuracies stay comparable across runs.
-    """
-    teacher = make_teacher(config.teacher, config.families)
-    taken: set[str] = set()
-    counts: dict[str, int | float] = {"dropped_too_long": 0, "dropped_overlap": 0}
-    for split, n in (("test", config.n_test), ("practice", config.n_practice), ("sft", config.n_sft)):
-        def keep(r: dict) -> bool:
-            return len(r["solution"]) <= config.max_answer_chars and normalise(r["question"]) not in taken
+def run(config: Generate, out: Path, cache_dir: Path | None = None, device: str = "auto",
+        progress: bool = True) -> dict:
+    """Write out/{sft,practice,test}.jsonl and out/stats.json; return counts for MLflow."""
+    from tqdm.auto import tqdm
 
-        part, examined = _draw(teacher, n, _stream_seed(config.seed, split), keep)
-        long_ = sum(len(r["solution"]) > config.max_answer_chars for r in examined)
-        counts["dropped_too_long"] += long_
-        counts["dropped_overlap"] += len(examined) - len(part) - long_
-        for r in part:
-            key = normalise(r["question"])
-            taken.add(key)
-            r["id"] = f"{split}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
-        write_jsonl(out / f"{split}.jsonl", part)
-        counts[f"n_{split}"] = len(part)
-        for fam, c in Counter(r["family"] for r in part).items():
-            counts[f"family/{split}/{fam}"] = c
-    return counts
+    start = time.perf_counter()
+    cache_dir = Path(cache_dir or config.cache_dir)
+    seeds = SeedSource(config)
+    expander = (ProceduralExpander(config) if config.teacher.kind == "procedural"
+                else LLMExpander(config, cache_dir, device))
+    key = journal_key(config)
+    dedup = Dedup(config.near_dup)
+    counts: Counter = Counter()
+    cursor = 0
+    sizes = {"test": config.n_test, "practice": config.n_practice, "sft": config.n_sft}
+    for split in SPLITS:
+        agents = split != "test" or config.agents.test_agents
+        journal = Journal(cache_dir / "journal" / f"{key}-{split}.jsonl")
+        counts["journal_repaired_bytes"] += journal.repaired
+        counts["journal_replayed_seeds"] += len(journal.done)
+        kept: list[dict] = []
+        bar = tqdm(total=sizes[split], desc=f"generate {split}", unit="problem", file=sys.stderr, disable=not progress)
+        chunk = max(8, expander.concurrency * 4)
+        i = cursor
+        while len(kept) < sizes[split]:
+            todo = []
+            for j in range(i, i + chunk):
+                if j not in journal.done:
+                    s = seeds(j)
+                    if s is not None:
+                        todo.append((j, s))
+            _expand_all(expander, todo, agents, journal)
+            for j in range(i, i + chunk):
+                if j not in journal.done:
+                    raise RuntimeError(f"{split}: the seed source ran out at seed {j} with {len(kept)} of "
+                                       f"{sizes[split]} problems; add seeds or lower generate.n_{split}")
+                b = journal.done[j]
+                counts.update({f"drop/{k}": v for k, v in b["drops"].items()})
+                counts["seeds"] += 1
+                for r in b["records"]:
+                    why = dedup.verdict(r["question"])
+                    if why:
+                        counts[f"drop/{why}"] += 1
+                        continue
+                    r["id"] = f"{split}-{hashlib.sha1(normalise(r['question']).encode()).hexdigest()[:12]}"
+                    kept.append(r)
+                    bar.update(1)
+                    if len(kept) == sizes[split]:
+                        break
+                if len(kept) == sizes[split]:
+                    cursor = j + 1
+                    break
+            else:
+                i += chunk
+        bar.close()
+        journal.close()
+        write_jsonl(out / f"{split}.jsonl", kept)
+        counts[f"n_{split}"] = len(kept)
+        for r in kept:
+            counts[f"family/{split}/{r['family']}"] += 1
+            counts[f"agent/{split}/{r['provenance']['agent_path'].split('/')[0]}"] += 1
+    chat = getattr(expander, "chat", None)
+    if chat is not None:
+        counts["calls/cache_hits"], counts["calls/sent"] = chat.hits, chat.misses
+    seconds = time.perf_counter() - start
+    stats = {**counts, "seconds": round(seconds, 2),
+             "problems_per_s": round(sum(sizes.values()) / seconds, 1)}
+    write_json(stats, out / "stats.json")
+    return stats
+
+
+def _expand_all(expander, todo: list[tuple[int, dict]], agents: bool, journal: Journal) -> None:
+    """Expand seeds, journaling each as it finishes; at most `concurrency` in flight (so at most
+    that many calls are lost to a kill). The first TeacherError stops everything."""
+    def one(j: int, seed: dict) -> None:
+        records, drops = expander(seed, agents)
+        journal.append({"index": j, "seed_id": seed["seed_id"], "records": records, "drops": dict(drops)})
+
+    if expander.concurrency == 1:
+        for j, s in todo:
+            one(j, s)
+        return
+    with ThreadPoolExecutor(max_workers=expander.concurrency, thread_name_prefix="teacher") as pool:
+        futures = [pool.submit(one, j, s) for j, s in todo]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for f in pending:
+            f.cancel()
+        for f in done:
+            f.result()  # re-raise the first failure (a TeacherError says what to fix)
 
 
 def main() -> None:
@@ -79,10 +304,16 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
     params = load_params()
+    from components.teachers.llm import TeacherError
+
     with tracking.stage_run("generate", params.generate.model_dump()) as log:
-        counts = run(params.generate, args.out)
-        log.metrics(counts)
-        sample = [json.loads(line) for line in (args.out / "sft.jsonl").read_text().splitlines()[:20]]
+        try:
+            counts = run(params.generate, args.out, device=params.runtime.device,
+                         progress=os.environ.get("TUTORLOOP_PROGRESS", "1") != "0")
+        except TeacherError as e:
+            sys.exit(f"generate: {e}")
+        log.metrics({k: float(v) for k, v in counts.items()})
+        sample = read_jsonl(args.out / "sft.jsonl")[:20]
         log.json(sample, "sample/sft_first20.json")
 
 

@@ -1,24 +1,22 @@
 """Teachers write problems with step-by-step solutions and exact final answers.
 
-A teacher is anything with `name` and `problems(n, seed) -> list[dict]`; records carry
-question, solution (GSM8K style, ending ``#### N``), answer, family and provenance. The embedded
-procedural teacher is the offline default; LLM-backed teachers plug in behind the same interface.
+* `procedural` (the offline default): `ProceduralTeacher` builds computation graphs
+  (`procedural.py`, `graph.py`); its agents (`agents.py`) rewrite the graphs.
+* `openai` / `transformers`: an LLM behind `llm.py`, driven by the prompt files in `prompts/`.
+
+Records carry question, solution (GSM8K style, ending ``#### N``), answer, family and
+provenance (teacher, model, seed id, agent path).
+
+    python -c "from components.teachers import ProceduralTeacher as T; print(T().problems(2, 0))"
 """
 
 from __future__ import annotations
 
-import random
 import re
-from typing import Protocol
 
 from components.teachers.arith import fmt
-from components.teachers.procedural import FAMILIES, make_problem
-
-
-class Teacher(Protocol):
-    name: str
-
-    def problems(self, n: int, seed: int) -> list[dict]: ...
+from components.teachers.graph import Graph
+from components.teachers.procedural import FAMILIES, build
 
 
 def normalise(text: str) -> str:
@@ -26,10 +24,18 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
 
 
+def graph_record(g: Graph, seed_id: str, agent_path: str) -> dict:
+    question, solution, answer = g.render()
+    return {"question": question, "solution": solution, "answer": fmt(answer), "family": g.family,
+            "provenance": {"teacher": "procedural", "model": ProceduralTeacher.model,
+                           "seed_id": seed_id, "agent_path": agent_path}}
+
+
 class ProceduralTeacher:
-    """The embedded teacher: round-robin over families, unique questions, seeded."""
+    """The embedded teacher: seed graphs round-robin over families, seeded and prefix-stable."""
 
     name = "procedural"
+    model = "procedural-v2"
 
     def __init__(self, families: list[str] | None = None) -> None:
         unknown = sorted(set(families or []) - set(FAMILIES))
@@ -37,31 +43,23 @@ class ProceduralTeacher:
             raise ValueError(f"generate.families: unknown {unknown}; known: {sorted(FAMILIES)}")
         self.families = sorted(families or FAMILIES)
 
+    def seed_id(self, i: int, stream: int) -> str:
+        """Seed i of a stream: `family:number`, enough to rebuild the graph with `build`."""
+        return f"{self.families[i % len(self.families)]}:{stream * 1_000_003 + i}"
+
+    @staticmethod
+    def graph(seed_id: str) -> Graph:
+        family, number = seed_id.split(":")
+        return build(family, int(number))
+
     def problems(self, n: int, seed: int) -> list[dict]:
-        rng = random.Random(seed)
-        seen: set[str] = set()
-        out: list[dict] = []
-        attempts = 0
+        """n seed problems (no agents), distinct by normalised text."""
+        out, seen, i = [], set(), 0
         while len(out) < n:
-            attempts += 1
-            if attempts > 50 * n + 1000:
-                raise RuntimeError(f"could only make {len(out)} distinct problems of {n} asked")
-            family = self.families[len(out) % len(self.families)]
-            p = make_problem(family, rng)
-            key = normalise(p.question)
-            if key in seen:
-                continue
-            seen.add(key)
-            out.append({
-                "question": p.question, "solution": p.solution, "answer": fmt(p.answer),
-                "family": p.family,
-                "provenance": {"teacher": self.name, "model": "procedural-v1", "agent_path": "seed",
-                               "seed": seed},
-            })
+            sid = self.seed_id(i, seed)
+            i += 1
+            r = graph_record(self.graph(sid), sid, "seed")
+            if normalise(r["question"]) not in seen:
+                seen.add(normalise(r["question"]))
+                out.append(r)
         return out
-
-
-def make_teacher(kind: str, families: list[str] | None = None) -> Teacher:
-    if kind == "procedural":
-        return ProceduralTeacher(families)
-    raise ValueError(f"generate.teacher: unknown teacher {kind!r}")

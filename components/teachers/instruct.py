@@ -1,0 +1,169 @@
+"""The AgentInstruct agents on the LLM path: Ask-Me-Anything, Suggester, Editor, Solver, Verifier.
+
+Each agent is a prompt file in `prompts/` (the system message; reviewed like code, diffed in
+git, and a dependency of the `generate` stage in dvc.yaml) plus a pure parser that validates the
+reply (pydantic). `LLMAgents.expand(seed)` runs one seed through the agents with any `chat`
+callable (`llm.CachedChat`) and returns the kept records and the per-filter drop counts:
+
+    seed --AMA--> new problems --Solver(x2)--> records                   agent path ama/i
+    seed --Suggester--> ideas --Editor--> harder problem --Solver(x2)--> suggest-edit/1, /2
+
+A reply that is not the JSON asked for, a problem that is not self-contained, a solution without
+a parseable final answer, and two independent solves that disagree are dropped and counted, never
+repaired by guessing.
+
+    python -m components.teachers.instruct      # print the prompts
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError
+
+from components.grading import extract_answer
+from components.teachers.llm import Sampling
+
+PROMPTS = Path(__file__).with_name("prompts")
+ROLES = ("ama", "suggester", "editor", "solver", "judge")
+
+
+def prompt(role: str) -> str:
+    return (PROMPTS / f"{role}.md").read_text().strip()
+
+
+class AmaReply(BaseModel):
+    statement: str = Field(min_length=1)
+    problems: list[str] = Field(min_length=1)
+
+
+class SuggestReply(BaseModel):
+    suggestions: list[str] = Field(min_length=1)
+
+
+class EditReply(BaseModel):
+    problem: str = Field(min_length=1)
+
+
+class BadReply(ValueError):
+    """The agent's reply is not the structured output its prompt asks for."""
+
+
+def parse_json(text: str, model: type[BaseModel]) -> BaseModel:
+    """The first JSON object in `text` (models like to wrap it in prose or code fences), validated."""
+    start = text.find("{")
+    while start != -1:
+        try:
+            obj, _ = json.JSONDecoder().raw_decode(text[start:])
+            return model.model_validate(obj)
+        except (json.JSONDecodeError, ValidationError):
+            start = text.find("{", start + 1)
+    raise BadReply(f"no valid {model.__name__} JSON in reply: {text[:80]!r}")
+
+
+_DANGLING = re.compile(r"\b(the (above|original|previous|given) (problem|statement|question)|as (stated|mentioned) "
+                       r"(above|before)|see above|from the statement)\b", re.I)
+
+
+def self_contained(problem: str) -> bool:
+    """A problem a student can read alone: a question with numbers, no reference to another text."""
+    p = problem.strip()
+    return (20 <= len(p) <= 1500 and "?" in p and bool(re.search(r"\d", p)) and not _DANGLING.search(p))
+
+
+def clean_solution(text: str) -> tuple[str, str] | None:
+    """(solution ending '#### N', N) or None if no final answer can be read."""
+    answer = extract_answer(text)
+    if answer is None or "/" in answer:
+        return None
+    body = re.sub(r"\n?#### .*$", "", text.strip(), flags=re.S).rstrip()
+    return f"{body}\n#### {answer}", answer
+
+
+class LLMAgents:
+    """Runs one seed through the LLM agents (thread-safe; the chat does the caching)."""
+
+    def __init__(self, chat, teacher_cfg, agents_cfg, max_answer_chars: int) -> None:
+        self.chat, self.t, self.a, self.max_chars = chat, teacher_cfg, agents_cfg, max_answer_chars
+        self.system = {r: prompt(r) for r in ROLES}
+
+    def _sampling(self, json_mode: bool = False) -> Sampling:
+        return Sampling(self.t.temperature, self.t.top_p, self.t.max_tokens, self.t.seed, json_mode and self.t.json_mode)
+
+    def _ask(self, role: str, user: str, json_mode: bool, sample: int = 0) -> str:
+        msgs = [{"role": "system", "content": self.system[role]}, {"role": "user", "content": user}]
+        return self.chat(msgs, self._sampling(json_mode), sample=sample)
+
+    def solve(self, problem: str, drops: Counter) -> tuple[str, str] | None:
+        first = clean_solution(self._ask("solver", problem, False))
+        if first is None:
+            drops["unparseable_answer"] += 1
+            return None
+        if len(first[0]) > self.max_chars:
+            drops["too_long"] += 1
+            return None
+        if self.t.verify:
+            second = clean_solution(self._ask("solver", problem, False, sample=1))
+            if second is None or second[1] != first[1]:
+                drops["solves_disagree"] += 1
+                return None
+        return first
+
+    def _record(self, problem: str, solved, seed: dict, path: str, extra: dict | None = None) -> dict:
+        return {"question": problem.strip(), "solution": solved[0], "answer": solved[1],
+                "family": seed.get("family", "seed"),
+                "provenance": {"teacher": self.t.kind, "model": self.chat.model, "seed_id": seed["seed_id"],
+                               "agent_path": path, "temperature": self.t.temperature, "top_p": self.t.top_p,
+                               "max_tokens": self.t.max_tokens, "verify": self.t.verify, **(extra or {})}}
+
+    def expand(self, seed: dict, agents: bool = True) -> tuple[list[dict], Counter]:
+        """Records from one seed {seed_id, question, solution?}: the seed itself, AMA variants and
+        the suggest-edit chain."""
+        drops: Counter = Counter()
+        out = []
+        given = clean_solution(seed["solution"]) if seed.get("solution") else None
+        solved = given if given and len(given[0]) <= self.max_chars else self.solve(seed["question"], drops)
+        if solved:
+            out.append(self._record(seed["question"], solved, seed, "seed"))
+        if not agents:
+            return out, drops
+        if self.a.ama:
+            try:
+                reply = parse_json(self._ask("ama", seed["question"], True), AmaReply)
+                for i, p in enumerate(reply.problems[: self.a.ama]):
+                    if not self_contained(p):
+                        drops["not_self_contained"] += 1
+                    elif (s := self.solve(p, drops)):
+                        out.append(self._record(p, s, seed, f"ama/{i + 1}"))
+            except BadReply:
+                drops["bad_reply/ama"] += 1
+        current = seed["question"]
+        for r in range(1, self.a.suggest_edit_rounds + 1):
+            try:
+                ideas = parse_json(self._ask("suggester", current, True), SuggestReply).suggestions
+            except BadReply:
+                drops["bad_reply/suggester"] += 1
+                break
+            user = f"Problem:\n{current}\n\nSuggestions:\n" + "\n".join(f"- {s}" for s in ideas)
+            try:
+                new = parse_json(self._ask("editor", user, True), EditReply).problem
+            except BadReply:
+                drops["bad_reply/editor"] += 1
+                break
+            if not self_contained(new):
+                drops["not_self_contained"] += 1
+                break
+            s = self.solve(new, drops)
+            if s is None:
+                break
+            out.append(self._record(new, s, seed, f"suggest-edit/{r}", {"suggestions": ideas}))
+            current = new
+        return out, drops
+
+
+if __name__ == "__main__":
+    for role in ROLES:
+        print(f"--- {role}\n{prompt(role)}\n")

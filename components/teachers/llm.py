@@ -1,0 +1,206 @@
+"""Chat backends for LLM teachers (and the LLM judge), with a disk cache that never pays twice.
+
+* `OpenAIChat`: any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp) through the
+  `openai` SDK. The SDK retries 408/409/429/5xx, connection errors and timeouts with exponential
+  backoff and honours `Retry-After`; we set its `max_retries` and `timeout` from params.yaml
+  rather than wrapping our own loop (rejected: a hand-written retry loop re-implements exactly
+  that, worse). 400 and 401 are not retried: they become a `TeacherError` that says what to fix.
+  The API key is read from the environment variable *named* in params.yaml and is never logged,
+  cached, or put in an error message.
+* `TransformersChat`: a local model (e.g. a larger checkpoint on a GPU). Calls from many worker
+  threads are micro-batched into one `generate` (up to `batch_size` prompts), because a model
+  is fast in batches and slow one prompt at a time.
+* `CachedChat`: wraps either; every reply is stored in SQLite keyed by a hash of (backend kind,
+  model, messages, sampling params, sample index). A killed job, a re-run, or `dvc repro --force`
+  replays finished calls from disk; only calls in flight at the kill are sent again.
+
+    python -m components.teachers.llm http://localhost:8000/v1 my-model "What is 2+2?"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import sqlite3
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+class TeacherError(RuntimeError):
+    """The teacher cannot be used as configured (bad key, bad request, unreachable)."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 1024
+    seed: int = 0
+    json_mode: bool = False
+
+
+class Chat(Protocol):
+    kind: str
+    model: str
+
+    def __call__(self, messages: list[dict], sampling: Sampling) -> str: ...
+
+
+class OpenAIChat:
+    """Chat completions from an OpenAI-compatible server."""
+
+    kind = "openai"
+
+    def __init__(self, model: str, base_url: str = "", api_key_env: str = "OPENAI_API_KEY",
+                 timeout: float = 120, max_retries: int = 6) -> None:
+        import openai
+
+        self.model, self.base_url, self.api_key_env = model, base_url or "https://api.openai.com/v1", api_key_env
+        key = os.environ.get(api_key_env, "")
+        if not key and not base_url:
+            raise TeacherError(f"the teacher is api.openai.com but ${api_key_env} is not set")
+        # Local servers (vLLM, Ollama, llama.cpp) accept any key; the SDK insists on one.
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=key or "not-needed", timeout=timeout,
+                                     max_retries=max_retries)
+        self._openai = openai
+
+    def __call__(self, messages: list[dict], sampling: Sampling) -> str:
+        o = self._openai
+        extra = {"response_format": {"type": "json_object"}} if sampling.json_mode else {}
+        try:
+            reply = self._client.chat.completions.create(
+                model=self.model, messages=messages, temperature=sampling.temperature, top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens, seed=sampling.seed, **extra)
+        except o.AuthenticationError:
+            # never echo the server's message: some include a prefix of the key
+            raise TeacherError(f"{self.base_url} rejected the API key in ${self.api_key_env} (401): "
+                               "set a valid key in that environment variable") from None
+        except o.PermissionDeniedError:
+            raise TeacherError(f"{self.base_url} denied access to model {self.model!r} (403)") from None
+        except o.NotFoundError:
+            raise TeacherError(f"{self.base_url} has no model {self.model!r} (404): check generate.teacher.model "
+                               "and base_url (it usually ends in /v1)") from None
+        except o.BadRequestError as e:
+            raise TeacherError(f"{self.base_url} rejected the request (400): {getattr(e, 'message', e)}") from None
+        except o.APITimeoutError:
+            raise TeacherError(f"{self.base_url} timed out on every try; raise generate.teacher.timeout "
+                               "or lower concurrency") from None
+        except o.APIConnectionError:
+            raise TeacherError(f"cannot reach the teacher at {self.base_url} (retried); is the server up?") from None
+        except o.APIStatusError as e:
+            raise TeacherError(f"{self.base_url} kept failing with HTTP {e.status_code} after retries") from None
+        return reply.choices[0].message.content or ""
+
+
+class TransformersChat:
+    """A local transformers model answering chat calls from many threads, in micro-batches."""
+
+    kind = "transformers"
+
+    def __init__(self, model: str, batch_size: int = 8, dtype: str = "bfloat16", device: str = "auto",
+                 wait_s: float = 0.05) -> None:
+        from components import modeling
+
+        self.model = model
+        dev = modeling.pick_device(device)
+        self._tok = modeling.load_tokenizer(model)
+        self._lm = modeling.load(model, dtype=dtype, device=dev)
+        self._batch, self._wait = batch_size, wait_s
+        self._queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._worker, daemon=True, name="teacher-batcher").start()
+
+    def __call__(self, messages: list[dict], sampling: Sampling) -> str:
+        fut: Future = Future()
+        self._queue.put((messages, sampling, fut))
+        return fut.result()
+
+    def _worker(self) -> None:
+        from components import modeling
+
+        while True:
+            items = [self._queue.get()]
+            deadline = time.monotonic() + self._wait
+            while len(items) < self._batch:
+                try:
+                    items.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+            groups: dict[Sampling, list] = {}
+            for it in items:  # one generate() per distinct sampling setting
+                groups.setdefault(it[1], []).append(it)
+            for s, group in groups.items():
+                try:
+                    prompts = [self._tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+                               for m, _, _ in group]
+                    gen = modeling.generate(self._lm, self._tok, prompts, do_sample=s.temperature > 0,
+                                            temperature=s.temperature or 1.0, top_p=s.top_p,
+                                            max_new_tokens=s.max_tokens, batch_size=len(prompts), seed=s.seed)
+                    for (_, _, fut), text in zip(group, gen.texts):
+                        fut.set_result(text[0] if isinstance(text, list) else text)
+                except Exception as e:  # noqa: BLE001 - handed to the waiting caller
+                    for _, _, fut in group:
+                        if not fut.done():
+                            fut.set_exception(e)
+
+
+class CachedChat:
+    """A chat backend whose replies are kept on disk (SQLite, one row per call).
+
+    SQLite rather than one file per call: commits are atomic and durable across `kill -9`, and
+    100K rows stay one file. The key hashes everything that decides the reply; `sample` tells
+    independent samples of the same prompt apart (the verifier's second solve).
+    """
+
+    def __init__(self, backend: Chat, path: str | Path) -> None:
+        self.backend = backend
+        self.kind, self.model = backend.kind, backend.model
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, reply TEXT NOT NULL, "
+                         "model TEXT, created REAL)")
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(kind: str, model: str, messages: list[dict], sampling: Sampling, sample: int) -> str:
+        blob = json.dumps([kind, model, messages, sampling.__dict__, sample], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def __call__(self, messages: list[dict], sampling: Sampling, sample: int = 0) -> str:
+        k = self.key(self.kind, self.model, messages, sampling, sample)
+        with self._lock:
+            row = self._db.execute("SELECT reply FROM calls WHERE key = ?", (k,)).fetchone()
+            if row is not None:
+                self.hits += 1
+                return row[0]
+        if sample:  # a different sample of the same prompt needs a different sampling seed
+            sampling = Sampling(**{**sampling.__dict__, "seed": sampling.seed + 7919 * sample})
+        reply = self.backend(messages, sampling)
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?)", (k, reply, self.model, time.time()))
+            self.misses += 1
+        return reply
+
+
+def make_chat(cfg, cache_dir: str | Path, device: str = "auto") -> CachedChat:
+    """The configured backend (params.yaml generate.teacher), behind the disk cache."""
+    if cfg.kind == "openai":
+        backend: Chat = OpenAIChat(cfg.model, cfg.base_url, cfg.api_key_env, cfg.timeout, cfg.max_retries)
+    elif cfg.kind == "transformers":
+        backend = TransformersChat(cfg.model, cfg.batch_size, cfg.dtype, device)
+    else:
+        raise ValueError(f"teacher kind {cfg.kind!r} has no chat backend")
+    return CachedChat(backend, Path(cache_dir) / "calls.sqlite")
+
+
+if __name__ == "__main__":
+    chat = OpenAIChat(sys.argv[2], sys.argv[1])
+    print(chat([{"role": "user", "content": sys.argv[3]}], Sampling(temperature=0)))
