@@ -131,8 +131,9 @@ class PracticeRound(Section):
 
 
 class DpoRound(Section):
-    method: Literal["dpo"] = Field("dpo", description="preference objective")
-    beta: float = Field(0.1, gt=0, description="DPO beta (strength of the pull toward the reference)")
+    method: Literal["dpo", "kto"] = Field("dpo", description="preference objective: dpo (pairs) or kto (the same table as unpaired desirable/undesirable examples)")
+    reference: Literal["prev", "sft"] = Field("prev", description="reference model: prev = the round r-1 model the policy starts from (adapter disabled); sft = models/round-0")
+    beta: float = Field(0.1, gt=0, description="beta of the DPO/KTO loss (strength of the pull toward the reference)")
     learning_rate: float = Field(gt=0, description="peak learning rate")
     epochs: float = Field(1.0, gt=0, description="passes over the pairs")
     seed: int = Field(0, description="training seed")
@@ -151,7 +152,28 @@ class Practice(Section):
     limit: int = Field(0, ge=0, description="practise on the first N problems only; 0 = all")
 
 
+class Judge(Section):
+    mode: Literal["off", "fallback", "double_check"] = Field("off", description="LLM judge (Orca-Math's GPT-4 exact-match judge): fallback = only where no answer can be parsed; double_check = every sample, disagreements logged")
+    kind: Literal["openai", "transformers"] = Field("openai", description="backend, as generate.teacher.kind")
+    model: str = Field("", description="judge model (server model name or local dir)")
+    base_url: str = Field("", description="OpenAI-compatible server URL; empty = api.openai.com")
+    api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="NAME of the environment variable holding the key")
+    concurrency: int = Field(8, gt=0, description="judge calls in flight at once")
+    timeout: float = Field(60, gt=0, description="seconds per call")
+    max_retries: int = Field(6, ge=0, description="retries on 429/5xx/timeouts (Retry-After honoured)")
+    batch_size: int = Field(8, gt=0, description="transformers: prompts per generate()")
+    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="transformers: inference dtype")
+    cache_dir: str = Field(".tutorloop-cache", description="judge calls are cached here too (never paid twice)")
+
+
+class Followup(Section):
+    enabled: bool = Field(False, description="feed problems the student got wrong in all K samples back to generation: their variants join the next round's practice set")
+    variants: int = Field(3, ge=1, description="new problems per failed problem at most (easier via Ask-Me-Anything, harder via Suggester -> Editor)")
+    max_new: int = Field(200, ge=0, description="cap on new practice problems per round")
+
+
 class Feedback(Section):
+    judge: Judge = Field(default_factory=Judge, description="optional LLM judge beside the deterministic one")
     max_pairs_per_problem: int = Field(4, gt=0, description="cap on positives x negatives pairs from one problem")
     borrowed_negatives: int = Field(4, ge=0, description="problems with no wrong sample borrow one negative from each of this many others (Orca-Math: 4)")
     seed: int = Field(0, description="seed for choosing pairs and borrowed negatives")
@@ -202,6 +224,7 @@ class Params(Section):
     sft: Sft
     practice: Practice = Field(default_factory=Practice)
     feedback: Feedback = Field(default_factory=Feedback)
+    followup: Followup = Field(default_factory=Followup, description="closing the loop: failures become next round's practice")
     dpo: Dpo = Field(default_factory=Dpo)
     evaluate: Evaluate = Field(default_factory=Evaluate)
     # `register` would shadow BaseModel.register (ABC); the alias keeps the YAML key.
@@ -228,6 +251,11 @@ def _cross_checks(raw: dict) -> list[str]:
         prev = str(prev)
         if prev != "0" and (prev not in rounds or not prev.isdigit() or int(prev) >= int(key)):
             problems.append(f"rounds.{key}.prev: {prev!r} -> must be '0' or an earlier round in rounds")
+        dpo = rnd.get("dpo") if isinstance(rnd, dict) else None
+        if isinstance(dpo, dict) and dpo.get("method") == "kto":
+            batch = ((raw.get("dpo") or {}).get("batch_size", 4)) if isinstance(raw.get("dpo"), dict) else 4
+            if isinstance(batch, int) and batch < 2:
+                problems.append(f"dpo.batch_size: {batch!r} -> KTO estimates its KL term across a batch; use >= 2")
     gen = raw.get("generate")
     if isinstance(gen, dict):
         teacher = gen.get("teacher") if isinstance(gen.get("teacher"), dict) else {}
@@ -247,6 +275,10 @@ def _cross_checks(raw: dict) -> list[str]:
                 and seeds.get("offset", 0) < (gsm.get("limit") or 10**9)):
             problems.append(f"generate.seeds.offset: {seeds.get('offset', 0)!r} -> seeds and evaluate.gsm8k read the same "
                             f"file; skip the {gsm.get('limit')} evaluated rows (offset >= evaluate.gsm8k.limit)")
+    fb = raw.get("feedback")
+    judge = fb.get("judge") if isinstance(fb, dict) and isinstance(fb.get("judge"), dict) else {}
+    if judge.get("mode", "off") != "off" and not judge.get("model"):
+        problems.append(f"feedback.judge.model: {judge.get('model', '')!r} -> required when judge.mode is {judge.get('mode')!r}")
     checkpoints = raw.get("checkpoints")
     if isinstance(checkpoints, dict):
         want = {"base": "models/base", "0": "models/round-0"}

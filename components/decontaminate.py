@@ -66,7 +66,7 @@ class EvalIndex:
         return max((c / min(len(grams), self.sizes[i]) for i, c in hits.items()), default=0.0)
 
 
-def run(params: Params, generated: Path, out: Path) -> dict:
+def run(params: Params, generated: Path, out: Path, practice_next: Path | None = None) -> dict:
     cfg = params.decontaminate
     eval_sets = {"heldout": read_jsonl(generated / "test.jsonl", required=("question",))}
     gsm8k = load_gsm8k(params.evaluate.gsm8k)
@@ -88,6 +88,8 @@ def run(params: Params, generated: Path, out: Path) -> dict:
         dropped += sum(flags)
     stats["dropped_share"] = dropped / total if total else 0.0
     write_json(stats, out / "decontamination.json")
+    if practice_next is not None:  # the practice set round 1 uses (later rounds may extend it)
+        write_jsonl(practice_next, read_jsonl(out / "practice.jsonl", allow_empty=True))
     if stats["dropped_share"] > cfg.max_share:
         raise RuntimeError(
             f"decontaminate: {dropped} of {total} training records ({stats['dropped_share']:.1%}) share at "
@@ -100,10 +102,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("generated", type=Path)
     parser.add_argument("out", type=Path)
+    parser.add_argument("--practice-next", type=Path, default=None,
+                        help="also write the clean practice set here (round 1's practice set)")
     args = parser.parse_args()
     params = load_params()
     with tracking.stage_run("decontaminate", params.decontaminate.model_dump()) as log:
-        stats = run(params, args.generated, args.out)
+        stats = run(params, args.generated, args.out, args.practice_next)
         log.metrics(stats)
 
 

@@ -1,16 +1,27 @@
-"""Stage `dpo@r`: preference learning on the round's pairs -> models/round-r.
+"""Stage `dpo@r`: preference learning on the round's feedback -> models/round-r (DPO or KTO).
 
-TRL `DPOTrainer` with a *fresh* LoRA adapter on the merged round r-1 model and `ref_model=None`:
-with PEFT, TRL uses the adapter-disabled model as the reference, which is then exactly round r-1.
-(Re-using an adapter trained in an earlier round would make the reference drift from r-1: the
-PEFT pitfall this avoids.) The adapter is merged and saved as a plain checkpoint.
+`rounds.r.dpo.method` picks the objective, both on TRL trainers with a *fresh* LoRA adapter on
+the merged round r-1 model:
 
-    python -m components.dpo 1 models/round-0 data/round-1/pairs.jsonl models/round-1
+* `dpo`: `DPOTrainer` on pairs.jsonl (positives x negatives, Orca-Math's rules).
+* `kto`: `KTOTrainer` on unpaired.jsonl (the same table, desirable/undesirable), with class
+  weights from the imbalance: desirable_weight * n_desirable = undesirable_weight * n_undesirable,
+  the balance the KTO paper recommends (TRL warns outside [1, 4/3]); our tables are mostly
+  desirable (the teacher's solution is always one), so undesirable examples get the larger weight.
+
+Reference (`rounds.r.dpo.reference`): `prev` (default) passes `ref_model=None`, so TRL uses the
+adapter-disabled model — exactly round r-1, because the adapter is fresh (re-using an adapter
+trained in an earlier round would make the reference drift: the PEFT pitfall this avoids).
+`sft` loads models/round-0 as an explicit frozen reference (Orca-Math's iterations kept the SFT
+model as anchor in one variant). The adapter is merged and saved as a plain checkpoint.
+
+    python -m components.dpo 1 models/round-0 data/round-1 models/round-1 --sft models/round-0
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import shutil
 import tempfile
 import time
@@ -31,42 +42,85 @@ def to_preference(rows: list[dict], params: Params) -> list[dict]:
              "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows]
 
 
-def run(params: Params, round_key: str, prev_model: Path, pairs_file: Path, out: Path,
-        log: tracking.StageLog) -> dict:
+def to_unpaired(rows: list[dict], params: Params, seed: int) -> list[dict]:
+    """TRL's conversational unpaired format. KTOTrainer samples sequentially (its KL estimate
+    pairs neighbours in a batch), so the order is shuffled here, seeded, to mix the labels."""
+    p = params.prompt
+    out = [{"prompt": messages(r["question"], p.system, p.template),
+            "completion": [{"role": "assistant", "content": r["completion"]}], "label": bool(r["label"])}
+           for r in rows]
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def class_weights(rows: list[dict]) -> tuple[float, float]:
+    """(desirable_weight, undesirable_weight) with weight x count equal for both classes, the
+    larger class at weight 1."""
+    n_pos = sum(bool(r["label"]) for r in rows)
+    n_neg = len(rows) - n_pos
+    if not n_pos or not n_neg:
+        raise ValueError(f"KTO needs both classes; got {n_pos} desirable and {n_neg} undesirable examples")
+    return (1.0, n_pos / n_neg) if n_pos >= n_neg else (n_neg / n_pos, 1.0)
+
+
+def run(params: Params, round_key: str, prev_model: Path, round_dir: Path, out: Path,
+        log: tracking.StageLog, sft_model: Path | None = None) -> dict:
     from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
 
     cfg, rcfg = params.dpo, params.rounds[round_key].dpo
-    rows = read_jsonl(pairs_file, required=("question", "chosen", "rejected"))
     setup_runtime(params.runtime.threads)
     device = pick_device(params.runtime.device)
     model, tok = load(prev_model, device=device)
-    work = Path(tempfile.mkdtemp(prefix="dpo-"))
-    args = DPOConfig(
+    ref_model = None
+    if rcfg.reference == "sft" and params.rounds[round_key].prev != "0":
+        if sft_model is None:
+            raise ValueError("rounds.%s.dpo.reference: 'sft' needs the SFT model path (--sft)" % round_key)
+        ref_model, _ = load(sft_model, device=device)
+        ref_model.eval().requires_grad_(False)
+    work = Path(tempfile.mkdtemp(prefix=f"{rcfg.method}-"))
+    common = dict(
         output_dir=str(work), beta=rcfg.beta, learning_rate=rcfg.learning_rate,
         num_train_epochs=rcfg.epochs, per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, warmup_steps=cfg.warmup_ratio,
         lr_scheduler_type="cosine", max_length=cfg.max_length, seed=rcfg.seed, data_seed=rcfg.seed,
         logging_steps=cfg.logging_steps, save_strategy="no", report_to="none",
         activation_checkpointing=False, dataset_num_proc=1, **trainer_precision(device))
+    metrics: dict = {"method_kto": float(rcfg.method == "kto"), "reference_sft": float(ref_model is not None)}
+    if rcfg.method == "dpo":
+        from trl import DPOConfig as Config, DPOTrainer as Trainer
+
+        rows = read_jsonl(round_dir / "pairs.jsonl", required=("question", "chosen", "rejected"))
+        data = to_preference(rows, params)
+        args = Config(**common)
+        metrics["pairs"] = len(rows)
+    else:
+        from trl import KTOConfig as Config, KTOTrainer as Trainer
+
+        rows = read_jsonl(round_dir / "unpaired.jsonl", required=("question", "completion", "label"))
+        data = to_unpaired(rows, params, rcfg.seed)
+        dw, uw = class_weights(rows)
+        args = Config(**common, desirable_weight=dw, undesirable_weight=uw)
+        metrics.update(examples=len(rows), desirable=sum(r["label"] for r in rows), desirable_weight=dw,
+                       undesirable_weight=uw)
     try:
-        trainer = DPOTrainer(model=model, ref_model=None, args=args,
-                             train_dataset=Dataset.from_list(to_preference(rows, params)),
-                             processing_class=tok, peft_config=lora_config(cfg.lora),
-                             callbacks=[tracking.trainer_callback(log)])
+        trainer = Trainer(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(data),
+                          processing_class=tok, peft_config=lora_config(cfg.lora),
+                          callbacks=[tracking.trainer_callback(log)])
         start = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - start
-        history = [h for h in trainer.state.log_history if "rewards/accuracies" in h]
+        history = trainer.state.log_history
         merge_and_save(trainer.model, tok, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    metrics = {"train_loss": result.training_loss, "train_seconds": seconds, "pairs": len(rows),
-               "pairs_per_second": len(rows) * rcfg.epochs / seconds}
-    if history:
-        last = history[-1]
-        metrics.update({"reward_accuracy": last["rewards/accuracies"],
-                        "reward_margin": last.get("rewards/margins", 0.0)})
+    metrics.update(train_loss=result.training_loss, train_seconds=seconds,
+                   examples_per_second=len(rows) * rcfg.epochs / seconds)
+    for key, name in (("rewards/accuracies", "reward_accuracy"), ("rewards/margins", "reward_margin"),
+                      ("rewards/chosen", "reward_chosen"), ("rewards/rejected", "reward_rejected"),
+                      ("kl", "kl")):
+        vals = [h[key] for h in history if key in h]
+        if vals:
+            metrics[name] = vals[-1]
     return metrics
 
 
@@ -74,14 +128,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("round")
     parser.add_argument("prev_model", type=Path)
-    parser.add_argument("pairs", type=Path)
+    parser.add_argument("round_dir", type=Path, help="holds pairs.jsonl (DPO) and unpaired.jsonl (KTO)")
     parser.add_argument("out", type=Path)
+    parser.add_argument("--sft", type=Path, default=None, help="the SFT model, for reference: sft")
     args = parser.parse_args()
     params = load_params()
     logged = {"dpo": params.dpo.model_dump(), "round": params.rounds[args.round].dpo.model_dump(),
               "prev": params.rounds[args.round].prev}
     with tracking.stage_run("dpo", logged, round_key=args.round) as log:
-        log.metrics(run(params, args.round, args.prev_model, args.pairs, args.out, log))
+        log.tags({"method": params.rounds[args.round].dpo.method,
+                  "reference": params.rounds[args.round].dpo.reference})
+        log.metrics(run(params, args.round, args.prev_model, args.round_dir, args.out, log, args.sft))
 
 
 if __name__ == "__main__":

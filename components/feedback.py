@@ -9,8 +9,16 @@ Pairs, per problem (Orca-Math §4):
 - pairs = positives x negatives (duplicated texts folded), at most `max_pairs_per_problem`
   (a seeded sample of the product).
 
-Outputs: feedback.jsonl (every sample, its extracted answer and verdict, with the teacher's
-solution), pairs.jsonl, and the round's feedback metrics.
+Unpaired (KTO): the same table as desirable (positives) and undesirable (negatives, borrowed
+ones included) examples, each text once per problem — unpaired.jsonl.
+
+Optional LLM judge (`feedback.judge`, Orca-Math used GPT-4 as an exact-match judge): in
+`fallback` mode it decides only samples the deterministic grader cannot read; in `double_check`
+mode it sees every sample, the deterministic verdict stands where an answer was read, and the
+share of disagreements is logged (a drifting grader or a sloppy judge shows up there).
+
+Outputs: feedback.jsonl (every sample, its extracted answer and verdict(s), with the teacher's
+solution), pairs.jsonl, unpaired.jsonl, and the round's feedback metrics.
 
     python -m components.feedback 1 data/generated/practice.jsonl data/round-1
 """
@@ -42,6 +50,48 @@ def judge(problems: list[dict], samples: list[dict]) -> list[dict]:
                      "extracted": g.extracted, "correct": g.correct, "reference": p["answer"],
                      "teacher_solution": p["solution"]})
     return rows
+
+
+def llm_judge(rows: list[dict], problems: list[dict], cfg, chat=None) -> dict:
+    """Consult the LLM judge per `cfg.mode`; updates rows in place, returns judge stats."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from components.teachers.instruct import BadReply, JudgeReply, parse_json, prompt
+    from components.teachers.llm import Sampling, make_chat
+
+    if cfg.mode == "off":
+        return {}
+    chat = chat or make_chat(cfg, cfg.cache_dir)
+    by_id = {p["id"]: p for p in problems}
+    todo = [r for r in rows if cfg.mode == "double_check" or r["extracted"] is None]
+    system = prompt("judge")
+
+    def ask(r: dict) -> bool | None:
+        p = by_id[r["problem_id"]]
+        user = (f"Problem:\n{p['question']}\n\nReference solution:\n{p['solution']}\n\n"
+                f"Student solution:\n{r['completion']}")
+        reply = chat([{"role": "system", "content": system}, {"role": "user", "content": user}],
+                     Sampling(temperature=0.0, top_p=1.0, max_tokens=64, seed=0, json_mode=True))
+        try:
+            return parse_json(reply, JudgeReply).correct
+        except BadReply:
+            return None
+
+    with ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="judge") as pool:
+        verdicts = list(pool.map(ask, todo))
+    decided = disagree = unparsed = 0
+    for r, v in zip(todo, verdicts):
+        r["judge"] = v
+        if v is None:
+            unparsed += 1
+        elif r["extracted"] is None:
+            r["correct"] = v  # the deterministic grader had nothing to go on: the judge decides
+            decided += 1
+        elif v != r["correct"]:
+            disagree += 1
+    checked = sum(1 for r, v in zip(todo, verdicts) if v is not None and r["extracted"] is not None)
+    return {"judge_calls": len(todo), "judge_decided": decided, "judge_unparsed": unparsed,
+            "judge_disagreement_rate": disagree / checked if checked else 0.0}
 
 
 def _unique(items: list, key=lambda x: x) -> list:
@@ -92,17 +142,49 @@ def build_pairs(problems: list[dict], feedback: list[dict], cfg: Feedback) -> tu
     return pairs, stats
 
 
-def run(cfg: Feedback, problems_file: Path, round_dir: Path) -> dict:
+def build_unpaired(problems: list[dict], feedback: list[dict], pairs: list[dict]) -> list[dict]:
+    """KTO's view of the same table: every positive desirable, every negative undesirable (the
+    borrowed negatives of all-correct problems included, as in the pairs), each text once."""
+    rows = []
+    good = defaultdict(list)
+    for r in feedback:
+        if r["correct"]:
+            good[r["problem_id"]].append(r["completion"])
+    bad = defaultdict(list)
+    for x in pairs:
+        bad[x["problem_id"]].append((x["rejected"], x["rejected_source"]))
+    for r in feedback:  # own negatives that the pair cap left out are still undesirable
+        if not r["correct"]:
+            bad[r["problem_id"]].append((r["completion"], "own"))
+    for p in problems:
+        for text, src in _unique([(p["solution"], "teacher")] + [(t, "student") for t in good[p["id"]]],
+                                 key=lambda x: x[0]):
+            rows.append({"problem_id": p["id"], "question": p["question"], "completion": text, "label": True,
+                         "source": src})
+        for text, src in _unique(bad[p["id"]], key=lambda x: x[0]):
+            rows.append({"problem_id": p["id"], "question": p["question"], "completion": text, "label": False,
+                         "source": src})
+    return rows
+
+
+def run(cfg: Feedback, problems_file: Path, round_dir: Path, chat=None) -> dict:
     problems = read_jsonl(problems_file, required=("id", "question", "solution", "answer"))
     samples = read_jsonl(round_dir / "samples.jsonl", required=("problem_id", "sample", "completion"))
     ids = {s["problem_id"] for s in samples}
     problems = [p for p in problems if p["id"] in ids]  # practice.limit may have used a prefix
     feedback = judge(problems, samples)
+    judge_stats = llm_judge(feedback, problems, cfg.judge, chat)
     pairs, stats = build_pairs(problems, feedback, cfg)
     if not pairs:
         raise RuntimeError("no preference pairs could be built (no negatives anywhere?)")
+    unpaired = build_unpaired(problems, feedback, pairs)
+    stats.update(judge_stats)
+    stats["problems_all_wrong_share"] = stats["problems_all_wrong"] / max(1, stats["problems"])
+    stats["unpaired_desirable"] = sum(r["label"] for r in unpaired)
+    stats["unpaired_undesirable"] = len(unpaired) - stats["unpaired_desirable"]
     write_jsonl(round_dir / "feedback.jsonl", feedback)
     write_jsonl(round_dir / "pairs.jsonl", pairs)
+    write_jsonl(round_dir / "unpaired.jsonl", unpaired)
     write_json(stats, round_dir / "feedback_metrics.json")
     return stats
 
@@ -118,6 +200,7 @@ def main() -> None:
         log.metrics(run(params.feedback, args.problems, args.round_dir))
         log.artifact(args.round_dir / "feedback.jsonl", "feedback")
         log.artifact(args.round_dir / "pairs.jsonl", "feedback")
+        log.artifact(args.round_dir / "unpaired.jsonl", "feedback")
 
 
 if __name__ == "__main__":

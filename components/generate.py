@@ -91,6 +91,9 @@ class ProceduralExpander:
         variants = expand(seed["seed_id"], g, a.ama, a.suggest_edit_rounds, a.edits) if agents else [("seed", g, [])]
         for path, v, sugg in variants:
             r = graph_record(v, seed["seed_id"], path)
+            if not _rederives(r):  # the Verifier: cheap, so every record is checked
+                drops["failed_verification"] += 1
+                continue
             if sugg:
                 r["provenance"]["suggestions"] = sugg
             if len(r["solution"]) > self.cfg.max_answer_chars:
@@ -98,6 +101,18 @@ class ProceduralExpander:
                 continue
             out.append(r)
         return out, drops
+
+
+def _rederives(record: dict) -> bool:
+    """Every <<expr=value>> step evaluates to its value and the final answer reads back."""
+    from fractions import Fraction
+
+    from components.grading import extract_answer
+    from components.teachers.arith import annotations, evaluate
+
+    steps = annotations(record["solution"])
+    return (bool(steps) and all(evaluate(e) == Fraction(v) for e, v in steps)
+            and extract_answer(record["solution"]) == record["answer"])
 
 
 class LLMExpander:

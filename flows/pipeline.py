@@ -38,7 +38,7 @@ def round_zero_stages() -> list[str]:
 
 
 def round_stages(round_key: str) -> list[str]:
-    return [f"{s}@{round_key}" for s in ("practice", "feedback", "dpo", "evaluate", "register")]
+    return [f"{s}@{round_key}" for s in ("practice", "feedback", "followup", "dpo", "evaluate", "register")]
 
 
 def _lock_entry(project: Path, stage: str) -> str:

@@ -118,3 +118,22 @@ def test_cli_validate_reports_errors(tmp_path):
     result = CliRunner().invoke(app, ["validate", "--project", str(tmp_path)])
     assert result.exit_code == 2
     assert "rounds.1.dpo.beta: -0.1" in result.output
+
+
+def test_teacher_and_seed_cross_checks():
+    raw = raw_params()
+    raw["generate"]["seeds"] = {"source": "jsonl", "path": ""}
+    raw["generate"]["teacher"]["api_key_env"] = "sk-pasted-a-key-here!"
+    msg = errors_of(raw)
+    assert "generate.seeds.source: 'jsonl'" in msg and "procedural teacher" in msg
+    assert "generate.seeds.path" in msg
+    assert "generate.teacher.api_key_env" in msg and "NAME of the environment variable" not in msg
+    raw = raw_params()
+    raw["generate"]["teacher"].update(kind="openai", model="")
+    raw["generate"]["seeds"] = {"source": "jsonl", "path": raw["evaluate"]["gsm8k"]["path"], "offset": 10}
+    msg = errors_of(raw)
+    assert "generate.teacher.model: ''" in msg
+    assert "generate.seeds.offset: 10" in msg and "evaluate.gsm8k" in msg
+    raw["generate"]["teacher"]["model"] = "gpt-4o"
+    raw["generate"]["seeds"]["offset"] = raw["evaluate"]["gsm8k"]["limit"]
+    assert validate(raw).generate.teacher.model == "gpt-4o"

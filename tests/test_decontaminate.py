@@ -27,7 +27,7 @@ def with_gsm8k(params, path, limit=0):
 
 
 def setup_generated(params, tmp_path):
-    generate.run(params.generate, tmp_path / "gen")
+    generate.run(params.generate, tmp_path / "gen", cache_dir=tmp_path / "cache")
     return tmp_path / "gen"
 
 

@@ -29,7 +29,7 @@ def test_fewshot_and_majority_evaluation(params_factory, tmp_path):
     params = params_factory()
     ev = params.evaluate.model_copy(update={"fewshot": 2, "maj_k": 3, "gsm8k": params.evaluate.gsm8k.model_copy(update={"path": ""})})
     params = params.model_copy(update={"evaluate": ev})
-    generate.run(params.generate, tmp_path / "gen")
+    generate.run(params.generate, tmp_path / "gen", cache_dir=tmp_path / "cache")
     metrics = evaluate.run(params, _model(params), tmp_path / "gen/test.jsonl",
                            tmp_path / "m.json", tmp_path / "e", shots_file=tmp_path / "gen/sft.jsonl")
     preds = read_jsonl(tmp_path / "e/predictions.jsonl")

@@ -72,3 +72,72 @@ def test_judge_uses_the_shared_grader():
     assert [r["correct"] for r in rows] == [True, False]
     assert rows[1]["extracted"] == "13"
     assert rows[0]["teacher_solution"].startswith("teacher solution")
+
+
+# --- KTO's unpaired view of the same table --------------------------------------------------
+
+def test_unpaired_table_follows_the_same_rules():
+    from components.feedback import build_unpaired
+
+    probs = [problem(x) for x in "abcdef"]
+    table = [fb("a", f"right {k}", True) for k in range(4)]  # all correct: borrows negatives
+    table += [fb("b", "right b", True), fb("b", "wrong b", False), fb("b", "wrong b", False)]
+    for other in "cdef":
+        table += [fb(other, f"wrong {other}", False)]
+    pairs, _ = build_pairs(probs, table, CFG)
+    rows = build_unpaired(probs, table, pairs)
+    a = [r for r in rows if r["problem_id"] == "a"]
+    assert sum(r["label"] for r in a) == 5  # teacher + 4 correct samples
+    assert {r["source"] for r in a if not r["label"]} == {p["rejected_source"] for p in pairs if p["problem_id"] == "a"}
+    b = [r for r in rows if r["problem_id"] == "b"]
+    assert [(r["completion"], r["label"]) for r in b] == [("teacher solution b\n#### 10", True), ("right b", True),
+                                                          ("wrong b", False)]  # duplicates folded
+    c = [r for r in rows if r["problem_id"] == "c"]
+    assert [(r["source"], r["label"]) for r in c] == [("teacher", True), ("own", False)]
+
+
+# --- the optional LLM judge -----------------------------------------------------------------
+
+class _JudgeModel:
+    """A deterministic judge *model* for the control flow (real HTTP in test_teacher_http.py):
+    says correct iff the student's text contains the reference's final number."""
+
+    kind, model = "scripted", "judge-1"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, messages, sampling, sample=0):
+        self.calls += 1
+        user = messages[1]["content"]
+        ref = user.split("Reference solution:\n")[1].split("#### ")[1].split()[0]
+        student = user.split("Student solution:\n")[1]
+        return '{"correct": %s}' % ("true" if ref in student else "false")
+
+
+def test_llm_judge_fallback_decides_only_unreadable_samples():
+    from components.config import Judge
+    from components.feedback import llm_judge
+
+    probs = [problem("a", "12")]
+    rows = judge(probs, [{"problem_id": "a", "sample": 0, "completion": "#### 12"},
+                         {"problem_id": "a", "sample": 1, "completion": "twelve, i.e. 12 apples and some"},
+                         {"problem_id": "a", "sample": 2, "completion": "no idea"}])
+    rows[1]["extracted"] = None  # as if the grader could not read it
+    model = _JudgeModel()
+    stats = llm_judge(rows, probs, Judge(mode="fallback", model="m"), model)
+    assert model.calls == 2 and stats["judge_decided"] == 2
+    assert [r["correct"] for r in rows] == [True, True, False]
+
+
+def test_llm_judge_double_check_logs_disagreement():
+    from components.config import Judge
+    from components.feedback import llm_judge
+
+    probs = [problem("a", "12")]
+    rows = judge(probs, [{"problem_id": "a", "sample": i, "completion": c}
+                         for i, c in enumerate(["#### 12", "#### 13", "12 is wrong, #### 13", "#### 12.0"])])
+    before = [r["correct"] for r in rows]
+    stats = llm_judge(rows, probs, Judge(mode="double_check", model="m"), _JudgeModel())
+    assert [r["correct"] for r in rows] == before  # the exact grader stands where it read an answer
+    assert stats["judge_calls"] == 4 and stats["judge_disagreement_rate"] == 0.25  # "12 is wrong, #### 13"

@@ -61,7 +61,7 @@ def test_every_stage_ran(first_run):
     expected = ["base_model", "generate", "decontaminate", "evaluate@base", "register@base", "sft",
                 "evaluate@0", "register@0"]
     for r in ("1", "2"):
-        expected += [f"practice@{r}", f"feedback@{r}", f"dpo@{r}", f"evaluate@{r}", f"register@{r}"]
+        expected += [f"practice@{r}", f"feedback@{r}", f"followup@{r}", f"dpo@{r}", f"evaluate@{r}", f"register@{r}"]
     assert ran == expected + ["report"]
 
 
@@ -93,7 +93,7 @@ def test_mlflow_nests_stage_runs_under_round_parents(project, first_run):
     assert children[parents["0"].info.run_id] == {"base_model", "generate", "decontaminate", "evaluate", "register",
                                                       "sft"}
     for key in ("1", "2"):
-        assert children[parents[key].info.run_id] == {"practice", "feedback", "dpo", "evaluate", "register"}
+        assert children[parents[key].info.run_id] == {"practice", "feedback", "followup", "dpo", "evaluate", "register"}
     sft_run = next(r for r in runs if r.data.tags.get("tutorloop.stage") == "sft")
     assert "train/loss" in sft_run.data.metrics and "sft.learning_rate" in sft_run.data.params
     practice_run = next(r for r in runs if r.data.tags.get("tutorloop.stage") == "practice")
@@ -141,4 +141,27 @@ def test_round_two_change_reruns_only_round_two(project, first_run):
     out = dvc(project, "repro").stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"dpo@2", "evaluate@2", "register@2", "report"}
+    assert dvc(project, "status", "--json").stdout.strip() in ("{}", "")
+
+
+def test_teacher_change_runs_generate_and_never_restores_stale_data(project, first_run):
+    """A changed teacher knob or prompt file makes DVC *run* generate (not restore it from the
+    run-cache); restoring is only for a config DVC has seen, whose outputs are identical."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    before = (project / "data/generated/sft.jsonl").read_text()
+    params["generate"]["agents"]["ama"] = 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc(project, "repro", "-s", "generate").stdout
+    assert "Running stage 'generate'" in out and "run-cache" not in out
+    assert (project / "data/generated/sft.jsonl").read_text() != before
+    prompt = project / "components/teachers/prompts/solver.md"
+    prompt.write_text(prompt.read_text() + "\nShow units.\n")
+    assert "generate" in json.loads(dvc(project, "status", "--json").stdout)
+    out = dvc(project, "repro", "-s", "generate").stdout
+    assert "Running stage 'generate'" in out
+    prompt.write_text(prompt.read_text().replace("\nShow units.\n", ""))
+    params["generate"]["agents"]["ama"] = 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc(project, "repro", "-s", "generate")
+    assert (project / "data/generated/sft.jsonl").read_text() == before
     assert dvc(project, "status", "--json").stdout.strip() in ("{}", "")

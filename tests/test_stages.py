@@ -8,6 +8,7 @@ import torch
 from components import base_model, dpo, evaluate, feedback, generate, practice, sft
 from components.data import DataError, read_jsonl, write_jsonl
 from components.modeling import chat_prompts, generate as gen, load
+from components.config import validate
 from components.tracking import StageLog
 
 pytestmark = pytest.mark.usefixtures("no_tracking")
@@ -41,23 +42,50 @@ def test_base_model_missing_sources_are_clear_errors(tmp_path):
     assert base_model.resolve("HuggingFaceTB/SmolLM2-135M-Instruct") == ("HuggingFaceTB/SmolLM2-135M-Instruct", None)
 
 
-def test_generate_splits_without_overlap(params_factory, workdir):
+def test_generate_splits_without_overlap(params_factory, workdir, tmp_path):
     params = params_factory()
-    counts = generate.run(params.generate, workdir / "data")
+    counts = generate.run(params.generate, workdir / "data", cache_dir=tmp_path / "cache")
     sets = {s: read_jsonl(workdir / "data" / f"{s}.jsonl") for s in generate.SPLITS}
     assert {s: len(v) for s, v in sets.items()} == {"sft": 24, "practice": 6, "test": 8}
     questions = [r["question"] for v in sets.values() for r in v]
     assert len(set(questions)) == len(questions)
-    assert counts["dropped_too_long"] == 0
+    assert counts.get("drop/too_long", 0) == 0
     assert all(len(r["solution"]) <= 1800 and r["id"].startswith(s) for s, v in sets.items() for r in v)
+    # held-out = seed problems only; training sets carry the agents' problems, with provenance
+    assert {r["provenance"]["agent_path"] for r in sets["test"]} == {"seed"}
+    paths = {r["provenance"]["agent_path"].split("/")[0] for r in sets["sft"]}
+    assert paths == {"seed", "ama", "suggest-edit"}
+    assert all(r["provenance"]["seed_id"] and r["provenance"]["model"] for v in sets.values() for r in v)
+    assert json.loads((workdir / "data" / "stats.json").read_text())["n_sft"] == 24
 
 
 def test_generate_drops_long_solutions(params_factory, tmp_path):
     params = params_factory()
     cfg = params.generate.model_copy(update={"max_answer_chars": 150})
-    counts = generate.run(cfg, tmp_path)
-    assert counts["dropped_too_long"] > 0
-    assert all(len(r["solution"]) <= 150 for r in read_jsonl(tmp_path / "sft.jsonl"))
+    counts = generate.run(cfg, tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert counts["drop/too_long"] > 0
+    assert all(len(r["solution"]) <= 150 for r in read_jsonl(tmp_path / "out" / "sft.jsonl"))
+
+
+def test_generate_replays_its_journal_and_is_deterministic(params_factory, tmp_path):
+    cfg = params_factory().generate
+    first = generate.run(cfg, tmp_path / "a", cache_dir=tmp_path / "cache")
+    again = generate.run(cfg, tmp_path / "b", cache_dir=tmp_path / "cache")
+    fresh = generate.run(cfg, tmp_path / "c", cache_dir=tmp_path / "other")
+    assert first["journal_replayed_seeds"] == 0 and again["journal_replayed_seeds"] >= first["seeds"]
+    for split in generate.SPLITS:
+        a = (tmp_path / "a" / f"{split}.jsonl").read_text()
+        assert a == (tmp_path / "b" / f"{split}.jsonl").read_text() == (tmp_path / "c" / f"{split}.jsonl").read_text()
+    assert fresh["journal_replayed_seeds"] == 0
+
+
+def test_dedup_catches_exact_and_near_copies_but_not_template_mates():
+    d = generate.Dedup(0.8)
+    base = "Tom buys 4 boxes of pencils. Each box has 12 pencils. Tom already had 7 pencils. How many now?"
+    assert d.verdict(base) is None
+    assert d.verdict(base.upper().replace(".", " .")) == "duplicate"
+    assert d.verdict(base.replace("How many now?", "How many pencils now?")) == "near_duplicate"
+    assert d.verdict(base.replace("4", "6").replace("12", "9").replace("7", "3")) is None
 
 
 def test_batched_generation_is_deterministic_and_ordered(params_factory, workdir):
@@ -113,11 +141,62 @@ def test_practice_feedback_dpo_round(params_factory, workdir):
     stats = feedback.run(params.feedback, workdir / "data/practice.jsonl", rnd)
     assert stats["pairs"] == len(read_jsonl(rnd / "pairs.jsonl")) > 0
     assert len(read_jsonl(rnd / "feedback.jsonl")) == 12
-    metrics = dpo.run(params, "1", workdir / "models/round-0", rnd / "pairs.jsonl",
-                      workdir / "models/round-1", StageLog(None))
+    assert len(read_jsonl(rnd / "unpaired.jsonl")) == stats["unpaired_desirable"] + stats["unpaired_undesirable"]
+    metrics = dpo.run(params, "1", workdir / "models/round-0", rnd, workdir / "models/round-1", StageLog(None))
     assert metrics["pairs"] == stats["pairs"] and "reward_accuracy" in metrics
     assert not (workdir / "models/round-1/adapter_config.json").exists()
     load(workdir / "models/round-1")
+    # KTO on the same round's table, against the SFT model as an explicit reference
+    raw = params.model_dump(by_alias=True)
+    raw["rounds"]["2"] = {"prev": "1", "practice": raw["rounds"]["1"]["practice"],
+                          "dpo": {**raw["rounds"]["1"]["dpo"], "method": "kto", "reference": "sft"}}
+    raw["checkpoints"]["2"] = "models/round-2"
+    kto_params = validate(raw)
+    metrics = dpo.run(kto_params, "2", workdir / "models/round-1", rnd, workdir / "models/round-2", StageLog(None),
+                      sft_model=workdir / "models/round-0")
+    assert metrics["method_kto"] == 1 and metrics["reference_sft"] == 1
+    assert metrics["desirable_weight"] * metrics["desirable"] == pytest.approx(
+        metrics["undesirable_weight"] * (metrics["examples"] - metrics["desirable"]))
+    load(workdir / "models/round-2")
+
+
+def test_fresh_adapter_disabled_is_exactly_the_previous_round(params_factory, workdir):
+    """The reference of round r is round r-1 itself: with the fresh adapter disabled (what TRL
+    uses when ref_model=None) the policy's logits equal the saved r-1 model's, before and after
+    training moves the adapter."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from components.sft import lora_config
+
+    params = params_factory()
+    prev, tok = load(workdir / "models/round-0")
+    ref, _ = load(workdir / "models/round-0")
+    rows = [{"question": "What is 2+3?", "chosen": "2+3 = <<2+3=5>>5\n#### 5", "rejected": "#### 6"}] * 4
+    args = DPOConfig(output_dir=str(workdir / "dpo-tmp"), per_device_train_batch_size=2, max_steps=3,
+                     learning_rate=5e-3, report_to="none", save_strategy="no", use_cpu=True, bf16=False,
+                     activation_checkpointing=False, dataset_num_proc=1, logging_steps=1)
+    trainer = DPOTrainer(model=prev, ref_model=None, args=args, processing_class=tok,
+                         train_dataset=Dataset.from_list(dpo.to_preference(rows, params)),
+                         peft_config=lora_config(params.dpo.lora))
+    ids = tok("What is 2+3? The answer is 5", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        want = ref(ids).logits
+        with trainer.model.disable_adapter():
+            assert torch.equal(trainer.model(ids).logits, want)
+    trainer.train()
+    with torch.no_grad():
+        with trainer.model.disable_adapter():
+            assert torch.equal(trainer.model(ids).logits, want)
+        assert not torch.equal(trainer.model(ids).logits, want)  # the adapter did learn
+
+
+def test_kto_class_weights_balance_the_classes():
+    rows = [{"label": True}] * 9 + [{"label": False}] * 3
+    assert dpo.class_weights(rows) == (1.0, 3.0)
+    assert dpo.class_weights([{"label": True}] + [{"label": False}] * 4) == (4.0, 1.0)
+    with pytest.raises(ValueError, match="both classes"):
+        dpo.class_weights([{"label": True}] * 3)
 
 
 def test_evaluate_writes_metrics_and_predictions(params_factory, workdir):
@@ -154,5 +233,5 @@ def test_bad_inputs_are_clear_errors(params_factory, tmp_path, workdir):
                      tmp_path / "e")
     write_jsonl(tmp_path / "pairs.jsonl", [{"question": "q"}])
     with pytest.raises(DataError, match="missing field"):
-        dpo.run(params, "1", workdir / "models/round-0", tmp_path / "pairs.jsonl", tmp_path / "out",
+        dpo.run(params, "1", workdir / "models/round-0", tmp_path, tmp_path / "out",
                 StageLog(None))

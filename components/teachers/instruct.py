@@ -48,6 +48,10 @@ class EditReply(BaseModel):
     problem: str = Field(min_length=1)
 
 
+class JudgeReply(BaseModel):
+    correct: bool
+
+
 class BadReply(ValueError):
     """The agent's reply is not the structured output its prompt asks for."""
 

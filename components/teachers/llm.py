@@ -110,8 +110,7 @@ class TransformersChat:
 
         self.model = model
         dev = modeling.pick_device(device)
-        self._tok = modeling.load_tokenizer(model)
-        self._lm = modeling.load(model, dtype=dtype, device=dev)
+        self._lm, self._tok = modeling.load(model, dtype=dtype, device=dev)
         self._batch, self._wait = batch_size, wait_s
         self._queue: queue.Queue = queue.Queue()
         threading.Thread(target=self._worker, daemon=True, name="teacher-batcher").start()
@@ -141,7 +140,8 @@ class TransformersChat:
                                for m, _, _ in group]
                     gen = modeling.generate(self._lm, self._tok, prompts, do_sample=s.temperature > 0,
                                             temperature=s.temperature or 1.0, top_p=s.top_p,
-                                            max_new_tokens=s.max_tokens, batch_size=len(prompts), seed=s.seed)
+                                            max_new_tokens=s.max_tokens, batch_size=len(prompts), seed=s.seed,
+                                            desc="teacher")
                     for (_, _, fut), text in zip(group, gen.texts):
                         fut.set_result(text[0] if isinstance(text, list) else text)
                 except Exception as e:  # noqa: BLE001 - handed to the waiting caller

@@ -1,0 +1,67 @@
+"""Closing the loop: all-wrong problems come back as easier and harder variants, rebuilt exactly
+from provenance, deduplicated and decontaminated, appended to the next round's practice set."""
+
+from components import followup
+from components.config import validate
+from components.data import read_jsonl, write_jsonl
+from components.teachers import ProceduralTeacher, graph_record
+from components.teachers.agents import expand
+from conftest import tiny_params
+
+
+def practice_set(n=6):
+    t = ProceduralTeacher()
+    rows = []
+    for i in range(n):
+        sid = t.seed_id(i, 42)
+        path, g, _ = expand(sid, t.graph(sid), 2, 2)[-1]  # an edited problem: provenance must rebuild it
+        r = graph_record(g, sid, path)
+        r["id"] = f"p{i}"
+        rows.append(r)
+    return rows
+
+
+def test_all_wrong_needs_every_sample_wrong():
+    fb = [{"problem_id": "a", "correct": False}, {"problem_id": "a", "correct": False},
+          {"problem_id": "b", "correct": False}, {"problem_id": "b", "correct": True}]
+    assert followup.all_wrong(fb) == ["a"]
+
+
+def test_variants_are_rebuilt_from_provenance(tiny_model_dir):
+    import random
+
+    params = validate(tiny_params(tiny_model_dir))
+    p = practice_set(1)[0]
+    out = followup.procedural_variants(p, params, 3, random.Random(0))
+    assert 1 <= len(out) <= 3 and out[0][0].startswith("suggest-edit")  # at least one harder problem
+    for path, g in out:
+        q, s, a = g.render()
+        assert q != p["question"] and s.endswith(f"#### {a}")
+
+
+def test_followup_appends_variants_of_failures_only(tiny_model_dir, tmp_path):
+    raw = tiny_params(tiny_model_dir)
+    rows = practice_set()
+    write_jsonl(tmp_path / "practice.jsonl", rows)
+    rnd = tmp_path / "round-1"
+    fb = [{"problem_id": r["id"], "correct": r["id"] != "p0" and k == 0} for r in rows for k in range(2)]
+    write_jsonl(rnd / "feedback.jsonl", fb)
+    test = [{"id": "t0", "question": rows[3]["question"]}]
+    write_jsonl(tmp_path / "test.jsonl", test)
+
+    off = followup.run(validate(raw), "1", tmp_path / "practice.jsonl", rnd, tmp_path / "next.jsonl")
+    assert off["all_wrong"] == 1 and off["all_wrong_share"] == 1 / 6 and off["new_problems"] == 0
+    assert read_jsonl(tmp_path / "next.jsonl") == rows
+
+    raw["followup"] = {"enabled": True, "variants": 3, "max_new": 50}
+    on = followup.run(validate(raw), "1", tmp_path / "practice.jsonl", rnd, tmp_path / "next.jsonl",
+                      tmp_path / "test.jsonl")
+    nxt = read_jsonl(tmp_path / "next.jsonl")
+    assert nxt[:6] == rows and len(nxt) == 6 + on["new_problems"] and on["new_problems"] >= 1
+    new = nxt[6:]
+    assert all(r["provenance"]["parent"] == "p0" and r["provenance"]["agent_path"].startswith("followup/1/")
+               for r in new)
+    assert len({r["question"] for r in nxt}) == len(nxt)
+    raw["followup"]["max_new"] = 1
+    capped = followup.run(validate(raw), "1", tmp_path / "practice.jsonl", rnd, tmp_path / "next.jsonl")
+    assert capped["new_problems"] == 1

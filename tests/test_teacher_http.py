@@ -1,0 +1,240 @@
+"""The OpenAI-compatible teacher path against a real HTTP server on loopback (tests/chat_server.py
+serving a tiny transformers model): retries honouring Retry-After, timeouts, fail-fast 401/400,
+an unreachable server, the disk cache, and a `kill -9` halfway through `generate` followed by a
+resume that loses nothing, duplicates nothing and re-sends at most `concurrency` calls. An API-key
+canary must appear nowhere the project writes (mlflow.db, mlartifacts, DVC files, outputs, logs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chat_server import ChatServer
+from conftest import copy_project, tiny_params
+
+KEY_ENV = "TUTORLOOP_TEST_TEACHER_KEY"
+MSG = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples does he have?"}]
+
+
+@pytest.fixture
+def server(tiny_model_dir):
+    with ChatServer(tiny_model_dir) as s:
+        yield s
+
+
+def chat(server, monkeypatch, key="anything", **kw):
+    from components.teachers.llm import OpenAIChat
+
+    monkeypatch.setenv(KEY_ENV, key)
+    return OpenAIChat("tiny", server.url, KEY_ENV, **{"timeout": 10, "max_retries": 4, **kw})
+
+
+def test_retries_429_and_500_honouring_retry_after(server, monkeypatch):
+    from components.teachers.llm import Sampling
+
+    server.faults = [("429", 1), ("500", 0), ("429", 1)]
+    start = time.perf_counter()
+    text = chat(server, monkeypatch)(MSG, Sampling(temperature=0, max_tokens=8))
+    took = time.perf_counter() - start
+    assert isinstance(text, str) and server.requests == 4 and server.completions == 1
+    assert took >= 2.0, f"two Retry-After: 1 replies must wait >= 2 s, took {took:.2f}"
+
+
+def test_timeouts_are_retried(server, monkeypatch):
+    from components.teachers.llm import Sampling
+
+    server.faults = [("sleep", 3.0)]
+    chat(server, monkeypatch, timeout=1.0, max_retries=2)(MSG, Sampling(temperature=0, max_tokens=8))
+    assert server.requests == 2  # the slow one timed out client-side, the retry answered
+
+
+def test_wrong_key_fails_fast_without_revealing_it(tiny_model_dir, monkeypatch):
+    from components.teachers.llm import Sampling, TeacherError
+
+    canary = "sk-canary-4f1d2b9e7a"
+    with ChatServer(tiny_model_dir, api_key="sk-the-right-one") as s:
+        with pytest.raises(TeacherError) as err:
+            chat(s, monkeypatch, key=canary)(MSG, Sampling())
+        assert s.requests == 1, "401 is not retried"
+    assert KEY_ENV in str(err.value) and "401" in str(err.value) and canary not in str(err.value)
+
+
+def test_bad_request_fails_fast(server, monkeypatch):
+    from components.teachers.llm import OpenAIChat, Sampling, TeacherError
+
+    monkeypatch.setenv(KEY_ENV, "x")
+    with pytest.raises(TeacherError, match="400"):
+        OpenAIChat("no-such-model", server.url, KEY_ENV, max_retries=4)(MSG, Sampling())
+    assert server.requests == 1
+
+
+def test_unreachable_teacher_says_so(monkeypatch):
+    from components.teachers.llm import OpenAIChat, Sampling, TeacherError
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again below: nothing listens there
+    monkeypatch.setenv(KEY_ENV, "x")
+    with pytest.raises(TeacherError, match="cannot reach"):
+        OpenAIChat("tiny", f"http://127.0.0.1:{port}/v1", KEY_ENV, timeout=2, max_retries=1)(MSG, Sampling())
+
+
+def test_cache_replays_finished_calls(server, monkeypatch, tmp_path):
+    from components.teachers.llm import CachedChat, Sampling
+
+    cached = CachedChat(chat(server, monkeypatch), tmp_path / "calls.sqlite")
+    s = Sampling(temperature=0.7, max_tokens=8, seed=3)
+    first = cached(MSG, s)
+    other_sample = cached(MSG, s, sample=1)
+    again = CachedChat(chat(server, monkeypatch), tmp_path / "calls.sqlite")  # a new process, same file
+    assert again(MSG, s) == first and again(MSG, s, sample=1) == other_sample
+    assert server.completions == 2 and again.hits == 2 and again.misses == 0
+
+
+def test_journal_repairs_a_torn_last_line(tmp_path):
+    from components.generate import Journal
+
+    j = Journal(tmp_path / "j.jsonl")
+    j.append({"index": 0, "seed_id": "a", "records": [], "drops": {}})
+    j.close()
+    with open(tmp_path / "j.jsonl", "a") as f:
+        f.write('{"index": 1, "seed_id": "b", "rec')  # killed mid-write
+    j = Journal(tmp_path / "j.jsonl")
+    assert set(j.done) == {0} and j.repaired > 0
+    j.append({"index": 1, "seed_id": "b", "records": [], "drops": {}})
+    j.close()
+    assert [json.loads(x)["index"] for x in (tmp_path / "j.jsonl").read_text().splitlines()] == [0, 1]
+
+
+# --- kill -9 and resume, end to end ---------------------------------------------------------
+
+def _gen_params(model_dir, server_url: str, seeds_file: Path) -> dict:
+    raw = tiny_params(model_dir)
+    raw["generate"].update(
+        n_test=4, n_practice=4, n_sft=40,
+        teacher={"kind": "openai", "model": "tiny", "base_url": server_url, "api_key_env": KEY_ENV,
+                 "temperature": 0.7, "top_p": 0.95, "max_tokens": 16, "seed": 0, "concurrency": 4, "timeout": 20,
+                 "max_retries": 3, "json_mode": True, "verify": True, "batch_size": 8, "dtype": "float32"},
+        seeds={"source": "jsonl", "path": str(seeds_file), "dataset": "", "subset": "main", "split": "train",
+               "offset": 0, "shuffle": True},
+        agents={"ama": 1, "suggest_edit_rounds": 1, "edits": ["step"], "test_agents": False},
+        cache_dir=".tutorloop-cache")
+    return raw
+
+
+def _stage_env(extra: dict) -> dict:
+    from flows.pipeline import _stage_env as env
+
+    return {**env(None), "TUTORLOOP_PROGRESS": "0", **extra}
+
+
+@pytest.mark.slow
+def test_kill_at_half_then_resume_loses_and_duplicates_nothing(tiny_model_dir, tmp_path):
+    from components.config import validate
+    from components.data import read_jsonl
+    from components.generate import run
+    from components.teachers import ProceduralTeacher
+
+    seeds_file = tmp_path / "seeds.jsonl"
+    seeds_file.write_text("".join(json.dumps({"question": r["question"], "answer": r["solution"]}) + "\n"
+                                  for r in ProceduralTeacher().problems(80, seed=5)))
+    canary = "sk-canary-resume-93c1f0"
+    with ChatServer(tiny_model_dir, delay_s=0.08) as server:
+        raw = _gen_params(tiny_model_dir, server.url, seeds_file)
+        # The uninterrupted reference, in-process, with its own cache.
+        os.environ[KEY_ENV] = canary
+        try:
+            ref = run(validate(raw).generate, tmp_path / "ref", cache_dir=tmp_path / "ref-cache", progress=False)
+        finally:
+            del os.environ[KEY_ENV]
+        ref_calls = server.requests
+        assert ref_calls == ref["calls/sent"] > 40
+
+        project = copy_project(tmp_path / "project")
+        (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        env = _stage_env({KEY_ENV: canary, "TUTORLOOP_TRACKING": "off"})
+        before = server.requests
+        log = open(tmp_path / "run1.log", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "components.generate", "data/generated"], cwd=project,
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        journal = project / ".tutorloop-cache" / "journal"
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            sft = list(journal.glob("*-sft.jsonl"))
+            if sft and len(sft[0].read_text().splitlines()) >= 20:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"generate finished before the kill: {(tmp_path / 'run1.log').read_text()}"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        calls_before_kill = server.requests - before
+        assert calls_before_kill < ref_calls, "killed about halfway, not at the end"
+        assert not (project / "data" / "generated" / "sft.jsonl").exists()
+
+        # Resume through DVC, with MLflow tracking on: the canary must not leak anywhere.
+        subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+        dvc = [sys.executable, "-m", "dvc"]
+        env2 = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+        env2.pop("TUTORLOOP_TRACKING")
+        subprocess.run(dvc + ["init", "-q"], cwd=project, check=True, env=env2)
+        resumed = subprocess.run(dvc + ["repro", "generate"], cwd=project, env=env2, capture_output=True, text=True)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        calls_after = server.requests - before - calls_before_kill
+
+    out = project / "data" / "generated"
+    stats = json.loads((out / "stats.json").read_text())
+    for split in ("test", "practice", "sft"):
+        got, want = read_jsonl(out / f"{split}.jsonl"), read_jsonl(tmp_path / "ref" / f"{split}.jsonl")
+        ids = [r["id"] for r in got]
+        assert len(ids) == len(set(ids)), f"{split}: duplicated records"
+        assert got == want, f"{split}: resumed output differs from the uninterrupted run"
+    assert stats["journal_replayed_seeds"] >= 20
+    # finished calls are never paid again (journaled seeds are skipped, finished calls of unfinished
+    # seeds hit the cache); only calls in flight at the kill (<= concurrency = 4) are sent twice
+    assert ref_calls <= calls_before_kill + calls_after <= ref_calls + 4, (calls_before_kill, calls_after, ref_calls)
+    assert stats["calls/sent"] == calls_after
+    print(f"\nkill/resume: reference {ref_calls} calls; {calls_before_kill} before the kill, {calls_after} after "
+          f"(cache hits {stats['calls/cache_hits']}); records {stats['n_sft']}+{stats['n_practice']}+{stats['n_test']}")
+
+    leaks = []
+    texts = [resumed.stdout, resumed.stderr, (tmp_path / "run1.log").read_text()]
+    leaks += [f"log {i}" for i, t in enumerate(texts) if canary in t]
+    for f in project.rglob("*"):
+        if f.is_file() and canary.encode() in f.read_bytes():
+            leaks.append(str(f.relative_to(project)))
+    assert (project / "mlflow.db").exists() and (project / "dvc.lock").exists()
+    assert not leaks, f"API key canary found in {leaks}"
+
+
+def test_local_transformers_teacher_runs_the_agents_batched(tiny_model_dir, tmp_path):
+    """teacher.kind=transformers: the same agent flow on a local model, calls micro-batched."""
+    from components.config import validate
+    from components.data import read_jsonl
+    from components.generate import run
+    from components.teachers import ProceduralTeacher
+
+    seeds_file = tmp_path / "seeds.jsonl"
+    seeds_file.write_text("".join(json.dumps({"question": r["question"], "answer": r["solution"]}) + "\n"
+                                  for r in ProceduralTeacher().problems(20, seed=9)))
+    raw = _gen_params(tiny_model_dir, "", seeds_file)
+    raw["generate"]["teacher"].update(kind="transformers", model=str(tiny_model_dir), base_url="", concurrency=4,
+                                      batch_size=4)
+    raw["generate"].update(n_test=2, n_practice=2, n_sft=6)
+    cfg = validate(raw).generate
+    stats = run(cfg, tmp_path / "out", cache_dir=tmp_path / "cache", device="cpu", progress=False)
+    sft = read_jsonl(tmp_path / "out" / "sft.jsonl")
+    assert len(sft) == 6 and all(r["provenance"]["teacher"] == "transformers" for r in sft)
+    assert stats["calls/sent"] >= 2 * 8  # AMA + Suggester per expanded seed (a random model's replies fail to parse)
+    assert stats["drop/bad_reply/ama"] >= 8
+    again = run(cfg, tmp_path / "out2", cache_dir=tmp_path / "cache", device="cpu", progress=False)
+    assert again.get("calls/sent", 0) == 0  # journal + cache: nothing is generated twice
