@@ -49,7 +49,7 @@ class BaseModelCfg(Section):
 
 class Teacher(Section):
     kind: Literal["procedural", "openai", "transformers"] = Field("procedural", description="procedural = the embedded offline teacher; openai = any OpenAI-compatible chat server; transformers = a local model")
-    model: str = Field("", description="openai: the server's model name; transformers: a local HF dir or hub id")
+    model: str = Field("", description="openai: the server's model name; transformers: a local HF checkpoint dir")
     base_url: str = Field("", description="openai: server URL, e.g. http://localhost:8000/v1 (vLLM), http://localhost:11434/v1 (Ollama); empty = api.openai.com")
     api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="NAME of the environment variable holding the API key (the key itself never goes in params)")
     temperature: float = Field(0.7, ge=0, description="sampling temperature of every agent call")
@@ -153,7 +153,7 @@ class Practice(Section):
 
 
 class Judge(Section):
-    mode: Literal["off", "fallback", "double_check"] = Field("off", description="LLM judge (Orca-Math's GPT-4 exact-match judge): fallback = only where no answer can be parsed; double_check = every sample, disagreements logged")
+    mode: Literal["none", "fallback", "double_check"] = Field("none", description="LLM judge (Orca-Math's GPT-4 exact-match judge): fallback = only where no answer can be parsed; double_check = every sample, disagreements logged (not `off`: YAML 1.1 readers turn an unquoted off into false, and `dvc exp run -S` rewrites params.yaml without quotes)")
     kind: Literal["openai", "transformers"] = Field("openai", description="backend, as generate.teacher.kind")
     model: str = Field("", description="judge model (server model name or local dir)")
     base_url: str = Field("", description="OpenAI-compatible server URL; empty = api.openai.com")
@@ -264,6 +264,9 @@ def _cross_checks(raw: dict) -> list[str]:
         if kind == "procedural" and source != "procedural":
             problems.append(f"generate.seeds.source: {source!r} -> the procedural teacher's agents work on its own "
                             "graphs; use an LLM teacher (openai/transformers) to expand text seeds")
+        if kind != "procedural" and teacher.get("verify", True) and teacher.get("temperature", 0.7) == 0:
+            problems.append("generate.teacher.verify: True -> two solves at temperature 0 always agree; "
+                            "set temperature > 0 or verify: false")
         if kind != "procedural" and not teacher.get("model"):
             problems.append(f"generate.teacher.model: {teacher.get('model', '')!r} -> required for teacher {kind!r}")
         if source == "jsonl" and not seeds.get("path"):
@@ -277,7 +280,7 @@ def _cross_checks(raw: dict) -> list[str]:
                             f"file; skip the {gsm.get('limit')} evaluated rows (offset >= evaluate.gsm8k.limit)")
     fb = raw.get("feedback")
     judge = fb.get("judge") if isinstance(fb, dict) and isinstance(fb.get("judge"), dict) else {}
-    if judge.get("mode", "off") != "off" and not judge.get("model"):
+    if judge.get("mode", "none") != "none" and not judge.get("model"):
         problems.append(f"feedback.judge.model: {judge.get('model', '')!r} -> required when judge.mode is {judge.get('mode')!r}")
     checkpoints = raw.get("checkpoints")
     if isinstance(checkpoints, dict):

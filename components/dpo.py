@@ -29,7 +29,7 @@ from pathlib import Path
 
 from components import tracking
 from components.config import Params, load_params
-from components.data import read_jsonl
+from components.data import read_jsonl, write_json
 from components.modeling import load, merge_and_save, messages, pick_device, setup_runtime
 from components.sft import lora_config, trainer_precision
 
@@ -138,7 +138,9 @@ def main() -> None:
     with tracking.stage_run("dpo", logged, round_key=args.round) as log:
         log.tags({"method": params.rounds[args.round].dpo.method,
                   "reference": params.rounds[args.round].dpo.reference})
-        log.metrics(run(params, args.round, args.prev_model, args.round_dir, args.out, log, args.sft))
+        metrics = run(params, args.round, args.prev_model, args.round_dir, args.out, log, args.sft)
+        log.metrics(metrics)
+        write_json(metrics, args.round_dir / "dpo_metrics.json")  # a DVC metric beside MLflow's copy
 
 
 if __name__ == "__main__":

@@ -52,16 +52,16 @@ def judge(problems: list[dict], samples: list[dict]) -> list[dict]:
     return rows
 
 
-def llm_judge(rows: list[dict], problems: list[dict], cfg, chat=None) -> dict:
+def llm_judge(rows: list[dict], problems: list[dict], cfg, chat=None, device: str = "auto") -> dict:
     """Consult the LLM judge per `cfg.mode`; updates rows in place, returns judge stats."""
     from concurrent.futures import ThreadPoolExecutor
 
     from components.teachers.instruct import BadReply, JudgeReply, parse_json, prompt
     from components.teachers.llm import Sampling, make_chat
 
-    if cfg.mode == "off":
+    if cfg.mode == "none":
         return {}
-    chat = chat or make_chat(cfg, cfg.cache_dir)
+    chat = chat or make_chat(cfg, cfg.cache_dir, device)
     by_id = {p["id"]: p for p in problems}
     todo = [r for r in rows if cfg.mode == "double_check" or r["extracted"] is None]
     system = prompt("judge")
@@ -167,13 +167,13 @@ def build_unpaired(problems: list[dict], feedback: list[dict], pairs: list[dict]
     return rows
 
 
-def run(cfg: Feedback, problems_file: Path, round_dir: Path, chat=None) -> dict:
+def run(cfg: Feedback, problems_file: Path, round_dir: Path, chat=None, device: str = "auto") -> dict:
     problems = read_jsonl(problems_file, required=("id", "question", "solution", "answer"))
     samples = read_jsonl(round_dir / "samples.jsonl", required=("problem_id", "sample", "completion"))
     ids = {s["problem_id"] for s in samples}
     problems = [p for p in problems if p["id"] in ids]  # practice.limit may have used a prefix
     feedback = judge(problems, samples)
-    judge_stats = llm_judge(feedback, problems, cfg.judge, chat)
+    judge_stats = llm_judge(feedback, problems, cfg.judge, chat, device)
     pairs, stats = build_pairs(problems, feedback, cfg)
     if not pairs:
         raise RuntimeError("no preference pairs could be built (no negatives anywhere?)")
@@ -197,7 +197,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     with tracking.stage_run("feedback", params.feedback.model_dump(), round_key=args.round) as log:
-        log.metrics(run(params.feedback, args.problems, args.round_dir))
+        log.metrics(run(params.feedback, args.problems, args.round_dir, device=params.runtime.device))
         log.artifact(args.round_dir / "feedback.jsonl", "feedback")
         log.artifact(args.round_dir / "pairs.jsonl", "feedback")
         log.artifact(args.round_dir / "unpaired.jsonl", "feedback")

@@ -49,7 +49,9 @@ def procedural_variants(problem: dict, params: Params, k: int, rng: random.Rando
                                  a.suggest_edit_rounds, a.edits):
         if path == prov["agent_path"]:
             g = graph
-    if g is None:
+    # a problem made by an earlier followup, or by other agent settings, does not rebuild: only
+    # an exact rebuild may be varied (a different story would not teach what the student missed)
+    if g is None or g.render()[0] != problem["question"]:
         return []
     out: list[tuple[str, object]] = [(f"ama/{i + 1}", v) for i, v in enumerate(ask_me_anything(g, k, rng))]
     for _ in range(4):
@@ -64,13 +66,15 @@ def procedural_variants(problem: dict, params: Params, k: int, rng: random.Rando
     return out[:k]
 
 
-def make_variants(problems: list[dict], params: Params, round_key: str, chat=None) -> list[dict]:
+def make_variants(problems: list[dict], params: Params, round_key: str, chat=None) -> tuple[list[dict], int]:
+    """New problems from failed ones, and how many failed problems yielded none."""
     from components.teachers import graph_record
 
     cfg = params.followup
     rng = random.Random(f"followup/{round_key}")
     records = []
     llm = None
+    no_variants = 0
     for p in problems:
         prov = p.get("provenance", {})
         mine: list[dict] = []
@@ -87,13 +91,14 @@ def make_variants(problems: list[dict], params: Params, round_key: str, chat=Non
                                 g.agents, g.max_answer_chars)
             made, _ = llm.expand({"seed_id": prov.get("seed_id", p["id"]), "question": p["question"],
                                   "solution": p["solution"], "family": p.get("family", "seed")})
-            for r in made[1:cfg.variants + 1]:
+            for r in [r for r in made if r["provenance"]["agent_path"] != "seed"][:cfg.variants]:
                 r["provenance"]["agent_path"] = f"followup/{round_key}/{r['provenance']['agent_path']}"
                 mine.append(r)
         for r in mine:
             r["provenance"]["parent"] = p["id"]
         records += mine
-    return records
+        no_variants += not mine
+    return records, no_variants
 
 
 def run(params: Params, round_key: str, practice_file: Path, round_dir: Path, out: Path,
@@ -118,18 +123,20 @@ def run(params: Params, round_key: str, practice_file: Path, round_dir: Path, ou
         evals = read_jsonl(eval_file, required=("question",)) if eval_file else []
         evals += load_gsm8k(params.evaluate.gsm8k) or []
         index = EvalIndex(evals, params.decontaminate.ngram)
-        dedup = Dedup(params.generate.near_dup)
+        dedup = Dedup(params.generate.near_dup, same_answer=True)
         for p in practice:
-            dedup.verdict(p["question"])
+            dedup.verdict(p["question"], p["answer"])
         dropped = defaultdict(int)
-        for r in make_variants(failed, params, round_key, chat):
+        made, no_variants = make_variants(failed, params, round_key, chat)
+        stats["failed_without_variants"] = no_variants
+        for r in made:
             if len(rows) - len(practice) >= params.followup.max_new:
                 dropped["cap"] += 1
             elif len(r["solution"]) > params.generate.max_answer_chars:
                 dropped["too_long"] += 1
             elif index.overlap(r["question"]) >= params.decontaminate.min_overlap:
                 dropped["contaminated"] += 1
-            elif (why := dedup.verdict(r["question"])):
+            elif (why := dedup.verdict(r["question"], r["answer"])):
                 dropped[why] += 1
             else:
                 r["id"] = f"followup{round_key}-{hashlib.sha1(normalise(r['question']).encode()).hexdigest()[:12]}"

@@ -28,6 +28,7 @@ import json
 import os
 import random
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -70,7 +71,10 @@ class SeedSource:
     def __call__(self, i: int) -> dict | None:
         if self.procedural is not None:
             sid = self.procedural.seed_id(i, self.cfg.seed)
-            return {"seed_id": sid, "family": sid.split(":")[0]}
+            seed = {"seed_id": sid, "family": sid.split(":")[0]}
+            if self.cfg.teacher.kind != "procedural":  # an LLM teacher expands the seed's text
+                seed["question"], seed["solution"], _ = ProceduralTeacher.graph(sid).render()
+            return seed
         return self.rows[i] if i < len(self.rows) else None
 
 
@@ -155,27 +159,33 @@ class Journal:
                 with open(path, "r+b") as f:
                     f.truncate(good)
         self._f = open(path, "a", encoding="utf-8")
+        self._lock = threading.Lock()
 
     def append(self, bundle: dict) -> None:
-        self._f.write(json.dumps(bundle) + "\n")
-        self._f.flush()
-        self.done[bundle["index"]] = bundle
+        line = json.dumps(bundle) + "\n"
+        with self._lock:  # worker threads append; one line must never interleave with another
+            self._f.write(line)
+            self._f.flush()
+            self.done[bundle["index"]] = bundle
 
     def close(self) -> None:
         self._f.close()
 
 
-def journal_key(config: Generate) -> str:
-    """What decides a seed's records: the teacher (minus transport knobs), seeds, agents, and the
-    teachers' code and prompts (a fixed template must not be served from an old journal)."""
+def journal_key(config: Generate, seeds: "SeedSource") -> str:
+    """What decides a seed's records: the teacher (minus transport knobs), the seeds (config and
+    content), agents, and the code and prompts that make and filter records (a fixed template or
+    filter must not be served from an old journal)."""
     t = config.teacher.model_dump(exclude={"concurrency", "timeout", "max_retries", "batch_size", "api_key_env",
                                            "base_url"})
     spec = {"teacher": t, "seeds": config.seeds.model_dump(), "agents": config.agents.model_dump(),
             "seed": config.seed, "families": config.families, "max_answer_chars": config.max_answer_chars}
     h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
-    for f in sorted(TEACHERS_DIR.rglob("*")):
-        if f.is_file() and f.suffix in (".py", ".md"):
-            h.update(f.read_bytes())
+    if seeds.rows is not None:
+        h.update(json.dumps(seeds.rows, sort_keys=True).encode())
+    code = sorted(f for f in TEACHERS_DIR.rglob("*") if f.is_file() and f.suffix in (".py", ".md"))
+    for f in code + [Path(__file__), Path(__file__).with_name("grading.py")]:
+        h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -184,15 +194,22 @@ def journal_key(config: Generate) -> str:
 class Dedup:
     """Exact (normalised text) and near duplicates (word-3-gram Jaccard >= threshold).
 
+    By text alone in `generate` (`same_answer=False`): a variant that keeps the whole story and
+    changes only the question sentence adds little text diversity to a training set, and data
+    audits count it as a near-copy. `followup` passes `same_answer=True`: there an easier question
+    on the very story the student failed is the point, so only a near-copy with the same answer
+    counts.
+
     Candidates come from an index of the 3-grams that contain a number: two problems that are
     near-copies share most of those, while template-mates with other numbers share almost none,
     so the check stays near-linear instead of comparing all pairs.
     """
 
-    def __init__(self, threshold: float) -> None:
-        self.threshold = threshold
+    def __init__(self, threshold: float, same_answer: bool = False) -> None:
+        self.threshold, self.same_answer = threshold, same_answer
         self.exact: set[str] = set()
         self.grams: list[set] = []
+        self.answers: list[str] = []
         self.index: dict[tuple, list[int]] = {}
 
     @staticmethod
@@ -200,7 +217,7 @@ class Dedup:
         w = key.split()
         return {tuple(w[i:i + 3]) for i in range(max(1, len(w) - 2))}
 
-    def verdict(self, text: str) -> str | None:
+    def verdict(self, text: str, answer: str = "") -> str | None:
         """None if new (and remember it), else 'duplicate' or 'near_duplicate'."""
         key = normalise(text)
         if key in self.exact:
@@ -212,10 +229,11 @@ class Dedup:
             if shared_numbered * 2 < len(numbered):
                 continue
             other = self.grams[j]
-            if len(grams & other) / len(grams | other) >= self.threshold:
+            if (not self.same_answer or self.answers[j] == answer) and len(grams & other) / len(grams | other) >= self.threshold:
                 return "near_duplicate"
         self.exact.add(key)
         self.grams.append(grams)
+        self.answers.append(answer)
         for g in numbered:
             self.index.setdefault(g, []).append(len(self.grams) - 1)
         return None
@@ -233,7 +251,7 @@ def run(config: Generate, out: Path, cache_dir: Path | None = None, device: str 
     seeds = SeedSource(config)
     expander = (ProceduralExpander(config) if config.teacher.kind == "procedural"
                 else LLMExpander(config, cache_dir, device))
-    key = journal_key(config)
+    key = journal_key(config, seeds)
     dedup = Dedup(config.near_dup)
     counts: Counter = Counter()
     cursor = 0
@@ -260,10 +278,13 @@ def run(config: Generate, out: Path, cache_dir: Path | None = None, device: str 
                     raise RuntimeError(f"{split}: the seed source ran out at seed {j} with {len(kept)} of "
                                        f"{sizes[split]} problems; add seeds or lower generate.n_{split}")
                 b = journal.done[j]
+                if b["seed_id"] != seeds(j)["seed_id"]:
+                    raise RuntimeError(f"journal {journal.path} holds seed {b['seed_id']!r} at {j}, expected "
+                                       f"{seeds(j)['seed_id']!r}: delete it (it belongs to other seeds)")
                 counts.update({f"drop/{k}": v for k, v in b["drops"].items()})
                 counts["seeds"] += 1
                 for r in b["records"]:
-                    why = dedup.verdict(r["question"])
+                    why = dedup.verdict(r["question"], r["answer"])
                     if why:
                         counts[f"drop/{why}"] += 1
                         continue

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from components import tracking
 from components.config import Params, load_params
-from components.data import read_jsonl, write_jsonl
+from components.data import read_jsonl, write_json, write_jsonl
 from components.modeling import chat_prompts, generate, load, pick_device, setup_runtime
 
 
@@ -33,8 +33,10 @@ def run(params: Params, round_key: str, model_dir: Path, problems_file: Path, ou
     rows = [{"problem_id": p["id"], "sample": k, "completion": text}
             for p, texts in zip(problems, gen.texts) for k, text in enumerate(texts)]
     write_jsonl(out / "samples.jsonl", rows)
-    return {"problems": len(problems), "samples": len(rows), "new_tokens": gen.new_tokens,
-            "tokens_per_second": gen.tokens_per_second, "seconds": gen.seconds}
+    metrics = {"problems": len(problems), "samples": len(rows), "new_tokens": gen.new_tokens,
+               "tokens_per_second": gen.tokens_per_second, "seconds": gen.seconds}
+    write_json(metrics, out / "practice_metrics.json")  # a DVC metric beside MLflow's copy
+    return metrics
 
 
 def main() -> None:

@@ -132,6 +132,86 @@ def run(metrics_dir: Path, out_dir: Path) -> list[dict]:
     return data
 
 
+def experiments(exp_show: list | dict) -> list[dict]:
+    """Flatten `dvc exp show --json` into [{name, method, accuracy: {checkpoint: (acc, lo, hi)}}].
+
+    Walks the output instead of indexing fixed keys: its nesting (baseline -> experiments ->
+    revs) has moved between DVC releases, but every experiment is a node whose `data` holds
+    `metrics` and `params`.
+    """
+    found: list[dict] = []
+
+    def walk(node, name=None, is_exp=False):
+        if isinstance(node, list):
+            for v in node:
+                walk(v, name, is_exp)
+            return
+        if not isinstance(node, dict):
+            return
+        name = node.get("name") or name or node.get("rev")
+        data = node.get("data")
+        if isinstance(data, dict) and isinstance(data.get("metrics"), dict):
+            acc = {}
+            for path, m in data["metrics"].items():
+                stem = Path(path).stem
+                d = (m or {}).get("data") or {}
+                if path.startswith("metrics/") and "accuracy" in d:
+                    acc[stem] = (d["accuracy"], d.get("ci95_low", d["accuracy"]), d.get("ci95_high", d["accuracy"]))
+            params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+            rounds = params.get("rounds") or {}
+            method = "/".join(f"{k}:{(r.get('dpo') or {}).get('method', '?')}" for k, r in sorted(rounds.items()))
+            if acc:
+                found.append({"name": str(name or "workspace"), "method": method, "accuracy": acc,
+                              "is_exp": is_exp})
+        for k, v in node.items():
+            if k != "data":
+                walk(v, None, is_exp or k == "experiments")
+
+    walk(exp_show)
+    unique, seen = [], set()
+    # named experiments first: the workspace and the branch tip repeat one of them
+    for e in sorted(found, key=lambda e: not e.pop("is_exp")):
+        key = (e["method"], tuple(sorted(e["accuracy"].items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(e)
+    return unique
+
+
+def compare(exps: list[dict], out: Path) -> Path:
+    """One figure: held-out accuracy per checkpoint for each experiment (e.g. DPO vs KTO)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not exps:
+        raise ValueError("no experiments with metrics: run `dvc exp run -S ...` first")
+    checkpoints = sorted({c for e in exps for c in e["accuracy"]}, key=_order)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, e in enumerate(exps):
+        xs = [j + (i - (len(exps) - 1) / 2) * 0.06 for j, c in enumerate(checkpoints) if c in e["accuracy"]]
+        pts = [e["accuracy"][c] for c in checkpoints if c in e["accuracy"]]
+        ax.errorbar(xs, [p[0] for p in pts], yerr=[[p[0] - p[1] for p in pts], [p[2] - p[0] for p in pts]],
+                    marker="o", capsize=3, label=f"{e['name']} ({e['method']})")
+    ax.set_xticks(range(len(checkpoints)), [label(c) for c in checkpoints])
+    ax.set_ylabel("held-out pass@1 (95% CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["experiment", "method", "checkpoint", "accuracy", "ci95_low", "ci95_high"])
+        for e in exps:
+            for c in checkpoints:
+                if c in e["accuracy"]:
+                    w.writerow([e["name"], e["method"], c, *e["accuracy"][c]])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("metrics", type=Path)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -79,6 +80,36 @@ def report(project: Path = typer.Option(Path("."), help="project root")) -> None
         write_report(project / "metrics", project / "reports")
     Console().print(table(project / "metrics", stage_minutes(project)))
     typer.echo(f"plot: {project / 'reports' / 'accuracy.png'}")
+
+
+@app.command()
+def compare(project: Path = typer.Option(Path("."), help="project root"),
+            out: Path = typer.Option(Path("reports/compare.png"), help="figure to write (and a .csv beside it)")) -> None:
+    """Accuracy per round for every DVC experiment, e.g. after `dvc exp run -S rounds.2.dpo.method=kto`."""
+    import json
+    import subprocess
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from components.report import compare as plot, experiments, label
+
+    proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=project, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise typer.Exit(f"dvc exp show failed: {proc.stderr.strip()}")
+    exps = experiments(json.loads(proc.stdout or "[]"))
+    path = plot(exps, project / out)
+    cks = sorted({c for e in exps for c in e["accuracy"]}, key=lambda c: (c != "base", int(c) if c.isdigit() else -1))
+    t = Table(title="held-out pass@1 per experiment")
+    t.add_column("experiment")
+    t.add_column("method")
+    for c in cks:
+        t.add_column(label(c), justify="right")
+    for e in exps:
+        t.add_row(e["name"], e["method"], *[f"{e['accuracy'][c][0]:.1%}" if c in e["accuracy"] else "-" for c in cks])
+    Console().print(t)
+    Console().print(f"figure: {path}")
 
 
 @app.command()

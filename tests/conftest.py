@@ -115,7 +115,7 @@ def no_tracking(monkeypatch):
 
 def copy_project(dest: Path) -> Path:
     """The pipeline's files (code, dvc.yaml) in a fresh folder: what a clone holds."""
-    for name in ("components", "flows", "dvc.yaml", "prefect.toml"):
+    for name in ("components", "flows", "dvc.yaml", "prefect.toml", ".gitignore"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -165,3 +165,37 @@ def test_teacher_change_runs_generate_and_never_restores_stale_data(project, fir
     dvc(project, "repro", "-s", "generate")
     assert (project / "data/generated/sft.jsonl").read_text() == before
     assert dvc(project, "status", "--json").stdout.strip() in ("{}", "")
+
+
+def test_exp_run_switches_round_two_to_kto_visible_in_exp_show_and_mlflow(project, first_run):
+    """`dvc exp run -S rounds.2.dpo.method=kto` reruns only round 2's training and what follows;
+    `dvc exp show` lists both, `tutorloop compare` plots them, MLflow tags the KTO run."""
+    from mlflow import MlflowClient
+
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baseline"],
+                   cwd=project, check=True)
+    tracked = subprocess.run(["git", "ls-files", "mlflow.db", "mlartifacts", "models", "data"], cwd=project,
+                             capture_output=True, text=True).stdout.split()
+    heavy = [f for f in tracked if f.startswith(("mlflow.db", "mlartifacts/")) or f.endswith((".safetensors", ".jsonl"))]
+    assert tracked and not heavy, f"weights, data and tracking state stay out of git (DVC's job): {heavy}"
+    # metrics are git-ignored in this project, so the baseline is recorded as an experiment too
+    assert "Running stage" not in dvc(project, "exp", "run", "-n", "dpo-r2").stdout
+    out = dvc(project, "exp", "run", "-n", "kto-r2", "-S", "rounds.2.dpo.method=kto").stdout
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"dpo@2", "evaluate@2", "register@2", "report"}
+    shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
+    from components.report import experiments
+
+    exps = experiments(shown)
+    assert {e["method"] for e in exps} >= {"1:dpo/2:dpo", "1:dpo/2:kto"}
+    assert {"kto-r2", "dpo-r2"} <= {e["name"] for e in exps}
+    cli = subprocess.run([sys.executable, "-m", "flows.cli", "compare", "--project", str(project)],
+                         capture_output=True, text=True, cwd=project)
+    assert cli.returncode == 0, cli.stderr
+    assert (project / "reports/compare.png").stat().st_size > 0 and "kto-r2" in cli.stdout
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tutorloop")
+    kto_runs = client.search_runs([exp.experiment_id], "tags.method = 'kto'")
+    assert kto_runs and kto_runs[0].data.metrics["method_kto"] == 1.0
+    assert json.loads((project / "data/round-2/dpo_metrics.json").read_text())["method_kto"] == 1.0

@@ -80,12 +80,17 @@ def test_generate_replays_its_journal_and_is_deterministic(params_factory, tmp_p
 
 
 def test_dedup_catches_exact_and_near_copies_but_not_template_mates():
-    d = generate.Dedup(0.8)
+    d = generate.Dedup(0.8, same_answer=True)
     base = "Tom buys 4 boxes of pencils. Each box has 12 pencils. Tom already had 7 pencils. How many now?"
-    assert d.verdict(base) is None
-    assert d.verdict(base.upper().replace(".", " .")) == "duplicate"
-    assert d.verdict(base.replace("How many now?", "How many pencils now?")) == "near_duplicate"
-    assert d.verdict(base.replace("4", "6").replace("12", "9").replace("7", "3")) is None
+    assert d.verdict(base, "55") is None
+    assert d.verdict(base.upper().replace(".", " ."), "55") == "duplicate"
+    assert d.verdict(base.replace("How many now?", "How many pencils now?"), "55") == "near_duplicate"
+    # the same story asking for another quantity (AMA) is a different problem
+    assert d.verdict(base.replace("How many now?", "How many pencils in the boxes?"), "48") is None
+    assert d.verdict(base.replace("4", "6").replace("12", "9").replace("7", "3"), "57") is None
+    text_only = generate.Dedup(0.8)  # generate's setting: the same story is a near-copy whatever it asks
+    assert text_only.verdict(base, "55") is None
+    assert text_only.verdict(base.replace("How many now?", "How many does he have?"), "48") == "near_duplicate"
 
 
 def test_batched_generation_is_deterministic_and_ordered(params_factory, workdir):

@@ -238,3 +238,33 @@ def test_local_transformers_teacher_runs_the_agents_batched(tiny_model_dir, tmp_
     assert stats["drop/bad_reply/ama"] >= 8
     again = run(cfg, tmp_path / "out2", cache_dir=tmp_path / "cache", device="cpu", progress=False)
     assert again.get("calls/sent", 0) == 0  # journal + cache: nothing is generated twice
+    # an LLM teacher expanding the embedded teacher's seeds (their exact solutions are kept)
+    raw["generate"]["seeds"].update(source="procedural", path="")
+    run(validate(raw).generate, tmp_path / "out3", cache_dir=tmp_path / "cache", device="cpu", progress=False)
+    seeds = read_jsonl(tmp_path / "out3" / "test.jsonl")
+    assert len(seeds) == 2 and all(r["provenance"]["seed_id"].split(":")[0] == r["family"] for r in seeds)
+
+
+def test_llm_judge_over_http_is_cached_and_counts_unreadable_verdicts(server, monkeypatch, tmp_path):
+    """The judge goes through the same backend and cache as the teacher; a reply that is not the
+    JSON verdict (a tiny random model's) changes nothing and is counted."""
+    from components.config import Judge
+    from components.feedback import judge, llm_judge
+
+    monkeypatch.setenv(KEY_ENV, "x")
+    probs = [{"id": "a", "question": "2+2?", "solution": "2+2=4\n#### 4", "answer": "4"}]
+    samples = [{"problem_id": "a", "sample": i, "completion": c} for i, c in enumerate(["#### 4", "#### 5", "??"])]
+    cfg = Judge(mode="double_check", model="tiny", base_url=server.url, api_key_env=KEY_ENV, concurrency=2,
+                cache_dir=str(tmp_path))
+    rows = judge(probs, samples)
+    stats = llm_judge(rows, probs, cfg)
+    assert stats["judge_calls"] == 3 and stats["judge_unparsed"] + stats["judge_decided"] <= 3
+    assert [r["correct"] for r in rows][:2] == [True, False]
+    assert server.completions == 3
+    import sqlite3
+
+    cached = sqlite3.connect(tmp_path / "calls.sqlite").execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+    llm_judge(judge(probs, samples), probs, cfg)
+    # every non-empty reply came from the cache; empty ones (a tiny random model writes some) are
+    # never cached, so only those are asked again
+    assert server.completions == 3 + (3 - cached)

@@ -119,7 +119,8 @@ def suggest(g: Graph, rng: random.Random, kinds=EDIT_KINDS, count: int | None = 
                                f"{other} has {rng.randint(3, 40)} {many}.",
                                f"The shop is {rng.randint(2, 15)} miles from {g.subject}'s home."])
         options.append(Suggestion("distractor", f"Add a detail that does not matter: {sentence!r}",
-                                  {"sentence": sentence, "at": rng.randint(0, max(0, len(g.parts) - 1))}))
+                                  # first or last: in between, a later "It"/"them" would refer to it
+                                  {"sentence": sentence, "at": rng.choice([0, len(g.parts)])}))
     if "chain" in kinds and t.unit in ("money", "hours", "miles", "minutes"):
         fams = [f for f in sorted(FAMILIES) if f != g.family]
         options.append(Suggestion("chain", "Chain a second situation and ask for the two results added together.",
@@ -200,9 +201,9 @@ def edit(g: Graph, suggestions: list[Suggestion]) -> Graph:
             rename = {k: f"{prefix}_{k}" for k in other.q}
             for k, q in other.q.items():
                 q = q.__class__(**{**q.__dict__, "key": rename[k]})
-                if q.expr:
-                    for old, new_ in rename.items():
-                        q.expr = q.expr.replace(f"{{{old}}}", f"{{{new_}}}")
+                for old, new_ in rename.items():  # placeholders in the relation and its step text
+                    q.expr = q.expr.replace(f"{{{old}}}", f"{{{new_}}}")
+                    q.step = q.step.replace(f"{{{old}}}", f"{{{new_}}}")
                 g.q[q.key] = q
             g.parts += [(kind, rename[body] if kind == "fact" else body) for kind, body in other.parts]
             g.known |= {rename[k] for k in other.known}
@@ -232,6 +233,8 @@ def expand(seed_id: str, g: Graph, ama: int, rounds: int, kinds=EDIT_KINDS) -> l
         rng = random.Random(f"{seed_id}/suggest/{r}")
         for _attempt in range(4):  # a suggestion that cannot be applied is redrawn, not fatal
             sugg = suggest(current, rng, kinds)
+            if not sugg:  # nothing applicable (e.g. a converted answer without distractors)
+                return out
             try:
                 current = edit(current, sugg)
             except Reject:

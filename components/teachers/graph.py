@@ -88,7 +88,8 @@ class Graph:
         q = Quantity(key, Fraction(0), label, fact=fact, ask=ask, expr=expr, step=step, fn=fn,
                      kind="derived", **kw)
         vals = {a: self.q[a].value for a in q.args}
-        q.value = Fraction(fn(**vals)) if fn else evaluate(expr.format(**{a: fmt(v) for a, v in vals.items()}))
+        # fn takes its arguments by position, so renaming keys (chaining problems) keeps it working
+        q.value = Fraction(fn(*vals.values())) if fn else evaluate(expr.format(**{a: fmt(v) for a, v in vals.items()}))
         if q.value <= 0 or (q.integral and q.value.denominator != 1):
             raise Reject
         self._add(q)
@@ -178,7 +179,7 @@ def solve(g: Graph) -> tuple[list[str], Fraction]:
             if u == q.key:
                 used = set(q.args)
                 if q.fn:
-                    value = Fraction(q.fn(**{a: values[a] for a in q.args}))
+                    value = Fraction(q.fn(*[values[a] for a in q.args]))
                     line = q.step.format(**{a: fmt(values[a]) for a in q.args}, value=fmt(value))
                 else:
                     expr = q.expr.format(**{a: fmt(values[a]) for a in q.args})
@@ -226,7 +227,9 @@ def ask_variants(g: Graph) -> list[Graph]:
     for each intermediate quantity that has a question (an easier, earlier-stopping problem)."""
     out = []
     if g.q[g.target].fact:
-        for key in [k for k in g.known if g.q[k].kind == "given" and g.q[k].ask]:
+        # insertion order, never set order: str hashing differs per process, and the variants'
+        # order decides which ones a seeded shuffle keeps (provenance must rebuild them)
+        for key in [k for k, q in g.q.items() if k in g.known and q.kind == "given" and q.ask]:
             v = g.copy()
             v.known = (g.known - {key}) | {g.target}
             v.target = key

@@ -78,12 +78,27 @@ def self_contained(problem: str) -> bool:
     return (20 <= len(p) <= 1500 and "?" in p and bool(re.search(r"\d", p)) and not _DANGLING.search(p))
 
 
+_MARKER = re.compile(r"####\s*\S")
+
+
 def clean_solution(text: str) -> tuple[str, str] | None:
-    """(solution ending '#### N', N) or None if no final answer can be read."""
-    answer = extract_answer(text)
-    if answer is None or "/" in answer:
+    """(solution ending '#### N', N), or None without the '#### N' line the Solver prompt asks
+    for: a truncated reply would otherwise have an intermediate number read as its answer."""
+    if not _MARKER.search(text):
         return None
-    body = re.sub(r"\n?#### .*$", "", text.strip(), flags=re.S).rstrip()
+    answer = extract_answer(text)
+    if answer is None:
+        return None
+    if "/" in answer:  # 25/2 -> 12.5; a non-terminating fraction is not a GSM8K-style answer
+        from fractions import Fraction
+
+        from components.teachers.arith import NotRepresentable, fmt
+
+        try:
+            answer = fmt(Fraction(answer))
+        except NotRepresentable:
+            return None
+    body = re.sub(r"\n?####\s*.*$", "", text.strip(), flags=re.S).rstrip()
     return f"{body}\n#### {answer}", answer
 
 

@@ -158,16 +158,30 @@ class CachedChat:
     independent samples of the same prompt apart (the verifier's second solve).
     """
 
-    def __init__(self, backend: Chat, path: str | Path) -> None:
-        self.backend = backend
-        self.kind, self.model = backend.kind, backend.model
+    def __init__(self, backend, path: str | Path, kind: str | None = None, model: str | None = None) -> None:
+        """`backend`: a ready Chat, or (with kind and model) a factory called at the first cache
+        miss — a fully cached replay needs no API key, no server and no model load."""
+        if kind is None:
+            self._backend, self._factory = backend, None
+            self.kind, self.model = backend.kind, backend.model
+        else:
+            self._backend, self._factory = None, backend
+            self.kind, self.model = kind, model
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, reply TEXT NOT NULL, "
                          "model TEXT, created REAL)")
         self._lock = threading.Lock()
+        self._make_lock = threading.Lock()
         self.hits = self.misses = 0
+
+    @property
+    def backend(self) -> Chat:
+        with self._make_lock:
+            if self._backend is None:
+                self._backend = self._factory()
+            return self._backend
 
     @staticmethod
     def key(kind: str, model: str, messages: list[dict], sampling: Sampling, sample: int) -> str:
@@ -185,20 +199,24 @@ class CachedChat:
             sampling = Sampling(**{**sampling.__dict__, "seed": sampling.seed + 7919 * sample})
         reply = self.backend(messages, sampling)
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?)", (k, reply, self.model, time.time()))
             self.misses += 1
+            if reply.strip():  # an empty reply (filtered, or a server hiccup) is not worth keeping forever
+                self._db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?)",
+                                 (k, reply, self.model, time.time()))
         return reply
 
 
 def make_chat(cfg, cache_dir: str | Path, device: str = "auto") -> CachedChat:
     """The configured backend (params.yaml generate.teacher), behind the disk cache."""
     if cfg.kind == "openai":
-        backend: Chat = OpenAIChat(cfg.model, cfg.base_url, cfg.api_key_env, cfg.timeout, cfg.max_retries)
+        def factory() -> Chat:
+            return OpenAIChat(cfg.model, cfg.base_url, cfg.api_key_env, cfg.timeout, cfg.max_retries)
     elif cfg.kind == "transformers":
-        backend = TransformersChat(cfg.model, cfg.batch_size, cfg.dtype, device)
+        def factory() -> Chat:
+            return TransformersChat(cfg.model, cfg.batch_size, cfg.dtype, device)
     else:
         raise ValueError(f"teacher kind {cfg.kind!r} has no chat backend")
-    return CachedChat(backend, Path(cache_dir) / "calls.sqlite")
+    return CachedChat(factory, Path(cache_dir) / "calls.sqlite", kind=cfg.kind, model=cfg.model)
 
 
 if __name__ == "__main__":
