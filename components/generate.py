@@ -85,6 +85,9 @@ class ProceduralExpander:
 
     def __init__(self, config: Generate) -> None:
         self.cfg = config
+        a = config.agents
+        self.params = {"ama": a.ama, "suggest_edit_rounds": a.suggest_edit_rounds, "edits": list(a.edits),
+                       "seed": config.seed}
 
     def __call__(self, seed: dict, agents: bool) -> tuple[list[dict], Counter]:
         from components.teachers.agents import expand
@@ -100,6 +103,7 @@ class ProceduralExpander:
                 continue
             if sugg:
                 r["provenance"]["suggestions"] = sugg
+            r["provenance"]["params"] = self.params  # what made it, for ablations by source
             if len(r["solution"]) > self.cfg.max_answer_chars:
                 drops["too_long"] += 1
                 continue

@@ -54,6 +54,7 @@ def test_generate_splits_without_overlap(params_factory, workdir, tmp_path):
     # held-out = seed problems only; training sets carry the agents' problems, with provenance
     assert {r["provenance"]["agent_path"] for r in sets["test"]} == {"seed"}
     paths = {r["provenance"]["agent_path"].split("/")[0] for r in sets["sft"]}
+    assert all(r["provenance"]["params"]["suggest_edit_rounds"] == 2 for r in sets["sft"])
     assert paths == {"seed", "ama", "suggest-edit"}
     assert all(r["provenance"]["seed_id"] and r["provenance"]["model"] for v in sets.values() for r in v)
     assert json.loads((workdir / "data" / "stats.json").read_text())["n_sft"] == 24
