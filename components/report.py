@@ -170,7 +170,8 @@ def experiments(exp_show: list | dict) -> list[dict]:
     walk(exp_show)
     unique, seen = [], set()
     # named experiments first: the workspace and the branch tip repeat one of them
-    for e in sorted(found, key=lambda e: not e.pop("is_exp")):
+    for e in sorted(found, key=lambda e: not e["is_exp"]):
+        del e["is_exp"]
         key = (e["method"], tuple(sorted(e["accuracy"].items())))
         if key not in seen:
             seen.add(key)

@@ -84,3 +84,25 @@ def test_cli_report_prints_the_table(tmp_path):
     assert (tmp_path / "reports/accuracy.png").exists()
     empty = CliRunner().invoke(app, ["report", "--project", str(tmp_path / "nothing")])
     assert empty.exit_code == 1
+
+
+def test_experiments_are_read_from_dvc_exp_show_json(tmp_path):
+    """The shape `dvc exp show --json` prints (DVC 3.67): workspace, the branch tip, and its
+    experiments under experiments[].revs[]; named experiments win over the rows that repeat them."""
+    from components.report import compare, experiments
+
+    def data(method, acc):
+        return {"metrics": {"metrics/0.json": {"data": {"accuracy": 0.19, "ci95_low": 0.14, "ci95_high": 0.25}},
+                            "metrics/2.json": {"data": {"accuracy": acc}},
+                            "data/clean/decontamination.json": {"error": {"type": "FileNotFoundError"}}},
+                "params": {"params.yaml": {"data": {"rounds": {"2": {"dpo": {"method": method}}}}}}}
+
+    shown = [{"rev": "workspace", "name": None, "data": data("kto", 0.195), "experiments": None},
+             {"rev": "abc", "name": "main", "data": data("dpo", 0.215),
+              "experiments": [{"name": "kto-r2", "revs": [{"rev": "d1", "name": "kto-r2", "data": data("kto", 0.195)}]},
+                              {"name": "dpo", "revs": [{"rev": "d2", "name": "dpo", "data": data("dpo", 0.215)}]}]}]
+    exps = experiments(shown)
+    assert [(e["name"], e["method"], e["accuracy"]["2"][0]) for e in exps] == [("kto-r2", "2:kto", 0.195),
+                                                                               ("dpo", "2:dpo", 0.215)]
+    out = compare(exps, tmp_path / "compare.png")
+    assert out.stat().st_size > 0 and (tmp_path / "compare.csv").read_text().count("\n") == 5
