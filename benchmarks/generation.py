@@ -1,44 +1,74 @@
-"""Generation throughput: batched bf16 (what practice/evaluate do) vs a batch-1 fp32 baseline.
+"""Sampling throughput: the engine (components/engine.py) vs HF `generate`, same prompts, one run.
 
-Prints tokens/s for each setting and its ratio to the baseline measured in the same process, so
-the numbers compare across machines. Needs a checkpoint (default models/base, made by
-`dvc repro base_model`).
+Practice's workload by default: K=4 samples per prompt, temperature 0.7, top_p 0.95, 160 new
+tokens, bf16, on practice-like problems of the embedded teacher. Both sides count *useful*
+tokens only (up to and including EOS; no padding, nothing after EOS). HF runs as practice used
+to (32 prompts x K per `generate` call); the engine with its default rows. Also checks that
+greedy decoding gives the same completions on both (evaluation must not change), and times the
+engine with the calculator on. Prints the ratio measured in this process, so the figure
+compares across machines.
 
-    python benchmarks/generation.py [models/base] [--prompts 32] [--new-tokens 64]
+    python benchmarks/generation.py [models/base] [--prompts 32] [--greedy-prompts 32]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.modeling import chat_prompts, generate, load, setup_runtime  # noqa: E402
+from components import engine, modeling  # noqa: E402
 from components.teachers import ProceduralTeacher  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", default="models/base")
-    parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--prompts", type=int, default=32, help="practice problems (x K samples)")
+    parser.add_argument("--greedy-prompts", type=int, default=32, help="problems for the greedy check")
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--new-tokens", type=int, default=160)
+    parser.add_argument("--hf-batch", type=int, default=32, help="prompts per HF generate call")
+    parser.add_argument("--rows", type=int, default=128, help="engine rows in flight")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
-    setup_runtime(0)
-    questions = [r["question"] for r in ProceduralTeacher().problems(args.prompts, seed=99)]
-    settings = [("batch 1, fp32 (baseline)", "float32", 1, 1, args.prompts // 4),
-                ("batch 32, fp32", "float32", 32, 1, args.prompts),
-                ("batch 32, bf16", "bfloat16", 32, 1, args.prompts),
-                ("batch 8 x K=4 samples, bf16", "bfloat16", 8, 4, args.prompts // 4)]
-    baseline = None
-    for name, dtype, batch, k, n in settings:
-        model, tok = load(args.model, dtype=dtype)
-        prompts = chat_prompts(tok, questions[:n], "Solve step by step.", "{question}")
-        g = generate(model, tok, prompts, num_return_sequences=k, do_sample=k > 1, temperature=0.7,
-                     top_p=0.95, max_new_tokens=args.new_tokens, batch_size=batch, desc=name)
-        baseline = baseline or g.tokens_per_second
-        print(f"{name:32s} {g.tokens_per_second:8.1f} tok/s   x{g.tokens_per_second / baseline:.2f}")
+    modeling.setup_runtime(0)
+    model, tok = modeling.load(args.model, dtype="bfloat16")
+    system = "You are a careful math tutor. Solve the problem step by step, then give the final answer on its own line as '#### <number>'."
+    problems = ProceduralTeacher().problems(args.prompts + args.greedy_prompts, seed=99)
+    prompts = modeling.chat_prompts(tok, [p["question"] for p in problems], system, "{question}")
+    sampling = dict(num_return_sequences=args.samples, do_sample=True, temperature=0.7, top_p=0.95,
+                    max_new_tokens=args.new_tokens, seed=0)
+    practice = prompts[:args.prompts]
+    hf = modeling.generate(model, tok, practice, batch_size=args.hf_batch, desc="HF generate", **sampling)
+    en = engine.generate(model, tok, practice, batch_size=args.rows, desc="engine", **sampling)
+    ec = engine.generate(model, tok, practice, batch_size=args.rows, calculator=True,
+                         desc="engine+calculator", **sampling)
+    greedy = prompts[args.prompts:]
+    g_hf = modeling.generate(model, tok, greedy, max_new_tokens=args.new_tokens, batch_size=50, desc="HF greedy")
+    g_en = engine.generate(model, tok, greedy, max_new_tokens=args.new_tokens, batch_size=64, desc="engine greedy")
+    same = sum(a == b for a, b in zip(g_hf.texts, g_en.texts))
+    figures = {
+        "hf_tokens_per_second": hf.tokens_per_second, "engine_tokens_per_second": en.tokens_per_second,
+        "ratio": en.tokens_per_second / hf.tokens_per_second,
+        "engine_calculator_tokens_per_second": ec.tokens_per_second, "calculator_calls": ec.calculator_calls,
+        "hf_greedy_tokens_per_second": g_hf.tokens_per_second,
+        "engine_greedy_tokens_per_second": g_en.tokens_per_second,
+        "greedy_identical": same, "greedy_n": len(greedy),
+        "samples": args.prompts * args.samples, "hf_tokens": hf.new_tokens, "engine_tokens": en.new_tokens,
+    }
+    print(f"\nsampling: {args.prompts} prompts x K={args.samples}, T=0.7, top_p=0.95, {args.new_tokens} tokens, bf16")
+    print(f"  HF generate ({args.hf_batch} prompts/call) {hf.tokens_per_second:8.1f} useful tok/s  ({hf.new_tokens} tokens, {hf.seconds:.1f} s)")
+    print(f"  engine ({args.rows} rows)            {en.tokens_per_second:8.1f} useful tok/s  ({en.new_tokens} tokens, {en.seconds:.1f} s)")
+    print(f"  ratio engine / HF                  {figures['ratio']:8.2f}x")
+    print(f"  engine + calculator              {ec.tokens_per_second:8.1f} useful tok/s  ({ec.calculator_calls} annotations computed)")
+    print(f"greedy: HF {g_hf.tokens_per_second:.1f} tok/s, engine {g_en.tokens_per_second:.1f} tok/s; "
+          f"identical completions {same}/{len(greedy)}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

@@ -90,6 +90,8 @@ class Generation:
     texts: list[list[str]]
     new_tokens: int
     seconds: float
+    calculator_calls: int = 0   # annotations the calculator completed (components/engine.py)
+    forced_tokens: int = 0      # tokens it wrote (counted in new_tokens too)
 
     @property
     def tokens_per_second(self) -> float:
