@@ -37,6 +37,7 @@ from pathlib import Path
 from components import tracking
 from components.config import Generate, load_params
 from components.data import read_jsonl, write_json, write_jsonl
+from components.dedup import Dedup
 from components.teachers import ProceduralTeacher, graph_record, normalise
 
 SPLITS = ("test", "practice", "sft")
@@ -191,56 +192,6 @@ def journal_key(config: Generate, seeds: "SeedSource") -> str:
     for f in code + [Path(__file__), Path(__file__).with_name("grading.py")]:
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
-
-
-# --- global filters -------------------------------------------------------------------------
-
-class Dedup:
-    """Exact (normalised text) and near duplicates (word-3-gram Jaccard >= threshold).
-
-    By text alone in `generate` (`same_answer=False`): a variant that keeps the whole story and
-    changes only the question sentence adds little text diversity to a training set, and data
-    audits count it as a near-copy. `followup` passes `same_answer=True`: there an easier question
-    on the very story the student failed is the point, so only a near-copy with the same answer
-    counts.
-
-    Candidates come from an index of the 3-grams that contain a number: two problems that are
-    near-copies share most of those, while template-mates with other numbers share almost none,
-    so the check stays near-linear instead of comparing all pairs.
-    """
-
-    def __init__(self, threshold: float, same_answer: bool = False) -> None:
-        self.threshold, self.same_answer = threshold, same_answer
-        self.exact: set[str] = set()
-        self.grams: list[set] = []
-        self.answers: list[str] = []
-        self.index: dict[tuple, list[int]] = {}
-
-    @staticmethod
-    def _grams(key: str) -> set:
-        w = key.split()
-        return {tuple(w[i:i + 3]) for i in range(max(1, len(w) - 2))}
-
-    def verdict(self, text: str, answer: str = "") -> str | None:
-        """None if new (and remember it), else 'duplicate' or 'near_duplicate'."""
-        key = normalise(text)
-        if key in self.exact:
-            return "duplicate"
-        grams = self._grams(key)
-        numbered = [g for g in grams if any(t.isdigit() for t in g)]
-        seen = Counter(j for g in numbered for j in self.index.get(g, ()))
-        for j, shared_numbered in seen.items():
-            if shared_numbered * 2 < len(numbered):
-                continue
-            other = self.grams[j]
-            if (not self.same_answer or self.answers[j] == answer) and len(grams & other) / len(grams | other) >= self.threshold:
-                return "near_duplicate"
-        self.exact.add(key)
-        self.grams.append(grams)
-        self.answers.append(answer)
-        for g in numbered:
-            self.index.setdefault(g, []).append(len(self.grams) - 1)
-        return None
 
 
 # --- the stage ------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ import json
 import os
 import tempfile
 from collections import Counter
-from math import comb
 from pathlib import Path
 
 import yaml
@@ -32,6 +31,7 @@ from components import tracking
 from components.config import Params, Register, load_params
 from components.data import read_jsonl, write_json
 from components.modeling import require_checkpoint
+from components.stats import mcnemar_p
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PREDICTIONS = "eval/predictions.jsonl"  # artifact path of the verdicts a version was registered with
@@ -77,17 +77,6 @@ def log_transformers_model(model_dir: Path) -> str:
     info = mlflow.transformers.log_model(transformers_model={"model": model, "tokenizer": tok},
                                          name="model", task="text-generation", pip_requirements=reqs)
     return info.model_uri
-
-
-def mcnemar_p(b: int, c: int) -> float:
-    """Exact one-sided McNemar p-value that the new model is better.
-
-    b = problems only the champion solves, c = problems only the new model solves. Under the null
-    (equally good), each of the b + c discordant problems goes either way with p = 1/2, so
-    p = P(Binomial(b + c, 1/2) >= c).
-    """
-    n = b + c
-    return 1.0 if n == 0 else sum(comb(n, k) for k in range(c, n + 1)) / 2 ** n
 
 
 def decide(new: dict[str, bool], champion: dict[str, bool] | None, cfg: Register,

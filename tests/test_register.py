@@ -7,7 +7,8 @@ import pytest
 from components import register, tracking
 from components.config import Register
 from components.data import write_jsonl
-from components.register import decide, mcnemar_p
+from components.register import decide
+from components.stats import mcnemar_p
 
 MCNEMAR = Register(test="mcnemar", alpha=0.05)
 

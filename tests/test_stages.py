@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from components import base_model, dpo, evaluate, feedback, generate, practice, sft
+from components import base_model, dedup, dpo, evaluate, feedback, generate, practice, sft, stats
 from components.data import DataError, read_jsonl, write_jsonl
 from components.modeling import chat_prompts, generate as gen, load
 from components.config import validate
@@ -81,7 +81,7 @@ def test_generate_replays_its_journal_and_is_deterministic(params_factory, tmp_p
 
 
 def test_dedup_catches_exact_and_near_copies_but_not_template_mates():
-    d = generate.Dedup(0.8, same_answer=True)
+    d = dedup.Dedup(0.8, same_answer=True)
     base = "Tom buys 4 boxes of pencils. Each box has 12 pencils. Tom already had 7 pencils. How many now?"
     assert d.verdict(base, "55") is None
     assert d.verdict(base.upper().replace(".", " ."), "55") == "duplicate"
@@ -89,7 +89,7 @@ def test_dedup_catches_exact_and_near_copies_but_not_template_mates():
     # the same story asking for another quantity (AMA) is a different problem
     assert d.verdict(base.replace("How many now?", "How many pencils in the boxes?"), "48") is None
     assert d.verdict(base.replace("4", "6").replace("12", "9").replace("7", "3"), "57") is None
-    text_only = generate.Dedup(0.8)  # generate's setting: the same story is a near-copy whatever it asks
+    text_only = dedup.Dedup(0.8)  # generate's setting: the same story is a near-copy whatever it asks
     assert text_only.verdict(base, "55") is None
     assert text_only.verdict(base.replace("How many now?", "How many does he have?"), "48") == "near_duplicate"
 
@@ -173,7 +173,7 @@ def test_fresh_adapter_disabled_is_exactly_the_previous_round(params_factory, wo
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from components.sft import lora_config
+    from components.training import lora_config
 
     params = params_factory()
     prev, tok = load(workdir / "models/round-0")
@@ -220,8 +220,8 @@ def test_evaluate_writes_metrics_and_predictions(params_factory, workdir):
 
 
 def test_wilson_interval():
-    assert evaluate.wilson(0, 10)[0] == 0.0
-    lo, hi = evaluate.wilson(50, 100)
+    assert stats.wilson(0, 10)[0] == 0.0
+    lo, hi = stats.wilson(50, 100)
     assert 0.40 < lo < 0.5 < hi < 0.60
 
 
