@@ -91,7 +91,8 @@ def component_imports(start: Path) -> set[Path]:
                 for path in (base.with_suffix(".py"), base / "__init__.py"):
                     if path.exists() and path not in seen and path != start:
                         seen.add(path)
-                        todo.append(path)
+                        if path.relative_to(ROOT).as_posix() not in PLUMBING:  # plumbing's imports are plumbing
+                            todo.append(path)
     return seen
 
 
@@ -160,6 +161,11 @@ def test_teacher_and_seed_cross_checks():
     assert "generate.seeds.source: 'jsonl'" in msg and "procedural teacher" in msg
     assert "generate.seeds.path" in msg
     assert "generate.teacher.api_key_env" in msg and "NAME of the environment variable" not in msg
+    assert "sk-pasted-a-key-here!" not in msg and "pasted" not in msg  # the key itself is never echoed
+    raw = raw_params()
+    raw["feedback"]["judge"] = "http://tutor:hunter2-token@judge.internal/v1"  # a URL where a section goes
+    msg = errors_of(raw)
+    assert "feedback.judge: 'http://***@judge.internal/v1'" in msg and "hunter2" not in msg
     raw = raw_params()
     raw["generate"]["teacher"].update(kind="openai", model="")
     raw["generate"]["seeds"] = {"source": "jsonl", "path": raw["evaluate"]["gsm8k"]["path"], "offset": 10}

@@ -69,6 +69,45 @@ def test_wrong_key_fails_fast_without_revealing_it(tiny_model_dir, monkeypatch):
     assert KEY_ENV in str(err.value) and "401" in str(err.value) and canary not in str(err.value)
 
 
+def test_key_canary_never_reaches_config_errors_mlflow_or_teacher_errors(tiny_model_dir, tmp_path, monkeypatch):
+    """A key pasted into api_key_env, or carried in a base_url as user:token@, appears in no config
+    error, no teacher error and nothing MLflow stores (params, tags, dict and text artifacts)."""
+    from components import tracking
+    from components.config import ConfigError, validate
+    from components.teachers.llm import OpenAIChat, Sampling, TeacherError
+
+    canary = "sk-canary-userinfo-5e8a1d"
+    raw = tiny_params(tiny_model_dir)
+    raw["generate"]["teacher"]["api_key_env"] = canary
+    with pytest.raises(ConfigError) as err:
+        validate(raw)
+    assert "generate.teacher.api_key_env" in str(err.value) and canary not in str(err.value)
+    url = f"http://tutor:{canary}@127.0.0.1:9/v1"  # port 9: nothing listens, the call fails fast
+    raw["generate"]["teacher"].update(api_key_env=KEY_ENV, base_url=url)
+    params = validate(raw)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TUTORLOOP_TRACKING", "on")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(tracking.PARENT_ENV, raising=False)
+    with tracking.stage_run("generate", params.generate.model_dump()) as log:
+        log.tags({"teacher.url": url})
+        log.json({"teacher": params.generate.teacher.model_dump()}, "teacher.json")
+        log.text(f"teacher at {url}", "teacher.txt")
+    monkeypatch.setenv(KEY_ENV, "x")
+    with pytest.raises(TeacherError) as err:
+        OpenAIChat("tiny", url, KEY_ENV, timeout=2, max_retries=0)(MSG, Sampling())
+    assert "127.0.0.1:9" in str(err.value) and canary not in str(err.value)
+    stored = [f for f in tmp_path.rglob("*") if f.is_file()]
+    assert (tmp_path / "mlflow.db").exists() and any(f.name == "teacher.json" for f in stored)
+    leaks = [str(f.relative_to(tmp_path)) for f in stored if canary.encode() in f.read_bytes()]
+    assert not leaks, f"API key canary found in {leaks}"
+    # the redacted params are still there: the host and path, not the credentials
+    from mlflow import MlflowClient
+
+    run = MlflowClient(tracking.tracking_uri()).search_runs([tracking.ensure_store()])[0]
+    assert run.data.params["teacher.base_url"] == "http://***@127.0.0.1:9/v1"
+
+
 def test_bad_request_fails_fast(server, monkeypatch):
     from components.teachers.llm import OpenAIChat, Sampling, TeacherError
 
