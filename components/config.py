@@ -206,6 +206,7 @@ class Followup(Section):
 
 class Feedback(Section):
     judge: Judge = Field(default_factory=Judge, description="optional LLM judge beside the deterministic one")
+    labels: Literal["strict", "lenient"] = Field("strict", description="strict = a sample is correct only if it states its answer with a marker (#### N, \\boxed{N}, 'The answer is N'); lenient also accepts the last number written")
     max_pairs_per_problem: int = Field(4, gt=0, description="cap on positives x negatives pairs from one problem")
     borrowed_negatives: int = Field(4, ge=0, description="problems with no wrong sample borrow one negative from each of this many others (Orca-Math: 4)")
     seed: int = Field(0, description="seed for choosing pairs and borrowed negatives")

@@ -2,7 +2,8 @@
 
 Batched greedy decoding with the same chat prompt as training, graded by `grading.grade` (the
 function feedback uses). Writes metrics/<checkpoint>.json (DVC metrics: accuracy with a 95%
-Wilson interval, per-family accuracy, GSM8K accuracy, tokens/s) and eval/<checkpoint>/ with
+Wilson interval, strict accuracy (answer stated with a marker), per-family accuracy, GSM8K
+accuracy, tokens/s) and eval/<checkpoint>/ with
 one prediction per problem, so two models can be compared problem by problem. Zero-shot by
 default; `fewshot: k` shows k worked SFT examples first; `maj_k: k` adds majority-vote accuracy
 over k samples (maj@k).
@@ -46,10 +47,13 @@ def score(model, tok, params: Params, problems: list[dict], desc: str,
     for p, texts in zip(problems, gen.texts):
         g = grade(texts[0], p["answer"])
         preds.append({"id": p["id"], "family": p.get("family", ""), "reference": p["answer"],
-                      "extracted": g.extracted, "correct": g.correct, "completion": texts[0]})
+                      "extracted": g.extracted, "correct": g.correct, "strict_correct": g.strict,
+                      "completion": texts[0]})
     correct = sum(x["correct"] for x in preds)
     low, high = wilson(correct, len(preds))
-    stats = {"accuracy": correct / len(preds), "correct": correct, "n": len(preds), "ci95_low": low,
+    # strict: only answers stated with a final-answer marker count (grading's docstring says why)
+    stats = {"accuracy": correct / len(preds), "strict_accuracy": sum(x["strict_correct"] for x in preds) / len(preds),
+             "correct": correct, "n": len(preds), "ci95_low": low,
              "ci95_high": high, "tokens_per_second": gen.tokens_per_second, "seconds": gen.seconds,
              "unparsed_rate": sum(x["extracted"] is None for x in preds) / len(preds)}
     if cfg.maj_k:
