@@ -285,8 +285,9 @@ def test_local_transformers_teacher_runs_the_agents_batched(tiny_model_dir, tmp_
 
 
 def test_llm_judge_over_http_is_cached_and_counts_unreadable_verdicts(server, monkeypatch, tmp_path):
-    """The judge goes through the same backend and cache as the teacher; a reply that is not the
-    JSON verdict (a tiny random model's) changes nothing and is counted."""
+    """The judge goes through the same backend and cache as the teacher. double_check: where the
+    grader read an answer its verdict stands and a disagreeing judge is counted; where it read none
+    the judge decides; a reply that is not the JSON verdict changes nothing and is counted."""
     from components.config import Judge
     from components.feedback import judge, llm_judge
 
@@ -295,15 +296,16 @@ def test_llm_judge_over_http_is_cached_and_counts_unreadable_verdicts(server, mo
     samples = [{"problem_id": "a", "sample": i, "completion": c} for i, c in enumerate(["#### 4", "#### 5", "??"])]
     cfg = Judge(mode="double_check", model="tiny", base_url=server.url, api_key_env=KEY_ENV, concurrency=2,
                 cache_dir=str(tmp_path))
+    verdicts = {"#### 4": '{"correct": true}', "#### 5": 'Sure! {"correct": true}', "??": '{"correct": true}'}
+    server.script = lambda req: verdicts[req["messages"][-1]["content"].rsplit("Student solution:\n", 1)[1]]
     rows = judge(probs, samples)
     stats = llm_judge(rows, probs, cfg)
-    assert stats["judge_calls"] == 3 and stats["judge_unparsed"] + stats["judge_decided"] <= 3
-    assert [r["correct"] for r in rows][:2] == [True, False]
-    assert server.completions == 3
-    import sqlite3
-
-    cached = sqlite3.connect(tmp_path / "calls.sqlite").execute("SELECT COUNT(*) FROM calls").fetchone()[0]
-    llm_judge(judge(probs, samples), probs, cfg)
-    # every non-empty reply came from the cache; empty ones (a tiny random model writes some) are
-    # never cached, so only those are asked again
-    assert server.completions == 3 + (3 - cached)
+    assert stats == {"judge_calls": 3, "judge_decided": 1, "judge_unparsed": 0, "judge_disagreement_rate": 0.5}
+    assert [r["correct"] for r in rows] == [True, False, True]  # "#### 5" stays wrong; "??" the judge decides
+    assert [r["judge"] for r in rows] == [True, True, True] and server.completions == 3
+    again = judge(probs, samples)
+    assert llm_judge(again, probs, cfg) == stats and server.completions == 3  # every verdict from the cache
+    verdicts["??"] = "I cannot tell."  # an unreadable verdict (fresh cache): nothing changes, it is counted
+    rows = judge(probs, samples)
+    stats = llm_judge(rows, probs, cfg.model_copy(update={"cache_dir": str(tmp_path / "fresh")}))
+    assert stats["judge_unparsed"] == 1 and stats["judge_decided"] == 0 and rows[2]["correct"] is False
