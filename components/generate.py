@@ -13,6 +13,11 @@ output, which `dvc repro` deletes before running. A re-run replays the journal (
 last line), re-expands only unfinished seeds (their finished calls hit the cache), and applies
 the global filters in seed order, so the output is the same as an uninterrupted run's.
 
+Outputs: out/{test,practice,sft}.jsonl and out/stats.json (counts of what was kept and dropped:
+a function of the inputs only, so the cached output's hash is stable). What varies from run to run
+— seconds, problems/s, journal replays, cache hits and calls sent — goes to MLflow and, with
+`--run-stats`, to an uncached metrics file beside the output.
+
 Splits: one seed stream, consumed test first, then practice, then sft; so the held-out set
 depends only on (teacher, seeds, seed, n_test). Test seeds are not expanded unless
 `agents.test_agents` (the held-out set stays original problems, as GSM8K's test set is).
@@ -196,9 +201,13 @@ def journal_key(config: Generate, seeds: "SeedSource") -> str:
 
 # --- the stage ------------------------------------------------------------------------------
 
+# counters that describe this run rather than its output (a resumed run replays, a re-run hits the cache)
+RUN_STATS = ("journal_repaired_bytes", "journal_replayed_seeds", "calls/cache_hits", "calls/sent")
+
+
 def run(config: Generate, out: Path, cache_dir: Path | None = None, device: str = "auto",
-        progress: bool = True) -> dict:
-    """Write out/{sft,practice,test}.jsonl and out/stats.json; return counts for MLflow."""
+        progress: bool = True, run_stats: Path | None = None) -> dict:
+    """Write out/{sft,practice,test}.jsonl and out/stats.json (and run_stats); return all counts."""
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
@@ -264,10 +273,12 @@ def run(config: Generate, out: Path, cache_dir: Path | None = None, device: str 
     if chat is not None:
         counts["calls/cache_hits"], counts["calls/sent"] = chat.hits, chat.misses
     seconds = time.perf_counter() - start
-    stats = {**counts, "seconds": round(seconds, 2),
-             "problems_per_s": round(sum(sizes.values()) / seconds, 1)}
-    write_json(stats, out / "stats.json")
-    return stats
+    volatile = {k: counts.pop(k) for k in RUN_STATS if k in counts}
+    volatile.update(seconds=round(seconds, 2), problems_per_s=round(sum(sizes.values()) / seconds, 1))
+    write_json(dict(counts), out / "stats.json")
+    if run_stats is not None:
+        write_json(volatile, run_stats)
+    return {**counts, **volatile}
 
 
 def _expand_all(expander, todo: list[tuple[int, dict]], agents: bool, journal: Journal) -> None:
@@ -293,6 +304,8 @@ def _expand_all(expander, todo: list[tuple[int, dict]], agents: bool, journal: J
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
+    parser.add_argument("--run-stats", type=Path, default=None,
+                        help="write this run's timings, replays and calls here (not into the cached output)")
     args = parser.parse_args()
     params = load_params()
     from components.teachers.llm import TeacherError
@@ -300,7 +313,7 @@ def main() -> None:
     with tracking.stage_run("generate", params.generate.model_dump()) as log:
         try:
             counts = run(params.generate, args.out, device=params.runtime.device,
-                         progress=os.environ.get("TUTORLOOP_PROGRESS", "1") != "0")
+                         progress=os.environ.get("TUTORLOOP_PROGRESS", "1") != "0", run_stats=args.run_stats)
         except TeacherError as e:
             sys.exit(f"generate: {e}")
         log.metrics({k: float(v) for k, v in counts.items()})

@@ -57,7 +57,15 @@ def test_generate_splits_without_overlap(params_factory, workdir, tmp_path):
     assert all(r["provenance"]["params"]["suggest_edit_rounds"] == 2 for r in sets["sft"])
     assert paths == {"seed", "ama", "suggest-edit"}
     assert all(r["provenance"]["seed_id"] and r["provenance"]["model"] for v in sets.values() for r in v)
-    assert json.loads((workdir / "data" / "stats.json").read_text())["n_sft"] == 24
+    on_disk = json.loads((workdir / "data" / "stats.json").read_text())
+    assert on_disk["n_sft"] == 24 and counts["seconds"] > 0
+    # the cached output holds no timings or replay counts: a second run (journal replayed) writes
+    # byte-identical files, so DVC's hash of data/generated does not change
+    again = generate.run(params.generate, tmp_path / "again", cache_dir=tmp_path / "cache",
+                         run_stats=tmp_path / "run.json")
+    assert again["journal_replayed_seeds"] > 0 and json.loads((tmp_path / "run.json").read_text())["seconds"] > 0
+    for name in ("stats.json", *(f"{s}.jsonl" for s in generate.SPLITS)):
+        assert (tmp_path / "again" / name).read_bytes() == (workdir / "data" / name).read_bytes(), name
 
 
 def test_generate_drops_long_solutions(params_factory, tmp_path):

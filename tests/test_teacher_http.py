@@ -231,7 +231,9 @@ def test_kill_at_half_then_resume_loses_and_duplicates_nothing(tiny_model_dir, t
         calls_after = server.requests - before - calls_before_kill
 
     out = project / "data" / "generated"
-    stats = json.loads((out / "stats.json").read_text())
+    stats = {**json.loads((out / "stats.json").read_text()),
+             **json.loads((project / "data" / "generate_run.json").read_text())}
+    assert "calls/sent" not in json.loads((out / "stats.json").read_text())  # the cached output is run-independent
     for split in ("test", "practice", "sft"):
         got, want = read_jsonl(out / f"{split}.jsonl"), read_jsonl(tmp_path / "ref" / f"{split}.jsonl")
         ids = [r["id"] for r in got]
