@@ -13,9 +13,10 @@ fix-one-rerun-find-the-next.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -25,6 +26,37 @@ PARAMS_FILE = Path("params.yaml")
 
 class ConfigError(ValueError):
     """params.yaml is invalid; the message lists every problem as `key: value -> reason`."""
+
+
+# Secrets that end up in text by accident: `user:token@` in a URL, a token in a URL's query, and
+# provider-prefixed keys (sk-..., hf_..., ghp_...). Redacted wherever params or messages leave the
+# process (config errors, MLflow params/tags/artifacts, teacher errors): params.yaml itself is the
+# user's file, but mlflow.db, artifacts and logs are shared and long-lived.
+_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
+_QUERY_SECRET = re.compile(r"([?&](?:api[_-]?key|key|token|access_token|secret|password|sig)=)[^&#\s]+", re.I)
+_PREFIXED_KEY = re.compile(r"\b(?:sk|rk|pk|hf|ghp|gho|ghs|xox[abprs])[-_][A-Za-z0-9_-]{6,}")
+REDACTED = "***"
+
+
+def redact(value: Any) -> Any:
+    """`value` with secret-looking parts of its strings replaced by ***; dicts and lists walked."""
+    if isinstance(value, str):
+        value = _USERINFO.sub(rf"\1{REDACTED}@", value)
+        value = _QUERY_SECRET.sub(rf"\1{REDACTED}", value)
+        return _PREFIXED_KEY.sub(REDACTED, value)
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact(v) for v in value)
+    return value
+
+
+def _shown(key: str, value: Any) -> str:
+    """A bad value as a config error shows it: never the value of a key-name field (a value that
+    fails the NAME pattern is most likely the key itself), other values with secrets redacted."""
+    if key.endswith("api_key_env"):
+        return f"<{len(str(value))} characters, not shown: it may be the key itself>"
+    return redact(repr(value))
 
 
 class Section(BaseModel):
@@ -174,6 +206,7 @@ class Followup(Section):
 
 class Feedback(Section):
     judge: Judge = Field(default_factory=Judge, description="optional LLM judge beside the deterministic one")
+    labels: Literal["strict", "lenient"] = Field("strict", description="strict = a sample is correct only if it states its answer with a marker (#### N, \\boxed{N}, 'The answer is N'); lenient also accepts the last number written")
     max_pairs_per_problem: int = Field(4, gt=0, description="cap on positives x negatives pairs from one problem")
     borrowed_negatives: int = Field(4, ge=0, description="problems with no wrong sample borrow one negative from each of this many others (Orca-Math: 4)")
     seed: int = Field(0, description="seed for choosing pairs and borrowed negatives")
@@ -301,7 +334,7 @@ def validate(raw: dict) -> Params:
     except ValidationError as err:
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"])
-            problems.append(f"{key}: {e.get('input')!r} -> {e['msg']}")
+            problems.append(f"{key}: {_shown(key, e.get('input'))} -> {e['msg']}")
     if isinstance(raw, dict):
         problems += _cross_checks(raw)
     if problems:

@@ -31,7 +31,7 @@ from components import tracking
 from components.config import Params, load_params
 from components.data import read_jsonl, write_json
 from components.modeling import load, merge_and_save, messages, pick_device, setup_runtime
-from components.sft import lora_config, trainer_precision
+from components.training import lora_config, trainer_precision
 
 
 def to_preference(rows: list[dict], params: Params) -> list[dict]:

@@ -2,7 +2,8 @@
 
 Batched greedy decoding with the same chat prompt as training, graded by `grading.grade` (the
 function feedback uses). Writes metrics/<checkpoint>.json (DVC metrics: accuracy with a 95%
-Wilson interval, per-family accuracy, GSM8K accuracy, tokens/s) and eval/<checkpoint>/ with
+Wilson interval, strict accuracy (answer stated with a marker), per-family accuracy, GSM8K
+accuracy, tokens/s) and eval/<checkpoint>/ with
 one prediction per problem, so two models can be compared problem by problem. Zero-shot by
 default; `fewshot: k` shows k worked SFT examples first; `maj_k: k` adds majority-vote accuracy
 over k samples (maj@k).
@@ -16,45 +17,17 @@ GSM8K format: ``question`` and ``answer`` whose last line is ``#### N``; from a 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from components import tracking
-from components.config import Gsm8k, Params, load_params
+from components.config import Params, load_params
 from components.data import DataError, read_jsonl, write_json, write_jsonl
+from components.evalsets import load_gsm8k
 from components.grading import grade
 from components.modeling import chat_prompts, generate, load, pick_device, setup_runtime
-
-
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a binomial proportion (sane at 0% and 100%, unlike Wald)."""
-    if n == 0:
-        return 0.0, 0.0
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def load_gsm8k(cfg: Gsm8k) -> list[dict] | None:
-    """GSM8K problems as {id, question, answer, solution}, or None when none is configured/present."""
-    if cfg.path:
-        if not Path(cfg.path).exists():
-            print(f"evaluate: GSM8K file {cfg.path} not found; skipping GSM8K", file=sys.stderr)
-            return None
-        rows = read_jsonl(cfg.path, required=("question", "answer"))
-    elif cfg.dataset:
-        from datasets import load_dataset
-
-        rows = list(load_dataset(cfg.dataset, cfg.subset or None, split=cfg.split))
-    else:
-        return None
-    if cfg.limit:
-        rows = rows[:cfg.limit]
-    return [{"id": f"gsm8k-{i}", "question": r["question"], "solution": r["answer"],
-             "answer": r["answer"].split("####")[-1].strip()} for i, r in enumerate(rows)]
+from components.stats import wilson
 
 
 def majority(answers: list[str | None]) -> str | None:
@@ -74,10 +47,13 @@ def score(model, tok, params: Params, problems: list[dict], desc: str,
     for p, texts in zip(problems, gen.texts):
         g = grade(texts[0], p["answer"])
         preds.append({"id": p["id"], "family": p.get("family", ""), "reference": p["answer"],
-                      "extracted": g.extracted, "correct": g.correct, "completion": texts[0]})
+                      "extracted": g.extracted, "correct": g.correct, "strict_correct": g.strict,
+                      "completion": texts[0]})
     correct = sum(x["correct"] for x in preds)
     low, high = wilson(correct, len(preds))
-    stats = {"accuracy": correct / len(preds), "correct": correct, "n": len(preds), "ci95_low": low,
+    # strict: only answers stated with a final-answer marker count (grading's docstring says why)
+    stats = {"accuracy": correct / len(preds), "strict_accuracy": sum(x["strict_correct"] for x in preds) / len(preds),
+             "correct": correct, "n": len(preds), "ci95_low": low,
              "ci95_high": high, "tokens_per_second": gen.tokens_per_second, "seconds": gen.seconds,
              "unparsed_rate": sum(x["extracted"] is None for x in preds) / len(preds)}
     if cfg.maj_k:

@@ -1,6 +1,9 @@
 """Stage `feedback@r`: judge every practice sample and build preference pairs (Orca-Math rules).
 
-Judge: `grading.grade` against the teacher's answer — the same function `evaluate` uses.
+Judge: `grading.grade` against the teacher's answer — the same function `evaluate` uses. Labels
+are strict by default (`feedback.labels`): a sample is correct only if it states its answer with a
+final-answer marker, so an unfinished solution that happens to contain the right number is never
+a positive; `correct_lenient` keeps the lenient verdict beside it, and both pass rates are logged.
 
 Pairs, per problem (Orca-Math §4):
 - positives = the student's correct samples + the teacher's solution (always positive);
@@ -37,8 +40,9 @@ from components.data import read_jsonl, write_json, write_jsonl
 from components.grading import grade
 
 
-def judge(problems: list[dict], samples: list[dict]) -> list[dict]:
-    """One feedback row per sample: extracted answer and verdict against the teacher's answer."""
+def judge(problems: list[dict], samples: list[dict], strict: bool = True) -> list[dict]:
+    """One feedback row per sample: extracted answer and verdict against the teacher's answer
+    (`correct` is the strict verdict unless strict=False; `correct_lenient` is always lenient)."""
     by_id = {p["id"]: p for p in problems}
     rows = []
     for s in samples:
@@ -47,7 +51,8 @@ def judge(problems: list[dict], samples: list[dict]) -> list[dict]:
             raise ValueError(f"sample refers to unknown problem {s['problem_id']!r}")
         g = grade(s["completion"], p["answer"])
         rows.append({"problem_id": s["problem_id"], "sample": s["sample"], "completion": s["completion"],
-                     "extracted": g.extracted, "correct": g.correct, "reference": p["answer"],
+                     "extracted": g.extracted, "correct": g.strict if strict else g.correct,
+                     "correct_lenient": g.correct, "reference": p["answer"],
                      "teacher_solution": p["solution"]})
     return rows
 
@@ -172,13 +177,14 @@ def run(cfg: Feedback, problems_file: Path, round_dir: Path, chat=None, device: 
     samples = read_jsonl(round_dir / "samples.jsonl", required=("problem_id", "sample", "completion"))
     ids = {s["problem_id"] for s in samples}
     problems = [p for p in problems if p["id"] in ids]  # practice.limit may have used a prefix
-    feedback = judge(problems, samples)
+    feedback = judge(problems, samples, strict=cfg.labels == "strict")
     judge_stats = llm_judge(feedback, problems, cfg.judge, chat, device)
     pairs, stats = build_pairs(problems, feedback, cfg)
     if not pairs:
         raise RuntimeError("no preference pairs could be built (no negatives anywhere?)")
     unpaired = build_unpaired(problems, feedback, pairs)
     stats.update(judge_stats)
+    stats["practice_pass_rate_lenient"] = sum(r["correct_lenient"] for r in feedback) / max(1, len(feedback))
     stats["problems_all_wrong_share"] = stats["problems_all_wrong"] / max(1, stats["problems"])
     stats["unpaired_desirable"] = sum(r["label"] for r in unpaired)
     stats["unpaired_undesirable"] = len(unpaired) - stats["unpaired_desirable"]

@@ -105,9 +105,9 @@ def run(params: Params, round_key: str, practice_file: Path, round_dir: Path, ou
         eval_file: Path | None = None, chat=None) -> dict:
     import hashlib
 
-    from components.decontaminate import EvalIndex
-    from components.evaluate import load_gsm8k
-    from components.generate import Dedup
+    from components.contamination import EvalIndex
+    from components.evalsets import load_gsm8k
+    from components.dedup import Dedup
     from components.teachers import normalise
 
     practice = read_jsonl(practice_file, required=("id", "question", "solution", "answer"))

@@ -13,6 +13,11 @@ output, which `dvc repro` deletes before running. A re-run replays the journal (
 last line), re-expands only unfinished seeds (their finished calls hit the cache), and applies
 the global filters in seed order, so the output is the same as an uninterrupted run's.
 
+Outputs: out/{test,practice,sft}.jsonl and out/stats.json (counts of what was kept and dropped:
+a function of the inputs only, so the cached output's hash is stable). What varies from run to run
+— seconds, problems/s, journal replays, cache hits and calls sent — goes to MLflow and, with
+`--run-stats`, to an uncached metrics file beside the output.
+
 Splits: one seed stream, consumed test first, then practice, then sft; so the held-out set
 depends only on (teacher, seeds, seed, n_test). Test seeds are not expanded unless
 `agents.test_agents` (the held-out set stays original problems, as GSM8K's test set is).
@@ -37,6 +42,7 @@ from pathlib import Path
 from components import tracking
 from components.config import Generate, load_params
 from components.data import read_jsonl, write_json, write_jsonl
+from components.dedup import Dedup
 from components.teachers import ProceduralTeacher, graph_record, normalise
 
 SPLITS = ("test", "practice", "sft")
@@ -193,61 +199,15 @@ def journal_key(config: Generate, seeds: "SeedSource") -> str:
     return h.hexdigest()[:16]
 
 
-# --- global filters -------------------------------------------------------------------------
-
-class Dedup:
-    """Exact (normalised text) and near duplicates (word-3-gram Jaccard >= threshold).
-
-    By text alone in `generate` (`same_answer=False`): a variant that keeps the whole story and
-    changes only the question sentence adds little text diversity to a training set, and data
-    audits count it as a near-copy. `followup` passes `same_answer=True`: there an easier question
-    on the very story the student failed is the point, so only a near-copy with the same answer
-    counts.
-
-    Candidates come from an index of the 3-grams that contain a number: two problems that are
-    near-copies share most of those, while template-mates with other numbers share almost none,
-    so the check stays near-linear instead of comparing all pairs.
-    """
-
-    def __init__(self, threshold: float, same_answer: bool = False) -> None:
-        self.threshold, self.same_answer = threshold, same_answer
-        self.exact: set[str] = set()
-        self.grams: list[set] = []
-        self.answers: list[str] = []
-        self.index: dict[tuple, list[int]] = {}
-
-    @staticmethod
-    def _grams(key: str) -> set:
-        w = key.split()
-        return {tuple(w[i:i + 3]) for i in range(max(1, len(w) - 2))}
-
-    def verdict(self, text: str, answer: str = "") -> str | None:
-        """None if new (and remember it), else 'duplicate' or 'near_duplicate'."""
-        key = normalise(text)
-        if key in self.exact:
-            return "duplicate"
-        grams = self._grams(key)
-        numbered = [g for g in grams if any(t.isdigit() for t in g)]
-        seen = Counter(j for g in numbered for j in self.index.get(g, ()))
-        for j, shared_numbered in seen.items():
-            if shared_numbered * 2 < len(numbered):
-                continue
-            other = self.grams[j]
-            if (not self.same_answer or self.answers[j] == answer) and len(grams & other) / len(grams | other) >= self.threshold:
-                return "near_duplicate"
-        self.exact.add(key)
-        self.grams.append(grams)
-        self.answers.append(answer)
-        for g in numbered:
-            self.index.setdefault(g, []).append(len(self.grams) - 1)
-        return None
-
-
 # --- the stage ------------------------------------------------------------------------------
 
+# counters that describe this run rather than its output (a resumed run replays, a re-run hits the cache)
+RUN_STATS = ("journal_repaired_bytes", "journal_replayed_seeds", "calls/cache_hits", "calls/sent")
+
+
 def run(config: Generate, out: Path, cache_dir: Path | None = None, device: str = "auto",
-        progress: bool = True) -> dict:
-    """Write out/{sft,practice,test}.jsonl and out/stats.json; return counts for MLflow."""
+        progress: bool = True, run_stats: Path | None = None) -> dict:
+    """Write out/{sft,practice,test}.jsonl and out/stats.json (and run_stats); return all counts."""
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
@@ -313,10 +273,12 @@ def run(config: Generate, out: Path, cache_dir: Path | None = None, device: str 
     if chat is not None:
         counts["calls/cache_hits"], counts["calls/sent"] = chat.hits, chat.misses
     seconds = time.perf_counter() - start
-    stats = {**counts, "seconds": round(seconds, 2),
-             "problems_per_s": round(sum(sizes.values()) / seconds, 1)}
-    write_json(stats, out / "stats.json")
-    return stats
+    volatile = {k: counts.pop(k) for k in RUN_STATS if k in counts}
+    volatile.update(seconds=round(seconds, 2), problems_per_s=round(sum(sizes.values()) / seconds, 1))
+    write_json(dict(counts), out / "stats.json")
+    if run_stats is not None:
+        write_json(volatile, run_stats)
+    return {**counts, **volatile}
 
 
 def _expand_all(expander, todo: list[tuple[int, dict]], agents: bool, journal: Journal) -> None:
@@ -342,6 +304,8 @@ def _expand_all(expander, todo: list[tuple[int, dict]], agents: bool, journal: J
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
+    parser.add_argument("--run-stats", type=Path, default=None,
+                        help="write this run's timings, replays and calls here (not into the cached output)")
     args = parser.parse_args()
     params = load_params()
     from components.teachers.llm import TeacherError
@@ -349,7 +313,7 @@ def main() -> None:
     with tracking.stage_run("generate", params.generate.model_dump()) as log:
         try:
             counts = run(params.generate, args.out, device=params.runtime.device,
-                         progress=os.environ.get("TUTORLOOP_PROGRESS", "1") != "0")
+                         progress=os.environ.get("TUTORLOOP_PROGRESS", "1") != "0", run_stats=args.run_stats)
         except TeacherError as e:
             sys.exit(f"generate: {e}")
         log.metrics({k: float(v) for k, v in counts.items()})

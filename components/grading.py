@@ -14,6 +14,13 @@ Order of extraction, and why:
 Answers compare as exact rationals (`Fraction`), so ``18.0``, ``$18`` and ``18`` are equal
 and no float tolerance is needed for grade-school arithmetic.
 
+Strict and lenient: steps 2-3 read *some* number from a completion that never states a final
+answer ("... so 18 apples are left" and then rambling), which inflates accuracy and puts unfinished
+solutions on the positive side of preference pairs. `Grade.strict` is correct only when the
+completion states its answer with a marker — ``#### N``, ``\boxed{N}`` or ``The (final) answer
+is N`` — the format the prompt asks for. `evaluate` reports both (`strict_accuracy` beside
+`accuracy`); `feedback` labels preference data strictly unless `feedback.labels: lenient`.
+
     python -m components.grading "so she has 5*3 = 15 apples. #### 15" 15
 """
 
@@ -26,6 +33,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 _MARKER = re.compile(r"####\s*([^\n]*)")
+_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
+_ANSWER_IS = re.compile(r"\banswer\s*(?:is|:|=)\s*:?\s*([^\n]*)", re.I)
 # math-verify warns on every call made without its (thread-unsafe) timeouts; we call it that way
 # on purpose, so its warning is noise.
 logging.getLogger("math_verify").setLevel(logging.ERROR)
@@ -39,6 +48,7 @@ class Grade:
 
     extracted: str | None
     correct: bool
+    strict: bool = False  # correct *and* stated with a final-answer marker (see the module docstring)
 
 
 def _number(text: str) -> Fraction | None:
@@ -90,6 +100,18 @@ def extract_answer(text: str) -> str | None:
     return None if value is None else _canonical(value)
 
 
+def marked_answer(text: str) -> str | None:
+    """The answer a completion *states*: after ``####``, else the last ``\\boxed{}``, else the last
+    "answer is" phrase; None when it states none (whatever numbers it wrote)."""
+    marker = _MARKER.search(text)
+    value = _number(marker.group(1)) if marker else None
+    if value is None and (boxed := _BOXED.findall(text)):
+        value = _math_verify_number(f"\\boxed{{{boxed[-1]}}}") or _number(boxed[-1])
+    if value is None and (said := _ANSWER_IS.findall(text)):
+        value = _number(said[-1])
+    return None if value is None else _canonical(value)
+
+
 def reference_value(answer: str) -> Fraction:
     """A reference answer ("72", "1,234", "#### 72", "3/4") as an exact number; raises if none."""
     value = _number(_MARKER.search(answer).group(1) if "####" in answer else answer)
@@ -101,8 +123,12 @@ def reference_value(answer: str) -> Fraction:
 def grade(completion: str, reference: str) -> Grade:
     """Judge `completion` against the reference answer: one pure, thread-safe function."""
     extracted = extract_answer(completion)
-    correct = extracted is not None and Fraction(extracted) == reference_value(reference)
-    return Grade(extracted=extracted, correct=correct)
+    want = reference_value(reference)
+    correct = extracted is not None and Fraction(extracted) == want
+    # strict only where the stated answer is also the lenient one: a marker the lenient reading
+    # overrode (#### wins over a later "answer is") must not count twice
+    marked = marked_answer(completion) if correct else None
+    return Grade(extracted=extracted, correct=correct, strict=marked is not None and Fraction(marked) == want)
 
 
 if __name__ == "__main__":

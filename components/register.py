@@ -9,6 +9,23 @@ current champion on the same held-out problems — exact one-sided McNemar test,
 otherwise it gets `challenger` with tags saying why (p-value, both accuracies). The per-problem
 verdicts are logged with each version so the next challenger can be paired against them.
 
+Champions are scoped by evaluation: verdicts pair only under the same protocol (prompt, decoding,
+few-shot; `evaluate.protocol`) on the same problem ids, so each scope — a hash of both — has its
+own alias `champion-<scope>`, and `champion` names the champion of the scope the project evaluates
+with now. A new protocol or test set starts a new scope (its first version is that scope's
+champion, and the loop's next versions are paired against it) instead of freezing promotion: with
+one global champion from an old protocol, nothing could ever be paired with it again. The
+alternative, re-scoring the old champion under the new protocol, would make this stage generate
+with a model DVC may have overwritten (log_model: false) and import evaluate's code; per-scope
+champions need neither, and a protocol that comes back finds its champion where it left it.
+
+Inputs: besides its declared deps, the stage reads dvc.lock — the hashes and params of the stages
+that made the checkpoint (lineage tags and the model card). dvc.lock cannot be a dep (DVC rewrites
+it after every stage, this one included); what is read from it are entries of this checkpoint's
+upstream stages, which change when those stages re-run, and so does the checkpoint it depends on.
+Params are taken from those entries — the values each stage actually ran with — not from
+params.yaml, of which this stage reads only `register`.
+
 Nothing is registered unless the checkpoint and a non-empty evaluation exist; DVC runs this stage
 only after `evaluate` (and, upstream, `decontaminate`) succeeded.
 
@@ -18,20 +35,21 @@ only after `evaluate` (and, upstream, `decontaminate`) succeeded.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import tempfile
 from collections import Counter
-from math import comb
 from pathlib import Path
 
 import yaml
 
 
 from components import tracking
-from components.config import Params, Register, load_params
+from components.config import Params, Register, load_params, redact
 from components.data import read_jsonl, write_json
 from components.modeling import require_checkpoint
+from components.stats import mcnemar_p
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PREDICTIONS = "eval/predictions.jsonl"  # artifact path of the verdicts a version was registered with
@@ -41,14 +59,29 @@ def producing_stage(checkpoint: str) -> str:
     return {"base": "base_model", "0": "sft"}.get(checkpoint, f"dpo@{checkpoint}")
 
 
-def lineage(checkpoint: str, params: Params, lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
+def lock_stages(lock_file: Path = Path("dvc.lock")) -> dict:
+    """The stage entries of dvc.lock ({} before DVC has run anything, or outside DVC)."""
+    return (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {}) if lock_file.exists() else {}
+
+
+def locked_params(stages: dict, stage: str) -> dict:
+    """The params.yaml values `stage` last ran with, as dvc.lock recorded them."""
+    return (stages.get(stage, {}).get("params") or {}).get("params.yaml", {})
+
+
+def parent(checkpoint: str, stages: dict) -> str | None:
+    """The checkpoint this one was trained from: base for SFT, rounds.k.prev as dpo@k ran with."""
+    if checkpoint in ("base", "0"):
+        return None if checkpoint == "base" else "base"
+    prev = locked_params(stages, f"dpo@{checkpoint}").get(f"rounds.{checkpoint}.prev")
+    return None if prev is None else str(prev)
+
+
+def lineage(checkpoint: str, stages: dict) -> dict[str, str]:
     """Hashes from dvc.lock of what made this checkpoint: its weights, data and parent model."""
     tags = {"round": checkpoint, "git_commit": tracking.git_commit()}
-    if checkpoint != "base":
-        tags["parent"] = "base" if checkpoint == "0" else params.rounds[checkpoint].prev
-    if not lock_file.exists():
-        return tags
-    stages = yaml.safe_load(lock_file.read_text()).get("stages", {})
+    if (up := parent(checkpoint, stages)) is not None:
+        tags["parent"] = up
     entry = stages.get(producing_stage(checkpoint), {})
     for out in entry.get("outs", []):
         tags[f"dvc.out.{out['path']}"] = out.get("md5", "")
@@ -77,17 +110,6 @@ def log_transformers_model(model_dir: Path) -> str:
     info = mlflow.transformers.log_model(transformers_model={"model": model, "tokenizer": tok},
                                          name="model", task="text-generation", pip_requirements=reqs)
     return info.model_uri
-
-
-def mcnemar_p(b: int, c: int) -> float:
-    """Exact one-sided McNemar p-value that the new model is better.
-
-    b = problems only the champion solves, c = problems only the new model solves. Under the null
-    (equally good), each of the b + c discordant problems goes either way with p = 1/2, so
-    p = P(Binomial(b + c, 1/2) >= c).
-    """
-    n = b + c
-    return 1.0 if n == 0 else sum(comb(n, k) for k in range(c, n + 1)) / 2 ** n
 
 
 def decide(new: dict[str, bool], champion: dict[str, bool] | None, cfg: Register,
@@ -131,12 +153,22 @@ def correctness(predictions: list[dict]) -> dict[str, bool]:
     return {p["id"]: bool(p["correct"]) for p in predictions}
 
 
-def champion_predictions(client, version, protocol: str) -> dict[str, bool] | None:
+def eval_scope(protocol: str, ids) -> str:
+    """Which verdicts can be paired: the evaluation protocol and the exact set of problem ids."""
+    key = json.dumps({"protocol": protocol, "ids": sorted(ids)})
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def scope_alias(scope: str) -> str:
+    return f"{CHAMPION}-{scope}"
+
+
+def champion_predictions(client, version, scope: str) -> dict[str, bool] | None:
     """The per-problem verdicts the champion was registered with (an artifact of its run), if it
-    was evaluated under the same protocol (prompt, decoding, few-shot) as the new version."""
+    was evaluated in the same scope (protocol and problem ids) as the new version."""
     import mlflow
 
-    if version.tags.get("eval.protocol") != protocol:
+    if version.tags.get("eval.scope") != scope:
         return None
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -147,23 +179,21 @@ def champion_predictions(client, version, protocol: str) -> dict[str, bool] | No
         return None
 
 
-def stage_params(params: Params, checkpoint: str) -> dict:
-    """The params of every stage that made this checkpoint (base -> SFT -> each round in its chain)."""
-    out = {"base_model": params.base_model.model_dump(), "prompt": params.prompt.model_dump()}
-    if checkpoint == "base":
-        return out
-    out.update({"generate": params.generate.model_dump(), "decontaminate": params.decontaminate.model_dump(),
-                "sft": params.sft.model_dump()})
-    chain, key = [], checkpoint
-    while key != "0":
-        chain.append(key)
-        key = params.rounds[key].prev
-    for key in reversed(chain):
-        out[f"round {key}"] = {"practice": {**params.practice.model_dump(), **params.rounds[key].practice.model_dump()},
-                               "feedback": params.feedback.model_dump(),
-                               "dpo": {**params.dpo.model_dump(), **params.rounds[key].dpo.model_dump()},
-                               "prev": params.rounds[key].prev}
-    return out
+def stage_params(checkpoint: str, stages: dict) -> dict:
+    """The params every stage that made this checkpoint ran with (base -> SFT -> each round in its
+    chain), from dvc.lock; a stage DVC has no record of is left out."""
+    names = ["base_model"]
+    if checkpoint != "base":
+        names += ["generate", "decontaminate", "sft"]
+        chain, key = [], checkpoint
+        while key not in ("0", None):
+            chain.append(key)
+            key = parent(key, stages)
+        for key in reversed(chain):
+            prev = parent(key, stages)
+            names += ([f"followup@{prev}"] if prev not in ("0", None) else []) + \
+                [f"practice@{key}", f"feedback@{key}", f"dpo@{key}"]
+    return {name: locked_params(stages, name) for name in names if name in stages}
 
 
 def provenance(data_dir: Path | None) -> dict:
@@ -239,12 +269,17 @@ def run(params: Params, checkpoint: str, model_dir: Path, metrics_file: Path, pr
         raise RuntimeError("register needs MLflow tracking (TUTORLOOP_TRACKING is off)")
 
     client = MlflowClient()
+    verdicts = correctness(predictions)
+    scope = eval_scope(metrics.get("protocol", ""), verdicts)
     try:
-        champ = client.get_model_version_by_alias(cfg.model_name, CHAMPION)
+        champ = client.get_model_version_by_alias(cfg.model_name, scope_alias(scope))
     except MlflowException:
         champ = None
-    champ_preds = champion_predictions(client, champ, metrics.get("protocol", "")) if champ else None
-    alias, reason, stats = decide(correctness(predictions), champ_preds, cfg, has_champion=champ is not None)
+    champ_preds = champion_predictions(client, champ, scope) if champ else None
+    alias, reason, stats = decide(verdicts, champ_preds, cfg, has_champion=champ is not None)
+    if champ is None:
+        reason += (f" under evaluation scope {scope} (protocol {metrics.get('protocol', '') or 'unknown'}, "
+                   f"{len(verdicts)} problems): the first version evaluated this way")
 
     log.artifact(predictions_file, "eval")  # the paired evidence a later challenger is tested against
     if cfg.log_model:
@@ -254,31 +289,37 @@ def run(params: Params, checkpoint: str, model_dir: Path, metrics_file: Path, pr
             f"name='{cfg.model_name}'") else None
         version = client.create_model_version(cfg.model_name, source=model_dir.resolve().as_uri(),
                                               run_id=log.run_id)
-    lineage_tags = lineage(checkpoint, params)
+    stages = lock_stages()
+    lineage_tags = lineage(checkpoint, stages)
     prov = provenance(data_dir) if checkpoint != "base" else {}  # base saw none of our data
     if checkpoint != "base" and prov.get("sft"):
         lineage_tags["teacher"] = ",".join(k.split(":", 1)[1] for k in prov["sft"] if k.startswith("teacher:"))
     tags = {f"lineage.{k}": v for k, v in lineage_tags.items()}
     tags.update({f"metric.{cfg.metric}": f"{metrics[cfg.metric]:.6f}", "promotion": alias,
                  "promotion.reason": reason, "round": checkpoint,
-                 "eval.protocol": metrics.get("protocol", "")})
+                 "eval.protocol": metrics.get("protocol", ""), "eval.scope": scope})
     if "p_value" in stats:
         tags["promotion.p_value"] = f"{stats['p_value']:.6g}"
     if "gsm8k" in metrics:
         tags["metric.gsm8k_accuracy"] = f"{metrics['gsm8k']['accuracy']:.6f}"
     for k, v in tags.items():
-        client.set_model_version_tag(cfg.model_name, version.version, k, v)
-    used = stage_params(params, checkpoint)
-    card = model_card(cfg.model_name, version.version, checkpoint, metrics, alias, reason, lineage_tags, used,
-                      prov, logged=cfg.log_model)
+        client.set_model_version_tag(cfg.model_name, version.version, k, redact(v))
+    used = stage_params(checkpoint, stages)
+    # dvc.lock holds params as written (a base_url with user:token@): the card and tags are redacted
+    card = redact(model_card(cfg.model_name, version.version, checkpoint, metrics, alias, reason, lineage_tags,
+                             used, prov, logged=cfg.log_model))
     # Registry descriptions are VARCHAR(5000) on SQL backends: the full card is an artifact.
     description = card if len(card) <= 5000 else card[:4900] + "\n\n… (truncated: full card in the run's model_card.md)\n"
     client.update_model_version(cfg.model_name, version.version, description=description)
     log.text(card, "model_card.md")
     log.json(used, "lineage/params.json")
     client.set_registered_model_alias(cfg.model_name, alias, version.version)
+    # `champion` follows the champion of the scope evaluated now (this version, or the one it lost to)
+    scope_champion = version.version if alias == CHAMPION else champ.version
+    client.set_registered_model_alias(cfg.model_name, scope_alias(scope), scope_champion)
+    client.set_registered_model_alias(cfg.model_name, CHAMPION, scope_champion)
     record = {"name": cfg.model_name, "version": version.version, "alias": alias, "reason": reason,
-              "previous_champion": champ.version if champ else None, **stats}
+              "previous_champion": champ.version if champ else None, "scope": scope, **stats}
     write_json(record, out)
     log.tags({"registered_version": version.version, "alias": alias})
     return record

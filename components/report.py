@@ -1,9 +1,11 @@
 """Stage `report`: the accuracy curve over checkpoints (base, SFT, each round) as CSV and PNG.
 
-Reads metrics/<checkpoint>.json (from `evaluate`) and data/round-<r>/feedback_metrics.json
-(pairs, practice pass rate), writes reports/accuracy.csv (a DVC plot: `dvc plots show`) and
-reports/accuracy.png, and logs both to MLflow. `table()` renders the same rows for
-`tutorloop report`, with each round's stage wall time read from MLflow when a store exists.
+The stage reads metrics/<checkpoint>.json (from `evaluate`) and nothing else — its only DVC dep
+besides its code — and writes reports/accuracy.csv (a DVC plot: `dvc plots show`) and
+reports/accuracy.png, and logs both to MLflow. `table()` renders the same rows for `tutorloop
+report`, adding each round's pairs and practice pass rate from data/round-<r>/feedback_metrics.json
+and its stage wall time from MLflow: the CLI is no stage, so it may read what the stage does not
+declare (the stage once depended on all of data/, and re-hashed it for a plot).
 
     python -m components.report metrics reports
 """
@@ -15,8 +17,8 @@ import csv
 import json
 from pathlib import Path
 
-COLUMNS = ["checkpoint", "accuracy", "ci95_low", "ci95_high", "n", "gsm8k_accuracy", "gsm8k_n", "pairs",
-           "practice_pass_rate"]
+COLUMNS = ["checkpoint", "accuracy", "ci95_low", "ci95_high", "n", "strict_accuracy", "gsm8k_accuracy",
+           "gsm8k_strict_accuracy", "gsm8k_n", "pairs", "practice_pass_rate"]
 
 
 def _order(name: str) -> tuple[int, int]:
@@ -24,17 +26,18 @@ def _order(name: str) -> tuple[int, int]:
 
 
 def rows(metrics_dir: Path, data_dir: Path | None = None) -> list[dict]:
-    """One row per evaluated checkpoint, in loop order: base, 0 (SFT), 1, 2, ..."""
-    data_dir = Path(data_dir) if data_dir else Path(metrics_dir).parent / "data"
+    """One row per evaluated checkpoint, in loop order: base, 0 (SFT), 1, 2, ...; the feedback
+    columns (pairs, practice pass rate) are read from `data_dir` only when it is given."""
     out = []
     for path in sorted(Path(metrics_dir).glob("*.json"), key=lambda p: _order(p.stem)):
         m = json.loads(path.read_text())
         g = m.get("gsm8k", {})
-        fb_file = data_dir / f"round-{path.stem}" / "feedback_metrics.json"
-        fb = json.loads(fb_file.read_text()) if fb_file.exists() else {}
+        fb_file = Path(data_dir) / f"round-{path.stem}" / "feedback_metrics.json" if data_dir else None
+        fb = json.loads(fb_file.read_text()) if fb_file and fb_file.exists() else {}
         out.append({"checkpoint": path.stem, "accuracy": m["accuracy"], "ci95_low": m["ci95_low"],
-                    "ci95_high": m["ci95_high"], "n": m["n"],
-                    "gsm8k_accuracy": g.get("accuracy", ""), "gsm8k_n": g.get("n", ""),
+                    "ci95_high": m["ci95_high"], "n": m["n"], "strict_accuracy": m.get("strict_accuracy", ""),
+                    "gsm8k_accuracy": g.get("accuracy", ""), "gsm8k_strict_accuracy": g.get("strict_accuracy", ""),
+                    "gsm8k_n": g.get("n", ""),
                     "pairs": fb.get("pairs", ""), "practice_pass_rate": fb.get("practice_pass_rate", "")})
     return out
 
@@ -71,8 +74,9 @@ def label(checkpoint: str) -> str:
     return {"base": "base", "0": "round 0 (SFT)"}.get(checkpoint, f"round {checkpoint}")
 
 
-def table(metrics_dir: Path, minutes: dict[str, float] | None = None):
-    """A rich Table of accuracy per checkpoint (with pairs and minutes where known)."""
+def table(metrics_dir: Path, minutes: dict[str, float] | None = None, data_dir: Path | None = None):
+    """A rich Table of accuracy per checkpoint (with pairs and minutes where known); the feedback
+    columns come from `data_dir`, by default the `data` folder beside `metrics_dir`."""
     from rich import box
     from rich.table import Table
 
@@ -87,7 +91,7 @@ def table(metrics_dir: Path, minutes: dict[str, float] | None = None):
         return f"{m['accuracy']:.1%} [{m['ci95_low']:.0%},{m['ci95_high']:.0%}]"
 
     sizes = set()
-    for r in rows(metrics_dir):
+    for r in rows(metrics_dir, data_dir or Path(metrics_dir).parent / "data"):
         m = json.loads((Path(metrics_dir) / f"{r['checkpoint']}.json").read_text())
         sizes.add(f"held-out n={m['n']}" + (f", GSM8K n={m['gsm8k']['n']}" if "gsm8k" in m else ""))
         t.add_row(label(r["checkpoint"]), pct(m), pct(m["gsm8k"]) if "gsm8k" in m else "-",

@@ -18,24 +18,10 @@ import time
 from pathlib import Path
 
 from components import tracking
-from components.config import Lora, Params, load_params
+from components.config import Params, load_params
 from components.data import read_jsonl
 from components.modeling import load, merge_and_save, messages, pick_device, setup_runtime
-
-
-def lora_config(cfg: Lora):
-    from peft import LoraConfig
-
-    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
-
-
-def trainer_precision(device) -> dict:
-    """bf16 autocast everywhere we can: on CPU TRL needs use_cpu=True for it (~1.5x fp32 here)."""
-    if device.type == "cuda":
-        import torch
-        return {"bf16": torch.cuda.is_bf16_supported()}
-    return {"use_cpu": True, "bf16": True}
+from components.training import lora_config, trainer_precision
 
 
 def make_sft_trainer_class():

@@ -7,7 +7,8 @@
   `TUTORLOOP_PARENT_RUN_ID`; `dvc repro` by hand has none and the stage run stands alone.
   A stage DVC skips never starts, so it logs nothing.
 - `TUTORLOOP_TRACKING=off` turns all of this into a no-op (unit tests of a single stage).
-- Secrets: only params and metrics we pass are logged; never the environment.
+- Secrets: only params and metrics we pass are logged; never the environment. Params, tags,
+  texts and dicts pass through `config.redact` first (a `base_url` with `user:token@`, a pasted key).
 
     python -m components.tracking        # create the store and experiment once
 """
@@ -19,6 +20,8 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from components.config import redact
 
 EXPERIMENT = "tutorloop"
 PARENT_ENV = "TUTORLOOP_PARENT_RUN_ID"
@@ -90,7 +93,7 @@ class StageLog:
 
     def params(self, params: dict) -> None:
         if self._mlflow:
-            self._mlflow.log_params({k: str(v)[:6000] for k, v in _flatten(params).items()})
+            self._mlflow.log_params({k: redact(str(v))[:6000] for k, v in _flatten(params).items()})
 
     def metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self._mlflow:
@@ -99,7 +102,7 @@ class StageLog:
 
     def tags(self, tags: dict[str, Any]) -> None:
         if self._mlflow:
-            self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+            self._mlflow.set_tags({k: redact(str(v)) for k, v in tags.items()})
 
     def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self._mlflow and Path(path).exists():
@@ -107,11 +110,11 @@ class StageLog:
 
     def json(self, obj: Any, name: str) -> None:
         if self._mlflow:
-            self._mlflow.log_dict(obj, name)
+            self._mlflow.log_dict(redact(obj), name)
 
     def text(self, text: str, name: str) -> None:
         if self._mlflow:
-            self._mlflow.log_text(text, name)
+            self._mlflow.log_text(redact(text), name)
 
 
 @contextmanager

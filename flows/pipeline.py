@@ -6,6 +6,13 @@ one at a time, under a file lock, because overlapping `dvc repro` runs fail ("is
 they come from this flow or from a scheduled run that fires meanwhile. No retries: stages are
 deterministic, and the teacher's flaky network calls retry inside the stage.
 
+Which stages a round runs, and in what order, comes from DVC's own graph of dvc.yaml (`plan`),
+not from a second copy of it here: a stage `name@k` belongs to round k when k is a round, stages
+downstream of any round (report) run after the loop, and the rest (base_model ... register@0) are
+round 0. Within a round, each sink (a stage nothing else in the round needs) runs after its
+upstream stages, sinks in dvc.yaml order — so register@base precedes register@0, as promotion's
+pairing needs (registry order is not a file dependency, so dvc.yaml's foreach order carries it).
+
 MLflow: each round flow opens the round's parent run and hands its id to the stages through
 `TUTORLOOP_PARENT_RUN_ID`; a round in which DVC ran nothing leaves no run behind.
 
@@ -31,14 +38,45 @@ from components.config import load_params
 LOCK = ".tutorloop.lock"
 
 
-def round_zero_stages() -> list[str]:
-    """Round 0: the student, the data, SFT — and the evaluation of base and SFT model."""
-    return ["base_model", "generate", "decontaminate", "evaluate@base", "register@base", "sft",
-            "evaluate@0", "register@0"]
+AFTER_LOOP = "after"  # plan() key of the stages downstream of the rounds (report)
 
 
-def round_stages(round_key: str) -> list[str]:
-    return [f"{s}@{round_key}" for s in ("practice", "feedback", "followup", "dpo", "evaluate", "register")]
+def plan(project: str | Path, rounds) -> dict[str, list[str]]:
+    """{"0": [...], each round key: [...], "after": [...]}: every stage of dvc.yaml, grouped by
+    round and ordered so that each stage runs after the stages it depends on."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    rounds = [str(r) for r in rounds]
+    with Repo(str(project)) as repo:
+        graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        stages = list(repo.index.stages)
+    index = {s: i for i, s in enumerate(stages)}
+    name = {s: s.name for s in stages}  # "practice@1"; addressing would carry a path outside cwd
+
+    def group(s) -> str:
+        key = name[s].rpartition("@")[2] if "@" in name[s] else None
+        if key in rounds:
+            return key
+        return AFTER_LOOP if any("@" in name[u] and name[u].rpartition("@")[2] in rounds
+                                 for u in nx.descendants(graph, s)) else "0"
+
+    groups = {s: group(s) for s in stages}
+    out: dict[str, list[str]] = {k: [] for k in ["0", *sorted(rounds, key=int), AFTER_LOOP]}
+    done: set = set()
+
+    def visit(s) -> None:
+        if s in done:
+            return
+        done.add(s)
+        for dep in sorted((d for d in graph.successors(s) if groups[d] == groups[s]), key=index.get):
+            visit(dep)
+        out[groups[s]].append(name[s])
+
+    for s in stages:  # sinks first, in dvc.yaml order; their upstream stages come before them
+        if not any(groups[p] == groups[s] for p in graph.predecessors(s)):
+            visit(s)
+    return out
 
 
 def _lock_entry(project: Path, stage: str) -> str:
@@ -93,7 +131,7 @@ def round_flow(round_key: str, project: str = ".") -> list[dict]:
     parent = client.create_run(exp_id, run_name=f"round-{round_key}", tags={
         "tutorloop.round": round_key, "tutorloop.kind": "round",
         "tutorloop.git_commit": tracking.git_commit(root)}).info.run_id
-    stages = round_zero_stages() if round_key == "0" else round_stages(round_key)
+    stages = plan(root, load_params(root / "params.yaml").rounds)[round_key]
     results: list[dict] = []
     try:
         for stage in stages:
@@ -117,7 +155,8 @@ def loop_flow(project: str = ".") -> list[dict]:
     results = round_flow("0", project)
     for key in sorted(params.rounds, key=int):
         results += round_flow(key, project)
-    results.append(dvc_stage("report", None, project))
+    for stage in plan(Path(project).resolve(), params.rounds)[AFTER_LOOP]:
+        results.append(dvc_stage(stage, None, project))
     return results
 
 

@@ -28,6 +28,7 @@ class ChatServer:
         self.torch = torch
         self.api_key, self.delay_s, self.max_new_tokens = api_key, delay_s, max_new_tokens
         self.faults: list[tuple[str, float]] = []   # consumed one per request: ("429", retry_after) ...
+        self.script = None  # a callable(request) -> reply text, instead of the model (a scripted judge)
         self.requests = 0
         self.completions = 0
         self.auth_headers: list[str] = []
@@ -71,7 +72,7 @@ class ChatServer:
                     if kind == "sleep":
                         time.sleep(arg)
                 time.sleep(server.delay_s)
-                text = server.complete(req)
+                text = server.script(req) if server.script else server.complete(req)
                 with server._lock:
                     server.completions += 1
                 return self._send(200, {

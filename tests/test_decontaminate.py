@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from components import decontaminate, generate
+from components import contamination, decontaminate, generate
 from components.config import Decontaminate, Gsm8k
 from components.data import read_jsonl, write_jsonl
 
@@ -94,7 +94,7 @@ def test_real_gsm8k_train_problems_planted(params_factory, tmp_path):
 
 def test_embedded_copy_is_caught():
     """A benchmark question hidden inside a longer training question is still a copy."""
-    index = decontaminate.EvalIndex(HANDMADE_GSM8K, 13)
+    index = contamination.EvalIndex(HANDMADE_GSM8K, 13)
     padded = ("Here is a warm-up story about a busy shop on a rainy Tuesday with many customers "
               "waiting in line for a long time. " + HANDMADE_GSM8K[0]["question"] + " Explain carefully.")
     assert index.overlap(padded) == 1.0
@@ -102,6 +102,6 @@ def test_embedded_copy_is_caught():
 
 
 def test_ngrams_normalise_text():
-    a = decontaminate.ngrams("He paid $1,234. Then he left!", 3)
-    b = decontaminate.ngrams("he PAID 1234 then he left", 3)
+    a = contamination.ngrams("He paid $1,234. Then he left!", 3)
+    b = contamination.ngrams("he PAID 1234 then he left", 3)
     assert a == b

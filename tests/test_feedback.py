@@ -141,3 +141,30 @@ def test_llm_judge_double_check_logs_disagreement():
     stats = llm_judge(rows, probs, Judge(mode="double_check", model="m"), _JudgeModel())
     assert [r["correct"] for r in rows] == before  # the exact grader stands where it read an answer
     assert stats["judge_calls"] == 4 and stats["judge_disagreement_rate"] == 0.25  # "12 is wrong, #### 13"
+
+
+def test_labels_are_strict_by_default_an_unstated_answer_is_a_negative(tmp_path):
+    """A sample that never states its answer (only the lenient last-number fallback reads the
+    right number) is a negative under the default labels, and a positive only with `lenient`."""
+    from components.data import read_jsonl, write_jsonl
+    from components.feedback import run
+
+    probs = [problem("a", "18")]
+    samples = [{"problem_id": "a", "sample": 0, "completion": "6 * 3 = 18 apples, then she"},
+               {"problem_id": "a", "sample": 1, "completion": "6 * 3 = 18\n#### 18"},
+               {"problem_id": "a", "sample": 2, "completion": "#### 17"}]
+    assert Feedback().labels == "strict"
+    rows = judge(probs, samples)
+    assert [r["correct"] for r in rows] == [False, True, False]
+    assert [r["correct_lenient"] for r in rows] == [True, True, False]
+    assert [r["correct"] for r in judge(probs, samples, strict=False)] == [True, True, False]
+    write_jsonl(tmp_path / "problems.jsonl", probs)
+    write_jsonl(tmp_path / "round" / "samples.jsonl", samples)
+    stats = run(CFG, tmp_path / "problems.jsonl", tmp_path / "round")
+    pairs = read_jsonl(tmp_path / "round" / "pairs.jsonl")
+    assert "6 * 3 = 18 apples, then she" in {p["rejected"] for p in pairs}
+    assert "6 * 3 = 18 apples, then she" not in {p["chosen"] for p in pairs}
+    assert stats["practice_pass_rate"] == 1 / 3 and stats["practice_pass_rate_lenient"] == 2 / 3
+    lenient = run(CFG.model_copy(update={"labels": "lenient"}), tmp_path / "problems.jsonl", tmp_path / "round")
+    assert lenient["practice_pass_rate"] == 2 / 3
+    assert "6 * 3 = 18 apples, then she" in {p["chosen"] for p in read_jsonl(tmp_path / "round" / "pairs.jsonl")}

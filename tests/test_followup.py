@@ -65,3 +65,28 @@ def test_followup_appends_variants_of_failures_only(tiny_model_dir, tmp_path):
     raw["followup"]["max_new"] = 1
     capped = followup.run(validate(raw), "1", tmp_path / "practice.jsonl", rnd, tmp_path / "next.jsonl")
     assert capped["new_problems"] == 1
+
+
+def test_followup_drops_variants_that_overlap_an_evaluation_problem(tiny_model_dir, tmp_path):
+    """The contamination gate: a variant whose question is (nearly) an evaluation problem never
+    reaches the next practice set, and is counted."""
+    raw = tiny_params(tiny_model_dir)
+    raw["followup"] = {"enabled": True, "variants": 3, "max_new": 50}
+    raw["evaluate"]["gsm8k"]["path"] = ""  # the held-out file is the only evaluation set here
+    rows = practice_set()
+    write_jsonl(tmp_path / "practice.jsonl", rows)
+    rnd = tmp_path / "round-1"
+    write_jsonl(rnd / "feedback.jsonl", [{"problem_id": r["id"], "correct": r["id"] != "p0"} for r in rows])
+    write_jsonl(tmp_path / "unrelated.jsonl", [{"id": "t0", "question": "What is the capital of France?"}])
+    clean = followup.run(validate(raw), "1", tmp_path / "practice.jsonl", rnd, tmp_path / "next.jsonl",
+                         tmp_path / "unrelated.jsonl")
+    made = read_jsonl(tmp_path / "next.jsonl")[6:]
+    assert clean["new_problems"] == len(made) >= 1 and "dropped/contaminated" not in clean
+    # the same run, with one of those variants (lightly edited) in the held-out set
+    leaked = made[0]["question"].replace("How many", "how many") + " Explain."
+    write_jsonl(tmp_path / "test.jsonl", [{"id": "t0", "question": leaked}])
+    gated = followup.run(validate(raw), "1", tmp_path / "practice.jsonl", rnd, tmp_path / "next.jsonl",
+                         tmp_path / "test.jsonl")
+    kept = read_jsonl(tmp_path / "next.jsonl")[6:]
+    assert gated["dropped/contaminated"] >= 1 and gated["new_problems"] == len(kept) < len(made)
+    assert made[0]["question"] not in {r["question"] for r in kept}

@@ -48,3 +48,18 @@ def test_grade_is_safe_in_worker_threads():
     t.start()
     t.join()
     assert out and out[0].correct
+
+
+@pytest.mark.parametrize("text, lenient, strict", [
+    ("so 48+24 = 72 clips\n#### 72", True, True),
+    ("The answer is $72.", True, True),
+    ("The final answer: 72", True, True),
+    ("\\boxed{72}", True, True),
+    ("48+24 = 72 clips", True, False),          # the right number, never stated as the answer
+    ("72.0", True, False),
+    ("#### 71\nThe answer is 72", False, False),  # the marker is the answer, and it is wrong
+    ("no idea", False, False),
+])
+def test_strict_needs_a_final_answer_marker(text, lenient, strict):
+    g = grade(text, "72")
+    assert (g.correct, g.strict) == (lenient, strict)

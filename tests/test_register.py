@@ -3,24 +3,18 @@
 import json
 
 import pytest
+import yaml
 
 from components import register, tracking
 from components.config import Register
 from components.data import write_jsonl
-from components.register import decide, mcnemar_p
+from components.register import decide
 
 MCNEMAR = Register(test="mcnemar", alpha=0.05)
 
 
 def verdicts(pattern: str, prefix: str = "p") -> dict[str, bool]:
     return {f"{prefix}{i}": ch == "1" for i, ch in enumerate(pattern)}
-
-
-def test_mcnemar_exact_values():
-    assert mcnemar_p(0, 0) == 1.0
-    assert mcnemar_p(0, 5) == pytest.approx(1 / 32)
-    assert mcnemar_p(2, 8) == pytest.approx(56 / 1024)  # P(X >= 8 | n=10)
-    assert mcnemar_p(5, 5) > 0.5
 
 
 def test_first_version_is_champion():
@@ -63,15 +57,31 @@ def store(tmp_path, monkeypatch):
     return tmp_path
 
 
-def write_eval(root, key, pattern):
+def write_eval(root, key, pattern, protocol="p0", prefix="t"):
     n = len(pattern)
     acc = pattern.count("1") / n
     (root / "metrics").mkdir(exist_ok=True)
     (root / f"metrics/{key}.json").write_text(json.dumps(
         {"accuracy": acc, "n": n, "correct": pattern.count("1"), "ci95_low": 0.0, "ci95_high": 1.0,
-         "family": {"ages": acc}}))
+         "family": {"ages": acc}, "protocol": protocol}))
     write_jsonl(root / f"eval/{key}/predictions.jsonl",
-                [{"id": f"t{i}", "correct": ch == "1"} for i, ch in enumerate(pattern)])
+                [{"id": f"{prefix}{i}", "correct": ch == "1"} for i, ch in enumerate(pattern)])
+
+
+def write_lock(root, rounds: dict[str, str]):
+    """A dvc.lock as DVC writes it: the stages that made each checkpoint, with their params."""
+    stages = {"base_model": {"params": {"params.yaml": {"base_model": {"source": "tiny"}}},
+                             "outs": [{"path": "models/base", "md5": "b.dir"}]},
+              "sft": {"params": {"params.yaml": {"sft": {"learning_rate": 0.001}}},
+                      "deps": [{"path": "data/clean/sft.jsonl", "md5": "s1"}],
+                      "outs": [{"path": "models/round-0", "md5": "r0.dir"}]}}
+    for key, prev in rounds.items():
+        stages[f"dpo@{key}"] = {"params": {"params.yaml": {f"rounds.{key}.prev": prev,
+                                                           f"rounds.{key}.dpo": {"beta": 0.1 * int(key)}}},
+                                "deps": [{"path": f"data/round-{key}/pairs.jsonl", "md5": f"p{key}"}],
+                                "outs": [{"path": f"models/round-{key}", "md5": f"r{key}.dir"}]}
+        stages[f"practice@{key}"] = {"params": {"params.yaml": {f"rounds.{key}.practice": {"samples": 4}}}}
+    (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}))
 
 
 def do_register(params, store, key, model_dir):
@@ -85,6 +95,7 @@ def test_register_versions_aliases_lineage_and_card(store, tiny_model_dir, param
 
     params = params_factory(rounds=2)
     params = params.model_copy(update={"register_": params.register_.model_copy(update={"log_model": False})})
+    write_lock(store, {"1": "0", "2": "1"})
     patterns = {"base": "0" * 40,                      # champion (first)
                 "0": "1" * 20 + "0" * 20,              # 20 newly solved: promoted
                 "1": "1" * 21 + "0" * 19,              # +1: not significant -> challenger
@@ -101,22 +112,48 @@ def test_register_versions_aliases_lineage_and_card(store, tiny_model_dir, param
     assert float(versions["1"].tags["promotion.p_value"]) > 0.05
     assert "0.5250 vs champion 0.5000" in versions["1"].tags["promotion.reason"]
     assert versions["2"].tags["lineage.parent"] == "1" and versions["0"].tags["lineage.parent"] == "base"
-    assert "lineage.git_commit" in versions["2"].tags
+    assert "lineage.parent" not in versions["base"].tags and "lineage.git_commit" in versions["2"].tags
+    assert versions["2"].tags["lineage.dvc.out.models/round-2"] == "r2.dir"
+    assert versions["2"].tags["lineage.dvc.dep.data/round-2/pairs.jsonl"] == "p2"
     card = client.get_model_version("tutor", versions["2"].version).description
-    assert card.startswith("# tutor v4: preference round 2") and "round 1" in card and "McNemar" in card
+    assert card.startswith("# tutor v4: preference round 2") and "McNemar" in card
+    # the card's params are the ones dvc.lock says each stage of the chain ran with
+    used = json.loads(card.split("## Parameters of every stage that made it")[1].split("```json")[1].split("```")[0])
+    assert list(used) == ["base_model", "sft", "practice@1", "dpo@1", "practice@2", "dpo@2"]
+    assert used["dpo@2"]["rounds.2.dpo"] == {"beta": 0.2}
     assert json.loads((store / "registry/2.json").read_text())["alias"] == "champion"
 
 
-def test_other_protocol_is_not_paired(store, tiny_model_dir, params_factory):
-    params = params_factory()
+def test_new_protocol_or_test_set_starts_a_champion_scope_instead_of_freezing(store, tiny_model_dir, params_factory):
+    """Verdicts from another protocol or other problems cannot be paired; promotion must still be
+    possible after such a change (it used to answer `challenger` for ever)."""
+    from mlflow import MlflowClient
+
+    params = params_factory(rounds=2)
     params = params.model_copy(update={"register_": params.register_.model_copy(update={"log_model": False})})
-    write_eval(store, "0", "0" * 20)
-    do_register(params, store, "0", tiny_model_dir)
-    write_eval(store, "1", "1" * 20)
-    m = json.loads((store / "metrics/1.json").read_text())
-    (store / "metrics/1.json").write_text(json.dumps({**m, "protocol": "fewshot-8"}))
-    record = do_register(params, store, "1", tiny_model_dir)
-    assert record["alias"] == "challenger" and "protocol" in record["reason"]
+    client = MlflowClient(tracking.tracking_uri())
+
+    def champion():
+        return client.get_model_version_by_alias("tutor", "champion").tags["round"]
+
+    write_eval(store, "base", "0" * 40, protocol="zero-shot")
+    assert do_register(params, store, "base", tiny_model_dir)["alias"] == "champion"
+    write_eval(store, "0", "1" * 10 + "0" * 30, protocol="fewshot-8")      # a new protocol
+    first = do_register(params, store, "0", tiny_model_dir)
+    assert first["alias"] == "champion" and "protocol fewshot-8" in first["reason"] and champion() == "0"
+    write_eval(store, "1", "1" * 30 + "0" * 10, protocol="fewshot-8")      # +20 under it: promoted
+    paired = do_register(params, store, "1", tiny_model_dir)
+    assert paired["alias"] == "champion" and paired["paired_n"] == 40 and paired["p_value"] < 1e-5
+    assert champion() == "1"
+    write_eval(store, "2", "1" * 40, protocol="fewshot-8", prefix="u")     # a regenerated test set
+    fresh = do_register(params, store, "2", tiny_model_dir)
+    assert fresh["alias"] == "champion" and fresh["previous_champion"] is None and fresh["scope"] != paired["scope"]
+    # back to the first protocol: its champion (base) is paired against, and is `champion` again
+    write_eval(store, "0", "11" + "0" * 38, protocol="zero-shot")
+    back = do_register(params, store, "0", tiny_model_dir)
+    assert back["alias"] == "challenger" and back["paired_n"] == 40 and champion() == "base"
+    scopes = {k: v for k, v in client.get_registered_model("tutor").aliases.items() if k.startswith("champion-")}
+    assert len(scopes) == 3
 
 
 def test_register_logs_a_loadable_transformers_model(store, tiny_model_dir, params_factory):

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from components import base_model, dpo, evaluate, feedback, generate, practice, sft
+from components import base_model, dedup, dpo, evaluate, feedback, generate, practice, sft, stats
 from components.data import DataError, read_jsonl, write_jsonl
 from components.modeling import chat_prompts, generate as gen, load
 from components.config import validate
@@ -57,7 +57,15 @@ def test_generate_splits_without_overlap(params_factory, workdir, tmp_path):
     assert all(r["provenance"]["params"]["suggest_edit_rounds"] == 2 for r in sets["sft"])
     assert paths == {"seed", "ama", "suggest-edit"}
     assert all(r["provenance"]["seed_id"] and r["provenance"]["model"] for v in sets.values() for r in v)
-    assert json.loads((workdir / "data" / "stats.json").read_text())["n_sft"] == 24
+    on_disk = json.loads((workdir / "data" / "stats.json").read_text())
+    assert on_disk["n_sft"] == 24 and counts["seconds"] > 0
+    # the cached output holds no timings or replay counts: a second run (journal replayed) writes
+    # byte-identical files, so DVC's hash of data/generated does not change
+    again = generate.run(params.generate, tmp_path / "again", cache_dir=tmp_path / "cache",
+                         run_stats=tmp_path / "run.json")
+    assert again["journal_replayed_seeds"] > 0 and json.loads((tmp_path / "run.json").read_text())["seconds"] > 0
+    for name in ("stats.json", *(f"{s}.jsonl" for s in generate.SPLITS)):
+        assert (tmp_path / "again" / name).read_bytes() == (workdir / "data" / name).read_bytes(), name
 
 
 def test_generate_drops_long_solutions(params_factory, tmp_path):
@@ -81,7 +89,7 @@ def test_generate_replays_its_journal_and_is_deterministic(params_factory, tmp_p
 
 
 def test_dedup_catches_exact_and_near_copies_but_not_template_mates():
-    d = generate.Dedup(0.8, same_answer=True)
+    d = dedup.Dedup(0.8, same_answer=True)
     base = "Tom buys 4 boxes of pencils. Each box has 12 pencils. Tom already had 7 pencils. How many now?"
     assert d.verdict(base, "55") is None
     assert d.verdict(base.upper().replace(".", " ."), "55") == "duplicate"
@@ -89,7 +97,7 @@ def test_dedup_catches_exact_and_near_copies_but_not_template_mates():
     # the same story asking for another quantity (AMA) is a different problem
     assert d.verdict(base.replace("How many now?", "How many pencils in the boxes?"), "48") is None
     assert d.verdict(base.replace("4", "6").replace("12", "9").replace("7", "3"), "57") is None
-    text_only = generate.Dedup(0.8)  # generate's setting: the same story is a near-copy whatever it asks
+    text_only = dedup.Dedup(0.8)  # generate's setting: the same story is a near-copy whatever it asks
     assert text_only.verdict(base, "55") is None
     assert text_only.verdict(base.replace("How many now?", "How many does he have?"), "48") == "near_duplicate"
 
@@ -173,7 +181,7 @@ def test_fresh_adapter_disabled_is_exactly_the_previous_round(params_factory, wo
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from components.sft import lora_config
+    from components.training import lora_config
 
     params = params_factory()
     prev, tok = load(workdir / "models/round-0")
@@ -209,20 +217,29 @@ def test_evaluate_writes_metrics_and_predictions(params_factory, workdir):
     params = params_factory()
     metrics = evaluate.run(params, workdir / "models/round-0", workdir / "data/test.jsonl",
                            workdir / "metrics/0.json", workdir / "eval/0")
+    from components.grading import grade
+
     on_disk = json.loads((workdir / "metrics/0.json").read_text())
-    assert on_disk["n"] == 8 and 0 <= on_disk["accuracy"] <= 1
-    assert on_disk["ci95_low"] <= on_disk["accuracy"] <= on_disk["ci95_high"]
-    assert set(on_disk["family"]) <= set(r["family"] for r in read_jsonl(workdir / "data/test.jsonl"))
+    assert on_disk == json.loads(json.dumps(metrics))
+    test = read_jsonl(workdir / "data/test.jsonl")
     preds = read_jsonl(workdir / "eval/0/predictions.jsonl")
-    assert len(preds) == 8 and {"id", "correct", "completion", "extracted"} <= set(preds[0])
-    if "gsm8k" in metrics:  # ../shared present
-        assert metrics["gsm8k"]["n"] == 4
+    assert [p["id"] for p in preds] == [r["id"] for r in test] and on_disk["n"] == 8
+    # the metrics are what the per-problem verdicts say, and each verdict is the grader's
+    for p, r in zip(preds, test):
+        g = grade(p["completion"], r["answer"])
+        assert (p["correct"], p["strict_correct"], p["extracted"]) == (g.correct, g.strict, g.extracted)
+    assert on_disk["correct"] == sum(p["correct"] for p in preds)
+    assert on_disk["accuracy"] == on_disk["correct"] / 8
+    assert on_disk["strict_accuracy"] == sum(p["strict_correct"] for p in preds) / 8 <= on_disk["accuracy"]
+    assert (on_disk["ci95_low"], on_disk["ci95_high"]) == stats.wilson(on_disk["correct"], 8)
+    fams = {r["family"] for r in test}
+    assert set(on_disk["family"]) == fams
+    # params point at ../shared's GSM8K file (limit 4): evaluated exactly when the file is there
+    from conftest import GSM8K_TRAIN
 
-
-def test_wilson_interval():
-    assert evaluate.wilson(0, 10)[0] == 0.0
-    lo, hi = evaluate.wilson(50, 100)
-    assert 0.40 < lo < 0.5 < hi < 0.60
+    assert ("gsm8k" in metrics) == GSM8K_TRAIN.exists()
+    if GSM8K_TRAIN.exists():
+        assert metrics["gsm8k"]["n"] == 4 and len(read_jsonl(workdir / "eval/0/gsm8k_predictions.jsonl")) == 4
 
 
 def test_bad_inputs_are_clear_errors(params_factory, tmp_path, workdir):

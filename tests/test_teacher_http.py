@@ -69,6 +69,45 @@ def test_wrong_key_fails_fast_without_revealing_it(tiny_model_dir, monkeypatch):
     assert KEY_ENV in str(err.value) and "401" in str(err.value) and canary not in str(err.value)
 
 
+def test_key_canary_never_reaches_config_errors_mlflow_or_teacher_errors(tiny_model_dir, tmp_path, monkeypatch):
+    """A key pasted into api_key_env, or carried in a base_url as user:token@, appears in no config
+    error, no teacher error and nothing MLflow stores (params, tags, dict and text artifacts)."""
+    from components import tracking
+    from components.config import ConfigError, validate
+    from components.teachers.llm import OpenAIChat, Sampling, TeacherError
+
+    canary = "sk-canary-userinfo-5e8a1d"
+    raw = tiny_params(tiny_model_dir)
+    raw["generate"]["teacher"]["api_key_env"] = canary
+    with pytest.raises(ConfigError) as err:
+        validate(raw)
+    assert "generate.teacher.api_key_env" in str(err.value) and canary not in str(err.value)
+    url = f"http://tutor:{canary}@127.0.0.1:9/v1"  # port 9: nothing listens, the call fails fast
+    raw["generate"]["teacher"].update(api_key_env=KEY_ENV, base_url=url)
+    params = validate(raw)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TUTORLOOP_TRACKING", "on")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(tracking.PARENT_ENV, raising=False)
+    with tracking.stage_run("generate", params.generate.model_dump()) as log:
+        log.tags({"teacher.url": url})
+        log.json({"teacher": params.generate.teacher.model_dump()}, "teacher.json")
+        log.text(f"teacher at {url}", "teacher.txt")
+    monkeypatch.setenv(KEY_ENV, "x")
+    with pytest.raises(TeacherError) as err:
+        OpenAIChat("tiny", url, KEY_ENV, timeout=2, max_retries=0)(MSG, Sampling())
+    assert "127.0.0.1:9" in str(err.value) and canary not in str(err.value)
+    stored = [f for f in tmp_path.rglob("*") if f.is_file()]
+    assert (tmp_path / "mlflow.db").exists() and any(f.name == "teacher.json" for f in stored)
+    leaks = [str(f.relative_to(tmp_path)) for f in stored if canary.encode() in f.read_bytes()]
+    assert not leaks, f"API key canary found in {leaks}"
+    # the redacted params are still there: the host and path, not the credentials
+    from mlflow import MlflowClient
+
+    run = MlflowClient(tracking.tracking_uri()).search_runs([tracking.ensure_store()])[0]
+    assert run.data.params["teacher.base_url"] == "http://***@127.0.0.1:9/v1"
+
+
 def test_bad_request_fails_fast(server, monkeypatch):
     from components.teachers.llm import OpenAIChat, Sampling, TeacherError
 
@@ -192,7 +231,9 @@ def test_kill_at_half_then_resume_loses_and_duplicates_nothing(tiny_model_dir, t
         calls_after = server.requests - before - calls_before_kill
 
     out = project / "data" / "generated"
-    stats = json.loads((out / "stats.json").read_text())
+    stats = {**json.loads((out / "stats.json").read_text()),
+             **json.loads((project / "data" / "generate_run.json").read_text())}
+    assert "calls/sent" not in json.loads((out / "stats.json").read_text())  # the cached output is run-independent
     for split in ("test", "practice", "sft"):
         got, want = read_jsonl(out / f"{split}.jsonl"), read_jsonl(tmp_path / "ref" / f"{split}.jsonl")
         ids = [r["id"] for r in got]
@@ -246,8 +287,9 @@ def test_local_transformers_teacher_runs_the_agents_batched(tiny_model_dir, tmp_
 
 
 def test_llm_judge_over_http_is_cached_and_counts_unreadable_verdicts(server, monkeypatch, tmp_path):
-    """The judge goes through the same backend and cache as the teacher; a reply that is not the
-    JSON verdict (a tiny random model's) changes nothing and is counted."""
+    """The judge goes through the same backend and cache as the teacher. double_check: where the
+    grader read an answer its verdict stands and a disagreeing judge is counted; where it read none
+    the judge decides; a reply that is not the JSON verdict changes nothing and is counted."""
     from components.config import Judge
     from components.feedback import judge, llm_judge
 
@@ -256,15 +298,16 @@ def test_llm_judge_over_http_is_cached_and_counts_unreadable_verdicts(server, mo
     samples = [{"problem_id": "a", "sample": i, "completion": c} for i, c in enumerate(["#### 4", "#### 5", "??"])]
     cfg = Judge(mode="double_check", model="tiny", base_url=server.url, api_key_env=KEY_ENV, concurrency=2,
                 cache_dir=str(tmp_path))
+    verdicts = {"#### 4": '{"correct": true}', "#### 5": 'Sure! {"correct": true}', "??": '{"correct": true}'}
+    server.script = lambda req: verdicts[req["messages"][-1]["content"].rsplit("Student solution:\n", 1)[1]]
     rows = judge(probs, samples)
     stats = llm_judge(rows, probs, cfg)
-    assert stats["judge_calls"] == 3 and stats["judge_unparsed"] + stats["judge_decided"] <= 3
-    assert [r["correct"] for r in rows][:2] == [True, False]
-    assert server.completions == 3
-    import sqlite3
-
-    cached = sqlite3.connect(tmp_path / "calls.sqlite").execute("SELECT COUNT(*) FROM calls").fetchone()[0]
-    llm_judge(judge(probs, samples), probs, cfg)
-    # every non-empty reply came from the cache; empty ones (a tiny random model writes some) are
-    # never cached, so only those are asked again
-    assert server.completions == 3 + (3 - cached)
+    assert stats == {"judge_calls": 3, "judge_decided": 1, "judge_unparsed": 0, "judge_disagreement_rate": 0.5}
+    assert [r["correct"] for r in rows] == [True, False, True]  # "#### 5" stays wrong; "??" the judge decides
+    assert [r["judge"] for r in rows] == [True, True, True] and server.completions == 3
+    again = judge(probs, samples)
+    assert llm_judge(again, probs, cfg) == stats and server.completions == 3  # every verdict from the cache
+    verdicts["??"] = "I cannot tell."  # an unreadable verdict (fresh cache): nothing changes, it is counted
+    rows = judge(probs, samples)
+    stats = llm_judge(rows, probs, cfg.model_copy(update={"cache_dir": str(tmp_path / "fresh")}))
+    assert stats["judge_unparsed"] == 1 and stats["judge_decided"] == 0 and rows[2]["correct"] is False

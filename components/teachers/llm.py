@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from components.config import redact
+
 
 class TeacherError(RuntimeError):
     """The teacher cannot be used as configured (bad key, bad request, unreachable)."""
@@ -63,6 +65,7 @@ class OpenAIChat:
         import openai
 
         self.model, self.base_url, self.api_key_env = model, base_url or "https://api.openai.com/v1", api_key_env
+        self.shown_url = redact(self.base_url)  # what error messages show: no user:token@
         key = os.environ.get(api_key_env, "")
         if not key and not base_url:
             raise TeacherError(f"the teacher is api.openai.com but ${api_key_env} is not set")
@@ -80,22 +83,22 @@ class OpenAIChat:
                 max_tokens=sampling.max_tokens, seed=sampling.seed, **extra)
         except o.AuthenticationError:
             # never echo the server's message: some include a prefix of the key
-            raise TeacherError(f"{self.base_url} rejected the API key in ${self.api_key_env} (401): "
+            raise TeacherError(f"{self.shown_url} rejected the API key in ${self.api_key_env} (401): "
                                "set a valid key in that environment variable") from None
         except o.PermissionDeniedError:
-            raise TeacherError(f"{self.base_url} denied access to model {self.model!r} (403)") from None
+            raise TeacherError(f"{self.shown_url} denied access to model {self.model!r} (403)") from None
         except o.NotFoundError:
-            raise TeacherError(f"{self.base_url} has no model {self.model!r} (404): check generate.teacher.model "
+            raise TeacherError(f"{self.shown_url} has no model {self.model!r} (404): check generate.teacher.model "
                                "and base_url (it usually ends in /v1)") from None
         except o.BadRequestError as e:
-            raise TeacherError(f"{self.base_url} rejected the request (400): {getattr(e, 'message', e)}") from None
+            raise TeacherError(f"{self.shown_url} rejected the request (400): {getattr(e, 'message', e)}") from None
         except o.APITimeoutError:
-            raise TeacherError(f"{self.base_url} timed out on every try; raise generate.teacher.timeout "
+            raise TeacherError(f"{self.shown_url} timed out on every try; raise generate.teacher.timeout "
                                "or lower concurrency") from None
         except o.APIConnectionError:
-            raise TeacherError(f"cannot reach the teacher at {self.base_url} (retried); is the server up?") from None
+            raise TeacherError(f"cannot reach the teacher at {self.shown_url} (retried); is the server up?") from None
         except o.APIStatusError as e:
-            raise TeacherError(f"{self.base_url} kept failing with HTTP {e.status_code} after retries") from None
+            raise TeacherError(f"{self.shown_url} kept failing with HTTP {e.status_code} after retries") from None
         return reply.choices[0].message.content or ""
 
 

@@ -1,0 +1,44 @@
+"""Evaluation sets read by several stages: GSM8K, from a local jsonl or a `datasets` id.
+
+`decontaminate` (the n-gram gate), `evaluate` (accuracy) and `followup` (the gate on new
+problems) must read the same GSM8K problems, so the loader lives here, in a library module:
+a stage importing another stage would make DVC re-run it whenever the other one is edited.
+
+GSM8K format: ``question`` and ``answer`` whose last line is ``#### N``.
+
+    python -m components.evalsets        # count the GSM8K problems params.yaml configures
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from components.config import Gsm8k
+from components.data import read_jsonl
+
+
+def load_gsm8k(cfg: Gsm8k) -> list[dict] | None:
+    """GSM8K problems as {id, question, answer, solution}, or None when none is configured/present."""
+    if cfg.path:
+        if not Path(cfg.path).exists():
+            print(f"evaluate: GSM8K file {cfg.path} not found; skipping GSM8K", file=sys.stderr)
+            return None
+        rows = read_jsonl(cfg.path, required=("question", "answer"))
+    elif cfg.dataset:
+        from datasets import load_dataset
+
+        rows = list(load_dataset(cfg.dataset, cfg.subset or None, split=cfg.split))
+    else:
+        return None
+    if cfg.limit:
+        rows = rows[:cfg.limit]
+    return [{"id": f"gsm8k-{i}", "question": r["question"], "solution": r["answer"],
+             "answer": r["answer"].split("####")[-1].strip()} for i, r in enumerate(rows)]
+
+
+if __name__ == "__main__":
+    from components.config import load_params
+
+    problems = load_gsm8k(load_params().evaluate.gsm8k)
+    print("GSM8K problems:", 0 if problems is None else len(problems))

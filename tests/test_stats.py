@@ -1,0 +1,35 @@
+"""The statistics behind promotion and the reported intervals, pinned against scipy."""
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from components.stats import mcnemar_p, wilson
+
+scipy_stats = pytest.importorskip("scipy.stats")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 60), st.integers(0, 60))
+def test_mcnemar_is_scipys_exact_one_sided_binomial_test(b, c):
+    want = 1.0 if b + c == 0 else scipy_stats.binomtest(c, b + c, 0.5, alternative="greater").pvalue
+    assert mcnemar_p(b, c) == pytest.approx(want, rel=1e-9, abs=1e-15)
+
+
+def test_mcnemar_known_values():
+    assert mcnemar_p(0, 5) == 1 / 32 and mcnemar_p(2, 8) == 56 / 1024 and mcnemar_p(5, 5) == 638 / 1024
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 500).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))))
+def test_wilson_is_scipys_wilson_interval(kn):
+    k, n = kn
+    z = scipy_stats.norm.ppf(0.975)
+    ci = scipy_stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    assert wilson(k, n, z=z) == pytest.approx((ci.low, ci.high), abs=1e-12)
+    assert wilson(k, n) == pytest.approx((ci.low, ci.high), abs=1e-4)  # z = 1.96, as reported
+
+
+def test_wilson_edges():
+    assert wilson(0, 0) == (0.0, 0.0)
+    lo, hi = wilson(0, 10)
+    assert lo == 0.0 and 0.25 < hi < 0.35  # no zero-width interval at 0%, unlike Wald
