@@ -94,6 +94,7 @@ class Teacher(Section):
     json_mode: bool = Field(True, description="ask the server for JSON (response_format) where an agent expects JSON")
     verify: bool = Field(True, description="solve each new problem twice (independent samples); drop it if the answers disagree")
     batch_size: int = Field(8, gt=0, description="transformers: prompts generated together")
+    calculator: bool = Field(False, description="transformers: the engine computes every `<<expr=` the teacher writes")
     dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="transformers: inference dtype")
 
 
@@ -178,10 +179,11 @@ class Round(Section):
 
 
 class Practice(Section):
-    batch_size: int = Field(32, gt=0, description="prompts per generate() call (each expands to K sequences)")
+    batch_size: int = Field(128, gt=0, description="sequences decoded together by the engine (each prompt takes K of them; finished ones are refilled)")
     max_new_tokens: int = Field(256, gt=0, description="tokens sampled per solution at most")
     dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="inference dtype (bf16 ~1.75x fp32 on CPU)")
     limit: int = Field(0, ge=0, description="practise on the first N problems only; 0 = all")
+    calculator: bool = Field(False, description="the engine computes every `<<expr=` the student writes and writes `value>>` for it (components/calculator.py)")
 
 
 class Judge(Section):
@@ -208,6 +210,7 @@ class Feedback(Section):
     judge: Judge = Field(default_factory=Judge, description="optional LLM judge beside the deterministic one")
     labels: Literal["strict", "lenient"] = Field("strict", description="strict = a sample is correct only if it states its answer with a marker (#### N, \\boxed{N}, 'The answer is N'); lenient also accepts the last number written")
     max_pairs_per_problem: int = Field(4, gt=0, description="cap on positives x negatives pairs from one problem")
+    max_pairs: int = Field(0, ge=0, description="cap on the round's pairs (DPO time grows with them); student-chosen pairs kept first; 0 = no cap")
     borrowed_negatives: int = Field(4, ge=0, description="problems with no wrong sample borrow one negative from each of this many others (Orca-Math: 4)")
     seed: int = Field(0, description="seed for choosing pairs and borrowed negatives")
 
@@ -230,13 +233,14 @@ class Gsm8k(Section):
 
 
 class Evaluate(Section):
-    batch_size: int = Field(32, gt=0, description="prompts per generate() call")
+    batch_size: int = Field(128, gt=0, description="sequences decoded together by the engine (greedy: one per problem; maj@k: k per problem)")
     max_new_tokens: int = Field(256, gt=0, description="greedy tokens per solution at most")
     dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="inference dtype")
     limit: int = Field(0, ge=0, description="evaluate on the first N held-out problems; 0 = all")
     fewshot: int = Field(0, ge=0, description="worked examples (from the SFT set) shown before each problem; 0 = zero-shot")
     maj_k: int = Field(0, ge=0, description="also sample k solutions per problem and score the majority answer (maj@k); 0 = off")
     maj_temperature: float = Field(0.7, gt=0, description="sampling temperature for maj@k")
+    calculator: bool = Field(False, description="the engine computes every `<<expr=` the model writes (part of the evaluation protocol)")
     gsm8k: Gsm8k = Field(default_factory=Gsm8k, description="optional real GSM8K evaluation")
 
 

@@ -83,7 +83,8 @@ def warp(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor
     sp, si = probs.sort(dim=-1, descending=True)
     drop = (sp.cumsum(-1) - sp) >= top_p
     drop[..., 0] = False
-    return torch.zeros_like(probs).scatter_(-1, si, sp.masked_fill(drop, 0.0))
+    kept = torch.zeros_like(probs).scatter_(-1, si, sp.masked_fill(drop, 0.0))
+    return kept / kept.sum(-1, keepdim=True)
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Stage `evaluate@<checkpoint>`: greedy pass@1 on the held-out set (and GSM8K when configured).
 
-Batched greedy decoding with the same chat prompt as training, graded by `grading.grade` (the
+Greedy decoding through the engine (components/engine.py; calculator optional) with the same chat prompt as training, graded by `grading.grade` (the
 function feedback uses). Writes metrics/<checkpoint>.json (DVC metrics: accuracy with a 95%
 Wilson interval, strict accuracy (answer stated with a marker), per-family accuracy, GSM8K
 accuracy, tokens/s) and eval/<checkpoint>/ with
@@ -26,7 +26,8 @@ from components.config import Params, load_params
 from components.data import DataError, read_jsonl, write_json, write_jsonl
 from components.evalsets import load_gsm8k
 from components.grading import grade
-from components.modeling import chat_prompts, generate, load, pick_device, setup_runtime
+from components.engine import generate
+from components.modeling import chat_prompts, load, pick_device, setup_runtime
 from components.stats import wilson
 
 
@@ -42,7 +43,7 @@ def score(model, tok, params: Params, problems: list[dict], desc: str,
     prompts = chat_prompts(tok, [p["question"] for p in problems], params.prompt.system,
                            params.prompt.template, shots)
     gen = generate(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                   desc=desc)
+                   calculator=cfg.calculator, desc=desc)
     preds = []
     for p, texts in zip(problems, gen.texts):
         g = grade(texts[0], p["answer"])
@@ -55,11 +56,12 @@ def score(model, tok, params: Params, problems: list[dict], desc: str,
     stats = {"accuracy": correct / len(preds), "strict_accuracy": sum(x["strict_correct"] for x in preds) / len(preds),
              "correct": correct, "n": len(preds), "ci95_low": low,
              "ci95_high": high, "tokens_per_second": gen.tokens_per_second, "seconds": gen.seconds,
+             "calculator_calls": gen.calculator_calls,
              "unparsed_rate": sum(x["extracted"] is None for x in preds) / len(preds)}
     if cfg.maj_k:
         sampled = generate(model, tok, prompts, num_return_sequences=cfg.maj_k, do_sample=True,
                            temperature=cfg.maj_temperature, top_p=1.0, max_new_tokens=cfg.max_new_tokens,
-                           batch_size=max(1, cfg.batch_size // cfg.maj_k), desc=f"{desc} maj@{cfg.maj_k}")
+                           batch_size=cfg.batch_size, calculator=cfg.calculator, desc=f"{desc} maj@{cfg.maj_k}")
         for x, p, texts in zip(preds, problems, sampled.texts):
             vote = majority([grade(t, p["answer"]).extracted for t in texts])
             x["majority"] = vote
@@ -94,6 +96,7 @@ def run(params: Params, model_dir: Path, test_file: Path, metrics_file: Path, ou
         write_jsonl(out_dir / "gsm8k_predictions.jsonl", g_preds)
         metrics["gsm8k"] = g_stats
     metrics["protocol"] = protocol(params)
+    metrics["calculator"] = cfg.calculator
     write_json(metrics, metrics_file)
     return metrics
 
@@ -114,6 +117,8 @@ def protocol(params: Params) -> str:
     cfg = params.evaluate
     key = {"prompt": params.prompt.model_dump(), "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype,
            "limit": cfg.limit, "fewshot": cfg.fewshot}
+    if cfg.calculator:  # only when on, so calculator-free protocols keep their earlier fingerprint
+        key["calculator"] = True
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -10,7 +10,9 @@ Pairs, per problem (Orca-Math §4):
 - negatives = the student's wrong samples; a problem with none borrows one negative from each of
   `borrowed_negatives` other problems (seeded choice);
 - pairs = positives x negatives (duplicated texts folded), at most `max_pairs_per_problem`
-  (a seeded sample of the product).
+  (a seeded sample of the product), and at most `max_pairs` in the round: student-chosen pairs
+  are kept first, so a larger practice set buys more of the student's own positives rather than
+  more DPO minutes. The student-/teacher-chosen ratio is logged.
 
 Unpaired (KTO): the same table as desirable (positives) and undesirable (negatives, borrowed
 ones included) examples, each text once per problem — unpaired.jsonl.
@@ -133,6 +135,15 @@ def build_pairs(problems: list[dict], feedback: list[dict], cfg: Feedback) -> tu
         for (chosen, c_src), (rejected, r_src) in product:
             pairs.append({"problem_id": pid, "question": p["question"], "chosen": chosen,
                           "rejected": rejected, "chosen_source": c_src, "rejected_source": r_src})
+    capped_from = len(pairs)
+    if cfg.max_pairs and len(pairs) > cfg.max_pairs:
+        # The round's training budget: student-chosen pairs first (Orca-Math: the student's own
+        # correct answers as positives are worth ~2 points), then teacher-chosen ones, seeded.
+        student = [i for i, x in enumerate(pairs) if x["chosen_source"] == "student"]
+        teacher = [i for i, x in enumerate(pairs) if x["chosen_source"] != "student"]
+        keep = rng.sample(student, min(len(student), cfg.max_pairs))
+        keep += rng.sample(teacher, cfg.max_pairs - len(keep))
+        pairs = [pairs[i] for i in sorted(keep)]
     n = len(feedback)
     correct = sum(r["correct"] for r in feedback)
     solved_any = sum(1 for p in problems if pos[p["id"]])
@@ -142,8 +153,11 @@ def build_pairs(problems: list[dict], feedback: list[dict], cfg: Feedback) -> tu
         "problems": len(problems), "problems_all_correct": all_correct,
         "problems_all_wrong": len(problems) - solved_any,
         "pairs": len(pairs), "negatives_borrowed": borrowed,
+        "pairs_before_cap": capped_from,
         "pairs_teacher_chosen": sum(x["chosen_source"] == "teacher" for x in pairs),
+        "pairs_student_chosen": sum(x["chosen_source"] == "student" for x in pairs),
     }
+    stats["student_to_teacher_chosen"] = stats["pairs_student_chosen"] / max(1, stats["pairs_teacher_chosen"])
     return pairs, stats
 
 

@@ -1,7 +1,8 @@
 """Stage `practice@r`: the round r-1 student samples K solutions per practice problem.
 
-Orca-Math's settings by default (K=4, temperature 0.7, top_p 0.95), batched (each batch asks for
-K sequences per prompt at once) and seeded, so a round re-run gives the same samples. Output:
+Orca-Math's settings by default (K=4, temperature 0.7, top_p 0.95), through the generation engine
+(components/engine.py: one prompt pass per problem, continuous batching, optional calculator) and
+seeded, so a round re-run gives the same samples. Output:
 one row per sample ``{problem_id, sample, completion}`` in data/round-r/samples.jsonl.
 
     python -m components.practice 1 models/round-0 data/generated/practice.jsonl data/round-1
@@ -15,7 +16,8 @@ from pathlib import Path
 from components import tracking
 from components.config import Params, load_params
 from components.data import read_jsonl, write_json, write_jsonl
-from components.modeling import chat_prompts, generate, load, pick_device, setup_runtime
+from components.engine import generate
+from components.modeling import chat_prompts, load, pick_device, setup_runtime
 
 
 def run(params: Params, round_key: str, model_dir: Path, problems_file: Path, out: Path) -> dict:
@@ -29,12 +31,14 @@ def run(params: Params, round_key: str, model_dir: Path, problems_file: Path, ou
                            params.prompt.template)
     gen = generate(model, tok, prompts, num_return_sequences=rcfg.samples, do_sample=True,
                    temperature=rcfg.temperature, top_p=rcfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                   batch_size=cfg.batch_size, seed=rcfg.seed, desc=f"practice@{round_key}")
+                   batch_size=cfg.batch_size, seed=rcfg.seed, calculator=cfg.calculator,
+                   desc=f"practice@{round_key}")
     rows = [{"problem_id": p["id"], "sample": k, "completion": text}
             for p, texts in zip(problems, gen.texts) for k, text in enumerate(texts)]
     write_jsonl(out / "samples.jsonl", rows)
     metrics = {"problems": len(problems), "samples": len(rows), "new_tokens": gen.new_tokens,
-               "tokens_per_second": gen.tokens_per_second, "seconds": gen.seconds}
+               "tokens_per_second": gen.tokens_per_second, "seconds": gen.seconds,
+               "calculator": cfg.calculator, "calculator_calls": gen.calculator_calls}
     write_json(metrics, out / "practice_metrics.json")  # a DVC metric beside MLflow's copy
     return metrics
 

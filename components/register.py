@@ -224,6 +224,8 @@ def model_card(name: str, version: str, checkpoint: str, metrics: dict, alias: s
     lines = [f"# {name} v{version}: {label}", "",
              f"**Promotion:** `{alias}` — {reason}", "",
              "## Evaluation (greedy pass@1)", "",
+             "Calculator: " + ("**on** (the engine computed every `<<expr=` the model opened)"
+                               if metrics.get("calculator") else "off (the model's own arithmetic)"), "",
              "| set | accuracy | 95% CI | n |", "| --- | --- | --- | --- |",
              f"| held-out synthetic | {metrics['accuracy']:.1%} | {metrics['ci95_low']:.1%}–{metrics['ci95_high']:.1%} | {metrics['n']} |"]
     if "gsm8k" in metrics:

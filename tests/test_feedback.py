@@ -66,6 +66,22 @@ def test_cap_and_duplicates():
     assert capped == again  # seeded
 
 
+def test_round_cap_keeps_student_chosen_pairs_first():
+    probs = [problem(x) for x in "abcd"]
+    table = [fb("a", "right a", True), fb("a", "wrong a", False)]     # 1 student-chosen + 1 teacher
+    for other in "bcd":                                               # 4 teacher-chosen each
+        table += [fb(other, f"wrong {other} {k}", False) for k in range(4)]
+    full, stats = build_pairs(probs, table, CFG)
+    assert stats["pairs"] == 14 and stats["pairs_student_chosen"] == 1
+    capped, stats = build_pairs(probs, table, Feedback(max_pairs_per_problem=100, max_pairs=5, seed=0))
+    assert len(capped) == 5 and stats["pairs_before_cap"] == 14
+    assert [p["chosen"] for p in capped].count("right a") == 1       # the student's own positive survives
+    assert stats["pairs_student_chosen"] == 1 and stats["pairs_teacher_chosen"] == 4
+    assert stats["student_to_teacher_chosen"] == 0.25
+    assert all(p in full for p in capped)                              # a subset, in the original order
+    assert capped == sorted(capped, key=full.index)
+
+
 def test_judge_uses_the_shared_grader():
     rows = judge([problem("a", "12")], [{"problem_id": "a", "sample": 0, "completion": "so #### 12"},
                                         {"problem_id": "a", "sample": 1, "completion": "The answer is 13."}])

@@ -12,41 +12,17 @@ says something its arithmetic does not support is caught.
 
 from __future__ import annotations
 
-import ast
 import re
 from fractions import Fraction
+
+# One safe evaluator for the teacher and the student's calculator (components/calculator.py).
+from components.calculator import evaluate  # noqa: F401  (re-exported: tests and teachers use arith.evaluate)
 
 _ANNOTATION = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
 
 
 class NotRepresentable(ValueError):
     """A value with no short decimal form (e.g. 25/6): not something a GSM8K step writes."""
-
-
-def evaluate(expr: str) -> Fraction:
-    """Evaluate +, -, *, / and parentheses over integer/decimal literals, exactly."""
-    tree = ast.parse(expr.replace(",", ""), mode="eval")
-
-    def ev(node: ast.AST) -> Fraction:
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-            return Fraction(str(node.value))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -ev(node.operand)
-        if isinstance(node, ast.BinOp):
-            a, b = ev(node.left), ev(node.right)
-            if isinstance(node.op, ast.Add):
-                return a + b
-            if isinstance(node.op, ast.Sub):
-                return a - b
-            if isinstance(node.op, ast.Mult):
-                return a * b
-            if isinstance(node.op, ast.Div):
-                return a / b
-        raise ValueError(f"unsupported expression {expr!r}")
-
-    return ev(tree)
 
 
 def fmt(value: Fraction) -> str:

@@ -108,13 +108,13 @@ class TransformersChat:
     kind = "transformers"
 
     def __init__(self, model: str, batch_size: int = 8, dtype: str = "bfloat16", device: str = "auto",
-                 wait_s: float = 0.05) -> None:
+                 wait_s: float = 0.05, calculator: bool = False) -> None:
         from components import modeling
 
         self.model = model
         dev = modeling.pick_device(device)
         self._lm, self._tok = modeling.load(model, dtype=dtype, device=dev)
-        self._batch, self._wait = batch_size, wait_s
+        self._batch, self._wait, self._calculator = batch_size, wait_s, calculator
         self._queue: queue.Queue = queue.Queue()
         threading.Thread(target=self._worker, daemon=True, name="teacher-batcher").start()
 
@@ -124,7 +124,7 @@ class TransformersChat:
         return fut.result()
 
     def _worker(self) -> None:
-        from components import modeling
+        from components import engine
 
         while True:
             items = [self._queue.get()]
@@ -141,10 +141,10 @@ class TransformersChat:
                 try:
                     prompts = [self._tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
                                for m, _, _ in group]
-                    gen = modeling.generate(self._lm, self._tok, prompts, do_sample=s.temperature > 0,
-                                            temperature=s.temperature or 1.0, top_p=s.top_p,
-                                            max_new_tokens=s.max_tokens, batch_size=len(prompts), seed=s.seed,
-                                            desc="teacher")
+                    gen = engine.generate(self._lm, self._tok, prompts, do_sample=s.temperature > 0,
+                                          temperature=s.temperature or 1.0, top_p=s.top_p,
+                                          max_new_tokens=s.max_tokens, batch_size=len(prompts), seed=s.seed,
+                                          calculator=self._calculator, desc="teacher")
                     for (_, _, fut), text in zip(group, gen.texts):
                         fut.set_result(text[0] if isinstance(text, list) else text)
                 except Exception as e:  # noqa: BLE001 - handed to the waiting caller
@@ -211,15 +211,18 @@ class CachedChat:
 
 def make_chat(cfg, cache_dir: str | Path, device: str = "auto") -> CachedChat:
     """The configured backend (params.yaml generate.teacher), behind the disk cache."""
+    calc = cfg.kind == "transformers" and getattr(cfg, "calculator", False)
     if cfg.kind == "openai":
         def factory() -> Chat:
             return OpenAIChat(cfg.model, cfg.base_url, cfg.api_key_env, cfg.timeout, cfg.max_retries)
     elif cfg.kind == "transformers":
         def factory() -> Chat:
-            return TransformersChat(cfg.model, cfg.batch_size, cfg.dtype, device)
+            return TransformersChat(cfg.model, cfg.batch_size, cfg.dtype, device, calculator=calc)
     else:
         raise ValueError(f"teacher kind {cfg.kind!r} has no chat backend")
-    return CachedChat(factory, Path(cache_dir) / "calls.sqlite", kind=cfg.kind, model=cfg.model)
+    # The calculator changes a local model's replies: it is part of the cache key (via kind).
+    kind = cfg.kind + ("+calculator" if calc else "")
+    return CachedChat(factory, Path(cache_dir) / "calls.sqlite", kind=kind, model=cfg.model)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,184 @@
+"""The generation engine against HF `generate`, and the calculator, on tiny models built here.
+
+- greedy: token-for-token equal to HF `generate` (fp32), through refills, tail compaction and
+  the buffer shift (more prompts than rows, more steps than the buffer has columns);
+- sampling: the top-k-prefiltered nucleus equals HF's temperature + top-p warpers exactly, the
+  sampler's draws match that distribution (chi-square), and the engine's first tokens match HF
+  `generate`'s (two-sample chi-square); seeded re-runs are identical;
+- the calculator: hand-made traces (nested, bad expressions, division, commas, an annotation
+  never closed) and unsafe expressions refused; in the engine, a scripted model that writes a
+  wrong `<<5*16=72>>` gets `80>>` written for it.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+import torch
+
+from components import calculator, engine, modeling
+from components.teachers import ProceduralTeacher
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    modeling.setup_runtime(0)
+    return modeling.load(tiny_model_dir)
+
+
+def _prompts(tok, n: int, seed: int = 5) -> list[str]:
+    qs = [r["question"] for r in ProceduralTeacher().problems(n, seed=seed)]
+    return modeling.chat_prompts(tok, qs, "Solve.", "{question}")
+
+
+def test_greedy_equals_hf_generate_through_refills_compaction_and_shift(tiny):
+    model, tok = tiny
+    prompts = _prompts(tok, 24)
+    ref = modeling.generate(model, tok, prompts, max_new_tokens=48, batch_size=24)
+    # 4 rows for 24 prompts: ~24*48/4 = 288 steps, past the buffer's lmax + 2*48 + 64 columns.
+    lmax = max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    assert 24 * 48 // 4 > lmax + 2 * 48 + 64
+    out = engine.generate(model, tok, prompts, max_new_tokens=48, batch_size=4)
+    assert out.texts == ref.texts
+    assert out.new_tokens == ref.new_tokens
+    # K greedy samples of one prompt are all the same completion.
+    k3 = engine.generate(model, tok, prompts[:5], num_return_sequences=3, max_new_tokens=24, batch_size=9)
+    assert all(len(set(t)) == 1 for t in k3.texts)
+    assert [t[0] for t in k3.texts] == [t[0] for t in
+                                        engine.generate(model, tok, prompts[:5], max_new_tokens=24).texts]
+
+
+def test_nucleus_equals_hf_warpers():
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 500, generator=g) * torch.linspace(0.5, 8, 16)[:, None]
+    for temperature, top_p in [(0.7, 0.95), (1.0, 0.5), (0.3, 0.99)]:
+        hf = LogitsProcessorList([TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)])
+        want = torch.softmax(hf(None, logits.clone()), dim=-1)
+        assert torch.allclose(engine.warp(logits, temperature, top_p), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [6.0, 0.05])   # peaked (nucleus in the top 64) and flat (fallback)
+def test_sampler_draws_follow_the_nucleus(scale):
+    from scipy.stats import chisquare
+
+    g = torch.Generator().manual_seed(1)
+    row = torch.randn(1, 400, generator=g) * scale
+    probs = engine.warp(row, 0.7, 0.95)[0]
+    if scale < 1:
+        assert int((probs > 0).sum()) > engine.TOPK_PREFILTER   # exercises the full-sort fallback
+    n = 20000
+    draws = engine.sample(row.repeat(n, 1), 0.7, 0.95, torch.Generator().manual_seed(2))
+    counts = torch.bincount(draws, minlength=400).double()
+    assert counts[probs == 0].sum() == 0                        # never outside the nucleus
+    support = probs > 0
+    expected = probs[support].double() * n
+    big = expected >= 5                                         # chi-square needs >= 5 per cell
+    obs = torch.cat([counts[support][big], counts[support][~big].sum()[None]])
+    exp = torch.cat([expected[big], expected[~big].sum()[None]])
+    keep = exp > 0
+    exp = exp[keep] * obs[keep].sum() / exp[keep].sum()        # float32 probabilities: rescale to n
+    assert chisquare(obs[keep].numpy(), exp.numpy()).pvalue > 1e-3
+
+
+def test_sampling_matches_hf_generate_and_is_seeded(tiny):
+    from scipy.stats import chi2_contingency
+
+    model, tok = tiny
+    prompt = _prompts(tok, 1, seed=9)
+    n = 1200
+    kw = dict(num_return_sequences=n, do_sample=True, temperature=0.7, top_p=0.95, max_new_tokens=2)
+    hf = modeling.generate(model, tok, prompt, batch_size=1, seed=3, **kw)
+    ours = engine.generate(model, tok, prompt, batch_size=n, seed=3, **kw)
+    first = lambda g: [tok(t, add_special_tokens=False)["input_ids"][:1] for t in g.texts[0]]  # noqa: E731
+    a, b = [tuple(x) for x in first(hf)], [tuple(x) for x in first(ours)]
+    cats = sorted(set(a) | set(b))
+    table = [[a.count(c) for c in cats], [b.count(c) for c in cats]]
+    big = [i for i in range(len(cats)) if table[0][i] + table[1][i] >= 10]
+    rest = [sum(table[r][i] for i in range(len(cats)) if i not in big) for r in (0, 1)]
+    rows = [[table[r][i] for i in big] + ([rest[r]] if sum(rest) else []) for r in (0, 1)]
+    assert len(big) >= 3
+    assert chi2_contingency(rows).pvalue > 1e-3
+    again = engine.generate(model, tok, prompt, batch_size=n, seed=3, **kw)
+    other = engine.generate(model, tok, prompt, batch_size=n, seed=4, **kw)
+    assert again.texts == ours.texts and other.texts != ours.texts
+
+
+# --- the calculator -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("trace, written", [
+    ("She pays 5*16 = <<5*16=", "80>>"),
+    ("Total <<(3+4)*(2+(1+1))=", "28>>"),                  # nested parentheses
+    ("<<2*<<3+4=", "7>>"),                                 # a nested annotation: the innermost open one
+    ("Each gets <<10/4=", "2.5>>"),                        # division, exact decimal
+    ("A third <<10/3=", "3.3333>>"),                       # non-terminating: 4 places
+    ("<<1,200/3=", "400>>"),                               # thousands commas
+    ("<<$12.50*2=", "25>>"),
+    ("<<-3+5=", "2>>"),
+    ("<<5*16=80>> then 3 more", None),                     # closed already: nothing to write
+    ("<<5*16", None),                                      # never reaches '=' / never closes >>
+    ("x = 5*16 =", None),                                  # no annotation open
+    ("<<5/0=", None),                                      # division by zero
+    ("<<5 apples + 3=", None),                             # not arithmetic
+    ("<<(3+4=", None),                                     # unbalanced
+])
+def test_calculator_traces(trace, written):
+    assert calculator.complete(trace) == written
+
+
+@pytest.mark.parametrize("expr", [
+    "__import__('os').system('true')", "open('x')", "2**10", "9**9**9", "(lambda: 1)()", "a+1",
+    "1 if 1 else 2", "[1][0]", "().__class__", "1<2", "9" * 40, "10**30*10**30", "1" + "*99999999999" * 5,
+])
+def test_calculator_refuses_unsafe_or_huge(expr):
+    with pytest.raises(calculator.CalcError):
+        calculator.evaluate(expr)
+
+
+def test_calculator_is_exact():
+    assert calculator.evaluate("0.1+0.2") == Fraction(3, 10)
+    assert calculator.render(Fraction(3, 10)) == "0.3"
+    assert calculator.render(Fraction(72)) == "72"
+
+
+class Scripted(torch.nn.Module):
+    """A tiny Llama whose next token is forced to follow a script by completion position: it runs
+    the real forward (cache and masks exercised) and then overwrites the logits."""
+
+    def __init__(self, inner, script: list[int], prompt_len: int) -> None:
+        super().__init__()
+        self.inner, self.script, self.prompt_len = inner, script, prompt_len
+        self.config = inner.config
+
+    @property
+    def device(self):
+        return self.inner.device
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=True,
+                logits_to_keep=0):
+        out = self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         cache=cache, use_cache=use_cache, logits_to_keep=logits_to_keep)
+        step = (position_ids[:, -1] + 1 - self.prompt_len).clamp(0, len(self.script) - 1)
+        forced = torch.full_like(out.logits[:, -1], -1e4)
+        forced[torch.arange(len(step)), torch.tensor(self.script)[step]] = 1e4
+        out.logits[:, -1] = forced
+        return out
+
+
+def test_engine_calculator_overrides_wrong_arithmetic(tiny):
+    model, tok = tiny
+    prompt = _prompts(tok, 1, seed=11)
+    plen = len(tok(prompt[0], add_special_tokens=False)["input_ids"])
+    script = tok("He pays <<5*16=72>>72 dollars.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    scripted = Scripted(model, script, plen)
+    off = engine.generate(scripted, tok, prompt * 2, num_return_sequences=2, max_new_tokens=40)
+    on = engine.generate(scripted, tok, prompt * 2, num_return_sequences=2, max_new_tokens=40, calculator=True)
+    assert all(t == "He pays <<5*16=72>>72 dollars." for ts in off.texts for t in ts)
+    assert off.calculator_calls == 0
+    for ts in on.texts:
+        for t in ts:
+            assert t.startswith("He pays <<5*16=80>>"), t
+    assert on.calculator_calls == 4
+    assert on.forced_tokens == 4 * len(tok("80>>", add_special_tokens=False)["input_ids"])
