@@ -154,6 +154,7 @@ class Sft(Section):
     max_length: int = Field(512, gt=0, description="tokens per example (prompt + solution); longer ones are truncated")
     seed: int = Field(0, description="training seed (data order, adapter init)")
     logging_steps: int = Field(5, gt=0, description="log loss every N updates")
+    save_steps: int = Field(20, ge=0, description="checkpoint every N updates so a killed run resumes there (0 = never)")
 
 
 class PracticeRound(Section):
@@ -222,6 +223,7 @@ class Dpo(Section):
     max_length: int = Field(512, gt=0, description="tokens per prompt + completion")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of updates spent warming up")
     logging_steps: int = Field(5, gt=0, description="log loss and rewards every N updates")
+    save_steps: int = Field(20, ge=0, description="checkpoint every N updates so a killed run resumes there (0 = never)")
 
 
 class Gsm8k(Section):

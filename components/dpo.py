@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from components import tracking
 from components.config import Params, load_params
 from components.data import read_jsonl, write_json
 from components.modeling import load, merge_and_save, messages, pick_device, setup_runtime
-from components.training import lora_config, trainer_precision
+from components.training import checkpointing, last_checkpoint, lora_config, trainer_precision, work_dir
 
 
 def to_preference(rows: list[dict], params: Params) -> list[dict]:
@@ -77,13 +76,16 @@ def run(params: Params, round_key: str, prev_model: Path, round_dir: Path, out: 
             raise ValueError("rounds.%s.dpo.reference: 'sft' needs the SFT model path (--sft)" % round_key)
         ref_model, _ = load(sft_model, device=device)
         ref_model.eval().requires_grad_(False)
-    work = Path(tempfile.mkdtemp(prefix=f"{rcfg.method}-"))
+    data_file = round_dir / ("pairs.jsonl" if rcfg.method == "dpo" else "unpaired.jsonl")
+    work = work_dir(f"{rcfg.method}-{round_key}", cfg.model_dump(), rcfg.model_dump(), params.prompt.model_dump(),
+                    prev_model, data_file, sft_model if ref_model is not None else "")
+    resume = last_checkpoint(work)   # a killed earlier attempt of this very run
     common = dict(
         output_dir=str(work), beta=rcfg.beta, learning_rate=rcfg.learning_rate,
         num_train_epochs=rcfg.epochs, per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, warmup_steps=cfg.warmup_ratio,
         lr_scheduler_type="cosine", max_length=cfg.max_length, seed=rcfg.seed, data_seed=rcfg.seed,
-        logging_steps=cfg.logging_steps, save_strategy="no", report_to="none",
+        logging_steps=cfg.logging_steps, report_to="none", **checkpointing(cfg.save_steps),
         activation_checkpointing=False, dataset_num_proc=1, **trainer_precision(device))
     metrics: dict = {"method_kto": float(rcfg.method == "kto"), "reference_sft": float(ref_model is not None)}
     if rcfg.method == "dpo":
@@ -102,17 +104,16 @@ def run(params: Params, round_key: str, prev_model: Path, round_dir: Path, out: 
         args = Config(**common, desirable_weight=dw, undesirable_weight=uw)
         metrics.update(examples=len(rows), desirable=sum(r["label"] for r in rows), desirable_weight=dw,
                        undesirable_weight=uw)
-    try:
-        trainer = Trainer(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(data),
-                          processing_class=tok, peft_config=lora_config(cfg.lora),
-                          callbacks=[tracking.trainer_callback(log)])
-        start = time.perf_counter()
-        result = trainer.train()
-        seconds = time.perf_counter() - start
-        history = trainer.state.log_history
-        merge_and_save(trainer.model, tok, out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    trainer = Trainer(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(data),
+                      processing_class=tok, peft_config=lora_config(cfg.lora),
+                      callbacks=[tracking.trainer_callback(log)])
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - start
+    history = trainer.state.log_history
+    merge_and_save(trainer.model, tok, out)
+    shutil.rmtree(work, ignore_errors=True)   # kept on failure: the next attempt resumes from it
+    metrics["resumed_from_step"] = int(resume.rsplit("-", 1)[1]) if resume else 0
     metrics.update(train_loss=result.training_loss, train_seconds=seconds,
                    examples_per_second=len(rows) * rcfg.epochs / seconds)
     for key, name in (("rewards/accuracies", "reward_accuracy"), ("rewards/margins", "reward_margin"),

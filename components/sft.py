@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from components import tracking
 from components.config import Params, load_params
 from components.data import read_jsonl
 from components.modeling import load, merge_and_save, messages, pick_device, setup_runtime
-from components.training import lora_config, trainer_precision
+from components.training import checkpointing, last_checkpoint, lora_config, trainer_precision, work_dir
 
 
 def make_sft_trainer_class():
@@ -60,30 +59,31 @@ def build_trainer(params: Params, model, tok, rows: list[dict], work: Path, call
         output_dir=str(work), learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         warmup_steps=cfg.warmup_ratio, lr_scheduler_type="cosine", max_length=cfg.max_length,
-        seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps, save_strategy="no",
-        report_to="none", activation_checkpointing=False,  # ~25% faster; activations fit easily
+        seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps,
+        report_to="none", **checkpointing(cfg.save_steps), activation_checkpointing=False,  # ~25% faster; activations fit easily
         completion_only_loss=True, dataset_num_proc=1, **trainer_precision(model.device))
     return make_sft_trainer_class()(
         model=model, args=args, train_dataset=Dataset.from_list(to_conversations(rows, params)),
         processing_class=tok, peft_config=lora_config(cfg.lora), callbacks=list(callbacks))
 
 
-def run(params: Params, base: Path, train_file: Path, out: Path, log: tracking.StageLog) -> dict:
+def run(params: Params, base: Path, train_file: Path, out: Path, log: tracking.StageLog,
+        callbacks=()) -> dict:
     rows = read_jsonl(train_file, required=("question", "solution"))
     setup_runtime(params.runtime.threads)
     model, tok = load(base, device=pick_device(params.runtime.device))
-    work = Path(tempfile.mkdtemp(prefix="sft-"))
-    try:
-        trainer = build_trainer(params, model, tok, rows, work, [tracking.trainer_callback(log)])
-        start = time.perf_counter()
-        result = trainer.train()
-        seconds = time.perf_counter() - start
-        tokens = sum(len(x) for x in trainer.train_dataset["input_ids"]) * params.sft.epochs
-        merge_and_save(trainer.model, tok, out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    work = work_dir("sft", params.sft.model_dump(), params.prompt.model_dump(), base, train_file)
+    resume = last_checkpoint(work)   # a killed earlier attempt of this very run
+    trainer = build_trainer(params, model, tok, rows, work, [tracking.trainer_callback(log), *callbacks])
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(x) for x in trainer.train_dataset["input_ids"]) * params.sft.epochs
+    merge_and_save(trainer.model, tok, out)
+    shutil.rmtree(work, ignore_errors=True)   # kept on failure: the next attempt resumes from it
     return {"train_loss": result.training_loss, "train_seconds": seconds,
-            "train_tokens_per_second": tokens / seconds, "examples": len(rows)}
+            "train_tokens_per_second": tokens / seconds, "examples": len(rows),
+            "resumed_from_step": int(resume.rsplit("-", 1)[1]) if resume else 0}
 
 
 def main() -> None:

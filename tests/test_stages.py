@@ -133,6 +133,40 @@ def test_sft_trains_only_on_the_solution_and_saves_a_plain_checkpoint(params_fac
     assert changed
 
 
+def test_killed_sft_resumes_from_its_last_checkpoint(params_factory, workdir, tmp_path, monkeypatch):
+    """A run killed after its 2nd update resumes at step 2 and ends where an unkilled run ends."""
+    from transformers import TrainerCallback
+
+    monkeypatch.setenv("TUTORLOOP_TRAIN_DIR", str(tmp_path / "train"))
+    raw_sft = dict(params_factory().sft.model_dump(), save_steps=1)
+    params = params_factory(sft=raw_sft)
+
+    class Kill(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.global_step == 2:
+                raise KeyboardInterrupt("killed")   # after checkpoint-2 is on disk
+
+    base, data = workdir / "models/base", workdir / "data/sft.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        sft.run(params, base, data, tmp_path / "killed", StageLog(None), callbacks=[Kill()])
+    left = list((tmp_path / "train").glob("sft-*/checkpoint-*"))
+    assert [p.name for p in left] == ["checkpoint-2"]
+    resumed = sft.run(params, base, data, tmp_path / "resumed", StageLog(None))
+    assert resumed["resumed_from_step"] == 2
+    assert not list((tmp_path / "train").glob("sft-*"))         # cleaned up after success
+    fresh = sft.run(params, base, data, tmp_path / "fresh", StageLog(None))
+    assert fresh["resumed_from_step"] == 0
+    a, _ = load(tmp_path / "resumed")
+    b, _ = load(tmp_path / "fresh")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(p, q, atol=1e-5), name
+    # another knob is another run: never resumed from this one's checkpoints
+    other = params_factory(sft=dict(raw_sft, learning_rate=raw_sft["learning_rate"] / 2))
+    from components.training import work_dir
+    assert work_dir("sft", other.sft.model_dump(), other.prompt.model_dump(), base, data) != \
+        work_dir("sft", params.sft.model_dump(), params.prompt.model_dump(), base, data)
+
+
 def test_sft_completion_only_labels(params_factory, workdir, tmp_path):
     """The stage's own trainer masks the prompt: exactly the solution (and its end token) carry loss."""
     params = params_factory()
