@@ -80,7 +80,7 @@ class BaseModelCfg(Section):
 
 
 class Teacher(Section):
-    kind: Literal["procedural", "openai", "transformers"] = Field("procedural", description="procedural = the embedded offline teacher; openai = any OpenAI-compatible chat server; transformers = a local model")
+    kind: Literal["procedural", "dataset", "openai", "transformers"] = Field("procedural", description="procedural = the embedded offline teacher; dataset = labelled seed problems (jsonl/dataset) pass through as the teacher's solutions, no agents; openai = any OpenAI-compatible chat server; transformers = a local model")
     model: str = Field("", description="openai: the server's model name; transformers: a local HF checkpoint dir")
     base_url: str = Field("", description="openai: server URL, e.g. http://localhost:8000/v1 (vLLM), http://localhost:11434/v1 (Ollama); empty = api.openai.com")
     api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="NAME of the environment variable holding the API key (the key itself never goes in params)")
@@ -128,6 +128,7 @@ class Generate(Section):
     families: list[str] = Field(default_factory=list, description="procedural seed families to draw from; empty = all")
     max_answer_chars: int = Field(1800, gt=0, description="solutions longer than this are dropped (Orca-Math: 1,800)")
     near_dup: float = Field(0.8, gt=0, le=1, description="drop a problem whose word-3-gram Jaccard with a kept one is at least this")
+    procedural_share: float = Field(0.0, ge=0, lt=1, description="with a dataset/LLM teacher: this share of the sft and practice sets comes from the embedded procedural teacher and its agents instead (the test set never mixes)")
     cache_dir: str = Field(".tutorloop-cache", description="teacher-call cache and resume journals (outside DVC outputs, so dvc repro --force re-pays nothing)")
 
 
@@ -169,6 +170,7 @@ class DpoRound(Section):
     reference: Literal["prev", "sft"] = Field("prev", description="reference model: prev = the round r-1 model the policy starts from (adapter disabled); sft = models/round-0")
     beta: float = Field(0.1, gt=0, description="beta of the DPO/KTO loss (strength of the pull toward the reference)")
     learning_rate: float = Field(gt=0, description="peak learning rate")
+    sft_weight: float = Field(0.0, ge=0, description="DPO only: weight of an SFT (NLL) term on the chosen solution beside the DPO loss (RPO, TRL loss_type [sigmoid, sft]); 0 = plain DPO")
     epochs: float = Field(1.0, gt=0, description="passes over the pairs")
     seed: int = Field(0, description="training seed")
 
@@ -291,6 +293,9 @@ def _cross_checks(raw: dict) -> list[str]:
         if prev != "0" and (prev not in rounds or not prev.isdigit() or int(prev) >= int(key)):
             problems.append(f"rounds.{key}.prev: {prev!r} -> must be '0' or an earlier round in rounds")
         dpo = rnd.get("dpo") if isinstance(rnd, dict) else None
+        if isinstance(dpo, dict) and dpo.get("method") == "kto" and dpo.get("sft_weight", 0):
+            problems.append(f"rounds.{key}.dpo.sft_weight: {dpo.get('sft_weight')!r} -> the SFT term is DPO's (RPO); "
+                            "KTO already weights desirable examples")
         if isinstance(dpo, dict) and dpo.get("method") == "kto":
             batch = ((raw.get("dpo") or {}).get("batch_size", 4)) if isinstance(raw.get("dpo"), dict) else 4
             if isinstance(batch, int) and batch < 2:
@@ -300,13 +305,19 @@ def _cross_checks(raw: dict) -> list[str]:
         teacher = gen.get("teacher") if isinstance(gen.get("teacher"), dict) else {}
         seeds = gen.get("seeds") if isinstance(gen.get("seeds"), dict) else {}
         kind, source = teacher.get("kind", "procedural"), seeds.get("source", "procedural")
+        if kind == "dataset" and source == "procedural":
+            problems.append("generate.seeds.source: 'procedural' -> the dataset teacher passes labelled problems "
+                            "through; give it seeds from jsonl or a dataset")
+        if kind == "procedural" and gen.get("procedural_share", 0):
+            problems.append(f"generate.procedural_share: {gen.get('procedural_share')!r} -> the teacher is already "
+                            "procedural; the share mixes procedural problems into a dataset/LLM teacher's data")
         if kind == "procedural" and source != "procedural":
             problems.append(f"generate.seeds.source: {source!r} -> the procedural teacher's agents work on its own "
                             "graphs; use an LLM teacher (openai/transformers) to expand text seeds")
-        if kind != "procedural" and teacher.get("verify", True) and teacher.get("temperature", 0.7) == 0:
+        if kind not in ("procedural", "dataset") and teacher.get("verify", True) and teacher.get("temperature", 0.7) == 0:
             problems.append("generate.teacher.verify: True -> two solves at temperature 0 always agree; "
                             "set temperature > 0 or verify: false")
-        if kind != "procedural" and not teacher.get("model"):
+        if kind not in ("procedural", "dataset") and not teacher.get("model"):
             problems.append(f"generate.teacher.model: {teacher.get('model', '')!r} -> required for teacher {kind!r}")
         if source == "jsonl" and not seeds.get("path"):
             problems.append("generate.seeds.path: '' -> required for seeds from jsonl")

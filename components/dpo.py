@@ -93,8 +93,12 @@ def run(params: Params, round_key: str, prev_model: Path, round_dir: Path, out: 
 
         rows = read_jsonl(round_dir / "pairs.jsonl", required=("question", "chosen", "rejected"))
         data = to_preference(rows, params)
-        args = Config(**common)
+        # RPO: the DPO loss plus an NLL term on the chosen side keeps the policy's likelihood of
+        # correct solutions from falling while the margin grows (a known DPO failure on math).
+        rpo = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, rcfg.sft_weight]) if rcfg.sft_weight else {}
+        args = Config(**common, **rpo)
         metrics["pairs"] = len(rows)
+        metrics["sft_weight"] = rcfg.sft_weight
     else:
         from trl import KTOConfig as Config, KTOTrainer as Trainer
 

@@ -78,7 +78,7 @@ class SeedSource:
         if self.procedural is not None:
             sid = self.procedural.seed_id(i, self.cfg.seed)
             seed = {"seed_id": sid, "family": sid.split(":")[0]}
-            if self.cfg.teacher.kind != "procedural":  # an LLM teacher expands the seed's text
+            if self.cfg.teacher.kind not in ("procedural", "dataset"):  # an LLM teacher expands the seed's text
                 seed["question"], seed["solution"], _ = ProceduralTeacher.graph(sid).render()
             return seed
         return self.rows[i] if i < len(self.rows) else None
@@ -140,6 +140,49 @@ class LLMExpander:
 
     def __call__(self, seed: dict, agents: bool) -> tuple[list[dict], Counter]:
         return self.agents.expand(seed, agents)
+
+
+class DatasetExpander:
+    """`teacher.kind: dataset`: each labelled seed (GSM8K format: a solution ending `#### N`)
+    passes through as the teacher's record, with the same filters and provenance as generated
+    ones. It invents no text, so the agents do not run (an LLM teacher expands such seeds)."""
+
+    concurrency = 1
+
+    def __init__(self, config: Generate) -> None:
+        self.cfg = config
+        s = config.seeds
+        self.source = s.dataset or Path(s.path).name
+        self.family = "gsm8k" if "gsm8k" in (s.dataset or s.path).lower() else Path(self.source).stem
+
+    def __call__(self, seed: dict, agents: bool) -> tuple[list[dict], Counter]:
+        from components.grading import marked_answer
+
+        solution = (seed.get("solution") or "").strip()
+        answer = marked_answer(solution) if "####" in solution else None
+        if answer is None:
+            return [], Counter(unparseable=1)
+        if len(solution) > self.cfg.max_answer_chars:
+            return [], Counter(too_long=1)
+        return [{"question": seed["question"].strip(), "solution": solution, "answer": answer,
+                 "family": self.family,
+                 "provenance": {"teacher": "dataset", "model": self.source, "seed_id": seed["seed_id"],
+                                "agent_path": "seed"}}], Counter()
+
+
+def make_expander(config: Generate, cache_dir: Path, device: str):
+    if config.teacher.kind == "procedural":
+        return ProceduralExpander(config)
+    if config.teacher.kind == "dataset":
+        return DatasetExpander(config)
+    return LLMExpander(config, cache_dir, device)
+
+
+def procedural_part(config: Generate) -> Generate:
+    """The config of the procedural share mixed into a dataset/LLM teacher's sft and practice sets."""
+    return config.model_copy(update={"teacher": config.teacher.model_copy(update={"kind": "procedural"}),
+                                     "seeds": config.seeds.model_copy(update={"source": "procedural"}),
+                                     "procedural_share": 0.0})
 
 
 # --- journal --------------------------------------------------------------------------------
@@ -205,71 +248,87 @@ def journal_key(config: Generate, seeds: "SeedSource") -> str:
 RUN_STATS = ("journal_repaired_bytes", "journal_replayed_seeds", "calls/cache_hits", "calls/sent")
 
 
+def _fill(split: str, n: int, config: Generate, seeds: SeedSource, expander, cursor: int, dedup: Dedup,
+          counts: Counter, cache_dir: Path, progress: bool) -> tuple[list[dict], int]:
+    """Take seeds from `cursor` on until `n` records of `split` pass the global filters; returns
+    (records, next cursor). Finished seeds come from (and go to) the split's journal."""
+    from tqdm.auto import tqdm
+
+    agents = split != "test" or config.agents.test_agents
+    journal = Journal(cache_dir / "journal" / f"{journal_key(config, seeds)}-{split}.jsonl")
+    counts["journal_repaired_bytes"] += journal.repaired
+    counts["journal_replayed_seeds"] += len(journal.done)
+    kept: list[dict] = []
+    bar = tqdm(total=n, desc=f"generate {split}", unit="problem", file=sys.stderr, disable=not progress)
+    chunk = max(8, expander.concurrency * 4)
+    i = cursor
+    while len(kept) < n:
+        todo = []
+        for j in range(i, i + chunk):
+            if j not in journal.done:
+                s = seeds(j)
+                if s is not None:
+                    todo.append((j, s))
+        _expand_all(expander, todo, agents, journal)
+        for j in range(i, i + chunk):
+            if j not in journal.done:
+                raise RuntimeError(f"{split}: the seed source ran out at seed {j} with {len(kept)} of "
+                                   f"{n} problems; add seeds or lower generate.n_{split}")
+            b = journal.done[j]
+            if b["seed_id"] != seeds(j)["seed_id"]:
+                raise RuntimeError(f"journal {journal.path} holds seed {b['seed_id']!r} at {j}, expected "
+                                   f"{seeds(j)['seed_id']!r}: delete it (it belongs to other seeds)")
+            counts.update({f"drop/{k}": v for k, v in b["drops"].items()})
+            counts["seeds"] += 1
+            for r in b["records"]:
+                why = dedup.verdict(r["question"], r["answer"])
+                if why:
+                    counts[f"drop/{why}"] += 1
+                    continue
+                r["id"] = f"{split}-{hashlib.sha1(normalise(r['question']).encode()).hexdigest()[:12]}"
+                kept.append(r)
+                bar.update(1)
+                if len(kept) == n:
+                    break
+            if len(kept) == n:
+                cursor = j + 1
+                break
+        else:
+            i += chunk
+    bar.close()
+    journal.close()
+    return kept, cursor
+
+
 def run(config: Generate, out: Path, cache_dir: Path | None = None, device: str = "auto",
         progress: bool = True, run_stats: Path | None = None) -> dict:
     """Write out/{sft,practice,test}.jsonl and out/stats.json (and run_stats); return all counts."""
-    from tqdm.auto import tqdm
-
     start = time.perf_counter()
     cache_dir = Path(cache_dir or config.cache_dir)
-    seeds = SeedSource(config)
-    expander = (ProceduralExpander(config) if config.teacher.kind == "procedural"
-                else LLMExpander(config, cache_dir, device))
-    key = journal_key(config, seeds)
-    dedup = Dedup(config.near_dup)
+    sources = [(config, SeedSource(config), make_expander(config, cache_dir, device))]
+    if config.procedural_share:   # a second stream: the embedded teacher's share of sft/practice
+        mixed = procedural_part(config)
+        sources.append((mixed, SeedSource(mixed), make_expander(mixed, cache_dir, device)))
+    dedup = Dedup(config.near_dup)   # one dedup across sources: a problem is kept once
     counts: Counter = Counter()
-    cursor = 0
+    cursors = [0] * len(sources)
     sizes = {"test": config.n_test, "practice": config.n_practice, "sft": config.n_sft}
     for split in SPLITS:
-        agents = split != "test" or config.agents.test_agents
-        journal = Journal(cache_dir / "journal" / f"{key}-{split}.jsonl")
-        counts["journal_repaired_bytes"] += journal.repaired
-        counts["journal_replayed_seeds"] += len(journal.done)
+        share = 0.0 if split == "test" else config.procedural_share
+        wanted = [sizes[split] - round(sizes[split] * share), round(sizes[split] * share)][:len(sources)]
         kept: list[dict] = []
-        bar = tqdm(total=sizes[split], desc=f"generate {split}", unit="problem", file=sys.stderr, disable=not progress)
-        chunk = max(8, expander.concurrency * 4)
-        i = cursor
-        while len(kept) < sizes[split]:
-            todo = []
-            for j in range(i, i + chunk):
-                if j not in journal.done:
-                    s = seeds(j)
-                    if s is not None:
-                        todo.append((j, s))
-            _expand_all(expander, todo, agents, journal)
-            for j in range(i, i + chunk):
-                if j not in journal.done:
-                    raise RuntimeError(f"{split}: the seed source ran out at seed {j} with {len(kept)} of "
-                                       f"{sizes[split]} problems; add seeds or lower generate.n_{split}")
-                b = journal.done[j]
-                if b["seed_id"] != seeds(j)["seed_id"]:
-                    raise RuntimeError(f"journal {journal.path} holds seed {b['seed_id']!r} at {j}, expected "
-                                       f"{seeds(j)['seed_id']!r}: delete it (it belongs to other seeds)")
-                counts.update({f"drop/{k}": v for k, v in b["drops"].items()})
-                counts["seeds"] += 1
-                for r in b["records"]:
-                    why = dedup.verdict(r["question"], r["answer"])
-                    if why:
-                        counts[f"drop/{why}"] += 1
-                        continue
-                    r["id"] = f"{split}-{hashlib.sha1(normalise(r['question']).encode()).hexdigest()[:12]}"
-                    kept.append(r)
-                    bar.update(1)
-                    if len(kept) == sizes[split]:
-                        break
-                if len(kept) == sizes[split]:
-                    cursor = j + 1
-                    break
-            else:
-                i += chunk
-        bar.close()
-        journal.close()
+        for k, ((cfg, seeds, expander), n) in enumerate(zip(sources, wanted)):
+            if n:
+                part, cursors[k] = _fill(split, n, cfg, seeds, expander, cursors[k], dedup, counts, cache_dir,
+                                         progress)
+                kept += part
         write_jsonl(out / f"{split}.jsonl", kept)
         counts[f"n_{split}"] = len(kept)
         for r in kept:
             counts[f"family/{split}/{r['family']}"] += 1
             counts[f"agent/{split}/{r['provenance']['agent_path'].split('/')[0]}"] += 1
-    chat = getattr(expander, "chat", None)
+            counts[f"teacher/{split}/{r['provenance']['teacher']}"] += 1
+    chat = getattr(sources[0][2], "chat", None)
     if chat is not None:
         counts["calls/cache_hits"], counts["calls/sent"] = chat.hits, chat.misses
     seconds = time.perf_counter() - start

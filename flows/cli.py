@@ -5,6 +5,7 @@
     tutorloop run --round 2                round 2 and the rounds it builds on (its prev chain)
     tutorloop report                       the accuracy table of the evaluated checkpoints
     tutorloop schedule --cron "0 3 * * *"  serve the loop on a cron schedule (needs a Prefect server)
+    tutorloop recipe gsm8k                 run recipes/gsm8k.yaml's overrides as a DVC experiment
 """
 
 from __future__ import annotations
@@ -32,6 +33,68 @@ def _validate(project: Path):
     except ConfigError as err:
         typer.secho(str(err), fg="red", err=True)
         raise typer.Exit(2)
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def recipe_overrides(name: str) -> dict:
+    """The recipe's overrides as dotted keys (`generate.teacher.kind`: value), DVC's -S form."""
+    import yaml
+
+    path = RECIPES / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+        raise FileNotFoundError(f"no recipe {name!r} (known: {known})")
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
+        return out
+
+    return flat(yaml.safe_load(path.read_text()))
+
+
+def apply_overrides(raw: dict, overrides: dict) -> dict:
+    """params.yaml's mapping with the dotted overrides set (what `dvc exp run -S` will write)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+@app.command()
+def recipe(name: str = typer.Argument(..., help="a recipe in recipes/, e.g. gsm8k"),
+           project: Path = typer.Option(Path("."), help="project root"),
+           dry_run: bool = typer.Option(False, "--dry-run", help="print the dvc command only")) -> None:
+    """Run a recipe (a set of params overrides) as a named DVC experiment, validated first."""
+    import json
+    import subprocess
+
+    import yaml
+
+    from components.config import ConfigError, validate as validate_raw
+
+    try:
+        overrides = recipe_overrides(name)
+        validate_raw(apply_overrides(yaml.safe_load((project / "params.yaml").read_text()), overrides))
+    except (FileNotFoundError, ConfigError) as err:
+        typer.secho(f"recipe {name}: {err}", fg="red", err=True)
+        raise typer.Exit(2)
+    cmd = ["dvc", "exp", "run", "-n", name]
+    for key, value in overrides.items():   # JSON keeps '' and booleans intact through DVC's parser
+        cmd += ["-S", f"{key}={json.dumps(value) if not isinstance(value, str) or value == '' else value}"]
+    typer.echo(" ".join(cmd if not dry_run else [c if " " not in c else repr(c) for c in cmd]))
+    if not dry_run:
+        raise typer.Exit(subprocess.run(cmd, cwd=project).returncode)
 
 
 @app.command()

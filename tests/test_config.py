@@ -175,3 +175,22 @@ def test_teacher_and_seed_cross_checks():
     raw["generate"]["teacher"]["model"] = "gpt-4o"
     raw["generate"]["seeds"]["offset"] = raw["evaluate"]["gsm8k"]["limit"]
     assert validate(raw).generate.teacher.model == "gpt-4o"
+
+
+def test_every_recipe_applies_to_params_yaml_and_validates():
+    from flows.cli import RECIPES, apply_overrides, recipe_overrides
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    recipes = sorted(RECIPES.glob("*.yaml"))
+    assert recipes, "recipes/ holds at least the GSM8K recipe"
+    for path in recipes:
+        overrides = recipe_overrides(path.stem)
+        params = validate(apply_overrides(raw, overrides))
+        for key, value in overrides.items():   # every override lands on a real knob
+            node = params.model_dump(by_alias=True)
+            for part in key.split("."):
+                node = node[part]
+            assert node == value, key
+    gsm = validate(apply_overrides(raw, recipe_overrides("gsm8k")))
+    assert gsm.generate.teacher.kind == "dataset" and gsm.generate.n_test >= 500
+    assert gsm.evaluate.calculator and gsm.practice.calculator
