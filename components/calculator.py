@@ -46,9 +46,11 @@ def evaluate(expr: str) -> Fraction:
         if isinstance(node, ast.Expression):
             return ev(node.body)
         if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-            if len(str(node.value)) > MAX_DIGITS:
+            value = Fraction(str(node.value))   # 1e300 is 6 characters: check the value's digits
+            if len(str(node.value)) > MAX_DIGITS or max(len(str(abs(value.numerator))),
+                                                        len(str(value.denominator))) > MAX_DIGITS:
                 raise CalcError(f"literal too large in {expr!r}")
-            return Fraction(str(node.value))
+            return value
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             v = ev(node.operand)
             return -v if isinstance(node.op, ast.USub) else v

@@ -101,6 +101,7 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Ge
         top, ti = scaled.topk(k, dim=-1)                         # sorted, descending
         tp = (top - torch.logsumexp(scaled, dim=-1, keepdim=True)).exp_()
         keep = (tp.cumsum(-1) - tp) < top_p
+        keep[:, 0] = True                                      # HF's min_tokens_to_keep=1 (top_p=0: greedy)
         wide = (tp.sum(-1) < top_p).nonzero().squeeze(1)
         if len(wide):                                           # rare: the nucleus is wider than k
             probs = warp(scaled[wide], 1.0, top_p)
@@ -161,11 +162,17 @@ def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, d
                            do_sample=do_sample, temperature=temperature, top_p=top_p,
                            max_new_tokens=max_new_tokens, batch_size=max(1, batch_size // num_return_sequences),
                            seed=seed, desc=desc)
+    if do_sample and temperature <= 0:
+        raise ValueError(f"temperature {temperature!r}: sampling needs temperature > 0 (use greedy instead)")
     K = num_return_sequences
     dev = model.device
     ckw = _cache_kwarg(model)
     rows = max(K, batch_size - batch_size % K)
     eos = tok.eos_token_id
+    # Stop on every end token the model declares (Llama-3/Qwen instruct models list several).
+    declared = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos_ids = torch.tensor(sorted({eos, *(declared if isinstance(declared, list) else [declared])} - {None}),
+                           device=dev)
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))   # short first: tight prefills
@@ -241,7 +248,7 @@ def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, d
         """Append rows' chosen tokens; end rows at EOS or the cap; run the calculator hook."""
         out_tok[idx, n_gen[idx]] = nxt[idx]
         n_gen[idx] += 1
-        done = (nxt[idx] == eos) | (n_gen[idx] >= max_new_tokens)
+        done = torch.isin(nxt[idx], eos_ids) | (n_gen[idx] >= max_new_tokens)
         if eq_tokens is not None:
             for r in idx[eq_tokens[nxt[idx]] & ~done].tolist():   # rare: a token ending in '='
                 tail = tok.decode(out_tok[r, max(0, int(n_gen[r]) - 48):int(n_gen[r])].tolist(),

@@ -60,6 +60,12 @@ def test_nucleus_equals_hf_warpers():
         assert torch.allclose(engine.warp(logits, temperature, top_p), want, atol=1e-6)
 
 
+def test_top_p_zero_is_greedy_as_in_hf():
+    logits = torch.randn(8, 300, generator=torch.Generator().manual_seed(3))
+    picked = engine.sample(logits.clone(), 0.7, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(picked, logits.argmax(-1))
+
+
 @pytest.mark.parametrize("scale", [6.0, 0.05])   # peaked (nucleus in the top 64) and flat (fallback)
 def test_sampler_draws_follow_the_nucleus(scale):
     from scipy.stats import chisquare
@@ -130,7 +136,7 @@ def test_calculator_traces(trace, written):
 
 @pytest.mark.parametrize("expr", [
     "__import__('os').system('true')", "open('x')", "2**10", "9**9**9", "(lambda: 1)()", "a+1",
-    "1 if 1 else 2", "[1][0]", "().__class__", "1<2", "9" * 40, "10**30*10**30", "1" + "*99999999999" * 5,
+    "1 if 1 else 2", "[1][0]", "().__class__", "1<2", "9" * 40, "1e300", "-1e300", "1e-300", "10**30*10**30", "1" + "*99999999999" * 5,
 ])
 def test_calculator_refuses_unsafe_or_huge(expr):
     with pytest.raises(calculator.CalcError):
