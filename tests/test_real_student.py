@@ -4,7 +4,7 @@ import importlib.util
 
 import pytest
 
-from components import base_model
+from components import base_model, engine
 from components.config import BaseModelCfg
 from components.grading import grade
 from components.modeling import chat_prompts, generate, load, setup_runtime
@@ -27,13 +27,18 @@ def test_gguf_student_materialises_and_answers(tmp_path, no_tracking):
     # dequantised for good: neither the saved config nor the loaded model carries the GGUF quantizer
     import json
 
-    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    # (transformers writes the cleared field as null: a plain, unquantised checkpoint)
+    assert json.loads((out / "config.json").read_text()).get("quantization_config") is None
     assert getattr(model.config, "quantization_config", None) is None and getattr(model, "hf_quantizer", None) is None
     assert {p.dtype for p in model.parameters()} == {__import__("torch").bfloat16}
     problems = ProceduralTeacher().problems(4, seed=1)
     prompts = chat_prompts(tok, [p["question"] for p in problems], "Solve step by step.", "{question}")
     assert prompts[0].startswith("<|im_start|>system") and prompts[0].endswith("<|im_start|>assistant\n")
     g = generate(model, tok, prompts, max_new_tokens=24, batch_size=4)
+    # the engine (what practice and evaluation use) runs the real student as well
+    e = engine.generate(model, tok, prompts, num_return_sequences=2, do_sample=True, temperature=0.7,
+                        top_p=0.95, max_new_tokens=24, batch_size=8, calculator=True)
+    assert all(len(t) == 2 and all(t) for t in e.texts) and e.new_tokens > 0
     assert all(t[0] for t in g.texts) and g.new_tokens > 0
     # the zero-shot student writes numbers that the grader reads
     extracted = [grade(t[0], p["answer"]).extracted for p, t in zip(problems, g.texts)]
