@@ -203,7 +203,7 @@ def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, d
     first = torch.full((rows,), capacity, dtype=torch.long, device=dev)  # first column a row uses
     results: dict[int, list[int]] = {}
     col = lmax                                                      # every prompt fits left of col
-    stats = {"new_tokens": 0, "calculator_calls": 0, "forced_tokens": 0, "prefills": 0}
+    stats = {"new_tokens": 0, "calculator_calls": 0, "forced_tokens": 0}
 
     def choose(logits: torch.Tensor) -> torch.Tensor:
         if not do_sample:
@@ -227,7 +227,6 @@ def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, d
         pre = DynamicCache()
         logits = model(input_ids=batch, attention_mask=am, position_ids=posids, **{ckw: pre},
                        use_cache=True, logits_to_keep=1).logits[:, -1].float()
-        stats["prefills"] += 1
         take = slots[:n * K]
         for layer, player in zip(cache.layers, pre.layers):
             layer.kbuf[take, :, col - width:col] = player.keys.repeat_interleave(K, 0)

@@ -35,12 +35,18 @@ def _config(path, **generate):
     return validate(raw).generate
 
 
-def test_dataset_teacher_passes_labelled_problems_through(tmp_path):
+def _generate(tmp_path, rows: list[dict], **generate_cfg):
+    """Write `rows` as a GSM8K-format jsonl, run generate with the dataset teacher on it."""
     src = tmp_path / "gsm8k_like.jsonl"
-    src.write_text("".join(json.dumps(r) + "\n" for r in _rows(30)))
-    cfg = _config(src, n_test=5, n_practice=5, n_sft=10, max_answer_chars=1800)
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = _config(src, **generate_cfg)
     counts = generate.run(cfg, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
     sets = {s: read_jsonl(tmp_path / "out" / f"{s}.jsonl") for s in generate.SPLITS}
+    return src, cfg, counts, sets
+
+
+def test_dataset_teacher_passes_labelled_problems_through(tmp_path):
+    src, cfg, counts, sets = _generate(tmp_path, _rows(30), n_test=5, n_practice=5, n_sft=10, max_answer_chars=1800)
     assert {s: len(v) for s, v in sets.items()} == {"test": 5, "practice": 5, "sft": 10}
     qs = [r["question"] for v in sets.values() for r in v]
     assert len(set(qs)) == len(qs)                         # no overlap between splits
@@ -71,11 +77,7 @@ def test_dataset_teacher_filters_unlabelled_long_and_duplicate_rows(tmp_path):
 
 
 def test_procedural_share_mixes_training_sets_but_never_the_test_set(tmp_path):
-    src = tmp_path / "gsm8k_like.jsonl"
-    src.write_text("".join(json.dumps(r) + "\n" for r in _rows(40)))
-    cfg = _config(src, n_test=6, n_practice=10, n_sft=20, procedural_share=0.25)
-    counts = generate.run(cfg, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
-    sets = {s: read_jsonl(tmp_path / "out" / f"{s}.jsonl") for s in generate.SPLITS}
+    _, _, counts, sets = _generate(tmp_path, _rows(40), n_test=6, n_practice=10, n_sft=20, procedural_share=0.25)
     teachers = {s: [r["provenance"]["teacher"] for r in v] for s, v in sets.items()}
     assert set(teachers["test"]) == {"dataset"}
     assert teachers["sft"].count("procedural") == 5            # 25% of 20
