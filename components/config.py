@@ -163,6 +163,7 @@ class PracticeRound(Section):
     temperature: float = Field(0.7, gt=0, description="sampling temperature (Orca-Math: 0.7)")
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling (Orca-Math: 0.95)")
     seed: int = Field(0, description="sampling seed of this round")
+    offset: int = Field(0, ge=0, description="first practice problem of this round: with practice.limit, each round practises on its own slice [offset, offset+limit) of the set")
 
 
 class DpoRound(Section):
@@ -185,7 +186,7 @@ class Practice(Section):
     batch_size: int = Field(128, gt=0, description="sequences decoded together by the engine (each prompt takes K of them; finished ones are refilled)")
     max_new_tokens: int = Field(256, gt=0, description="tokens sampled per solution at most")
     dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="inference dtype (bf16 ~1.75x fp32 on CPU)")
-    limit: int = Field(0, ge=0, description="practise on the first N problems only; 0 = all")
+    limit: int = Field(0, ge=0, description="practise on N problems per round (from rounds.r.practice.offset); 0 = all")
     calculator: bool = Field(False, description="the engine computes every `<<expr=` the student writes and writes `value>>` for it (components/calculator.py)")
 
 
@@ -292,6 +293,11 @@ def _cross_checks(raw: dict) -> list[str]:
         prev = str(prev)
         if prev != "0" and (prev not in rounds or not prev.isdigit() or int(prev) >= int(key)):
             problems.append(f"rounds.{key}.prev: {prev!r} -> must be '0' or an earlier round in rounds")
+        offset = (rnd.get("practice") or {}).get("offset", 0) if isinstance(rnd.get("practice"), dict) else 0
+        n_practice = (raw.get("generate") or {}).get("n_practice") if isinstance(raw.get("generate"), dict) else None
+        if isinstance(offset, int) and isinstance(n_practice, int) and offset >= n_practice:
+            problems.append(f"rounds.{key}.practice.offset: {offset!r} -> past the practice set "
+                            f"(generate.n_practice: {n_practice})")
         dpo = rnd.get("dpo") if isinstance(rnd, dict) else None
         if isinstance(dpo, dict) and dpo.get("method") == "kto" and dpo.get("sft_weight", 0):
             problems.append(f"rounds.{key}.dpo.sft_weight: {dpo.get('sft_weight')!r} -> the SFT term is DPO's (RPO); "

@@ -23,8 +23,12 @@ from components.modeling import chat_prompts, load, pick_device, setup_runtime
 def run(params: Params, round_key: str, model_dir: Path, problems_file: Path, out: Path) -> dict:
     cfg, rcfg = params.practice, params.rounds[round_key].practice
     problems = read_jsonl(problems_file, required=("id", "question", "answer"))
-    if cfg.limit:
-        problems = problems[:cfg.limit]
+    # A round's slice: rounds.r.practice.offset with practice.limit gives each round fresh
+    # problems (new teacher solutions as positives) instead of the same set every round.
+    problems = problems[rcfg.offset:rcfg.offset + cfg.limit if cfg.limit else None]
+    if not problems:
+        raise ValueError(f"rounds.{round_key}.practice.offset: {rcfg.offset} -> no practice problems left "
+                         f"(the set has {len(read_jsonl(problems_file))})")
     setup_runtime(params.runtime.threads)
     model, tok = load(model_dir, dtype=cfg.dtype, device=pick_device(params.runtime.device))
     prompts = chat_prompts(tok, [p["question"] for p in problems], params.prompt.system,

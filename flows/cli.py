@@ -74,8 +74,14 @@ def apply_overrides(raw: dict, overrides: dict) -> dict:
 @app.command()
 def recipe(name: str = typer.Argument(..., help="a recipe in recipes/, e.g. gsm8k"),
            project: Path = typer.Option(Path("."), help="project root"),
-           dry_run: bool = typer.Option(False, "--dry-run", help="print the dvc command only")) -> None:
-    """Run a recipe (a set of params overrides) as a named DVC experiment, validated first."""
+           dry_run: bool = typer.Option(False, "--dry-run", help="print the dvc command only"),
+           name_as: str = typer.Option("", "--name", help="experiment name (default: the recipe's)"),
+           sets: list[str] = typer.Option([], "--set", "-S",
+                                          help="one more override on top of the recipe, KEY=VALUE (YAML value)")) -> None:
+    """Run a recipe (a set of params overrides) as a named DVC experiment, validated first.
+
+    `tutorloop recipe gsm8k -S evaluate.calculator=false --name gsm8k-nocalc` scores the same
+    recipe without the calculator (DVC re-runs only the stages whose params changed)."""
     import json
     import subprocess
 
@@ -85,11 +91,16 @@ def recipe(name: str = typer.Argument(..., help="a recipe in recipes/, e.g. gsm8
 
     try:
         overrides = recipe_overrides(name)
+        for item in sets:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"--set {item!r} -> expected KEY=VALUE, e.g. evaluate.calculator=false")
+            overrides[key] = yaml.safe_load(value)
         validate_raw(apply_overrides(yaml.safe_load((project / "params.yaml").read_text()), overrides))
     except (FileNotFoundError, ConfigError) as err:
         typer.secho(f"recipe {name}: {err}", fg="red", err=True)
         raise typer.Exit(2)
-    cmd = ["dvc", "exp", "run", "-n", name]
+    cmd = ["dvc", "exp", "run", "-n", name_as or name]
     for key, value in overrides.items():   # JSON keeps '' and booleans intact through DVC's parser
         cmd += ["-S", f"{key}={json.dumps(value) if not isinstance(value, str) or value == '' else value}"]
     typer.echo(" ".join(cmd if not dry_run else [c if " " not in c else repr(c) for c in cmd]))
