@@ -71,6 +71,15 @@ def apply_overrides(raw: dict, overrides: dict) -> dict:
     return out
 
 
+def _has_key(raw: dict, dotted: str) -> bool:
+    node = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 @app.command()
 def recipe(name: str = typer.Argument(..., help="a recipe in recipes/, e.g. gsm8k"),
            project: Path = typer.Option(Path("."), help="project root"),
@@ -100,8 +109,11 @@ def recipe(name: str = typer.Argument(..., help="a recipe in recipes/, e.g. gsm8
     except (FileNotFoundError, ConfigError) as err:
         typer.secho(f"recipe {name}: {err}", fg="red", err=True)
         raise typer.Exit(2)
+    raw = yaml.safe_load((project / "params.yaml").read_text())
     cmd = ["dvc", "exp", "run", "-n", name_as or name]
     for key, value in overrides.items():   # JSON keeps '' and booleans intact through DVC's parser
+        # DVC's Hydra-style -S only overrides keys params.yaml has; a new one needs `+key=`.
+        key = key if _has_key(raw, key) else "+" + key
         cmd += ["-S", f"{key}={json.dumps(value) if not isinstance(value, str) or value == '' else value}"]
     typer.echo(" ".join(cmd if not dry_run else [c if " " not in c else repr(c) for c in cmd]))
     if not dry_run:
