@@ -27,7 +27,9 @@ def read_jsonl(path: str | Path, required: Iterable[str] = (), allow_empty: bool
     if not path.exists():
         raise DataError(f"{path}: no such file")
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # split on "\n" only: str.splitlines() also breaks at U+2028, U+0085 and friends, which
+    # json.dumps(ensure_ascii=False) leaves raw inside strings (GSM8K train has them).
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
             continue
         try:

@@ -107,3 +107,13 @@ def test_dataset_teacher_on_real_gsm8k_train(tmp_path):
     assert all(r["solution"].rstrip().split("\n")[-1].startswith("####") for r in sets["sft"])
     assert sum("<<" in r["solution"] for r in sets["sft"]) > 0.9 * 300   # calculator annotations kept
     assert counts.get("drop/unparseable", 0) == 0
+
+
+def test_jsonl_round_trips_unicode_line_separators(tmp_path):
+    """GSM8K train holds U+2028 inside a solution; json.dumps(ensure_ascii=False) keeps it raw, and
+    str.splitlines() used to cut the record there (generate then failed on its own sft.jsonl)."""
+    from components.data import read_jsonl, write_jsonl
+
+    rows = [{"question": "a\u2028b", "solution": "c\x85d\u2029e\x0cf", "answer": "1"}, {"question": "g"}]
+    write_jsonl(tmp_path / "x.jsonl", rows)
+    assert read_jsonl(tmp_path / "x.jsonl") == rows
