@@ -1,13 +1,18 @@
 """Stage `report`: the accuracy curve over checkpoints (base, SFT, each round) as CSV and PNG.
 
-The stage reads metrics/<checkpoint>.json (from `evaluate`) and nothing else — its only DVC dep
-besides its code — and writes reports/accuracy.csv (a DVC plot: `dvc plots show`) and
+The stage reads metrics/<checkpoint>.json (from `evaluate`) and, for paired tests, the per-problem
+predictions in eval/<checkpoint>/ — its only DVC deps besides its code — and writes reports/accuracy.csv (a DVC plot: `dvc plots show`) and
 reports/accuracy.png, and logs both to MLflow. `table()` renders the same rows for `tutorloop
 report`, adding each round's pairs and practice pass rate from data/round-<r>/feedback_metrics.json
 and its stage wall time from MLflow: the CLI is no stage, so it may read what the stage does not
 declare (the stage once depended on all of data/, and re-hashed it for a plot).
 
-    python -m components.report metrics reports
+Each checkpoint is compared with the base and with the checkpoint before it on the *same*
+problems: discordant counts (won/lost) and the exact one-sided McNemar p that it is better —
+the test a "round N >= round N-1" claim needs (two Wilson intervals overlap long before a paired
+difference stops being significant).
+
+    python -m components.report metrics reports --eval eval
 """
 
 from __future__ import annotations
@@ -18,16 +23,41 @@ import json
 from pathlib import Path
 
 COLUMNS = ["checkpoint", "accuracy", "ci95_low", "ci95_high", "n", "strict_accuracy", "gsm8k_accuracy",
-           "gsm8k_strict_accuracy", "gsm8k_n", "pairs", "practice_pass_rate"]
+           "gsm8k_strict_accuracy", "gsm8k_n", "pairs", "practice_pass_rate",
+           "won_vs_base", "lost_vs_base", "p_vs_base", "won_vs_prev", "lost_vs_prev", "p_vs_prev"]
 
 
 def _order(name: str) -> tuple[int, int]:
     return (0, 0) if name == "base" else (1, int(name)) if name.isdigit() else (2, 0)
 
 
-def rows(metrics_dir: Path, data_dir: Path | None = None) -> list[dict]:
+def paired(a: dict[str, bool], b: dict[str, bool]) -> tuple[int, int, float] | None:
+    """(won, lost, p) of checkpoint b against a on the problems both were scored on: won = right
+    only in b, lost = right only in a, p = exact one-sided McNemar p that b is better. None when
+    they share no problem (a changed test set is no paired comparison)."""
+    from components.stats import mcnemar_p
+
+    shared = a.keys() & b.keys()
+    if not shared:
+        return None
+    won = sum(b[i] and not a[i] for i in shared)
+    lost = sum(a[i] and not b[i] for i in shared)
+    return won, lost, mcnemar_p(lost, won)
+
+
+def correctness(eval_dir: Path, checkpoint: str) -> dict[str, bool] | None:
+    path = Path(eval_dir) / checkpoint / "predictions.jsonl"
+    if not path.exists():
+        return None
+    from components.data import read_jsonl
+
+    return {str(r["id"]): bool(r["correct"]) for r in read_jsonl(path, required=("id", "correct"))}
+
+
+def rows(metrics_dir: Path, data_dir: Path | None = None, eval_dir: Path | None = None) -> list[dict]:
     """One row per evaluated checkpoint, in loop order: base, 0 (SFT), 1, 2, ...; the feedback
-    columns (pairs, practice pass rate) are read from `data_dir` only when it is given."""
+    columns (pairs, practice pass rate) are read from `data_dir` and the paired comparisons from
+    `eval_dir`, each only when it is given."""
     out = []
     for path in sorted(Path(metrics_dir).glob("*.json"), key=lambda p: _order(p.stem)):
         m = json.loads(path.read_text())
@@ -39,6 +69,17 @@ def rows(metrics_dir: Path, data_dir: Path | None = None) -> list[dict]:
                     "gsm8k_accuracy": g.get("accuracy", ""), "gsm8k_strict_accuracy": g.get("strict_accuracy", ""),
                     "gsm8k_n": g.get("n", ""),
                     "pairs": fb.get("pairs", ""), "practice_pass_rate": fb.get("practice_pass_rate", "")})
+    for r in out:
+        r.update({k: "" for k in COLUMNS[11:]})
+    if eval_dir is not None:
+        scored = {r["checkpoint"]: correctness(eval_dir, r["checkpoint"]) for r in out}
+        for i, r in enumerate(out):
+            mine = scored[r["checkpoint"]]
+            for tag, other in (("base", "base"), ("prev", out[i - 1]["checkpoint"] if i else None)):
+                theirs = scored.get(other) if other and other != r["checkpoint"] else None
+                cmp = paired(theirs, mine) if mine is not None and theirs is not None else None
+                if cmp:
+                    r[f"won_vs_{tag}"], r[f"lost_vs_{tag}"], r[f"p_vs_{tag}"] = cmp
     return out
 
 
@@ -74,7 +115,8 @@ def label(checkpoint: str) -> str:
     return {"base": "base", "0": "round 0 (SFT)"}.get(checkpoint, f"round {checkpoint}")
 
 
-def table(metrics_dir: Path, minutes: dict[str, float] | None = None, data_dir: Path | None = None):
+def table(metrics_dir: Path, minutes: dict[str, float] | None = None, data_dir: Path | None = None,
+          eval_dir: Path | None = None):
     """A rich Table of accuracy per checkpoint (with pairs and minutes where known); the feedback
     columns come from `data_dir`, by default the `data` folder beside `metrics_dir`."""
     from rich import box
@@ -84,32 +126,37 @@ def table(metrics_dir: Path, minutes: dict[str, float] | None = None, data_dir: 
     # Compact enough for an 80-column terminal (make demo's log, CI): CIs in brackets, no grid.
     t = Table(title="tutorloop: greedy pass@1 per checkpoint", box=box.SIMPLE_HEAD, padding=(0, 1))
     t.add_column("checkpoint", no_wrap=True)
-    for col in ("held-out [95% CI]", "GSM8K [95% CI]", "pairs", "pass", "minutes"):
+    for col in ("held-out [95% CI]", "GSM8K [95% CI]", "vs base", "vs prev", "pairs", "pass", "minutes"):
         t.add_column(col, justify="right", no_wrap=True)
 
     def pct(m: dict) -> str:
         return f"{m['accuracy']:.1%} [{m['ci95_low']:.0%},{m['ci95_high']:.0%}]"
 
+    def vs(r: dict, tag: str) -> str:
+        return f"+{r[f'won_vs_{tag}']}/-{r[f'lost_vs_{tag}']} p={r[f'p_vs_{tag}']:.2g}" if r[f"p_vs_{tag}"] != "" else "-"
+
     sizes = set()
-    for r in rows(metrics_dir, data_dir or Path(metrics_dir).parent / "data"):
+    root = Path(metrics_dir).parent
+    for r in rows(metrics_dir, data_dir or root / "data", eval_dir or root / "eval"):
         m = json.loads((Path(metrics_dir) / f"{r['checkpoint']}.json").read_text())
         sizes.add(f"held-out n={m['n']}" + (f", GSM8K n={m['gsm8k']['n']}" if "gsm8k" in m else ""))
         t.add_row(label(r["checkpoint"]), pct(m), pct(m["gsm8k"]) if "gsm8k" in m else "-",
-                  str(r["pairs"] or "-"),
+                  vs(r, "base"), vs(r, "prev"), str(r["pairs"] or "-"),
                   f"{r['practice_pass_rate']:.0%}" if r["practice_pass_rate"] != "" else "-",
                   f"{minutes[r['checkpoint']]:.1f}" if r["checkpoint"] in minutes else "-")
     t.caption = (f"{'; '.join(sorted(sizes))}. pass: practice samples judged right.\n"
+                 "vs: held-out problems won/lost against base / the previous checkpoint, exact McNemar p (one-sided).\n"
                  "minutes: wall time of the stages that made and scored the checkpoint (MLflow).")
     return t
 
 
-def run(metrics_dir: Path, out_dir: Path) -> list[dict]:
+def run(metrics_dir: Path, out_dir: Path, eval_dir: Path | None = None) -> list[dict]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = rows(metrics_dir)
+    data = rows(metrics_dir, eval_dir=eval_dir)
     if not data:
         raise FileNotFoundError(f"no metrics in {metrics_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -221,17 +268,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("metrics", type=Path)
     parser.add_argument("out", type=Path)
+    parser.add_argument("--eval", type=Path, default=None, help="eval/ with each checkpoint's predictions (paired tests)")
     args = parser.parse_args()
     from rich.console import Console
 
     from components import tracking
 
     with tracking.stage_run("report", {}) as log:
-        data = run(args.metrics, args.out)
+        data = run(args.metrics, args.out, args.eval)
         log.artifact(args.out / "accuracy.png", "report")
         log.artifact(args.out / "accuracy.csv", "report")
         log.metrics({f"accuracy/{r['checkpoint']}": r["accuracy"] for r in data})
-    Console().print(table(args.metrics))
+    Console().print(table(args.metrics, eval_dir=args.eval))
 
 
 if __name__ == "__main__":

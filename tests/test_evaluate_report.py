@@ -116,3 +116,31 @@ def test_experiments_are_read_from_dvc_exp_show_json(tmp_path):
                                                                                ("dpo", "2:dpo", 0.215)]
     out = compare(exps, tmp_path / "compare.png")
     assert out.stat().st_size > 0 and (tmp_path / "compare.csv").read_text().count("\n") == 5
+
+
+def test_report_pairs_each_checkpoint_with_base_and_previous(tmp_path):
+    """McNemar on the shared problems: won/lost counts and p against base and the round before,
+    pinned against scipy's exact binomial test; no comparison where the problem ids differ."""
+    from scipy.stats import binomtest
+
+    from components.data import write_jsonl
+
+    right = {"base": {0}, "0": {0, 1, 2, 3, 4, 5}, "1": {1, 2, 3, 4, 5, 6, 7}, "2": set()}
+    for key in right:
+        write_metrics(tmp_path, key, len(right[key]) / 10, n=10)
+        write_jsonl(tmp_path / f"eval/{key}/predictions.jsonl",
+                    [{"id": f"p{i}", "correct": i in right[key]} for i in range(10)])
+    # round 2 was scored on other problems: nothing to pair it with
+    write_jsonl(tmp_path / "eval/2/predictions.jsonl", [{"id": f"q{i}", "correct": True} for i in range(10)])
+    data = {r["checkpoint"]: r for r in report.run(tmp_path / "metrics", tmp_path / "reports", tmp_path / "eval")}
+    assert data["base"]["p_vs_base"] == "" and data["base"]["p_vs_prev"] == ""
+    assert (data["0"]["won_vs_base"], data["0"]["lost_vs_base"]) == (5, 0)
+    assert data["0"]["p_vs_base"] == pytest.approx(binomtest(5, 5, 0.5, alternative="greater").pvalue)
+    assert (data["1"]["won_vs_prev"], data["1"]["lost_vs_prev"]) == (2, 1)   # +6,+7 / -0
+    assert data["1"]["p_vs_prev"] == pytest.approx(binomtest(2, 3, 0.5, alternative="greater").pvalue)
+    assert (data["1"]["won_vs_base"], data["1"]["lost_vs_base"]) == (7, 1)
+    assert data["2"]["p_vs_base"] == "" and data["2"]["p_vs_prev"] == ""
+    header = (tmp_path / "reports/accuracy.csv").read_text().splitlines()[0]
+    assert header.endswith("won_vs_prev,lost_vs_prev,p_vs_prev")
+    # without eval/ the stage still reports (the columns stay empty)
+    assert report.run(tmp_path / "metrics", tmp_path / "r2")[1]["p_vs_base"] == ""
