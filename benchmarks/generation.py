@@ -8,7 +8,15 @@ greedy decoding gives the same completions on both (evaluation must not change),
 engine with the calculator on. Prints the ratio measured in this process, so the figure
 compares across machines.
 
-    python benchmarks/generation.py [models/base] [--prompts 32] [--greedy-prompts 32]
+The default workload is 128 problems (512 samples): practice runs 300 a round, and a single
+batch would hide what continuous batching is for (refilling rows that finished early, while HF
+keeps every row of a call running until its longest sample ends).
+
+Greedy is checked twice: in fp32, where the engine must equal HF token for token, and in bf16,
+where any change of batch composition changes rounding — so the bf16 figure comes with HF
+against *itself* at another batch size, the noise floor the engine's figure is read against.
+
+    python benchmarks/generation.py [models/base] [--prompts 128] [--greedy-prompts 32]
 """
 
 from __future__ import annotations
@@ -27,12 +35,13 @@ from components.teachers import ProceduralTeacher  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", default="models/base")
-    parser.add_argument("--prompts", type=int, default=32, help="practice problems (x K samples)")
+    parser.add_argument("--prompts", type=int, default=128, help="practice problems (x K samples)")
     parser.add_argument("--greedy-prompts", type=int, default=32, help="problems for the greedy check")
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=160)
     parser.add_argument("--hf-batch", type=int, default=32, help="prompts per HF generate call")
     parser.add_argument("--rows", type=int, default=128, help="engine rows in flight")
+    parser.add_argument("--fp32-prompts", type=int, default=16, help="greedy prompts checked in fp32 (exact)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     modeling.setup_runtime(0)
@@ -51,13 +60,22 @@ def main() -> None:
     g_hf = modeling.generate(model, tok, greedy, max_new_tokens=args.new_tokens, batch_size=50, desc="HF greedy")
     g_en = engine.generate(model, tok, greedy, max_new_tokens=args.new_tokens, batch_size=64, desc="engine greedy")
     same = sum(a == b for a, b in zip(g_hf.texts, g_en.texts))
+    g_hf8 = modeling.generate(model, tok, greedy, max_new_tokens=args.new_tokens, batch_size=8, desc="HF greedy, batch 8")
+    hf_self = sum(a == b for a, b in zip(g_hf.texts, g_hf8.texts))
+    del model
+    m32, _ = modeling.load(args.model, dtype="float32")
+    exact = greedy[:args.fp32_prompts]
+    f_hf = modeling.generate(m32, tok, exact, max_new_tokens=args.new_tokens, batch_size=50, desc="HF greedy fp32")
+    f_en = engine.generate(m32, tok, exact, max_new_tokens=args.new_tokens, batch_size=64, desc="engine greedy fp32")
+    same32 = sum(a == b for a, b in zip(f_hf.texts, f_en.texts))
     figures = {
         "hf_tokens_per_second": hf.tokens_per_second, "engine_tokens_per_second": en.tokens_per_second,
         "ratio": en.tokens_per_second / hf.tokens_per_second,
         "engine_calculator_tokens_per_second": ec.tokens_per_second, "calculator_calls": ec.calculator_calls,
         "hf_greedy_tokens_per_second": g_hf.tokens_per_second,
         "engine_greedy_tokens_per_second": g_en.tokens_per_second,
-        "greedy_identical": same, "greedy_n": len(greedy),
+        "greedy_identical": same, "greedy_n": len(greedy), "hf_vs_hf_batch8_identical": hf_self,
+        "fp32_greedy_identical": same32, "fp32_greedy_n": len(exact),
         "samples": args.prompts * args.samples, "hf_tokens": hf.new_tokens, "engine_tokens": en.new_tokens,
     }
     print(f"\nsampling: {args.prompts} prompts x K={args.samples}, T=0.7, top_p=0.95, {args.new_tokens} tokens, bf16")
@@ -65,8 +83,9 @@ def main() -> None:
     print(f"  engine ({args.rows} rows)            {en.tokens_per_second:8.1f} useful tok/s  ({en.new_tokens} tokens, {en.seconds:.1f} s)")
     print(f"  ratio engine / HF                  {figures['ratio']:8.2f}x")
     print(f"  engine + calculator              {ec.tokens_per_second:8.1f} useful tok/s  ({ec.calculator_calls} annotations computed)")
-    print(f"greedy: HF {g_hf.tokens_per_second:.1f} tok/s, engine {g_en.tokens_per_second:.1f} tok/s; "
-          f"identical completions {same}/{len(greedy)}")
+    print(f"greedy bf16: HF {g_hf.tokens_per_second:.1f} tok/s, engine {g_en.tokens_per_second:.1f} tok/s; "
+          f"identical completions engine vs HF {same}/{len(greedy)}, HF batch 50 vs HF batch 8 {hf_self}/{len(greedy)}")
+    print(f"greedy fp32: identical completions engine vs HF {same32}/{len(exact)}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 
