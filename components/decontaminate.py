@@ -22,15 +22,16 @@ from components import tracking
 from components.config import Params, load_params
 from components.contamination import EvalIndex
 from components.data import read_jsonl, write_json, write_jsonl
-from components.evalsets import load_gsm8k
+from components.evalsets import gsm8k_problems
 
 TRAINING_SPLITS = ("sft", "practice")
 
 
-def run(params: Params, generated: Path, out: Path, practice_next: Path | None = None) -> dict:
+def run(params: Params, generated: Path, out: Path, practice_next: Path | None = None,
+        gsm8k_file: Path | None = None) -> dict:
     cfg = params.decontaminate
     eval_sets = {"heldout": read_jsonl(generated / "test.jsonl", required=("question",))}
-    gsm8k = load_gsm8k(params.evaluate.gsm8k)
+    gsm8k = gsm8k_problems(params.evaluate.gsm8k, gsm8k_file)
     if gsm8k:
         eval_sets["gsm8k"] = gsm8k
     index = EvalIndex([p for rows in eval_sets.values() for p in rows], cfg.ngram)
@@ -65,10 +66,11 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--practice-next", type=Path, default=None,
                         help="also write the clean practice set here (round 1's practice set)")
+    parser.add_argument("--gsm8k", type=Path, default=None, help="the inputs stage's GSM8K copy (default: read the config's)")
     args = parser.parse_args()
     params = load_params()
     with tracking.stage_run("decontaminate", params.decontaminate.model_dump()) as log:
-        stats = run(params, args.generated, args.out, args.practice_next)
+        stats = run(params, args.generated, args.out, args.practice_next, args.gsm8k)
         log.metrics(stats)
 
 

@@ -37,6 +37,15 @@ def load_gsm8k(cfg: Gsm8k) -> list[dict] | None:
              "answer": r["answer"].split("####")[-1].strip()} for i, r in enumerate(rows)]
 
 
+def gsm8k_problems(cfg: Gsm8k, snapshot: Path | None = None) -> list[dict] | None:
+    """The GSM8K problems a stage uses: the `inputs` stage's copy when the pipeline hands one over
+    (data/inputs/gsm8k.jsonl, a DVC dep; empty = none), else straight from the config (a stage
+    run by hand, a test)."""
+    if snapshot is None:
+        return load_gsm8k(cfg)
+    return read_jsonl(snapshot, required=("id", "question", "answer"), allow_empty=True) or None
+
+
 if __name__ == "__main__":
     from components.config import load_params
 

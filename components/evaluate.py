@@ -24,7 +24,7 @@ from pathlib import Path
 from components import tracking
 from components.config import Params, load_params
 from components.data import DataError, read_jsonl, write_json, write_jsonl
-from components.evalsets import load_gsm8k
+from components.evalsets import gsm8k_problems
 from components.grading import grade
 from components.engine import generate
 from components.modeling import chat_prompts, load, pick_device, setup_runtime
@@ -71,7 +71,7 @@ def score(model, tok, params: Params, problems: list[dict], desc: str,
 
 
 def run(params: Params, model_dir: Path, test_file: Path, metrics_file: Path, out_dir: Path,
-        shots_file: Path | None = None) -> dict:
+        shots_file: Path | None = None, gsm8k_file: Path | None = None) -> dict:
     cfg = params.evaluate
     test = read_jsonl(test_file, required=("id", "question", "answer"))
     if cfg.limit:
@@ -82,7 +82,7 @@ def run(params: Params, model_dir: Path, test_file: Path, metrics_file: Path, ou
             raise ValueError("evaluate.fewshot > 0 needs the SFT set for its examples (--shots)")
         shots = [(r["question"], r["solution"])
                  for r in read_jsonl(shots_file, required=("question", "solution"))[:cfg.fewshot]]
-    gsm8k = load_gsm8k(cfg.gsm8k)
+    gsm8k = gsm8k_problems(cfg.gsm8k, gsm8k_file)
     setup_runtime(params.runtime.threads)
     model, tok = load(model_dir, dtype=cfg.dtype, device=pick_device(params.runtime.device))
     preds, metrics = score(model, tok, params, test, f"evaluate {model_dir.name}", shots)
@@ -130,10 +130,11 @@ def main() -> None:
     parser.add_argument("metrics", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--shots", type=Path, default=None, help="jsonl of worked examples for few-shot")
+    parser.add_argument("--gsm8k", type=Path, default=None, help="the inputs stage's GSM8K copy (default: read the config's)")
     args = parser.parse_args()
     params = load_params()
     with tracking.stage_run("evaluate", params.evaluate.model_dump(), round_key=args.checkpoint) as log:
-        metrics = run(params, args.model, args.test, args.metrics, args.out, args.shots)
+        metrics = run(params, args.model, args.test, args.metrics, args.out, args.shots, args.gsm8k)
         log.metrics(flat_metrics(metrics))
         log.artifact(args.out / "predictions.jsonl", "eval")
         log.artifact(args.out / "gsm8k_predictions.jsonl", "eval")

@@ -102,11 +102,11 @@ def make_variants(problems: list[dict], params: Params, round_key: str, chat=Non
 
 
 def run(params: Params, round_key: str, practice_file: Path, round_dir: Path, out: Path,
-        eval_file: Path | None = None, chat=None) -> dict:
+        eval_file: Path | None = None, chat=None, gsm8k_file: Path | None = None) -> dict:
     import hashlib
 
     from components.contamination import EvalIndex
-    from components.evalsets import load_gsm8k
+    from components.evalsets import gsm8k_problems
     from components.dedup import Dedup
     from components.teachers import normalise
 
@@ -121,7 +121,7 @@ def run(params: Params, round_key: str, practice_file: Path, round_dir: Path, ou
     rows = list(practice)
     if params.followup.enabled and failed:
         evals = read_jsonl(eval_file, required=("question",)) if eval_file else []
-        evals += load_gsm8k(params.evaluate.gsm8k) or []
+        evals += gsm8k_problems(params.evaluate.gsm8k, gsm8k_file) or []
         index = EvalIndex(evals, params.decontaminate.ngram)
         dedup = Dedup(params.generate.near_dup, same_answer=True)
         for p in practice:
@@ -156,10 +156,12 @@ def main() -> None:
     parser.add_argument("round_dir", type=Path, help="holds this round's feedback.jsonl")
     parser.add_argument("out", type=Path, help="the practice set for the next round")
     parser.add_argument("--eval", type=Path, default=None, help="held-out set new problems must not overlap")
+    parser.add_argument("--gsm8k", type=Path, default=None, help="the inputs stage's GSM8K copy (default: read the config's)")
     args = parser.parse_args()
     params = load_params()
     with tracking.stage_run("followup", params.followup.model_dump(), round_key=args.round) as log:
-        log.metrics(run(params, args.round, args.practice, args.round_dir, args.out, args.eval))
+        log.metrics(run(params, args.round, args.practice, args.round_dir, args.out, args.eval,
+                        gsm8k_file=args.gsm8k))
 
 
 if __name__ == "__main__":

@@ -54,21 +54,25 @@ TEACHERS_DIR = Path(__file__).with_name("teachers")
 class SeedSource:
     """Seed i of the stream as {seed_id, question, solution?, family?}; None past the end."""
 
-    def __init__(self, config: Generate) -> None:
+    def __init__(self, config: Generate, seeds_file: Path | None = None) -> None:
+        """`seeds_file`: the inputs stage's copy of the jsonl/dataset seeds (a DVC dep), read
+        instead of the configured source; seed ids still name the source."""
         self.cfg = config
         self.procedural = ProceduralTeacher(config.families) if config.seeds.source == "procedural" else None
         self.rows: list[dict] | None = None
-        if config.seeds.source == "jsonl":
-            rows = read_jsonl(config.seeds.path, required=("question",))
-            self.rows = [{"seed_id": f"{Path(config.seeds.path).name}:{i}", "question": r["question"],
-                          "solution": r.get("answer", "")} for i, r in enumerate(rows)]
-        elif config.seeds.source == "dataset":
-            from datasets import load_dataset
+        s = config.seeds
+        if s.source in ("jsonl", "dataset"):
+            prefix = Path(s.path).name if s.source == "jsonl" else f"{s.dataset}/{s.split}"
+            if seeds_file is not None:
+                rows = read_jsonl(seeds_file, required=("question",))
+            elif s.source == "jsonl":
+                rows = read_jsonl(s.path, required=("question",))
+            else:
+                from datasets import load_dataset
 
-            s = config.seeds
-            ds = load_dataset(s.dataset, s.subset or None, split=s.split)
-            self.rows = [{"seed_id": f"{s.dataset}/{s.split}:{i}", "question": r["question"],
-                          "solution": r.get("answer", "")} for i, r in enumerate(ds)]
+                rows = list(load_dataset(s.dataset, s.subset or None, split=s.split))
+            self.rows = [{"seed_id": f"{prefix}:{i}", "question": r["question"],
+                          "solution": r.get("answer", "")} for i, r in enumerate(rows)]
         if self.rows is not None:
             self.rows = self.rows[config.seeds.offset:]
             if config.seeds.shuffle:
@@ -301,11 +305,11 @@ def _fill(split: str, n: int, config: Generate, seeds: SeedSource, expander, cur
 
 
 def run(config: Generate, out: Path, cache_dir: Path | None = None, device: str = "auto",
-        progress: bool = True, run_stats: Path | None = None) -> dict:
+        progress: bool = True, run_stats: Path | None = None, seeds_file: Path | None = None) -> dict:
     """Write out/{sft,practice,test}.jsonl and out/stats.json (and run_stats); return all counts."""
     start = time.perf_counter()
     cache_dir = Path(cache_dir or config.cache_dir)
-    sources = [(config, SeedSource(config), make_expander(config, cache_dir, device))]
+    sources = [(config, SeedSource(config, seeds_file), make_expander(config, cache_dir, device))]
     if config.procedural_share:   # a second stream: the embedded teacher's share of sft/practice
         mixed = procedural_part(config)
         sources.append((mixed, SeedSource(mixed), make_expander(mixed, cache_dir, device)))
@@ -365,6 +369,8 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--run-stats", type=Path, default=None,
                         help="write this run's timings, replays and calls here (not into the cached output)")
+    parser.add_argument("--seeds", type=Path, default=None,
+                        help="the inputs stage's copy of jsonl/dataset seeds (default: read the configured source)")
     args = parser.parse_args()
     params = load_params()
     from components.teachers.llm import TeacherError
@@ -372,7 +378,8 @@ def main() -> None:
     with tracking.stage_run("generate", params.generate.model_dump()) as log:
         try:
             counts = run(params.generate, args.out, device=params.runtime.device,
-                         progress=os.environ.get("TUTORLOOP_PROGRESS", "1") != "0", run_stats=args.run_stats)
+                         progress=os.environ.get("TUTORLOOP_PROGRESS", "1") != "0", run_stats=args.run_stats,
+                         seeds_file=args.seeds if params.generate.seeds.source != "procedural" else None)
         except TeacherError as e:
             sys.exit(f"generate: {e}")
         log.metrics({k: float(v) for k, v in counts.items()})

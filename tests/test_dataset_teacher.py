@@ -117,3 +117,34 @@ def test_jsonl_round_trips_unicode_line_separators(tmp_path):
     rows = [{"question": "a\u2028b", "solution": "c\x85d\u2029e\x0cf", "answer": "1"}, {"question": "g"}]
     write_jsonl(tmp_path / "x.jsonl", rows)
     assert read_jsonl(tmp_path / "x.jsonl") == rows
+
+
+def test_inputs_stage_snapshots_gsm8k_and_seeds_and_empties_what_is_absent(params_factory, tmp_path):
+    """The `inputs` stage copies what the loop reads from outside the project; consumers read the
+    copies (the DVC deps) and get the same problems and seed ids as from the source itself."""
+    from components import inputs
+    from components.evalsets import gsm8k_problems, load_gsm8k
+    from components.generate import SeedSource
+
+    src = tmp_path / "gsm.jsonl"
+    src.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"{i}+1=<<{i}+1={i + 1}>>{i + 1}\n#### {i + 1}",
+                                       "extra": "x"}) + "\n" for i in range(5)))
+    from components.config import validate
+
+    raw = params_factory().model_dump(by_alias=True)
+    raw["evaluate"]["gsm8k"].update(path=str(src), limit=3)
+    raw["generate"]["seeds"].update(source="jsonl", path=str(src), offset=3)  # past the GSM8K rows
+    raw["generate"]["teacher"]["kind"] = "dataset"
+    params = validate(raw)
+    m = inputs.run(params, tmp_path / "inputs")
+    assert m["gsm8k"]["rows"] == 3 and m["seeds"]["rows"] == 5 and len(m["gsm8k"]["source_sha256"]) == 64
+    assert gsm8k_problems(params.evaluate.gsm8k, tmp_path / "inputs/gsm8k.jsonl") == load_gsm8k(params.evaluate.gsm8k)
+    copy, direct = SeedSource(params.generate, tmp_path / "inputs/seeds.jsonl"), SeedSource(params.generate)
+    assert copy.rows == direct.rows and copy.rows[0]["seed_id"].startswith("gsm.jsonl:")
+    raw["evaluate"]["gsm8k"]["path"] = str(tmp_path / "absent.jsonl")      # a user without the file
+    raw["generate"]["seeds"]["source"], raw["generate"]["teacher"]["kind"] = "procedural", "procedural"
+    params = validate(raw)
+    m = inputs.run(params, tmp_path / "inputs")
+    assert m["gsm8k"]["rows"] == 0 and m["seeds"]["rows"] == 0
+    assert (tmp_path / "inputs/gsm8k.jsonl").read_text() == ""
+    assert gsm8k_problems(params.evaluate.gsm8k, tmp_path / "inputs/gsm8k.jsonl") is None

@@ -29,6 +29,19 @@ def prefect_harness():
         yield
 
 
+def stale(project) -> dict:
+    """`dvc status` without the `inputs` snapshot, which is `always_changed` by design (it re-hashes
+    the files from outside the project on every repro)."""
+    status = json.loads(dvc(project, "status", "--json").stdout or "{}")
+    assert status.pop("inputs", ["always changed"]) == ["always changed"]
+    return status
+
+
+def ran_stages(out: str) -> set[str]:
+    """Stages `dvc repro` ran, without the `inputs` snapshot that runs on every repro."""
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")} - {"inputs"}
+
+
 def dvc(project, *args) -> subprocess.CompletedProcess:
     """`dvc` as a user runs it with the virtualenv active (stages call `python -m components...`)."""
     from flows.pipeline import _stage_env
@@ -58,7 +71,7 @@ def first_run(project, prefect_harness):
 
 def test_every_stage_ran(first_run):
     ran = [r["stage"] for r in first_run if r["ran"]]
-    expected = ["base_model", "generate", "decontaminate", "evaluate@base", "register@base", "sft",
+    expected = ["base_model", "inputs", "generate", "decontaminate", "evaluate@base", "register@base", "sft",
                 "evaluate@0", "register@0"]
     for r in ("1", "2"):
         expected += [f"practice@{r}", f"feedback@{r}", f"followup@{r}", f"dpo@{r}", f"evaluate@{r}", f"register@{r}"]
@@ -136,12 +149,10 @@ def test_round_two_change_reruns_only_round_two(project, first_run):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["rounds"]["2"]["dpo"]["beta"] = 0.2
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = json.loads(dvc(project, "status", "--json").stdout)
-    assert set(status) == {"dpo@2"}
+    assert set(stale(project)) == {"dpo@2"}
     out = dvc(project, "repro").stdout
-    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"dpo@2", "evaluate@2", "register@2", "report"}
-    assert dvc(project, "status", "--json").stdout.strip() in ("{}", "")
+    assert ran_stages(out) == {"dpo@2", "evaluate@2", "register@2", "report"}
+    assert stale(project) == {}
 
 
 def test_teacher_change_runs_generate_and_never_restores_stale_data(project, first_run):
@@ -156,7 +167,7 @@ def test_teacher_change_runs_generate_and_never_restores_stale_data(project, fir
     assert (project / "data/generated/sft.jsonl").read_text() != before
     prompt = project / "components/teachers/prompts/solver.md"
     prompt.write_text(prompt.read_text() + "\nShow units.\n")
-    assert "generate" in json.loads(dvc(project, "status", "--json").stdout)
+    assert "generate" in stale(project)
     out = dvc(project, "repro", "-s", "generate").stdout
     assert "Running stage 'generate'" in out
     prompt.write_text(prompt.read_text().replace("\nShow units.\n", ""))
@@ -164,7 +175,34 @@ def test_teacher_change_runs_generate_and_never_restores_stale_data(project, fir
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc(project, "repro", "-s", "generate")
     assert (project / "data/generated/sft.jsonl").read_text() == before
-    assert dvc(project, "status", "--json").stdout.strip() in ("{}", "")
+    assert stale(project) == {}
+
+
+def test_an_edited_gsm8k_file_rescores_and_an_unchanged_one_costs_nothing(project, first_run):
+    """The GSM8K file lives outside the project (it may be absent), so the `inputs` stage copies it
+    in and the consumers depend on the copy: a changed file content — params untouched — re-runs
+    decontaminate and every evaluation; an unchanged one re-runs nothing but the snapshot."""
+    rows = [{"question": f"Tom has {n} apples and buys {n + 3} more. How many apples does he have now?",
+             "answer": f"{n} + {n + 3} = <<{n}+{n + 3}={2 * n + 3}>>{2 * n + 3}\n#### {2 * n + 3}"} for n in range(4)]
+    gsm = project / "gsm8k-mine.jsonl"
+    gsm.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    original = params["evaluate"]["gsm8k"]["path"]
+    params["evaluate"]["gsm8k"]["path"] = str(gsm)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc(project, "repro")
+    assert ran_stages(dvc(project, "repro").stdout) == set()           # unchanged: nothing
+    manifest = json.loads((project / "data/inputs/manifest.json").read_text())
+    assert manifest["gsm8k"]["rows"] == 4 and manifest["gsm8k"]["source"] == str(gsm)
+    rows[0]["question"] = rows[0]["question"].replace("Tom", "Ann")
+    gsm.write_text("".join(json.dumps(r) + "\n" for r in rows))        # same params, new content
+    ran = ran_stages(dvc(project, "repro").stdout)
+    assert {"decontaminate", "evaluate@base", "evaluate@0", "evaluate@1", "evaluate@2"} <= ran
+    assert "sft" not in ran and "generate" not in ran                 # decontaminate's outputs are unchanged
+    params["evaluate"]["gsm8k"]["path"] = original
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc(project, "repro")
+    assert stale(project) == {}
 
 
 def test_exp_run_switches_round_two_to_kto_visible_in_exp_show_and_mlflow(project, first_run):
@@ -180,10 +218,9 @@ def test_exp_run_switches_round_two_to_kto_visible_in_exp_show_and_mlflow(projec
     heavy = [f for f in tracked if f.startswith(("mlflow.db", "mlartifacts/")) or f.endswith((".safetensors", ".jsonl"))]
     assert tracked and not heavy, f"weights, data and tracking state stay out of git (DVC's job): {heavy}"
     # metrics are git-ignored in this project, so the baseline is recorded as an experiment too
-    assert "Running stage" not in dvc(project, "exp", "run", "-n", "dpo-r2").stdout
+    assert ran_stages(dvc(project, "exp", "run", "-n", "dpo-r2").stdout) == set()
     out = dvc(project, "exp", "run", "-n", "kto-r2", "-S", "rounds.2.dpo.method=kto").stdout
-    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"dpo@2", "evaluate@2", "register@2", "report"}
+    assert ran_stages(out) == {"dpo@2", "evaluate@2", "register@2", "report"}
     shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
     from components.report import experiments
 
