@@ -8,6 +8,11 @@ cross-references (a round whose `prev` is not a round, checkpoints that do not m
 Collecting everything at once (litgpt's args.py, alignment-handbook's configs.py) beats
 fix-one-rerun-find-the-next.
 
+Errors are for the one who edits the file: `ConfigError.lines()` gives one line per problem,
+each starting `params.yaml:<line>:` (the line of the offending key, found by composing the YAML),
+and a YAML syntax error becomes a ConfigError naming the line and column PyYAML stopped at.
+`components/entry.py` prints those lines (exit code 2) instead of a traceback.
+
     python -m components.config params.yaml     # validate and print the resolved config
 """
 
@@ -25,7 +30,28 @@ PARAMS_FILE = Path("params.yaml")
 
 
 class ConfigError(ValueError):
-    """params.yaml is invalid; the message lists every problem as `key: value -> reason`."""
+    """params.yaml is invalid; the message lists every problem as `key: value -> reason`.
+
+    `str(err)` is the whole report (kept as it was: tests and logs match on it); `lines()` is the
+    same report as one line per problem prefixed with `file:line:`, what a terminal should show.
+    `problems` holds the `key: value -> reason` strings (already redacted), `locations` the
+    1-based line of each in `path` (None where the key is absent, e.g. a required one).
+    """
+
+    def __init__(self, message: str, *, path: str | Path | None = None, problems: list[str] | None = None,
+                 locations: list[int | None] | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+        self.problems = list(problems or [])
+        self.locations = list(locations or [None] * len(self.problems))
+
+    def lines(self) -> list[str]:
+        """One line per problem, `file:line: key: value -> reason`; secrets stay redacted."""
+        if not self.problems:
+            return [redact(" ".join(str(self).split()))]
+        where = self.path or str(PARAMS_FILE)
+        return [redact(f"{where}:{line}: {p}" if line else f"{where}: {p}")
+                for p, line in zip(self.problems, self.locations)]
 
 
 # Secrets that end up in text by accident: `user:token@` in a URL, a token in a URL's query, and
@@ -362,24 +388,99 @@ def validate(raw: dict) -> Params:
     if isinstance(raw, dict):
         problems += _cross_checks(raw)
     if problems:
-        raise ConfigError("invalid params.yaml:\n  " + "\n  ".join(problems))
+        raise ConfigError("invalid params.yaml:\n  " + "\n  ".join(problems), problems=problems)
     assert params is not None
     return params
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    """Read and validate params.yaml."""
+def yaml_error(path: Path, err: yaml.YAMLError) -> ConfigError:
+    """A parse error as one line, `file:line:column: problem (context and where it started)`.
+
+    Only PyYAML's problem/context texts and marks are used, never str(err): that embeds a
+    snippet of the file, which may hold a pasted key.
+    """
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())
+    context, cmark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and cmark is not None and (mark is None or cmark.line != mark.line):
+        problem += f" ({context} started at line {cmark.line + 1})"
+    elif context:
+        problem += f" ({context})"
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    return ConfigError(redact(f"{where}: {problem}"), path=path)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file the user edits (params.yaml, a recipe); any problem is a ConfigError
+    that names the file (and for syntax errors the line and column)."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"{path}: no such file")
-    raw = yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"{path}: no such file", path=path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, expected a YAML file", path=path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})", path=path) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise yaml_error(path, err) from None
+
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """1-based line of every key path in a YAML text: ("sft", "learning_rate") -> 42."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node, prefix: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = prefix + (str(k.value),)
+                lines.setdefault(key, k.start_mark.line + 1)
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines.setdefault(prefix + (str(i),), item.start_mark.line + 1)
+                walk(item, prefix + (str(i),))
+
+    try:
+        walk(yaml.compose(text), ())
+    except yaml.YAMLError:  # it parsed once already; never let locating hide the real errors
+        pass
+    return lines
+
+
+def _locate(problem: str, lines: dict[tuple[str, ...], int]) -> int | None:
+    """The line of a problem's key (`rounds.1.dpo.beta: ...`), or of its nearest present parent
+    (a missing required key points at its section)."""
+    parts = tuple(problem.split(": ", 1)[0].split("."))
+    for n in range(len(parts), 0, -1):
+        if parts[:n] in lines:
+            return lines[parts[:n]]
+    return None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml; every problem is a ConfigError (see its `lines()`)."""
+    path = Path(path)
+    raw = read_yaml(path)
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
-    return validate(raw)
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}", path=path)
+    try:
+        return validate(raw)
+    except ConfigError as err:
+        lines = _key_lines(path.read_text(encoding="utf-8"))
+        err.path = str(path)
+        err.locations = [_locate(p, lines) for p in err.problems]
+        raise
 
 
 if __name__ == "__main__":
-    try:
-        print(load_params(sys.argv[1] if len(sys.argv) > 1 else PARAMS_FILE).model_dump_json(indent=2))
-    except ConfigError as err:
-        sys.exit(str(err))
+    # From the imported module, not this __main__ copy: entry catches components.config.ConfigError,
+    # and under `python -m` this file's classes are different objects.
+    from components import config
+    from components.entry import run_main
+
+    run_main(lambda: print(config.load_params(sys.argv[1] if len(sys.argv) > 1 else PARAMS_FILE)
+                           .model_dump_json(indent=2)))

@@ -50,13 +50,18 @@ def read_jsonl(path: str | Path, required: Iterable[str] = (), allow_empty: bool
 @contextmanager
 def atomic_open(path: str | Path):
     """Write to a temp file beside `path` and rename it into place: a killed stage never leaves
-    half a file for DVC to hash."""
+    half a file for DVC to hash. A write stopped by an exception (SIGTERM/Ctrl-C raise one inside
+    a stage run, see tracking.py) removes its temp file instead of leaving *.tmp litter."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp",
-                                     encoding="utf-8") as f:
-        yield f
-    os.replace(f.name, path)
+    f = tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8")
+    try:
+        with f:
+            yield f
+        os.replace(f.name, path)
+    except BaseException:
+        Path(f.name).unlink(missing_ok=True)
+        raise
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:

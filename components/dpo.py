@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from components import tracking
-from components.config import Params, load_params
+from components.config import ConfigError, Params, load_params
 from components.data import read_jsonl, write_json
 from components.modeling import load, merge_and_save, messages, pick_device, setup_runtime
 from components.training import checkpointing, last_checkpoint, lora_config, trainer_precision, work_dir
@@ -73,7 +73,7 @@ def run(params: Params, round_key: str, prev_model: Path, round_dir: Path, out: 
     ref_model = None
     if rcfg.reference == "sft" and params.rounds[round_key].prev != "0":
         if sft_model is None:
-            raise ValueError("rounds.%s.dpo.reference: 'sft' needs the SFT model path (--sft)" % round_key)
+            raise ConfigError("rounds.%s.dpo.reference: 'sft' needs the SFT model path (--sft)" % round_key)
         ref_model, _ = load(sft_model, device=device)
         ref_model.eval().requires_grad_(False)
     data_file = round_dir / ("pairs.jsonl" if rcfg.method == "dpo" else "unpaired.jsonl")
@@ -149,4 +149,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from components.entry import run_main
+
+    run_main(main)  # bad input: one line, exit 2; SIGTERM/SIGINT: MLflow run KILLED (see entry.py)

@@ -17,13 +17,12 @@ GSM8K format: ``question`` and ``answer`` whose last line is ``#### N``; from a 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from components import tracking
-from components.config import Params, load_params
-from components.data import DataError, read_jsonl, write_json, write_jsonl
+from components.config import ConfigError, Params, load_params
+from components.data import read_jsonl, write_json, write_jsonl
 from components.evalsets import gsm8k_problems
 from components.grading import grade
 from components.engine import generate
@@ -79,7 +78,7 @@ def run(params: Params, model_dir: Path, test_file: Path, metrics_file: Path, ou
     shots: list[tuple[str, str]] = []
     if cfg.fewshot:
         if shots_file is None:
-            raise ValueError("evaluate.fewshot > 0 needs the SFT set for its examples (--shots)")
+            raise ConfigError(f"evaluate.fewshot: {cfg.fewshot} -> needs the SFT set for its examples (--shots)")
         shots = [(r["question"], r["solution"])
                  for r in read_jsonl(shots_file, required=("question", "solution"))[:cfg.fewshot]]
     gsm8k = gsm8k_problems(cfg.gsm8k, gsm8k_file)
@@ -141,7 +140,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as err:
-        sys.exit(f"evaluate: {err}")
+    from components.entry import run_main
+
+    run_main(main)  # bad input: one line, exit 2; SIGTERM/SIGINT: MLflow run KILLED (see entry.py)

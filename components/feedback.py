@@ -84,8 +84,15 @@ def llm_judge(rows: list[dict], problems: list[dict], cfg, chat=None, device: st
         except BadReply:
             return None
 
-    with ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="judge") as pool:
+    pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="judge")
+    try:
         verdicts = list(pool.map(ask, todo))
+    except BaseException:
+        # Not `with`: its exit would wait for every queued judge call before a SIGTERM/Ctrl-C
+        # (or the first failure) gets out; drop the queue instead.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     decided = disagree = unparsed = 0
     for r, v in zip(todo, verdicts):
         r["judge"] = v
@@ -224,4 +231,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from components.entry import run_main
+
+    run_main(main)  # bad input: one line, exit 2; SIGTERM/SIGINT: MLflow run KILLED (see entry.py)

@@ -355,13 +355,21 @@ def _expand_all(expander, todo: list[tuple[int, dict]], agents: bool, journal: J
         for j, s in todo:
             one(j, s)
         return
-    with ThreadPoolExecutor(max_workers=expander.concurrency, thread_name_prefix="teacher") as pool:
+    pool = ThreadPoolExecutor(max_workers=expander.concurrency, thread_name_prefix="teacher")
+    try:
         futures = [pool.submit(one, j, s) for j, s in todo]
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for f in pending:
             f.cancel()
         for f in done:
             f.result()  # re-raise the first failure (a TeacherError says what to fix)
+    except BaseException:
+        # Not `with ThreadPoolExecutor`: its exit waits for every queued seed, so a SIGTERM or
+        # Ctrl-C (raised here, in the main thread) would wait out the whole set. Drop the queue;
+        # in-flight calls end with the process (their seeds are simply not journaled).
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def main() -> None:
@@ -373,19 +381,18 @@ def main() -> None:
                         help="the inputs stage's copy of jsonl/dataset seeds (default: read the configured source)")
     args = parser.parse_args()
     params = load_params()
-    from components.teachers.llm import TeacherError
-
     with tracking.stage_run("generate", params.generate.model_dump()) as log:
-        try:
-            counts = run(params.generate, args.out, device=params.runtime.device,
-                         progress=os.environ.get("TUTORLOOP_PROGRESS", "1") != "0", run_stats=args.run_stats,
-                         seeds_file=args.seeds if params.generate.seeds.source != "procedural" else None)
-        except TeacherError as e:
-            sys.exit(f"generate: {e}")
+        # A TeacherError (bad key, unknown model, unreachable server) is bad input: entry.run_main
+        # prints its one line and exits 2; the run is FAILED with the reason as a tag.
+        counts = run(params.generate, args.out, device=params.runtime.device,
+                     progress=os.environ.get("TUTORLOOP_PROGRESS", "1") != "0", run_stats=args.run_stats,
+                     seeds_file=args.seeds if params.generate.seeds.source != "procedural" else None)
         log.metrics({k: float(v) for k, v in counts.items()})
         sample = read_jsonl(args.out / "sft.jsonl")[:20]
         log.json(sample, "sample/sft_first20.json")
 
 
 if __name__ == "__main__":
-    main()
+    from components.entry import run_main
+
+    run_main(main)  # bad input: one line, exit 2; SIGTERM/SIGINT: MLflow run KILLED (see entry.py)

@@ -81,4 +81,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from components.entry import run_main
+
+    run_main(main)  # bad input (a missing seeds file, a malformed params.yaml): one line, exit 2

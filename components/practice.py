@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from components import tracking
-from components.config import Params, load_params
+from components.config import ConfigError, Params, load_params
 from components.data import read_jsonl, write_json, write_jsonl
 from components.engine import generate
 from components.modeling import chat_prompts, load, pick_device, setup_runtime
@@ -27,8 +27,8 @@ def run(params: Params, round_key: str, model_dir: Path, problems_file: Path, ou
     # problems (new teacher solutions as positives) instead of the same set every round.
     problems = problems[rcfg.offset:rcfg.offset + cfg.limit if cfg.limit else None]
     if not problems:
-        raise ValueError(f"rounds.{round_key}.practice.offset: {rcfg.offset} -> no practice problems left "
-                         f"(the set has {len(read_jsonl(problems_file))})")
+        raise ConfigError(f"rounds.{round_key}.practice.offset: {rcfg.offset} -> no practice problems left "
+                          f"(the set has {len(read_jsonl(problems_file))})")
     setup_runtime(params.runtime.threads)
     model, tok = load(model_dir, dtype=cfg.dtype, device=pick_device(params.runtime.device))
     prompts = chat_prompts(tok, [p["question"] for p in problems], params.prompt.system,
@@ -62,4 +62,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from components.entry import run_main
+
+    run_main(main)  # bad input: one line, exit 2; SIGTERM/SIGINT: MLflow run KILLED (see entry.py)

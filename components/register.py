@@ -47,7 +47,7 @@ import yaml
 
 from components import tracking
 from components.config import Params, Register, load_params, redact
-from components.data import read_jsonl, write_json
+from components.data import DataError, read_jsonl, write_json
 from components.modeling import require_checkpoint
 from components.stats import mcnemar_p
 
@@ -263,10 +263,10 @@ def run(params: Params, checkpoint: str, model_dir: Path, metrics_file: Path, pr
         raise FileNotFoundError(f"no evaluation at {metrics_file}: refusing to register")
     metrics = json.loads(metrics_file.read_text())
     if not metrics.get("n"):
-        raise ValueError(f"{metrics_file}: evaluated on 0 problems: refusing to register")
+        raise DataError(f"{metrics_file}: evaluated on 0 problems: refusing to register")
     predictions = read_jsonl(predictions_file, required=("id", "correct"))
     if len(predictions) != metrics["n"]:
-        raise ValueError(f"{predictions_file} has {len(predictions)} predictions, metrics say {metrics['n']}")
+        raise DataError(f"{predictions_file}: has {len(predictions)} predictions, metrics say {metrics['n']}")
     if not log.active:
         raise RuntimeError("register needs MLflow tracking (TUTORLOOP_TRACKING is off)")
 
@@ -347,4 +347,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from components.entry import run_main
+
+    run_main(main)  # bad input: one line, exit 2; SIGTERM/SIGINT: MLflow run KILLED (see entry.py)

@@ -9,6 +9,13 @@
 - `TUTORLOOP_TRACKING=off` turns all of this into a no-op (unit tests of a single stage).
 - Secrets: only params and metrics we pass are logged; never the environment. Params, tags,
   texts and dicts pass through `config.redact` first (a `base_url` with `user:token@`, a pasted key).
+- Ending: a stage run always ends. Success -> FINISHED; an exception -> FAILED (tag
+  `tutorloop.error` says which, redacted) and re-raised; SIGINT (KeyboardInterrupt) and SIGTERM
+  -> KILLED (tag `tutorloop.stopped_by`). SIGTERM's default action kills the process on the spot,
+  which left runs RUNNING forever, so while a stage run is open SIGTERM raises `Terminated`
+  instead (the previous handler comes back afterwards). `components.entry.run_main` then exits
+  the way a signal would (the shell shows 143 / 130). With tracking off the handler is still
+  installed: finally blocks and atomic writes clean up the same way.
 
     python -m components.tracking        # create the store and experiment once
 """
@@ -16,7 +23,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -117,26 +127,143 @@ class StageLog:
             self._mlflow.log_text(redact(text), name)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread while a stage run is open.
+
+    A BaseException, like KeyboardInterrupt, so `except Exception` in stage code does not swallow
+    a stop request; not a KeyboardInterrupt subclass, because an uncaught KeyboardInterrupt makes
+    Python kill itself with SIGINT, and the parent should see the signal that was actually sent.
+    """
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+def _in_main_thread() -> bool:
+    # signal.signal() only works there; a stage_run opened from a worker thread (a Prefect task
+    # runner, a test) keeps the process's handlers as they are.
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While open, SIGTERM raises Terminated; the previous handler is restored on exit."""
+    if not _in_main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    # SIG_IGN: someone asked for SIGTERM to be ignored (keep it so); ours: a nested stage run.
+    if previous in (signal.SIG_IGN, _raise_terminated):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        # None: a handler installed outside Python; the closest we can restore is the default.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def run_status(exc: BaseException | None) -> str:
+    """The MLflow status a stage run ends with when `exc` (None: nothing) leaves it."""
+    if exc is None or (isinstance(exc, SystemExit) and exc.code in (None, 0)):
+        return "FINISHED"
+    if isinstance(exc, (KeyboardInterrupt, Terminated)):
+        return "KILLED"
+    return "FAILED"
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[list[int]]:
+    """Hold SIGINT/SIGTERM while a run is being ended: a second Ctrl-C (or the SIGTERM a
+    supervisor sends after a SIGINT) must not interrupt the write that ends the run and leave it
+    RUNNING after all. Held signals are listed in the yielded list; a signal sent twice during
+    the wait goes through (a hung tracking server must not make the stage unkillable)."""
+    held: list[int] = []
+    if not _in_main_thread():
+        yield held
+        return
+
+    def hold(signum, frame):
+        if signum in held:
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
+        held.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield held
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
+def _end_run(mlflow, exc: BaseException | None, outer_id: str | None) -> None:
+    """End the active run with the status `exc` calls for; a held stop request is raised after.
+
+    `outer_id`: the run that was active before ours (None: none). If the active run is still that
+    one, ours never started (start_run failed) or the stage ended it: end nothing, above all
+    not a parent that belongs to the caller.
+    """
+    status = run_status(exc)
+    with _signals_deferred() as held:
+        active = mlflow.active_run()
+        if active is None or active.info.run_id == outer_id:
+            return
+        try:
+            if status == "KILLED":
+                mlflow.set_tag("tutorloop.stopped_by", "SIGINT" if isinstance(exc, KeyboardInterrupt)
+                               else signal.Signals(exc.signum).name)
+            elif status == "FAILED":
+                mlflow.set_tag("tutorloop.error", redact(f"{type(exc).__name__}: {exc}")[:1000])
+            mlflow.end_run(status)
+        except Exception as err:  # noqa: BLE001
+            if exc is None:
+                raise
+            # Never let a failing store hide the exception that is ending the stage.
+            print(f"tutorloop: could not mark the MLflow run {status}: {redact(str(err))}", file=sys.stderr)
+    if held and exc is None:  # asked to stop while a finished run was being written: stop now
+        raise KeyboardInterrupt if held[0] == signal.SIGINT else Terminated(held[0])
+
+
 @contextmanager
 def stage_run(stage: str, params: dict, round_key: str | None = None) -> Iterator[StageLog]:
-    """Open the MLflow run of one stage execution (nested when a parent id is in the env)."""
-    if not enabled():
-        yield StageLog(None)
-        return
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
+    """Open the MLflow run of one stage execution (nested when a parent id is in the env).
 
-    exp_id = ensure_store()
-    parent = os.environ.get(PARENT_ENV) or None
-    name = stage if round_key is None else f"{stage}@{round_key}"
-    tags = {"tutorloop.stage": stage, "tutorloop.git_commit": git_commit()}
-    if round_key is not None:
-        tags["tutorloop.round"] = round_key
-    with mlflow.start_run(experiment_id=exp_id, run_name=name, parent_run_id=parent,
-                          nested=parent is not None, tags=tags):
-        log = StageLog(mlflow)
-        log.params(params)
-        yield log
+    The run ends FINISHED, FAILED (exception, re-raised) or KILLED (SIGINT/SIGTERM, re-raised as
+    KeyboardInterrupt/Terminated); see the module docstring.
+    """
+    with _sigterm_raises():
+        if not enabled():
+            yield StageLog(None)
+            return
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        import mlflow
+
+        exp_id = ensure_store()
+        parent = os.environ.get(PARENT_ENV) or None
+        name = stage if round_key is None else f"{stage}@{round_key}"
+        tags = {"tutorloop.stage": stage, "tutorloop.git_commit": git_commit()}
+        if round_key is not None:
+            tags["tutorloop.round"] = round_key
+        outer = mlflow.active_run()
+        outer_id = outer.info.run_id if outer is not None else None
+        try:
+            # start_run inside the try: a signal between creating the run and entering the block
+            # must still end it.
+            mlflow.start_run(experiment_id=exp_id, run_name=name, parent_run_id=parent,
+                             nested=parent is not None, tags=tags)
+            log = StageLog(mlflow)
+            log.params(params)
+            yield log
+        except BaseException as exc:
+            _end_run(mlflow, exc, outer_id)
+            raise
+        _end_run(mlflow, None, outer_id)
 
 
 def trainer_callback(log: StageLog):

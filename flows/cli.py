@@ -6,6 +6,10 @@
     tutorloop report                       the accuracy table of the evaluated checkpoints
     tutorloop schedule --cron "0 3 * * *"  serve the loop on a cron schedule (needs a Prefect server)
     tutorloop recipe gsm8k                 run recipes/gsm8k.yaml's overrides as a DVC experiment
+
+A bad params.yaml or recipe (YAML syntax, a bad value, a missing file) is reported as
+`tutorloop: <file>:<line>: <problem>` lines on stderr with exit code 2, as the stages do
+(components/entry.py), never as a traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
@@ -25,14 +29,23 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 app = typer.Typer(add_completion=False, help="Specialise a small language model by iterative teacher feedback.")
 
 
+def _bad_input(err: BaseException, context: str = "") -> NoReturn:
+    """Print `err` as the stages do (one `tutorloop: file:line: problem` line each) and exit 2."""
+    from components.entry import BAD_INPUT_EXIT, PREFIX, problem_lines
+
+    for line in problem_lines(err):
+        typer.secho(PREFIX + context + line, fg="red", err=True)
+    raise typer.Exit(BAD_INPUT_EXIT)
+
+
 def _validate(project: Path):
-    from components.config import ConfigError, load_params
+    from components.config import load_params
+    from components.entry import BAD_INPUT
 
     try:
         return load_params(project / "params.yaml")
-    except ConfigError as err:
-        typer.secho(str(err), fg="red", err=True)
-        raise typer.Exit(2)
+    except BAD_INPUT as err:
+        _bad_input(err)
 
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -40,7 +53,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 def recipe_overrides(name: str) -> dict:
     """The recipe's overrides as dotted keys (`generate.teacher.kind`: value), DVC's -S form."""
-    import yaml
+    from components.config import ConfigError, read_yaml
 
     path = RECIPES / f"{name}.yaml"
     if not path.exists():
@@ -54,7 +67,10 @@ def recipe_overrides(name: str) -> dict:
             out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
         return out
 
-    return flat(yaml.safe_load(path.read_text()))
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of params.yaml keys, got {type(data).__name__}", path=path)
+    return flat(data)
 
 
 def apply_overrides(raw: dict, overrides: dict) -> dict:
@@ -96,7 +112,8 @@ def recipe(name: str = typer.Argument(..., help="a recipe in recipes/, e.g. gsm8
 
     import yaml
 
-    from components.config import ConfigError, validate as validate_raw
+    from components.config import ConfigError, read_yaml, validate as validate_raw
+    from components.entry import BAD_INPUT
 
     try:
         overrides = recipe_overrides(name)
@@ -104,12 +121,16 @@ def recipe(name: str = typer.Argument(..., help="a recipe in recipes/, e.g. gsm8
             key, sep, value = item.partition("=")
             if not sep or not key:
                 raise ConfigError(f"--set {item!r} -> expected KEY=VALUE, e.g. evaluate.calculator=false")
-            overrides[key] = yaml.safe_load(value)
-        validate_raw(apply_overrides(yaml.safe_load((project / "params.yaml").read_text()), overrides))
-    except (FileNotFoundError, ConfigError) as err:
-        typer.secho(f"recipe {name}: {err}", fg="red", err=True)
-        raise typer.Exit(2)
-    raw = yaml.safe_load((project / "params.yaml").read_text())
+            try:
+                overrides[key] = yaml.safe_load(value)
+            except yaml.YAMLError as err:
+                raise ConfigError(f"--set {item!r} -> not a YAML value ({getattr(err, 'problem', None) or err})") from None
+        raw = read_yaml(project / "params.yaml")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{project / 'params.yaml'}: top level must be a mapping, got {type(raw).__name__}")
+        validate_raw(apply_overrides(raw, overrides))
+    except BAD_INPUT as err:
+        _bad_input(err, context=f"recipe {name}: ")
     cmd = ["dvc", "exp", "run", "-n", name_as or name]
     for key, value in overrides.items():   # JSON keeps '' and booleans intact through DVC's parser
         # DVC's Hydra-style -S only overrides keys params.yaml has; a new one needs `+key=`.
