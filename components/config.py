@@ -21,10 +21,10 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -83,6 +83,25 @@ def _shown(key: str, value: Any) -> str:
     if key.endswith("api_key_env"):
         return f"<{len(str(value))} characters, not shown: it may be the key itself>"
     return redact(repr(value))
+
+
+# Batch sizes that may be `auto`: resolved per device when the stage starts (components/batching.py).
+# On CPU `auto` is the measured default below; on CUDA it is sized from free GPU memory. These
+# constants are the only CPU defaults: the fields' defaults and `auto` on CPU both read them.
+ENGINE_ROWS_CPU = 128   # engine rows on 2 CPU cores (README's engine measurements)
+SFT_BATCH_CPU = 8       # SFT examples per device step on CPU
+DPO_BATCH_CPU = 4       # DPO pairs per device step on CPU
+
+
+def _batch_size(value: Any) -> int | str:
+    # One validator instead of pydantic's union errors (one message per branch, twice as noisy).
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    raise ValueError("must be a positive integer or 'auto'")
+
+
+# `Union` (not `|`): pydantic evaluates these annotations at runtime.
+BatchSize = Annotated[Union[int, Literal["auto"]], PlainValidator(_batch_size, json_schema_input_type=Union[int, Literal["auto"]])]
 
 
 class Section(BaseModel):
@@ -175,7 +194,7 @@ class Sft(Section):
     lora: Lora = Field(default_factory=Lora, description="adapter shape; merged into models/round-0 at the end")
     learning_rate: float = Field(gt=0, description="peak learning rate (cosine schedule)")
     epochs: float = Field(gt=0, description="passes over the SFT set")
-    batch_size: int = Field(gt=0, description="examples per device step")
+    batch_size: BatchSize = Field(description="examples per device step; auto = 8 on CPU, on CUDA the largest that fits free memory with grad_accum adjusted so batch_size x grad_accum stays 8 x grad_accum (the same optimisation on every device)")
     grad_accum: int = Field(1, gt=0, description="steps accumulated per optimizer update")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of updates spent warming up")
     max_length: int = Field(512, gt=0, description="tokens per example (prompt + solution); longer ones are truncated")
@@ -209,10 +228,25 @@ class Round(Section):
     dpo: DpoRound = Field(description="preference-learning knobs of this round")
 
 
+class Server(Section):
+    """An OpenAI-compatible server that serves the stage's checkpoint (backend: openai)."""
+
+    base_url: str = Field("", description="the server's URL, e.g. http://localhost:8000/v1 for `vllm serve models/round-0 --served-model-name round-0`; required for backend openai")
+    model: str = Field("", description="the served model name; empty = the checkpoint folder's name (models/round-0 -> round-0, models/base -> base)")
+    api_key_env: str = Field("VLLM_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="NAME of the environment variable holding the server's key; VLLM_API_KEY is the one vLLM itself reads (one export serves both), and an OpenAI key in OPENAI_API_KEY is never sent to a student's server by default; unset = any key, which keyless local servers accept")
+    concurrency: int = Field(64, gt=0, description="requests in flight at once (a vLLM server batches them continuously: more in flight = fuller GPU)")
+    timeout: float = Field(300, gt=0, description="seconds per request before it counts as a timeout (retried)")
+    max_retries: int = Field(6, ge=0, description="retries on 429/5xx/timeouts, with backoff honouring Retry-After (the teacher's client)")
+    n: bool = Field(True, description="ask for the K samples of a problem in one request (`n`; vLLM, OpenAI); false = K requests with seeds seed + 7919k, for servers that ignore n (llama.cpp, Ollama)")
+    cache_dir: str = Field(".tutorloop-cache", description="every reply is cached here (calls.sqlite, keyed by the checkpoint's content hash): a re-run sends nothing")
+
+
 class Practice(Section):
-    batch_size: int = Field(128, gt=0, description="sequences decoded together by the engine (each prompt takes K of them; finished ones are refilled)")
+    backend: Literal["local", "openai"] = Field("local", description="who samples: local = the generation engine in this process; openai = an OpenAI-compatible server serving the checkpoint (practice.server), e.g. vLLM on a GPU")
+    server: Server = Field(default_factory=Server, description="backend openai: the server and its client settings")
+    batch_size: BatchSize = Field(ENGINE_ROWS_CPU, description="local: sequences decoded together by the engine (each prompt takes K of them; finished ones are refilled); auto = 128 on CPU, on CUDA as many as free memory holds")
     max_new_tokens: int = Field(256, gt=0, description="tokens sampled per solution at most")
-    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="inference dtype (bf16 ~1.75x fp32 on CPU)")
+    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="local: inference dtype (bf16 ~1.75x fp32 on CPU); a server uses its own")
     limit: int = Field(0, ge=0, description="practise on N problems per round (from rounds.r.practice.offset); 0 = all")
     calculator: bool = Field(False, description="the engine computes every `<<expr=` the student writes and writes `value>>` for it (components/calculator.py)")
 
@@ -248,7 +282,7 @@ class Feedback(Section):
 
 class Dpo(Section):
     lora: Lora = Field(default_factory=Lora, description="fresh adapter trained each round, then merged")
-    batch_size: int = Field(4, gt=0, description="pairs per device step")
+    batch_size: BatchSize = Field(DPO_BATCH_CPU, description="pairs per device step; auto = 4 on CPU, on CUDA the largest that fits free memory with grad_accum adjusted so batch_size x grad_accum stays 4 x grad_accum")
     grad_accum: int = Field(2, gt=0, description="steps accumulated per optimizer update")
     max_length: int = Field(512, gt=0, description="tokens per prompt + completion")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of updates spent warming up")
@@ -265,9 +299,11 @@ class Gsm8k(Section):
 
 
 class Evaluate(Section):
-    batch_size: int = Field(128, gt=0, description="sequences decoded together by the engine (greedy: one per problem; maj@k: k per problem)")
+    backend: Literal["local", "openai"] = Field("local", description="who decodes: local = the generation engine; openai = an OpenAI-compatible server serving the checkpoint (evaluate.server); greedy is temperature 0 there")
+    server: Server = Field(default_factory=Server, description="backend openai: the server and its client settings")
+    batch_size: BatchSize = Field(ENGINE_ROWS_CPU, description="local: sequences decoded together by the engine (greedy: one per problem; maj@k: k per problem); auto = 128 on CPU, on CUDA as many as free memory holds")
     max_new_tokens: int = Field(256, gt=0, description="greedy tokens per solution at most")
-    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="inference dtype")
+    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="local: inference dtype; a server uses its own")
     limit: int = Field(0, ge=0, description="evaluate on the first N held-out problems; 0 = all")
     fewshot: int = Field(0, ge=0, description="worked examples (from the SFT set) shown before each problem; 0 = zero-shot")
     maj_k: int = Field(0, ge=0, description="also sample k solutions per problem and score the majority answer (maj@k); 0 = off")
@@ -361,6 +397,8 @@ def _cross_checks(raw: dict) -> list[str]:
                 and seeds.get("offset", 0) < (gsm.get("limit") or 10**9)):
             problems.append(f"generate.seeds.offset: {seeds.get('offset', 0)!r} -> seeds and evaluate.gsm8k read the same "
                             f"file; skip the {gsm.get('limit')} evaluated rows (offset >= evaluate.gsm8k.limit)")
+    for stage in ("practice", "evaluate"):
+        problems += _backend_checks(stage, raw.get(stage))
     fb = raw.get("feedback")
     judge = fb.get("judge") if isinstance(fb, dict) and isinstance(fb.get("judge"), dict) else {}
     if judge.get("mode", "none") != "none" and not judge.get("model"):
@@ -372,6 +410,22 @@ def _cross_checks(raw: dict) -> list[str]:
         have = {str(k): v for k, v in checkpoints.items()}
         if have != want:
             problems.append(f"checkpoints: {have!r} -> must be {want!r} (base, SFT and every round)")
+    return problems
+
+
+def _backend_checks(stage: str, cfg: Any) -> list[str]:
+    """A server backend samples remotely: it needs a URL, and cannot run the calculator."""
+    if not isinstance(cfg, dict) or cfg.get("backend", "local") != "openai":
+        return []
+    problems = []
+    server = cfg.get("server") if isinstance(cfg.get("server"), dict) else {}
+    if not server.get("base_url"):
+        problems.append(f"{stage}.server.base_url: {_shown('base_url', server.get('base_url', ''))} -> required for "
+                        f"{stage}.backend: openai (the server serving the checkpoint, e.g. http://localhost:8000/v1)")
+    if cfg.get("calculator"):
+        # The hook writes `value>>` into the sequence mid-decode; a server decodes on its own.
+        problems.append(f"{stage}.calculator: True -> the calculator runs inside the local engine, and a server "
+                        f"cannot run it: set {stage}.calculator: false or {stage}.backend: local")
     return problems
 
 

@@ -15,6 +15,10 @@ trained in an earlier round would make the reference drift: the PEFT pitfall thi
 `sft` loads models/round-0 as an explicit frozen reference (Orca-Math's iterations kept the SFT
 model as anchor in one variant). The adapter is merged and saved as a plain checkpoint.
 
+Per device (components/training.py): on CUDA the frozen base (and an explicit reference) are
+loaded in bf16 with bf16 mixed precision, and the adapter is merged into the fp32 weights;
+`dpo.batch_size: auto` picks the per-device batch (components/batching.py).
+
     python -m components.dpo 1 models/round-0 data/round-1 models/round-1 --sft models/round-0
 """
 
@@ -27,10 +31,11 @@ import time
 from pathlib import Path
 
 from components import tracking
-from components.config import ConfigError, Params, load_params
+from components.config import DPO_BATCH_CPU, ConfigError, Params, load_params
 from components.data import read_jsonl, write_json
-from components.modeling import load, merge_and_save, messages, pick_device, setup_runtime
-from components.training import checkpointing, last_checkpoint, lora_config, trainer_precision, work_dir
+from components.modeling import load, messages, pick_device, setup_runtime
+from components.training import (checkpointing, device_batch, last_checkpoint, lora_config,
+                                  merge_and_save_full_precision, train_dtype, trainer_precision, work_dir)
 
 
 def to_preference(rows: list[dict], params: Params) -> list[dict]:
@@ -69,25 +74,30 @@ def run(params: Params, round_key: str, prev_model: Path, round_dir: Path, out: 
     cfg, rcfg = params.dpo, params.rounds[round_key].dpo
     setup_runtime(params.runtime.threads)
     device = pick_device(params.runtime.device)
-    model, tok = load(prev_model, device=device)
+    dtype = train_dtype(device)
+    model, tok = load(prev_model, dtype=dtype, device=device)
     ref_model = None
     if rcfg.reference == "sft" and params.rounds[round_key].prev != "0":
         if sft_model is None:
             raise ConfigError("rounds.%s.dpo.reference: 'sft' needs the SFT model path (--sft)" % round_key)
-        ref_model, _ = load(sft_model, device=device)
+        ref_model, _ = load(sft_model, dtype=dtype, device=device)
         ref_model.eval().requires_grad_(False)
+    # a DPO/KTO example is two sequences (chosen + rejected, or the completion + its KL partner)
+    batch, accum = device_batch(cfg.batch_size, cfg.grad_accum, model, cfg.max_length, DPO_BATCH_CPU, pairs=True)
+    split = [[batch, accum]] if cfg.batch_size == "auto" else []   # auto: part of the run (sft.py says why)
     data_file = round_dir / ("pairs.jsonl" if rcfg.method == "dpo" else "unpaired.jsonl")
     work = work_dir(f"{rcfg.method}-{round_key}", cfg.model_dump(), rcfg.model_dump(), params.prompt.model_dump(),
-                    prev_model, data_file, sft_model if ref_model is not None else "")
+                    prev_model, data_file, sft_model if ref_model is not None else "", *split)
     resume = last_checkpoint(work)   # a killed earlier attempt of this very run
     common = dict(
         output_dir=str(work), beta=rcfg.beta, learning_rate=rcfg.learning_rate,
-        num_train_epochs=rcfg.epochs, per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, warmup_steps=cfg.warmup_ratio,
+        num_train_epochs=rcfg.epochs, per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accum, warmup_steps=cfg.warmup_ratio,
         lr_scheduler_type="cosine", max_length=cfg.max_length, seed=rcfg.seed, data_seed=rcfg.seed,
         logging_steps=cfg.logging_steps, report_to="none", **checkpointing(cfg.save_steps),
         activation_checkpointing=False, dataset_num_proc=1, **trainer_precision(device))
-    metrics: dict = {"method_kto": float(rcfg.method == "kto"), "reference_sft": float(ref_model is not None)}
+    metrics: dict = {"method_kto": float(rcfg.method == "kto"), "reference_sft": float(ref_model is not None),
+                     "batch_size": batch, "grad_accum": accum}
     if rcfg.method == "dpo":
         from trl import DPOConfig as Config, DPOTrainer as Trainer
 
@@ -115,7 +125,7 @@ def run(params: Params, round_key: str, prev_model: Path, round_dir: Path, out: 
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
     history = trainer.state.log_history
-    merge_and_save(trainer.model, tok, out)
+    merge_and_save_full_precision(trainer.model, tok, out, prev_model)
     shutil.rmtree(work, ignore_errors=True)   # kept on failure: the next attempt resumes from it
     metrics["resumed_from_step"] = int(resume.rsplit("-", 1)[1]) if resume else 0
     metrics.update(train_loss=result.training_loss, train_seconds=seconds,

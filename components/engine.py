@@ -118,6 +118,13 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Ge
     return pick.squeeze(1) if ti is None else ti.gather(1, pick).squeeze(1)
 
 
+def buffer_columns(lmax: int, max_new_tokens: int) -> int:
+    """Columns of the slot KV buffer: the longest prompt, 2 x max_new_tokens columns of decoding
+    (refilled rows start later) before a shift copy is needed, and slack. components/batching.py
+    sizes `batch_size: auto` rows with it too."""
+    return lmax + 2 * max_new_tokens + 64
+
+
 def _cache_kwarg(model) -> str:
     """transformers 5.24 renamed `past_key_values` to `cache` (the old name warns until 5.40)."""
     import inspect
@@ -178,7 +185,7 @@ def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, d
     order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))   # short first: tight prefills
     queue = list(reversed(order))                                      # pop() takes the shortest
     lmax = max((len(e) for e in enc), default=1)
-    capacity = lmax + 2 * max_new_tokens + 64
+    capacity = buffer_columns(lmax, max_new_tokens)
     gen = torch.Generator(device=dev).manual_seed(seed)
     eq_tokens = _equals_tokens(tok, model.config.vocab_size, dev) if calculator else None
 

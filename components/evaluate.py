@@ -1,17 +1,21 @@
 """Stage `evaluate@<checkpoint>`: greedy pass@1 on the held-out set (and GSM8K when configured).
 
-Greedy decoding through the engine (components/engine.py; calculator optional) with the same chat prompt as training, graded by `grading.grade` (the
-function feedback uses). Writes metrics/<checkpoint>.json (DVC metrics: accuracy with a 95%
-Wilson interval, strict accuracy (answer stated with a marker), per-family accuracy, GSM8K
-accuracy, tokens/s) and eval/<checkpoint>/ with
-one prediction per problem, so two models can be compared problem by problem. Zero-shot by
-default; `fewshot: k` shows k worked SFT examples first; `maj_k: k` adds majority-vote accuracy
-over k samples (maj@k).
+Greedy decoding with the same chat prompt as training, graded by `grading.grade` (the function
+feedback uses). `evaluate.backend` picks the sampler (components/sampler.py): `local` = the
+generation engine here (components/engine.py; calculator optional); `openai` = an
+OpenAI-compatible server serving the checkpoint (e.g. vLLM on a GPU), greedy = temperature 0,
+through the teacher's retrying client and disk cache (a server backend is part of the protocol).
+Writes metrics/<checkpoint>.json (DVC metrics: accuracy with a 95% Wilson interval, strict
+accuracy (answer stated with a marker), per-family accuracy, GSM8K accuracy, tokens, tokens/s)
+and eval/<checkpoint>/ with one prediction per problem, so two models can be compared problem by
+problem. Zero-shot by default; `fewshot: k` shows k worked SFT examples first; `maj_k: k` adds
+majority-vote accuracy over k samples (maj@k).
 
 GSM8K format: ``question`` and ``answer`` whose last line is ``#### N``; from a local jsonl
 (`evaluate.gsm8k.path`; skipped with a note if the file is absent) or a `datasets` id.
 
     python -m components.evaluate 0 models/round-0 data/generated/test.jsonl metrics/0.json eval/0
+    # with evaluate.backend: openai, first:  vllm serve models/round-0 --served-model-name round-0
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from components.config import ConfigError, Params, load_params
 from components.data import read_jsonl, write_json, write_jsonl
 from components.evalsets import gsm8k_problems
 from components.grading import grade
-from components.engine import generate
-from components.modeling import chat_prompts, load, pick_device, setup_runtime
+from components.modeling import messages
+from components.sampler import make_sampler
 from components.stats import wilson
 
 
@@ -36,13 +40,12 @@ def majority(answers: list[str | None]) -> str | None:
     return max(counted, key=lambda a: (counted[a], -answers.index(a))) if counted else None
 
 
-def score(model, tok, params: Params, problems: list[dict], desc: str,
+def score(sampler, params: Params, problems: list[dict], desc: str,
           shots: list[tuple[str, str]] = ()) -> tuple[list[dict], dict]:
     cfg = params.evaluate
-    prompts = chat_prompts(tok, [p["question"] for p in problems], params.prompt.system,
-                           params.prompt.template, shots)
-    gen = generate(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                   calculator=cfg.calculator, desc=desc)
+    conversations = [messages(p["question"], params.prompt.system, params.prompt.template, shots)
+                     for p in problems]
+    gen = sampler(conversations, max_new_tokens=cfg.max_new_tokens, desc=desc)
     preds = []
     for p, texts in zip(problems, gen.texts):
         g = grade(texts[0], p["answer"])
@@ -55,12 +58,11 @@ def score(model, tok, params: Params, problems: list[dict], desc: str,
     stats = {"accuracy": correct / len(preds), "strict_accuracy": sum(x["strict_correct"] for x in preds) / len(preds),
              "correct": correct, "n": len(preds), "ci95_low": low,
              "ci95_high": high, "tokens_per_second": gen.tokens_per_second, "seconds": gen.seconds,
-             "calculator_calls": gen.calculator_calls,
+             "calculator_calls": gen.calculator_calls, "new_tokens": gen.new_tokens, **sampler.metrics(gen),
              "unparsed_rate": sum(x["extracted"] is None for x in preds) / len(preds)}
     if cfg.maj_k:
-        sampled = generate(model, tok, prompts, num_return_sequences=cfg.maj_k, do_sample=True,
-                           temperature=cfg.maj_temperature, top_p=1.0, max_new_tokens=cfg.max_new_tokens,
-                           batch_size=cfg.batch_size, calculator=cfg.calculator, desc=f"{desc} maj@{cfg.maj_k}")
+        sampled = sampler(conversations, k=cfg.maj_k, do_sample=True, temperature=cfg.maj_temperature, top_p=1.0,
+                          max_new_tokens=cfg.max_new_tokens, desc=f"{desc} maj@{cfg.maj_k}")
         for x, p, texts in zip(preds, problems, sampled.texts):
             vote = majority([grade(t, p["answer"]).extracted for t in texts])
             x["majority"] = vote
@@ -82,20 +84,20 @@ def run(params: Params, model_dir: Path, test_file: Path, metrics_file: Path, ou
         shots = [(r["question"], r["solution"])
                  for r in read_jsonl(shots_file, required=("question", "solution"))[:cfg.fewshot]]
     gsm8k = gsm8k_problems(cfg.gsm8k, gsm8k_file)
-    setup_runtime(params.runtime.threads)
-    model, tok = load(model_dir, dtype=cfg.dtype, device=pick_device(params.runtime.device))
-    preds, metrics = score(model, tok, params, test, f"evaluate {model_dir.name}", shots)
+    sampler = make_sampler(cfg, model_dir, params.runtime, "evaluate")
+    preds, metrics = score(sampler, params, test, f"evaluate {model_dir.name}", shots)
     write_jsonl(out_dir / "predictions.jsonl", preds)
     by_family: dict[str, list[bool]] = defaultdict(list)
     for x in preds:
         by_family[x["family"]].append(x["correct"])
     metrics["family"] = {f: sum(v) / len(v) for f, v in sorted(by_family.items())}
     if gsm8k:
-        g_preds, g_stats = score(model, tok, params, gsm8k, "evaluate gsm8k", shots)
+        g_preds, g_stats = score(sampler, params, gsm8k, "evaluate gsm8k", shots)
         write_jsonl(out_dir / "gsm8k_predictions.jsonl", g_preds)
         metrics["gsm8k"] = g_stats
     metrics["protocol"] = protocol(params)
     metrics["calculator"] = cfg.calculator
+    metrics["backend"] = sampler.backend
     write_json(metrics, metrics_file)
     return metrics
 
@@ -118,6 +120,11 @@ def protocol(params: Params) -> str:
            "limit": cfg.limit, "fewshot": cfg.fewshot}
     if cfg.calculator:  # only when on, so calculator-free protocols keep their earlier fingerprint
         key["calculator"] = True
+    if cfg.backend != "local":
+        # A server decodes with its own kernels and precision (cfg.dtype does not apply there), so
+        # its greedy text can differ from the engine's: verdicts pair within one backend only.
+        # Only when not local, so every local protocol keeps its fingerprint.
+        key["backend"] = cfg.backend
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 

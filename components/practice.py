@@ -1,11 +1,16 @@
 """Stage `practice@r`: the round r-1 student samples K solutions per practice problem.
 
-Orca-Math's settings by default (K=4, temperature 0.7, top_p 0.95), through the generation engine
-(components/engine.py: one prompt pass per problem, continuous batching, optional calculator) and
-seeded, so a round re-run gives the same samples. Output:
-one row per sample ``{problem_id, sample, completion}`` in data/round-r/samples.jsonl.
+Orca-Math's settings by default (K=4, temperature 0.7, top_p 0.95), seeded, so a round re-run
+gives the same samples. `practice.backend` picks the sampler (components/sampler.py): `local` =
+the generation engine here (components/engine.py: one prompt pass per problem, continuous
+batching, optional calculator); `openai` = an OpenAI-compatible server serving models/round-(r-1)
+(e.g. vLLM on a GPU), through the teacher's retrying client and its disk cache. Output:
+one row per sample ``{problem_id, sample, completion}`` in data/round-r/samples.jsonl, and the
+run's counts (samples, tokens, tok/s; requests and cache hits for a server) in
+practice_metrics.json.
 
     python -m components.practice 1 models/round-0 data/generated/practice.jsonl data/round-1
+    # with practice.backend: openai, first:  vllm serve models/round-0 --served-model-name round-0
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from pathlib import Path
 from components import tracking
 from components.config import ConfigError, Params, load_params
 from components.data import read_jsonl, write_json, write_jsonl
-from components.engine import generate
-from components.modeling import chat_prompts, load, pick_device, setup_runtime
+from components.modeling import messages
+from components.sampler import make_sampler
 
 
 def run(params: Params, round_key: str, model_dir: Path, problems_file: Path, out: Path) -> dict:
@@ -29,20 +34,18 @@ def run(params: Params, round_key: str, model_dir: Path, problems_file: Path, ou
     if not problems:
         raise ConfigError(f"rounds.{round_key}.practice.offset: {rcfg.offset} -> no practice problems left "
                           f"(the set has {len(read_jsonl(problems_file))})")
-    setup_runtime(params.runtime.threads)
-    model, tok = load(model_dir, dtype=cfg.dtype, device=pick_device(params.runtime.device))
-    prompts = chat_prompts(tok, [p["question"] for p in problems], params.prompt.system,
-                           params.prompt.template)
-    gen = generate(model, tok, prompts, num_return_sequences=rcfg.samples, do_sample=True,
-                   temperature=rcfg.temperature, top_p=rcfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                   batch_size=cfg.batch_size, seed=rcfg.seed, calculator=cfg.calculator,
-                   desc=f"practice@{round_key}")
+    sampler = make_sampler(cfg, model_dir, params.runtime, "practice")
+    conversations = [messages(p["question"], params.prompt.system, params.prompt.template) for p in problems]
+    gen = sampler(conversations, k=rcfg.samples, do_sample=True, temperature=rcfg.temperature,
+                  top_p=rcfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=rcfg.seed,
+                  desc=f"practice@{round_key}")
     rows = [{"problem_id": p["id"], "sample": k, "completion": text}
             for p, texts in zip(problems, gen.texts) for k, text in enumerate(texts)]
     write_jsonl(out / "samples.jsonl", rows)
     metrics = {"problems": len(problems), "samples": len(rows), "new_tokens": gen.new_tokens,
                "tokens_per_second": gen.tokens_per_second, "seconds": gen.seconds,
-               "calculator": cfg.calculator, "calculator_calls": gen.calculator_calls}
+               "calculator": cfg.calculator, "calculator_calls": gen.calculator_calls,
+               "backend": sampler.backend, **sampler.metrics(gen)}
     write_json(metrics, out / "practice_metrics.json")  # a DVC metric beside MLflow's copy
     return metrics
 

@@ -194,3 +194,50 @@ def test_every_recipe_applies_to_params_yaml_and_validates():
     gsm = validate(apply_overrides(raw, recipe_overrides("gsm8k")))
     assert gsm.generate.teacher.kind == "dataset" and gsm.generate.n_test >= 500
     assert gsm.evaluate.calculator and gsm.practice.calculator
+
+
+def test_every_knob_has_a_description():
+    """Each field of each section says what it does (the top-level sections are documented in
+    params.yaml's comments and their own classes)."""
+    import inspect
+
+    from components import config
+
+    missing = [f"{name}.{field}" for name, cls in inspect.getmembers(config, inspect.isclass)
+               if issubclass(cls, config.Section) and cls not in (config.Section, config.Params)
+               for field, info in cls.model_fields.items() if not info.description]
+    assert not missing, missing
+
+
+def test_batch_sizes_may_be_auto():
+    raw = raw_params()
+    for section in ("practice", "evaluate", "sft", "dpo"):
+        raw[section]["batch_size"] = "auto"
+    params = validate(raw)
+    assert {params.practice.batch_size, params.evaluate.batch_size, params.sft.batch_size,
+            params.dpo.batch_size} == {"auto"}
+    raw["sft"]["batch_size"] = 16
+    assert validate(raw).sft.batch_size == 16
+
+
+def test_a_server_backend_needs_a_url_and_cannot_run_the_calculator():
+    raw = raw_params()
+    raw["practice"].update(backend="openai", calculator=True)
+    raw["evaluate"].update(backend="openai", server={"base_url": "http://tutor:hunter2-token@gpu-box:8000/v1"})
+    msg = errors_of(raw)
+    assert "practice.server.base_url: '' -> required for practice.backend: openai" in msg
+    assert "practice.calculator: True -> the calculator runs inside the local engine" in msg
+    assert "evaluate.server.base_url" not in msg and "hunter2" not in msg
+    raw["practice"].update(calculator=False, server={"base_url": "http://localhost:8000/v1"})
+    params = validate(raw)
+    assert params.practice.server.api_key_env == "VLLM_API_KEY" and params.evaluate.server.n is True
+    # the GSM8K recipe turns the calculator on: with a server backend that is one clear problem
+    from flows.cli import apply_overrides, recipe_overrides
+
+    gsm = apply_overrides(raw_params(), recipe_overrides("gsm8k"))
+    gsm["evaluate"].update(backend="openai", server={"base_url": "http://localhost:8000/v1"})
+    assert "evaluate.calculator: True" in errors_of(gsm)
+    raw = raw_params()
+    raw["evaluate"]["server"] = {"base_url": "http://x/v1", "api_key_env": "sk-pasted-key-123456"}
+    msg = errors_of(raw)
+    assert "evaluate.server.api_key_env" in msg and "sk-pasted-key-123456" not in msg

@@ -1,4 +1,5 @@
-"""Chat backends for LLM teachers (and the LLM judge), with a disk cache that never pays twice.
+"""Chat backends for LLM teachers, the LLM judge and server-side sampling, with a disk cache
+that never pays twice.
 
 * `OpenAIChat`: any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp) through the
   `openai` SDK. The SDK retries 408/409/429/5xx, connection errors and timeouts with exponential
@@ -13,6 +14,9 @@
 * `CachedChat`: wraps either; every reply is stored in SQLite keyed by a hash of (backend kind,
   model, messages, sampling params, sample index). A killed job, a re-run, or `dvc repro --force`
   replays finished calls from disk; only calls in flight at the kill are sent again.
+* Sampling from a served student (practice/evaluate `backend: openai`, components/sampler.py)
+  goes through the same two classes: `OpenAIChat.complete` returns the `n` choices of one
+  request with the server's `usage.completion_tokens`, and `CachedChat.replies` caches them.
 
     python -m components.teachers.llm http://localhost:8000/v1 my-model "What is 2+2?"
 """
@@ -48,6 +52,15 @@ class Sampling:
     json_mode: bool = False
 
 
+@dataclass(frozen=True)
+class Replies:
+    """The choices of one call and the completion tokens the server reported for them (0 where
+    a backend does not say)."""
+
+    texts: list[str]
+    tokens: int = 0
+
+
 class Chat(Protocol):
     kind: str
     model: str
@@ -61,22 +74,32 @@ class OpenAIChat:
     kind = "openai"
 
     def __init__(self, model: str, base_url: str = "", api_key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 120, max_retries: int = 6) -> None:
+                 timeout: float = 120, max_retries: int = 6, what: str = "generate.teacher") -> None:
+        """`what`: the params.yaml section this client is configured by, named in error messages."""
         import openai
 
         self.model, self.base_url, self.api_key_env = model, base_url or "https://api.openai.com/v1", api_key_env
         self.shown_url = redact(self.base_url)  # what error messages show: no user:token@
+        self.what = what
+        self._who = who = "the teacher" if what == "generate.teacher" else f"the server of {what}"
         key = os.environ.get(api_key_env, "")
         if not key and not base_url:
-            raise TeacherError(f"the teacher is api.openai.com but ${api_key_env} is not set")
+            raise TeacherError(f"{who} is api.openai.com but ${api_key_env} is not set")
         # Local servers (vLLM, Ollama, llama.cpp) accept any key; the SDK insists on one.
         self._client = openai.OpenAI(base_url=self.base_url, api_key=key or "not-needed", timeout=timeout,
                                      max_retries=max_retries)
         self._openai = openai
 
     def __call__(self, messages: list[dict], sampling: Sampling) -> str:
+        return self.complete(messages, sampling).texts[0]
+
+    def complete(self, messages: list[dict], sampling: Sampling, n: int = 1) -> Replies:
+        """`n` choices from one request (the server's `n`; vLLM and OpenAI honour it), with the
+        server's completion-token count. A server that returns fewer is an error that says so."""
         o = self._openai
         extra = {"response_format": {"type": "json_object"}} if sampling.json_mode else {}
+        if n > 1:  # only when asked: some servers reject the field outright
+            extra["n"] = n
         try:
             reply = self._client.chat.completions.create(
                 model=self.model, messages=messages, temperature=sampling.temperature, top_p=sampling.top_p,
@@ -88,18 +111,23 @@ class OpenAIChat:
         except o.PermissionDeniedError:
             raise TeacherError(f"{self.shown_url} denied access to model {self.model!r} (403)") from None
         except o.NotFoundError:
-            raise TeacherError(f"{self.shown_url} has no model {self.model!r} (404): check generate.teacher.model "
+            raise TeacherError(f"{self.shown_url} has no model {self.model!r} (404): check {self.what}.model "
                                "and base_url (it usually ends in /v1)") from None
         except o.BadRequestError as e:
             raise TeacherError(f"{self.shown_url} rejected the request (400): {getattr(e, 'message', e)}") from None
         except o.APITimeoutError:
-            raise TeacherError(f"{self.shown_url} timed out on every try; raise generate.teacher.timeout "
+            raise TeacherError(f"{self.shown_url} timed out on every try; raise {self.what}.timeout "
                                "or lower concurrency") from None
         except o.APIConnectionError:
-            raise TeacherError(f"cannot reach the teacher at {self.shown_url} (retried); is the server up?") from None
+            raise TeacherError(f"cannot reach {self._who} at {self.shown_url} (retried); is the server up?") from None
         except o.APIStatusError as e:
             raise TeacherError(f"{self.shown_url} kept failing with HTTP {e.status_code} after retries") from None
-        return reply.choices[0].message.content or ""
+        choices = sorted(reply.choices, key=lambda c: c.index)
+        if len(choices) != n:
+            raise TeacherError(f"{self.shown_url} returned {len(choices)} choice(s) for n={n}: the server ignores "
+                               f"`n`; set {self.what}.n: false (one request per sample)")
+        tokens = getattr(reply.usage, "completion_tokens", None) or 0
+        return Replies([c.message.content or "" for c in choices], int(tokens))
 
 
 class TransformersChat:
@@ -161,9 +189,13 @@ class CachedChat:
     independent samples of the same prompt apart (the verifier's second solve).
     """
 
-    def __init__(self, backend, path: str | Path, kind: str | None = None, model: str | None = None) -> None:
+    def __init__(self, backend, path: str | Path, kind: str | None = None, model: str | None = None,
+                 keep_empty: bool = False) -> None:
         """`backend`: a ready Chat, or (with kind and model) a factory called at the first cache
-        miss — a fully cached replay needs no API key, no server and no model load."""
+        miss — a fully cached replay needs no API key, no server and no model load. `model` is
+        the cache's name for it (the sampler adds the checkpoint's content hash). `keep_empty`:
+        cache empty replies too (a student that stops at once gave a real, if bad, sample)."""
+        self.keep_empty = keep_empty
         if kind is None:
             self._backend, self._factory = backend, None
             self.kind, self.model = backend.kind, backend.model
@@ -187,26 +219,44 @@ class CachedChat:
             return self._backend
 
     @staticmethod
-    def key(kind: str, model: str, messages: list[dict], sampling: Sampling, sample: int) -> str:
-        blob = json.dumps([kind, model, messages, sampling.__dict__, sample], sort_keys=True)
+    def key(kind: str, model: str, messages: list[dict], sampling: Sampling, sample: int, n: int = 1) -> str:
+        parts = [kind, model, messages, sampling.__dict__, sample]
+        if n > 1:  # only then, so every single-reply key stays what it was
+            parts.append({"n": n})
+        blob = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def __call__(self, messages: list[dict], sampling: Sampling, sample: int = 0) -> str:
-        k = self.key(self.kind, self.model, messages, sampling, sample)
+        return self.replies(messages, sampling, sample)[0].texts[0]
+
+    def replies(self, messages: list[dict], sampling: Sampling, sample: int = 0,
+                n: int = 1) -> tuple[Replies, bool]:
+        """(the call's replies, whether they came from the cache). `n` > 1: n choices of one
+        request, cached as one row (a JSON list); tokens are counted for calls sent only."""
+        k = self.key(self.kind, self.model, messages, sampling, sample, n)
         with self._lock:
             row = self._db.execute("SELECT reply FROM calls WHERE key = ?", (k,)).fetchone()
             if row is not None:
                 self.hits += 1
-                return row[0]
+                return Replies(json.loads(row[0]) if n > 1 else [row[0]]), True
         if sample:  # a different sample of the same prompt needs a different sampling seed
             sampling = Sampling(**{**sampling.__dict__, "seed": sampling.seed + 7919 * sample})
-        reply = self.backend(messages, sampling)
+        backend = self.backend
+        if hasattr(backend, "complete"):
+            got = backend.complete(messages, sampling, n)
+        elif n == 1:
+            got = Replies([backend(messages, sampling)])
+        else:
+            raise TypeError(f"{self.kind} backend cannot return n={n} choices per call")
+        stored = json.dumps(got.texts) if n > 1 else got.texts[0]
         with self._lock:
             self.misses += 1
-            if reply.strip():  # an empty reply (filtered, or a server hiccup) is not worth keeping forever
+            # an empty reply (filtered, or a server hiccup) is not worth keeping forever, unless
+            # emptiness is a legitimate answer (keep_empty)
+            if self.keep_empty or any(t.strip() for t in got.texts):
                 self._db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?)",
-                                 (k, reply, self.model, time.time()))
-        return reply
+                                 (k, stored, self.model, time.time()))
+        return got, False
 
 
 def make_chat(cfg, cache_dir: str | Path, device: str = "auto") -> CachedChat:
