@@ -21,7 +21,8 @@ A third, instant test checks compose.yaml against the project (variables, pins, 
 
 PostgreSQL refuses to run as root: as root the cluster runs as the `postgres` user (Debian's
 package creates it) through runuser. The test skips, saying why, where PostgreSQL's server
-binaries or that user are missing. About a minute, most of it server start-up:
+binaries or that user are missing. 75-105 s on 2 cores shared with other jobs, most of it
+server start-up (the MLflow server migrates a fresh database: ~25 s):
 
     .venv/bin/python -m pytest -q tests/test_team_stack.py
 """
