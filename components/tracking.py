@@ -2,7 +2,8 @@
 
 - Store: `MLFLOW_TRACKING_URI`, else ``sqlite:///<project>/mlflow.db``; artifacts go to
   ``<project>/mlartifacts`` (set on the experiment when it is created, so `mlflow ui` started in
-  the project finds them).
+  the project finds them) — except on a tracking server (an ``http(s)://`` URI, the team stack in
+  infra/compose.yaml), which chooses the artifact root itself.
 - Parent: the Prefect round flow opens the round's run and passes its id in
   `TUTORLOOP_PARENT_RUN_ID`; `dvc repro` by hand has none and the stage run stands alone.
   A stage DVC skips never starts, so it logs nothing.
@@ -47,6 +48,11 @@ def tracking_uri(root: Path | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
 
 
+def is_server(uri: str) -> bool:
+    """Whether `uri` names a tracking server (REST over http/https) rather than a store."""
+    return uri.split("://", 1)[0].lower() in {"http", "https"}
+
+
 def experiment_name() -> str:
     return os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
 
@@ -61,11 +67,16 @@ def ensure_store(root: Path | None = None) -> str:
     import mlflow
 
     root = Path(root or Path.cwd()).resolve()
-    mlflow.set_tracking_uri(tracking_uri(root))
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(experiment_name())
     if exp is not None:
         return exp.experiment_id
-    return mlflow.create_experiment(experiment_name(), artifact_location=(root / "mlartifacts").as_uri())
+    # A tracking server places artifacts itself (`mlflow-artifacts:/`, proxied to its
+    # --artifacts-destination): a file:// root chosen here would keep them on this machine, out
+    # of reach of teammates and of register's paired-evidence download on any other machine.
+    location = None if is_server(uri) else (root / "mlartifacts").as_uri()
+    return mlflow.create_experiment(experiment_name(), artifact_location=location)
 
 
 def git_commit(root: Path | None = None) -> str:
