@@ -12,7 +12,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_HOME := $(CURDIR)/.prefect
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast report clean-outputs
+.PHONY: install demo test test-fast test-integration report clean-outputs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,6 +37,28 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -ra -m "not slow"
+
+# Opt-in, not in `make test`: llama.cpp's OpenAI-compatible server (llama-cpp-python, built from
+# source once into LLAMA_WHEELS, minutes on 2 cores) serves the SmolLM2 GGUF as a real teacher and
+# judge for `generate` and `feedback` (tests/integration/test_llamacpp_teacher.py).
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_WHEELS ?= $(HOME)/.cache/tutorloop/wheels
+# CPU only; the multimodal library and llama.cpp's own programs are not used by the server's chat path.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+  -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+
+$(VENV)/.llamacpp-$(LLAMA_CPP_VERSION): $(VENV)/.installed
+	if ! ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
+	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) from source into $(LLAMA_WHEELS) (minutes)"; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip wheel -q --no-deps -w $(LLAMA_WHEELS) \
+	    llama-cpp-python==$(LLAMA_CPP_VERSION) 2>&1 | $(QUIET_PIP); fi
+	$(PY) -m pip install -q --find-links $(LLAMA_WHEELS) --only-binary llama-cpp-python \
+	  "llama-cpp-python[server]==$(LLAMA_CPP_VERSION)" 2>&1 | $(QUIET_PIP)
+	$(PY) -c "import llama_cpp.server.app"
+	touch $@
+
+test-integration: $(VENV)/.llamacpp-$(LLAMA_CPP_VERSION)
+	$(PY) -m pytest -m integration -s -ra tests/integration
 
 report: install
 	$(VENV)/bin/tutorloop report

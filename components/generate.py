@@ -13,7 +13,8 @@ output, which `dvc repro` deletes before running. A re-run replays the journal (
 last line), re-expands only unfinished seeds (their finished calls hit the cache), and applies
 the global filters in seed order, so the output is the same as an uninterrupted run's.
 
-Outputs: out/{test,practice,sft}.jsonl and out/stats.json (counts of what was kept and dropped:
+Outputs: out/{test,practice,sft}.jsonl and out/stats.json (counts of what was kept and dropped, and
+of the LLM agents' calls by role:
 a function of the inputs only, so the cached output's hash is stable). What varies from run to run
 — seconds, problems/s, journal replays, cache hits and calls sent — goes to MLflow and, with
 `--run-stats`, to an uncached metrics file beside the output.
@@ -264,9 +265,13 @@ def _fill(split: str, n: int, config: Generate, seeds: SeedSource, expander, cur
     counts["journal_replayed_seeds"] += len(journal.done)
     kept: list[dict] = []
     bar = tqdm(total=n, desc=f"generate {split}", unit="problem", file=sys.stderr, disable=not progress)
-    chunk = max(8, expander.concurrency * 4)
     i = cursor
     while len(kept) < n:
+        # Seeds expanded at once: enough to keep `concurrency` workers busy, but no more than the
+        # records still wanted (a seed that passes gives at least its own record). Seeds expanded
+        # past a split's end are paid for and never used: with a fixed 8 they were a third of the
+        # calls the llama.cpp integration test sent (tests/integration).
+        chunk = max(expander.concurrency, min(expander.concurrency * 4, n - len(kept)))
         todo = []
         for j in range(i, i + chunk):
             if j not in journal.done:
@@ -282,7 +287,9 @@ def _fill(split: str, n: int, config: Generate, seeds: SeedSource, expander, cur
             if b["seed_id"] != seeds(j)["seed_id"]:
                 raise RuntimeError(f"journal {journal.path} holds seed {b['seed_id']!r} at {j}, expected "
                                    f"{seeds(j)['seed_id']!r}: delete it (it belongs to other seeds)")
-            counts.update({f"drop/{k}": v for k, v in b["drops"].items()})
+            # drops by reason, and the LLM agents' calls by role (journaled with the seed, so a resumed
+            # run counts what an uninterrupted one would)
+            counts.update({k if k.startswith("agent_calls/") else f"drop/{k}": v for k, v in b["drops"].items()})
             counts["seeds"] += 1
             for r in b["records"]:
                 why = dedup.verdict(r["question"], r["answer"])

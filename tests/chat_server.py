@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class ChatServer:
     def __init__(self, model_dir, api_key: str | None = None, delay_s: float = 0.0, max_new_tokens: int = 16,
-                 port: int = 0, honour_n: bool = True) -> None:
+                 port: int = 0, honour_n: bool = True, reject_response_format: bool = False) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -32,6 +32,7 @@ class ChatServer:
         self.api_key, self.delay_s, self.max_new_tokens = api_key, delay_s, max_new_tokens
         self.honour_n = honour_n
         self.bodies: list[dict] = []   # every request body, in arrival order
+        self.reject_response_format = reject_response_format  # 400 for it, as some servers answer
         self.faults: list[tuple[str, float]] = []   # consumed one per request: ("429", retry_after) ...
         self.script = None  # a callable(request) -> reply text, instead of the model (a scripted judge)
         self.requests = 0
@@ -70,6 +71,8 @@ class ChatServer:
                     return self._send(401, {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}})
                 if req.get("model") == "no-such-model":
                     return self._send(400, {"error": {"message": "unknown model no-such-model"}})
+                if server.reject_response_format and "response_format" in req:
+                    return self._send(400, {"error": {"message": "response_format is not supported"}})
                 if fault:
                     kind, arg = fault
                     if kind == "429":

@@ -66,6 +66,17 @@ def build_tiny_model(out: Path, seed: int = 0) -> Path:
     return out
 
 
+def pytest_collection_modifyitems(config, items):
+    """`integration` tests (tests/integration: a real llama.cpp server, minutes) run only when a
+    -m expression names them (`make test-integration`); `make test` and `-m "not slow"` skip them."""
+    if "integration" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="integration: run with `make test-integration` (pytest -m integration -s)")
+    for item in items:
+        if item.get_closest_marker("integration"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")

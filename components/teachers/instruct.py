@@ -21,31 +21,56 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ValidationError
 
 from components.grading import extract_answer
 from components.teachers.llm import Sampling
 
 PROMPTS = Path(__file__).with_name("prompts")
 ROLES = ("ama", "suggester", "editor", "solver", "judge")
+CALLS = "agent_calls/"  # a key of `expand`'s counter that counts calls, not drops
 
 
 def prompt(role: str) -> str:
     return (PROMPTS / f"{role}.md").read_text().strip()
 
 
+_PLACEHOLDER = re.compile(r"[\s.\u2026]*")
+
+
+def _real(text: str) -> str:
+    """A small model often echoes the prompt's JSON template, `{"suggestions": ["...", "..."]}`
+    (SmolLM2-135M did so for a third of its Suggester replies through llama.cpp): "..." is not a
+    suggestion, a problem or a statement, so the reply must not pass as one."""
+    if _PLACEHOLDER.fullmatch(text):
+        raise ValueError("a placeholder, not content")
+    return text
+
+
+def _real_items(items: list[str]) -> list[str]:
+    kept = [x for x in items if not _PLACEHOLDER.fullmatch(x)]  # placeholder items dropped
+    if not kept:
+        raise ValueError("no item but placeholders")
+    return kept
+
+
+Text = Annotated[str, AfterValidator(_real)]
+Items = Annotated[list[str], AfterValidator(_real_items)]
+
+
 class AmaReply(BaseModel):
-    statement: str = Field(min_length=1)
-    problems: list[str] = Field(min_length=1)
+    statement: Text
+    problems: Items
 
 
 class SuggestReply(BaseModel):
-    suggestions: list[str] = Field(min_length=1)
+    suggestions: Items
 
 
 class EditReply(BaseModel):
-    problem: str = Field(min_length=1)
+    problem: Text
 
 
 class JudgeReply(BaseModel):
@@ -112,12 +137,15 @@ class LLMAgents:
     def _sampling(self, json_mode: bool = False) -> Sampling:
         return Sampling(self.t.temperature, self.t.top_p, self.t.max_tokens, self.t.seed, json_mode and self.t.json_mode)
 
-    def _ask(self, role: str, user: str, json_mode: bool, sample: int = 0) -> str:
+    def _ask(self, role: str, user: str, json_mode: bool, counts: Counter, sample: int = 0) -> str:
+        """One call to agent `role`, counted as `agent_calls/<role>` (the stage's stats show which
+        agents ran; with a weak teacher the drop counts alone cannot tell "not asked" from "failed")."""
+        counts[f"{CALLS}{role}"] += 1
         msgs = [{"role": "system", "content": self.system[role]}, {"role": "user", "content": user}]
         return self.chat(msgs, self._sampling(json_mode), sample=sample)
 
     def solve(self, problem: str, drops: Counter) -> tuple[str, str] | None:
-        first = clean_solution(self._ask("solver", problem, False))
+        first = clean_solution(self._ask("solver", problem, False, drops))
         if first is None:
             drops["unparseable_answer"] += 1
             return None
@@ -125,7 +153,7 @@ class LLMAgents:
             drops["too_long"] += 1
             return None
         if self.t.verify:
-            second = clean_solution(self._ask("solver", problem, False, sample=1))
+            second = clean_solution(self._ask("solver", problem, False, drops, sample=1))
             if second is None or second[1] != first[1]:
                 drops["solves_disagree"] += 1
                 return None
@@ -140,7 +168,7 @@ class LLMAgents:
 
     def expand(self, seed: dict, agents: bool = True) -> tuple[list[dict], Counter]:
         """Records from one seed {seed_id, question, solution?}: the seed itself, AMA variants and
-        the suggest-edit chain."""
+        the suggest-edit chain; and a counter of drops by reason and of `agent_calls/<role>`."""
         drops: Counter = Counter()
         out = []
         given = clean_solution(seed["solution"]) if seed.get("solution") else None
@@ -151,7 +179,7 @@ class LLMAgents:
             return out, drops
         if self.a.ama:
             try:
-                reply = parse_json(self._ask("ama", seed["question"], True), AmaReply)
+                reply = parse_json(self._ask("ama", seed["question"], True, drops), AmaReply)
                 for i, p in enumerate(reply.problems[: self.a.ama]):
                     if not self_contained(p):
                         drops["not_self_contained"] += 1
@@ -162,13 +190,13 @@ class LLMAgents:
         current = seed["question"]
         for r in range(1, self.a.suggest_edit_rounds + 1):
             try:
-                ideas = parse_json(self._ask("suggester", current, True), SuggestReply).suggestions
+                ideas = parse_json(self._ask("suggester", current, True, drops), SuggestReply).suggestions
             except BadReply:
                 drops["bad_reply/suggester"] += 1
                 break
             user = f"Problem:\n{current}\n\nSuggestions:\n" + "\n".join(f"- {s}" for s in ideas)
             try:
-                new = parse_json(self._ask("editor", user, True), EditReply).problem
+                new = parse_json(self._ask("editor", user, True, drops), EditReply).problem
             except BadReply:
                 drops["bad_reply/editor"] += 1
                 break

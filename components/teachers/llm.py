@@ -89,6 +89,7 @@ class OpenAIChat:
         self._client = openai.OpenAI(base_url=self.base_url, api_key=key or "not-needed", timeout=timeout,
                                      max_retries=max_retries)
         self._openai = openai
+        self.json_mode = True  # False once the server has rejected response_format
 
     def __call__(self, messages: list[dict], sampling: Sampling) -> str:
         return self.complete(messages, sampling).texts[0]
@@ -96,14 +97,42 @@ class OpenAIChat:
     def complete(self, messages: list[dict], sampling: Sampling, n: int = 1) -> Replies:
         """`n` choices from one request (the server's `n`; vLLM and OpenAI honour it), with the
         server's completion-token count. A server that returns fewer is an error that says so."""
+        json_mode = sampling.json_mode and self.json_mode
+        try:
+            return self._complete(messages, sampling, json_mode, n)
+        except self._openai.BadRequestError as e:
+            if not json_mode:
+                raise self._rejected(e) from None
+            first = e
+        # Some OpenAI-compatible servers answer response_format={"type": "json_object"} with 400
+        # (llama-cpp-python's accepts it and turns it into a JSON grammar). The prompts ask for
+        # JSON anyway and `instruct.parse_json` finds it in prose, so ask once more without it;
+        # if that is answered, stop sending it. A 400 for another reason fails again: raised with
+        # the first message, which says what the server objected to.
+        try:
+            replies = self._complete(messages, sampling, False, n)
+        except self._openai.BadRequestError:
+            raise self._rejected(first) from None
+        if self.json_mode:
+            self.json_mode = False
+            print(f"{self._who}: {self.shown_url} rejected response_format (400); asking for JSON in the prompt only",
+                  file=sys.stderr)
+        return replies
+
+    def _rejected(self, e) -> TeacherError:
+        return TeacherError(f"{self.shown_url} rejected the request (400): {getattr(e, 'message', e)}")
+
+    def _complete(self, messages: list[dict], sampling: Sampling, json_mode: bool, n: int) -> Replies:
         o = self._openai
-        extra = {"response_format": {"type": "json_object"}} if sampling.json_mode else {}
+        extra = {"response_format": {"type": "json_object"}} if json_mode else {}
         if n > 1:  # only when asked: some servers reject the field outright
             extra["n"] = n
         try:
             reply = self._client.chat.completions.create(
                 model=self.model, messages=messages, temperature=sampling.temperature, top_p=sampling.top_p,
                 max_tokens=sampling.max_tokens, seed=sampling.seed, **extra)
+        except o.BadRequestError:
+            raise  # complete() decides: a rejected response_format is retried without it
         except o.AuthenticationError:
             # never echo the server's message: some include a prefix of the key
             raise TeacherError(f"{self.shown_url} rejected the API key in ${self.api_key_env} (401): "
@@ -113,8 +142,6 @@ class OpenAIChat:
         except o.NotFoundError:
             raise TeacherError(f"{self.shown_url} has no model {self.model!r} (404): check {self.what}.model "
                                "and base_url (it usually ends in /v1)") from None
-        except o.BadRequestError as e:
-            raise TeacherError(f"{self.shown_url} rejected the request (400): {getattr(e, 'message', e)}") from None
         except o.APITimeoutError:
             raise TeacherError(f"{self.shown_url} timed out on every try; raise {self.what}.timeout "
                                "or lower concurrency") from None
