@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import engine, modeling  # noqa: E402
-from components.teachers import ProceduralTeacher  # noqa: E402
+from generation import practice_prompts  # noqa: E402  (the same workload as the ratio benchmark)
 
 
 def timed(module, name: str, totals: dict) -> None:
@@ -54,9 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     modeling.setup_runtime(0)
     model, tok = modeling.load(args.model, dtype="bfloat16")
-    system = "You are a careful math tutor. Solve the problem step by step, then give the final answer on its own line as '#### <number>'."
-    problems = ProceduralTeacher().problems(args.prompts, seed=99)
-    prompts = modeling.chat_prompts(tok, [p["question"] for p in problems], system, "{question}")
+    prompts = practice_prompts(tok, args.prompts)
     kw = dict(num_return_sequences=args.samples, do_sample=True, temperature=0.7, top_p=0.95,
               max_new_tokens=args.new_tokens, seed=0, batch_size=args.rows)
     engine.generate(model, tok, prompts[:2], **{**kw, "max_new_tokens": 4})   # warm-up
@@ -71,6 +69,7 @@ def main() -> None:
         timed(layer.post_attention_layernorm, "norms", totals)
         for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
             timed(getattr(layer.self_attn, proj), "qkvo_proj", totals)
+    # The sampler is a module function the engine looks up each step: wrap it for this run only.
     sample = engine.sample
 
     def timed_sample(*a, **k):

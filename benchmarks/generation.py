@@ -32,6 +32,15 @@ from components import engine, modeling  # noqa: E402
 from components.teachers import ProceduralTeacher  # noqa: E402
 
 
+SYSTEM = "You are a careful math tutor. Solve the problem step by step, then give the final answer on its own line as '#### <number>'."
+
+
+def practice_prompts(tok, n: int) -> list[str]:
+    """The benchmarks' workload: n practice-like problems of the embedded teacher, chat-formatted."""
+    problems = ProceduralTeacher().problems(n, seed=99)
+    return modeling.chat_prompts(tok, [p["question"] for p in problems], SYSTEM, "{question}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", default="models/base")
@@ -46,9 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     modeling.setup_runtime(0)
     model, tok = modeling.load(args.model, dtype="bfloat16")
-    system = "You are a careful math tutor. Solve the problem step by step, then give the final answer on its own line as '#### <number>'."
-    problems = ProceduralTeacher().problems(args.prompts + args.greedy_prompts, seed=99)
-    prompts = modeling.chat_prompts(tok, [p["question"] for p in problems], system, "{question}")
+    prompts = practice_prompts(tok, args.prompts + args.greedy_prompts)
     sampling = dict(num_return_sequences=args.samples, do_sample=True, temperature=0.7, top_p=0.95,
                     max_new_tokens=args.new_tokens, seed=0)
     practice = prompts[:args.prompts]
