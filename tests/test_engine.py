@@ -89,6 +89,23 @@ def test_sampler_draws_follow_the_nucleus(scale):
     assert chisquare(obs[keep].numpy(), exp.numpy()).pvalue > 1e-3
 
 
+def test_sampler_scratch_and_bf16_logits_draw_as_fp32():
+    """The engine hands `sample` bf16 logits and a reused fp32 scratch buffer: the draws must be
+    those of the fp32 upcast without scratch (same generator), the logits left untouched, and
+    the full-sort fallback rows (flat logits) included."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.cat([torch.randn(6, 400, generator=g) * 6.0, torch.randn(2, 400, generator=g) * 0.05])
+    logits = logits.to(torch.bfloat16)
+    before = logits.clone()
+    want = engine.sample(logits.float(), 0.7, 0.95, torch.Generator().manual_seed(9))
+    scratch = torch.full((16, 400), float("nan"))   # stale contents must not leak into a draw
+    got = engine.sample(logits, 0.7, 0.95, torch.Generator().manual_seed(9), scratch)
+    assert torch.equal(got, want)
+    assert torch.equal(logits, before)
+    assert torch.equal(engine.sample(logits, 0.7, 1.0, torch.Generator().manual_seed(9), scratch),
+                       engine.sample(logits.float(), 0.7, 1.0, torch.Generator().manual_seed(9)))
+
+
 def test_sampling_matches_hf_generate_and_is_seeded(tiny):
     from scipy.stats import chi2_contingency
 
