@@ -10,7 +10,8 @@ This engine removes each of those:
   position only); their KV is then copied into K rows, one per sample.
 - **Continuous batching.** `batch_size` rows decode together. A row that ends (EOS or the token
   cap) frees its slot; as soon as K slots are free the next prompt is prefilled into them. When
-  the queue is empty, finished rows are compacted away instead of being decoded as padding.
+  the queue is empty, finished rows are compacted away (in place, over the attended columns
+  only) instead of being decoded as padding.
 - **A slot KV cache** (`SlotLayer`): preallocated per layer, written in place at one shared
   column per step; rows are right-aligned at that column, padding on the left is masked, and
   the attention window starts at the earliest column a live row uses (a view, not a copy).
@@ -18,7 +19,8 @@ This engine removes each of those:
 - **Exact top-p without a full sort.** Temperature, then the nucleus (HF's rule: keep a token
   while the mass ranked strictly above it is < top_p) from the top 64 tokens; a row whose top 64
   hold less than top_p of the mass falls back to a full sort. Sampling is an inverse-CDF draw
-  from one seeded `torch.Generator`, so a re-run gives identical samples.
+  from one seeded `torch.Generator`, so a re-run gives identical samples. The fp32 work runs in
+  one scratch buffer per run: fresh [rows, vocab] temporaries were page-faulted in every step.
 - **The calculator** (`calculator=True`): a row whose text ends in `<<expr=` gets `value>>`
   written for it (components/calculator.py); only rows whose last token ends in `=` are looked
   at, so the step loop stays vectorised.
