@@ -222,14 +222,14 @@ def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, d
     col = lmax                                                      # every prompt fits left of col
     stats = {"new_tokens": 0, "calculator_calls": 0, "forced_tokens": 0}
 
-    scratch: list[torch.Tensor] = []   # one fp32 [rows, vocab] buffer for the whole run (see `sample`)
+    # One fp32 [rows, vocab] buffer for the sampler's whole run (see `sample`); vocab = logits' width.
+    scratch = (torch.empty(rows, model.get_output_embeddings().out_features, device=dev)
+               if do_sample else None)
 
     def choose(logits: torch.Tensor) -> torch.Tensor:
         if not do_sample:
             return logits.argmax(-1)   # on the model's dtype: the fp32 upcast is exact, the argmax the same
-        if not scratch:
-            scratch.append(torch.empty(rows, logits.shape[-1], device=dev))
-        return sample(logits, temperature, top_p, gen, scratch[0])
+        return sample(logits, temperature, top_p, gen, scratch)
 
     def admit(slots: torch.Tensor) -> None:
         """Prefill as many queued prompts as the free `slots` hold (K rows each), in one forward."""
