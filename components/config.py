@@ -112,6 +112,7 @@ class Section(BaseModel):
 class Runtime(Section):
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per core (never more: oversubscription is 12x slower)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where models run; auto = cuda if available")
+    attention: Literal["auto", "sdpa"] = Field("auto", description="practice/evaluation decode attention in bf16 on CPU: auto = tutorloop's C kernel (components/decode_attention.py, fp32 accumulation; torch's SDPA where no C compiler), sdpa = torch's kernel")
 
 
 class Prompt(Section):

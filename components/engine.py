@@ -41,6 +41,8 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from components import calculator as calc
+from components import decode_attention
+from components.llama_decode import LlamaDecoder
 from components.modeling import Generation
 
 TOPK_PREFILTER = 64
@@ -164,9 +166,14 @@ def _equals_tokens(tok, vocab_size: int, device) -> torch.Tensor:
 def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 256,
              batch_size: int = 64, seed: int = 0, calculator: bool = False,
-             desc: str = "generate") -> Generation:
+             desc: str = "generate", fused: bool = True, attention: str = "auto") -> Generation:
     """texts[i][k]: the k-th completion of prompts[i]. `batch_size` is rows (sequences) decoded
-    together; each prompt takes `num_return_sequences` of them. Deterministic for a fixed seed."""
+    together; each prompt takes `num_return_sequences` of them. Deterministic for a fixed seed.
+    `fused`: Llama-family models decode through components/llama_decode.py (bit-identical to the HF
+    forward); `attention` ("auto" | "sdpa"): in bf16 on CPU, auto runs decode attention in the C
+    kernel (components/decode_attention.py), sdpa in torch's. Generation.attention says which ran."""
+    if attention not in ("auto", "sdpa"):
+        raise ValueError(f"attention {attention!r}: expected 'auto' or 'sdpa'")
     from tqdm.auto import tqdm
 
     if not supported(model):
@@ -175,10 +182,12 @@ def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, d
         if calculator:
             raise ValueError(f"the calculator needs the slot-cache engine, which {type(model).__name__} "
                              "does not support (sliding-window or non-attention layers)")
-        return hf_generate(model, tok, prompts, num_return_sequences=num_return_sequences,
-                           do_sample=do_sample, temperature=temperature, top_p=top_p,
-                           max_new_tokens=max_new_tokens, batch_size=max(1, batch_size // num_return_sequences),
-                           seed=seed, desc=desc)
+        out = hf_generate(model, tok, prompts, num_return_sequences=num_return_sequences,
+                          do_sample=do_sample, temperature=temperature, top_p=top_p,
+                          max_new_tokens=max_new_tokens, batch_size=max(1, batch_size // num_return_sequences),
+                          seed=seed, desc=desc)
+        out.attention = "hf"
+        return out
     if do_sample and temperature <= 0:
         raise ValueError(f"temperature {temperature!r}: sampling needs temperature > 0 (use greedy instead)")
     K = num_return_sequences
@@ -199,12 +208,16 @@ def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, d
     gen = torch.Generator(device=dev).manual_seed(seed)
     eq_tokens = _equals_tokens(tok, model.config.vocab_size, dev) if calculator else None
 
+    # Llama-family models decode through the fused step (bit-identical, fewer ops); others via HF.
+    decoder = LlamaDecoder.wrap(model) if fused else None
+    dtype = next(model.parameters()).dtype
+    kernel = (attention == "auto" and decoder is not None and dtype == torch.bfloat16 and dev.type == "cpu"
+              and decode_attention.load() is not None)
     cfg = model.config.get_text_config(decoder=True)
     heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     cache = DynamicCache()
     cache.layers = [SlotLayer() for _ in range(cfg.num_hidden_layers)]
-    dtype = next(model.parameters()).dtype
     for layer in cache.layers:
         layer.allocate(rows, heads, capacity, dim, dtype, dev)
 
@@ -301,11 +314,14 @@ def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, d
             first -= shift
             col -= shift
         lo = int(first[live].min())
-        for layer in cache.layers:
-            layer.window(lo, col)
         mask[:, col] = 1
-        logits = model(input_ids=nxt[:, None], attention_mask=mask[:, lo:col + 1],
-                       position_ids=pos[:, None], use_cache=True, **{ckw: cache}).logits[:, -1]
+        if decoder is not None:
+            logits = decoder.step(nxt, pos, cache.layers, lo, col, mask[:, lo:col + 1], kernel=kernel)
+        else:
+            for layer in cache.layers:
+                layer.window(lo, col)
+            logits = model(input_ids=nxt[:, None], attention_mask=mask[:, lo:col + 1],
+                           position_ids=pos[:, None], use_cache=True, **{ckw: cache}).logits[:, -1]
         col += 1
         pos += 1
         nxt = choose(logits)
@@ -344,7 +360,8 @@ def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, d
     texts = tok.batch_decode([results[i] for i in range(len(prompts) * K)], skip_special_tokens=True)
     return Generation(texts=[[t.strip() for t in texts[i * K:(i + 1) * K]] for i in range(len(prompts))],
                       new_tokens=stats["new_tokens"], seconds=seconds,
-                      calculator_calls=stats["calculator_calls"], forced_tokens=stats["forced_tokens"])
+                      calculator_calls=stats["calculator_calls"], forced_tokens=stats["forced_tokens"],
+                      attention="kernel" if kernel else "sdpa")
 
 
 if __name__ == "__main__":

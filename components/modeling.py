@@ -92,6 +92,7 @@ class Generation:
     seconds: float
     calculator_calls: int = 0   # annotations the calculator completed (components/engine.py)
     forced_tokens: int = 0      # tokens it wrote (counted in new_tokens too)
+    attention: str = ""         # decode attention that ran: kernel / sdpa (engine) / hf (HF generate)
 
     @property
     def tokens_per_second(self) -> float:

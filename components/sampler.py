@@ -64,14 +64,15 @@ class LocalSampler:
     backend = "local"
 
     def __init__(self, model_dir: str | Path, *, dtype: str, device, batch_size: int | str,
-                 calculator: bool) -> None:
+                 calculator: bool, attention: str = "auto") -> None:
         self.model, self.tok = load(model_dir, dtype=dtype, device=device)
-        self.batch_size, self.calculator = batch_size, calculator
+        self.batch_size, self.calculator, self.attention = batch_size, calculator, attention
         self.rows = 0   # the batch size the last call used (auto resolved)
 
     def metrics(self, gen: Generation) -> dict:
-        """What only this backend knows, for the stage's metrics: the batch `auto` resolved to."""
-        return {"batch_size": self.rows}
+        """What only this backend knows, for the stage's metrics: the batch `auto` resolved to and
+        the decode attention that ran (kernel / sdpa / hf: numerics differ in the last bf16 bit)."""
+        return {"batch_size": self.rows, "attention": gen.attention}
 
     def resolve_rows(self, prompts: list[str], k: int, max_new_tokens: int) -> int:
         if self.batch_size != "auto":
@@ -91,7 +92,8 @@ class LocalSampler:
         self.rows = self.resolve_rows(prompts, k, max_new_tokens)
         return engine.generate(self.model, self.tok, prompts, num_return_sequences=k, do_sample=do_sample,
                                temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                               batch_size=self.rows, seed=seed, calculator=self.calculator, desc=desc)
+                               batch_size=self.rows, seed=seed, calculator=self.calculator, desc=desc,
+                               attention=self.attention)
 
 
 def checkpoint_digest(path: str | Path) -> str:
@@ -179,7 +181,7 @@ def make_sampler(cfg, model_dir: str | Path, runtime: Runtime, what: str):
         return ServerSampler(cfg.server, model_dir, what)
     setup_runtime(runtime.threads)
     return LocalSampler(model_dir, dtype=cfg.dtype, device=pick_device(runtime.device),
-                        batch_size=cfg.batch_size, calculator=cfg.calculator)
+                        batch_size=cfg.batch_size, calculator=cfg.calculator, attention=runtime.attention)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,175 @@
+"""One decode step of a Llama-family model (Llama, Mistral, Qwen2, SmolLM2) without HF's per-layer overhead.
+
+The engine (components/engine.py) spends each decode step on a batch of one-token rows. Through
+the HF module tree that step costs ~20 small ops per layer beside the matmuls and attention
+(RMSNorm as 8 ops, separate q/k/v and gate/up projections, the cache's `update`, a 4D mask built
+per forward, RoPE per tensor). This step computes exactly the same thing with fewer ops:
+
+- q/k/v and gate/up are one matmul each (the module weights become views of the fused weight,
+  so no memory is added); RMSNorm is `F.rms_norm` on the fp32 upcast, as HF's module does;
+- RoPE is applied to q and k together, cos/sin once per step (the model's own rotary module,
+  so every rope scaling type it supports is honoured);
+- the step's key/value are written straight into the engine's slot buffers and attention reads
+  the window [lo, col]: the same SDPA call, with the same GQA packing, as transformers' sdpa path.
+
+It is bit-for-bit the model's own forward (tests/test_llama_decode.py: fp32 and bf16, Llama and
+Qwen2 with q/k/v biases); any model it does not recognise keeps the HF forward (`wrap` returns None).
+
+    python -m components.llama_decode models/base   # checks the step against the HF forward, times both
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from components import decode_attention
+
+# Architectures whose decoder layer is exactly: x += o(attn(rope(qkv(norm(x))))); x += down(silu(gate) * up).
+FAMILIES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
+
+
+def _fuse(mods: list[nn.Linear], attr: str) -> torch.Tensor | None:
+    """Concatenate the modules' weights (or biases) along the output dim and make each module's
+    parameter a view of its rows, so the fused tensor costs no extra memory. Outside inference
+    mode: an inference tensor as a parameter would break training the same model later."""
+    parts = [getattr(m, attr) for m in mods]
+    if all(p is None for p in parts):
+        return None
+    if any(p is None for p in parts):
+        raise ValueError(f"some projections have a {attr} and some do not")
+    with torch.inference_mode(False), torch.no_grad():
+        fused = torch.cat([p.detach() for p in parts], 0)
+        start = 0
+        for p in parts:
+            p.data = fused[start:start + p.shape[0]]
+            start += p.shape[0]
+    return fused
+
+
+class LlamaDecoder:
+    """Fused decode step for one model; build it once per model with `wrap`."""
+
+    def __init__(self, model) -> None:
+        cfg = model.config.get_text_config(decoder=True)
+        self.model = model
+        self.eps = cfg.rms_norm_eps
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.inter = cfg.intermediate_size
+        self.layers = []
+        for layer in model.model.layers:
+            a, m = layer.self_attn, layer.mlp
+            self.layers.append((layer.input_layernorm.weight,
+                                _fuse([a.q_proj, a.k_proj, a.v_proj], "weight"),
+                                _fuse([a.q_proj, a.k_proj, a.v_proj], "bias"),
+                                a.o_proj.weight, a.o_proj.bias, a.scaling,
+                                layer.post_attention_layernorm.weight,
+                                _fuse([m.gate_proj, m.up_proj], "weight"),
+                                m.down_proj.weight))
+
+    @classmethod
+    def wrap(cls, model) -> "LlamaDecoder | None":
+        """The fused step for `model`, or None where its forward is not the Llama layer above (other
+        architectures, other activations, quantised or adapter-wrapped linears, non-SDPA attention)."""
+        if type(model).__name__ not in FAMILIES:
+            return None
+        cached = getattr(model, "_tutorloop_decoder", None)
+        if cached is not None:
+            return cached
+        cfg = model.config.get_text_config(decoder=True)
+        linears = [m for layer in model.model.layers
+                   for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                             layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)]
+        if (getattr(cfg, "hidden_act", None) != "silu" or getattr(cfg, "mlp_bias", False)
+                or getattr(cfg, "_attn_implementation", None) != "sdpa"
+                or any(type(m) is not nn.Linear for m in [*linears, model.lm_head])):
+            return None
+        decoder = cls(model)
+        model._tutorloop_decoder = decoder
+        return decoder
+
+    def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        # HF's RMSNorm: in fp32, cast back, then the weight (bit-identical to its 8-op version).
+        return w * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+
+    def step(self, ids: torch.Tensor, pos: torch.Tensor, layers, lo: int, col: int,
+             mask: torch.Tensor, kernel: bool = False) -> torch.Tensor:
+        """Logits [rows, vocab] for one token per row. `layers` are the engine's SlotLayers: the
+        step's key/value go to column `col` of each buffer and attention reads columns [lo, col];
+        `mask` [rows, L] is the attention mask over those columns (nonzero = attend). `kernel`:
+        attention in components/decode_attention.py (bf16, CPU) instead of torch's SDPA."""
+        inner = self.model.model
+        x = inner.embed_tokens(ids)                                   # [rows, hidden]
+        rows = x.shape[0]
+        cos, sin = inner.rotary_emb(x[:, None], pos[:, None])         # [rows, 1, dim]
+        cos, sin = cos[:, :1], sin[:, :1]                             # broadcast over heads
+        nq, nkv, d, half = self.heads, self.kv_heads, self.dim, self.dim // 2
+        kernel = kernel and decode_attention.usable(x)
+        allowed = mask.to(torch.uint8) if kernel else mask.bool()[:, None, None, :]   # shared by every layer
+        for li, (w_in, wqkv, bqkv, wo, bo, scale, w_post, wgu, wdown) in enumerate(self.layers):
+            qkv = F.linear(self._norm(x, w_in), wqkv, bqkv).view(rows, nq + 2 * nkv, d)
+            qk = qkv[:, :nq + nkv]
+            qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), -1) * sin
+            kbuf, vbuf = layers[li].kbuf, layers[li].vbuf
+            kbuf[:, :, col] = qk[:, nq:]
+            vbuf[:, :, col] = qkv[:, nq + nkv:]
+            # transformers' pack_gqa for one query token: [rows, kv_heads, groups, dim] on the kv heads.
+            q = qk[:, :nq].reshape(rows, nkv, nq // nkv, d)
+            if kernel:
+                attn = decode_attention.attention(q, kbuf[:, :, lo:col + 1], vbuf[:, :, lo:col + 1],
+                                                  allowed, scale)
+            else:
+                attn = F.scaled_dot_product_attention(q, kbuf[:, :, lo:col + 1], vbuf[:, :, lo:col + 1],
+                                                      attn_mask=allowed, scale=scale)
+            x = x + F.linear(attn.reshape(rows, nq * d), wo, bo)
+            gu = F.linear(self._norm(x, w_post), wgu)
+            x = x + F.linear(F.silu(gu[:, :self.inter]) * gu[:, self.inter:], wdown)
+        return self.model.lm_head(inner.norm(x))
+
+
+if __name__ == "__main__":
+    from components.engine import SlotLayer, _cache_kwarg
+    from components.modeling import load, setup_runtime
+    from transformers.cache_utils import DynamicCache
+
+    setup_runtime(0)
+    m, _ = load(sys.argv[1], dtype="bfloat16")
+    dec = LlamaDecoder.wrap(m)
+    if dec is None:
+        sys.exit(f"{type(m).__name__}: not a Llama-family model this step covers")
+    rows, cols, lo, col = 64, 320, 16, 300
+    cache = DynamicCache()
+    cache.layers = [SlotLayer() for _ in m.model.layers]
+    for layer in cache.layers:
+        layer.allocate(rows, dec.kv_heads, cols, dec.dim, torch.bfloat16, m.device)
+        layer.kbuf.normal_()
+        layer.vbuf.normal_()
+
+    mask = torch.ones(rows, cols, dtype=torch.long)
+    mask[:, :lo + 8] = 0
+    ids, pos = torch.randint(0, m.config.vocab_size, (rows,)), torch.full((rows,), col - lo)
+
+    def hf_step():
+        for layer in cache.layers:   # the engine sets each layer's window before every HF forward
+            layer.window(lo, col)
+        return m(input_ids=ids[:, None], attention_mask=mask[:, lo:col + 1], position_ids=pos[:, None],
+                 use_cache=True, **{_cache_kwarg(m): cache}).logits[:, -1]
+
+    with torch.inference_mode():
+        steps = [("hf", hf_step),
+                 ("fused", lambda: dec.step(ids, pos, cache.layers, lo, col, mask[:, lo:col + 1])),
+                 ("fused + C attention", lambda: dec.step(ids, pos, cache.layers, lo, col, mask[:, lo:col + 1],
+                                                          kernel=True))]
+        for name, fn in steps:
+            out = fn()
+            t = time.perf_counter()
+            for _ in range(3):
+                fn()
+            print(f"{name}: {(time.perf_counter() - t) / 3 * 1000:.1f} ms a step at {rows} rows, "
+                  f"{col + 1 - lo} columns; argmax {out.argmax(-1)[:8].tolist()}")

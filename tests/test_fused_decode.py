@@ -1,0 +1,200 @@
+"""The engine's fused decode step (components/llama_decode.py) and its C attention kernel
+(components/decode_attention.py), on tiny models and random tensors built here.
+
+- the fused step is bit-for-bit the HF forward (fp32 and bf16; Llama, and Qwen2 with q/k/v
+  biases), and the engine gives the same tokens with it as without it;
+- fusing the projections adds no memory and leaves the model trainable;
+- models it does not cover (eager attention, another activation, another architecture) keep HF;
+- the kernel against float64 attention over the shapes it specialises and the generic path
+  (masks with holes, strided windows of the slot buffer, one column, groups 1-8, dims 64/128/80);
+- the engine records which attention ran, and falls back to SDPA where no compiler is found.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers.cache_utils import DynamicCache
+
+from components import decode_attention, engine, modeling
+from components.llama_decode import LlamaDecoder
+from components.teachers import ProceduralTeacher
+
+SMALL = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=6,
+             num_key_value_heads=2, vocab_size=300, max_position_embeddings=512, rms_norm_eps=1e-5)
+
+
+def _model(cls, cfg_cls, dtype, **extra):
+    torch.manual_seed(0)
+    cfg = cfg_cls(**SMALL, **extra)
+    cfg._attn_implementation = "sdpa"
+    return cls(cfg).to(dtype).eval()
+
+
+def _slot_cache(model, rows, cols, dtype):
+    cache = DynamicCache()
+    cache.layers = [engine.SlotLayer() for _ in model.model.layers]
+    g = torch.Generator().manual_seed(1)
+    for layer in cache.layers:
+        layer.allocate(rows, model.config.num_key_value_heads, cols, SMALL["hidden_size"] // SMALL["num_attention_heads"],
+                       dtype, "cpu")
+        layer.kbuf.copy_(torch.randn(layer.kbuf.shape, generator=g))
+        layer.vbuf.copy_(torch.randn(layer.vbuf.shape, generator=g))
+    return cache
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_step_is_the_hf_forward_bit_for_bit(arch, dtype):
+    model = (_model(LlamaForCausalLM, LlamaConfig, dtype) if arch == "llama"
+             else _model(Qwen2ForCausalLM, Qwen2Config, dtype))
+    if arch == "qwen2":
+        assert model.model.layers[0].self_attn.q_proj.bias is not None
+    rows, cols, lo, col = 5, 40, 3, 30
+    ref_cache, cache = _slot_cache(model, rows, cols, dtype), _slot_cache(model, rows, cols, dtype)
+    mask = torch.ones(rows, cols, dtype=torch.long)
+    mask[0, :10] = 0          # a row that starts later: left padding is masked
+    mask[3, 5:12] = 0
+    ids = torch.tensor([1, 7, 42, 299, 0])
+    pos = torch.tensor([17, 3, 26, 9, 26])
+    dec = LlamaDecoder.wrap(model)
+    assert dec is not None
+    with torch.inference_mode():
+        for layer in ref_cache.layers:
+            layer.window(lo, col)
+        want = model(input_ids=ids[:, None], attention_mask=mask[:, lo:col + 1], position_ids=pos[:, None],
+                     use_cache=True, **{engine._cache_kwarg(model): ref_cache}).logits[:, -1]
+        got = dec.step(ids, pos, cache.layers, lo, col, mask[:, lo:col + 1])
+    assert torch.equal(got, want)
+    for a, b in zip(cache.layers, ref_cache.layers):   # the step's key/value landed in column col
+        assert torch.equal(a.kbuf, b.kbuf) and torch.equal(a.vbuf, b.vbuf)
+
+
+def test_fused_projections_share_memory_and_the_model_still_trains():
+    model = _model(LlamaForCausalLM, LlamaConfig, torch.float32)
+    ids = torch.tensor([[5, 9, 13, 2]])
+    before = model(input_ids=ids).logits.detach()
+    params = sum(p.numel() for p in model.parameters())
+    dec = LlamaDecoder.wrap(model)
+    assert LlamaDecoder.wrap(model) is dec                  # built once per model
+    attn = model.model.layers[0].self_attn
+    fused = dec.layers[0][1]
+    assert attn.q_proj.weight.data_ptr() == fused.data_ptr()
+    assert attn.k_proj.weight.data_ptr() == fused[attn.q_proj.weight.shape[0]:].data_ptr()
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert torch.equal(model(input_ids=ids).logits, before)
+    model.train()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()                                         # not inference tensors
+    assert attn.q_proj.weight.grad is not None
+
+
+def test_models_the_step_does_not_cover_keep_the_hf_forward(tiny_model_dir):
+    assert LlamaDecoder.wrap(_model(LlamaForCausalLM, LlamaConfig, torch.float32, hidden_act="gelu")) is None
+    eager = _model(LlamaForCausalLM, LlamaConfig, torch.float32)
+    eager.config._attn_implementation = "eager"
+    assert LlamaDecoder.wrap(eager) is None
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    assert LlamaDecoder.wrap(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))) is None
+
+
+def _prompts(tok, n):
+    qs = [r["question"] for r in ProceduralTeacher().problems(n, seed=3)]
+    return modeling.chat_prompts(tok, qs, "Solve.", "{question}")
+
+
+def test_engine_gives_the_same_tokens_with_and_without_the_fused_step(tiny_model_dir):
+    modeling.setup_runtime(0)
+    for dtype in ("float32", "bfloat16"):
+        model, tok = modeling.load(tiny_model_dir, dtype=dtype)
+        prompts = _prompts(tok, 10)
+        kw = dict(num_return_sequences=2, do_sample=True, temperature=0.8, top_p=0.9, max_new_tokens=24,
+                  batch_size=8, seed=4, attention="sdpa")
+        plain = engine.generate(model, tok, prompts, fused=False, **kw)
+        fused = engine.generate(model, tok, prompts, fused=True, **kw)
+        assert fused.texts == plain.texts and fused.new_tokens == plain.new_tokens
+        assert fused.attention == "sdpa"
+
+
+needs_kernel = pytest.mark.skipif(decode_attention.load() is None, reason="no C compiler to build the kernel")
+
+
+def _reference(q, k, v, mask, scale):
+    return F.scaled_dot_product_attention(q.double(), k.double(), v.double(),
+                                          attn_mask=mask.bool()[:, None, None, :], scale=scale)
+
+
+@needs_kernel
+@pytest.mark.parametrize("groups, dim", [(3, 64), (1, 64), (4, 128), (7, 64), (8, 128), (5, 64), (3, 80)])
+@pytest.mark.parametrize("length", [1, 9, 301])
+def test_kernel_matches_float64_attention(groups, dim, length):
+    g = torch.Generator().manual_seed(groups * 1000 + dim + length)
+    rows, heads, cols, lo = 6, 2, length + 20, 7
+    kbuf = torch.randn(rows, heads, cols, dim, generator=g).bfloat16() * 2
+    vbuf = torch.randn(rows, heads, cols, dim, generator=g).bfloat16()
+    q = torch.randn(rows, heads, groups, dim, generator=g).bfloat16()
+    k, v = kbuf[:, :, lo:lo + length], vbuf[:, :, lo:lo + length]   # a window of the slot buffer
+    mask = torch.rand(rows, length, generator=g) > 0.3
+    mask[:, -1] = True                                                # the engine's own column
+    mask[1, :-1] = False                                              # a row that attends one column
+    scale = dim ** -0.5
+    out = decode_attention.attention(q, k, v, mask.to(torch.uint8), scale)
+    want = _reference(q, k, v, mask, scale)
+    assert out.dtype == torch.bfloat16 and out.shape == q.shape
+    torch.testing.assert_close(out.double(), want, rtol=2 ** -7, atol=2e-3)
+    # fp32 accumulation: nearly every output is the correctly rounded one (torch's flash kernel: ~60%)
+    assert (out == want.bfloat16()).float().mean() > 0.97
+    assert torch.equal(out[1], v[1, :, -1:].expand(heads, groups, dim))   # one column: its value
+
+
+@needs_kernel
+def test_kernel_rejects_layouts_it_cannot_read():
+    q = torch.zeros(2, 1, 3, 64, dtype=torch.bfloat16)
+    k = torch.zeros(2, 1, 5, 64, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="layout"):
+        decode_attention.attention(q, k, k.clone()[:, :, :4], torch.ones(2, 5, dtype=torch.uint8), 0.1)
+    with pytest.raises(ValueError, match="layout"):
+        decode_attention.attention(q, k, k, torch.ones(2, 5, dtype=torch.long), 0.1)
+
+
+@needs_kernel
+def test_engine_reports_the_kernel_and_is_seeded(tiny_model_dir):
+    modeling.setup_runtime(0)
+    model, tok = modeling.load(tiny_model_dir, dtype="bfloat16")
+    prompts = _prompts(tok, 6)
+    kw = dict(num_return_sequences=2, do_sample=True, temperature=0.8, top_p=0.9, max_new_tokens=16,
+              batch_size=4, seed=2)
+    a, b = engine.generate(model, tok, prompts, **kw), engine.generate(model, tok, prompts, **kw)
+    assert a.attention == "kernel" and a.texts == b.texts
+    assert engine.generate(model, tok, prompts, attention="sdpa", **kw).attention == "sdpa"
+    m32, _ = modeling.load(tiny_model_dir, dtype="float32")   # fp32 stays exact: torch's SDPA
+    assert engine.generate(m32, tok, prompts[:2], max_new_tokens=4).attention == "sdpa"
+    with pytest.raises(ValueError, match="attention"):
+        engine.generate(model, tok, prompts, attention="flash", **kw)
+
+
+def test_without_a_compiler_the_engine_keeps_sdpa(tiny_model_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("TUTORLOOP_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(decode_attention.shutil, "which", lambda name: None)
+    decode_attention.load.cache_clear()
+    try:
+        assert decode_attention.load() is None
+        modeling.setup_runtime(0)
+        model, tok = modeling.load(tiny_model_dir, dtype="bfloat16")
+        assert engine.generate(model, tok, _prompts(tok, 2), max_new_tokens=4).attention == "sdpa"
+    finally:
+        decode_attention.load.cache_clear()
+
+
+def test_a_failing_compiler_is_a_warning_not_an_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("TUTORLOOP_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")   # exits 1
+    decode_attention.load.cache_clear()
+    try:
+        assert decode_attention.load() is None
+        assert list(tmp_path.iterdir()) == []   # no half-written library left behind
+    finally:
+        decode_attention.load.cache_clear()
