@@ -16,6 +16,11 @@ two batched matmuls over grouped query heads) measured neutral against torch's C
 at 128 problems (572 / 612 vs 589 tok/s in one process), so the lever is fewer bytes read, e.g.
 a prompt KV shared by the K samples.
 
+The breakdown above is of the engine through HF's modules (`fused=False`: hooks need them);
+since 2026-12-02 the engine decodes Llama-family models through one fused step
+(components/llama_decode.py) with a C attention kernel (components/decode_attention.py), timed
+last: decode steps, the kernel's share of them, the sampler and the rest.
+
     python benchmarks/decode_profile.py [models/base] [--prompts 32] [--new-tokens 160]
 """
 
@@ -29,7 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import engine, modeling  # noqa: E402
+from components import decode_attention, engine, modeling  # noqa: E402
+from components.llama_decode import LlamaDecoder  # noqa: E402
 from generation import practice_prompts  # noqa: E402  (the same workload as the ratio benchmark)
 
 
@@ -55,9 +61,11 @@ def main() -> None:
     modeling.setup_runtime(0)
     model, tok = modeling.load(args.model, dtype="bfloat16")
     prompts = practice_prompts(tok, args.prompts)
+    # The hooks need HF's module tree, so the breakdown runs the engine with fused=False; the
+    # engine's own path (the fused step, components/llama_decode.py) is timed after it.
     kw = dict(num_return_sequences=args.samples, do_sample=True, temperature=0.7, top_p=0.95,
               max_new_tokens=args.new_tokens, seed=0, batch_size=args.rows)
-    engine.generate(model, tok, prompts[:2], **{**kw, "max_new_tokens": 4})   # warm-up
+    engine.generate(model, tok, prompts[:2], **{**kw, "max_new_tokens": 4})   # warm-up (and kernel build)
 
     totals: dict[str, float] = defaultdict(float)
     timed(model, "forward", totals)
@@ -81,7 +89,7 @@ def main() -> None:
 
     engine.sample = timed_sample
     try:
-        g = engine.generate(model, tok, prompts, desc="engine", **kw)
+        g = engine.generate(model, tok, prompts, desc="engine, HF modules", fused=False, **kw)
     finally:
         engine.sample = sample
     # self_attn includes its projections and RoPE: the core is what is left.
@@ -90,10 +98,36 @@ def main() -> None:
     totals["forward_other"] = rest
     totals["outside_forward"] = g.seconds - totals["forward"] - totals["sampler"]
     print(f"{args.prompts} prompts x K={args.samples}, {args.new_tokens} tokens, {args.rows} rows: "
-          f"{g.tokens_per_second:.0f} useful tok/s, {g.new_tokens} tokens, {g.seconds:.1f} s")
+          f"{g.tokens_per_second:.0f} useful tok/s, {g.new_tokens} tokens, {g.seconds:.1f} s (HF modules, SDPA)")
     for name in ("attention_core+rope", "mlp", "qkvo_proj", "lm_head", "norms", "forward_other",
                  "sampler", "outside_forward"):
         print(f"  {name:22s} {totals[name]:7.2f} s  {totals[name] / g.seconds:6.1%}")
+
+    # The engine's own path: the fused step, and in it the C kernel's attention (when it runs).
+    fused: dict[str, float] = defaultdict(float)
+    originals = [(engine, "sample"), (decode_attention, "attention"), (LlamaDecoder, "step")]
+    saved = [getattr(obj, name) for obj, name in originals]
+
+    def clock(fn, key):
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                fused[key] += time.perf_counter() - t
+        return wrapper
+
+    for (obj, name), fn in zip(originals, saved):
+        setattr(obj, name, clock(fn, "step" if name == "step" else "sampler" if name == "sample" else "attention"))
+    try:
+        f = engine.generate(model, tok, prompts, desc="engine", **kw)
+    finally:
+        for (obj, name), fn in zip(originals, saved):
+            setattr(obj, name, fn)
+    print(f"engine as practice runs it (fused step, attention: {f.attention}): {f.tokens_per_second:.0f} useful "
+          f"tok/s, {f.seconds:.1f} s = decode steps {fused['step']:.2f} s (C attention kernel in them "
+          f"{fused['attention']:.2f} s), sampler {fused['sampler']:.2f} s, the rest (prefill, bookkeeping) "
+          f"{f.seconds - fused['step'] - fused['sampler']:.2f} s")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ tokens, bf16, on practice-like problems of the embedded teacher. Both sides coun
 tokens only (up to and including EOS; no padding, nothing after EOS). HF runs as practice used
 to (32 prompts x K per `generate` call); the engine with its default rows. Also checks that
 greedy decoding gives the same completions on both (evaluation must not change), and times the
-engine with the calculator on. Prints the ratio measured in this process, so the figure
+engine with the calculator on and with torch's SDPA instead of its C attention kernel. Prints the ratio measured in this process, so the figure
 compares across machines.
 
 The default workload is 128 problems (512 samples): practice runs 300 a round, and a single
@@ -61,12 +61,17 @@ def main() -> None:
     practice = prompts[:args.prompts]
     hf = modeling.generate(model, tok, practice, batch_size=args.hf_batch, desc="HF generate", **sampling)
     en = engine.generate(model, tok, practice, batch_size=args.rows, desc="engine", **sampling)
+    es = engine.generate(model, tok, practice, batch_size=args.rows, attention="sdpa",
+                         desc="engine, torch SDPA", **sampling)
     ec = engine.generate(model, tok, practice, batch_size=args.rows, calculator=True,
                          desc="engine+calculator", **sampling)
     greedy = prompts[args.prompts:]
     g_hf = modeling.generate(model, tok, greedy, max_new_tokens=args.new_tokens, batch_size=50, desc="HF greedy")
     g_en = engine.generate(model, tok, greedy, max_new_tokens=args.new_tokens, batch_size=64, desc="engine greedy")
     same = sum(a == b for a, b in zip(g_hf.texts, g_en.texts))
+    g_es = engine.generate(model, tok, greedy, max_new_tokens=args.new_tokens, batch_size=64, attention="sdpa",
+                           desc="engine greedy, SDPA")
+    same_sdpa = sum(a == b for a, b in zip(g_hf.texts, g_es.texts))
     g_hf8 = modeling.generate(model, tok, greedy, max_new_tokens=args.new_tokens, batch_size=8, desc="HF greedy, batch 8")
     hf_self = sum(a == b for a, b in zip(g_hf.texts, g_hf8.texts))
     del model
@@ -77,21 +82,25 @@ def main() -> None:
     same32 = sum(a == b for a, b in zip(f_hf.texts, f_en.texts))
     figures = {
         "hf_tokens_per_second": hf.tokens_per_second, "engine_tokens_per_second": en.tokens_per_second,
-        "ratio": en.tokens_per_second / hf.tokens_per_second,
+        "ratio": en.tokens_per_second / hf.tokens_per_second, "engine_attention": en.attention,
+        "engine_sdpa_tokens_per_second": es.tokens_per_second,
         "engine_calculator_tokens_per_second": ec.tokens_per_second, "calculator_calls": ec.calculator_calls,
         "hf_greedy_tokens_per_second": g_hf.tokens_per_second,
         "engine_greedy_tokens_per_second": g_en.tokens_per_second,
         "greedy_identical": same, "greedy_n": len(greedy), "hf_vs_hf_batch8_identical": hf_self,
+        "greedy_sdpa_identical": same_sdpa,
         "fp32_greedy_identical": same32, "fp32_greedy_n": len(exact),
         "samples": args.prompts * args.samples, "hf_tokens": hf.new_tokens, "engine_tokens": en.new_tokens,
     }
     print(f"\nsampling: {args.prompts} prompts x K={args.samples}, T=0.7, top_p=0.95, {args.new_tokens} tokens, bf16")
     print(f"  HF generate ({args.hf_batch} prompts/call) {hf.tokens_per_second:8.1f} useful tok/s  ({hf.new_tokens} tokens, {hf.seconds:.1f} s)")
-    print(f"  engine ({args.rows} rows)            {en.tokens_per_second:8.1f} useful tok/s  ({en.new_tokens} tokens, {en.seconds:.1f} s)")
+    print(f"  engine ({args.rows} rows)            {en.tokens_per_second:8.1f} useful tok/s  ({en.new_tokens} tokens, {en.seconds:.1f} s; attention: {en.attention})")
     print(f"  ratio engine / HF                  {figures['ratio']:8.2f}x")
+    print(f"  engine, torch SDPA attention     {es.tokens_per_second:8.1f} useful tok/s  ({es.new_tokens} tokens, {es.seconds:.1f} s)")
     print(f"  engine + calculator              {ec.tokens_per_second:8.1f} useful tok/s  ({ec.calculator_calls} annotations computed)")
     print(f"greedy bf16: HF {g_hf.tokens_per_second:.1f} tok/s, engine {g_en.tokens_per_second:.1f} tok/s; "
-          f"identical completions engine vs HF {same}/{len(greedy)}, HF batch 50 vs HF batch 8 {hf_self}/{len(greedy)}")
+          f"identical completions engine vs HF {same}/{len(greedy)} (engine with SDPA {same_sdpa}/{len(greedy)}), "
+          f"HF batch 50 vs HF batch 8 {hf_self}/{len(greedy)}")
     print(f"greedy fp32: identical completions engine vs HF {same32}/{len(exact)}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
