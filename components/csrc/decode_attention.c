@@ -1,10 +1,19 @@
 /* Decode attention for the generation engine: one query token per row, bf16 KV, CPU.
  *
  * torch's CPU flash kernel costs ~6 us per (row, kv-head) block at the engine's shapes (3 query
- * heads per kv head, ~200 columns): ~2x what reading the block's KV from memory takes. Here each
- * block is one pass over K (scores for the G query heads that share the kv head), a softmax in
- * fp32 and one pass over V; bf16 is widened to fp32 by a shift, everything accumulates in fp32
- * (a vectorisable exp, ~2 ulp), and the output is rounded to bf16 once (round-to-nearest-even).
+ * heads per kv head, ~200 columns), and attention was half of a decode step. Here each block is
+ * one pass over K (scores for the G query heads that share the kv head), a softmax in fp32 and
+ * one pass over V, everything accumulated in fp32 (a vectorisable exp, ~2 ulp) and the output
+ * rounded to bf16 once (round-to-nearest-even).
+ *
+ * Two implementations of a block:
+ * - with AVX-512 BF16 (compiled in when -march=native has it; head dims that are multiples of 32):
+ *   q.k by vdpbf16ps straight from the bf16 cache, 16 columns at a time so that their horizontal
+ *   sums share one transpose tree; software prefetch of K ahead, of V during the score pass and
+ *   of the thread's next block during the value pass (the hardware prefetcher stops at 4 KB pages);
+ * - a portable C loop (any head dim, any x86-64), which the compiler vectorises.
+ * Measured at 120 rows x 3 kv heads x 184 columns, 30 layers of distinct buffers, 2 cores:
+ * 1.11 ms a layer against 2.16 for torch's flash kernel (the portable loop: 1.6).
  *
  * Built by components/decode_attention.py at first use (cc -O3 -march=native -fopenmp, ~1 s);
  * OpenMP resolves to the libgomp torch has already loaded (same soname), so it shares torch's
