@@ -85,7 +85,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny_params(model_source: str | Path, rounds: int = 1) -> dict:
     """A complete, valid params dict sized for seconds, not minutes."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["runtime"] = {"threads": 1, "device": "cpu"}
+    raw["runtime"] = {**raw["runtime"], "threads": 1, "device": "cpu"}
     raw["base_model"] = {"source": str(model_source), "dtype": "float32"}
     raw["generate"].update(n_sft=24, n_practice=6, n_test=8)
     raw["sft"].update(epochs=1, batch_size=8, grad_accum=1, max_length=256, logging_steps=1,

@@ -106,7 +106,7 @@ def _seeds(path: Path, n: int = 60) -> Path:
 
 def _params(url: str, seeds: Path) -> dict:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["runtime"] = {"threads": 1, "device": "cpu"}
+    raw["runtime"] = {**raw["runtime"], "threads": 1, "device": "cpu"}
     raw["generate"].update(
         n_test=2, n_practice=3, n_sft=5,
         teacher={"kind": "openai", "model": ALIAS, "base_url": url, "api_key_env": "TUTORLOOP_LLAMACPP_KEY",
