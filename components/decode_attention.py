@@ -80,20 +80,21 @@ def load():
     if cc is None or platform.machine() not in ("x86_64", "AMD64"):
         log.warning("decode attention: no C compiler (or not x86-64); the engine uses torch's SDPA")
         return None
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *FLAGS]).encode()
-                         + _cpu_signature().encode()).hexdigest()[:16]
-    lib_path = cache_dir() / f"decode_attention-{key}.so"
-    if not lib_path.exists():
-        try:
+    try:
+        key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *FLAGS]).encode()
+                             + _cpu_signature().encode()).hexdigest()[:16]
+        lib_path = cache_dir() / f"decode_attention-{key}.so"
+        if not lib_path.exists():
             _build(cc, lib_path)
-        except (OSError, subprocess.SubprocessError) as e:
-            log.warning("decode attention: could not build the kernel (%s); the engine uses torch's SDPA", e)
-            return None
-    # libgomp: the kernel's OpenMP binds to the runtime torch already loaded (same soname).
-    fn = ctypes.CDLL(str(lib_path)).decode_attention_bf16
+        # libgomp: the kernel's OpenMP binds to the runtime torch already loaded (same soname).
+        fn = ctypes.CDLL(str(lib_path)).decode_attention_bf16
+    except (OSError, AttributeError, subprocess.SubprocessError) as e:
+        # no source in this install, a failed build, a cache on a noexec mount, a stale library
+        log.warning("decode attention: kernel unavailable (%s); the engine uses torch's SDPA", e)
+        return None
     fn.restype = ctypes.c_int
     fn.argtypes = ([ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_void_p, ctypes.c_int64,
-                   ctypes.c_void_p] + [ctypes.c_int] * 5 + [ctypes.c_float])
+                   ctypes.c_void_p] + [ctypes.c_int] * 6 + [ctypes.c_float])
     return fn
 
 
@@ -112,14 +113,19 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     rows, heads, groups, dim = q.shape
     L = k.shape[2]
     if (k.stride() != v.stride() or k.stride(3) != 1 or k.stride(2) != dim or k.shape != v.shape
-            or k.shape[:2] != (rows, heads) or mask.shape != (rows, L) or mask.stride(1) != 1
-            or mask.element_size() != 1):
+            or tuple(k.shape[:2]) != (rows, heads) or k.shape[3] != dim
+            or {q.dtype, k.dtype, v.dtype} != {torch.bfloat16}
+            or {q.device.type, k.device.type, v.device.type, mask.device.type} != {"cpu"}
+            or tuple(mask.shape) != (rows, L) or mask.stride(1) != 1 or mask.dtype not in (torch.uint8, torch.bool)):
         raise ValueError(f"decode attention: unexpected layout q {tuple(q.shape)} k {tuple(k.shape)} "
                          f"strides {k.stride()} / {v.stride()}, mask {tuple(mask.shape)} {mask.dtype}")
     q = q.contiguous()
     out = torch.empty_like(q)
+    # torch's thread count, passed explicitly: if the kernel's OpenMP is not torch's own runtime
+    # (a clang build, a wheel with a renamed libgomp), it must not start a pool of its own size.
     rc = load()(q.data_ptr(), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1), mask.data_ptr(),
-                mask.stride(0), out.data_ptr(), rows, heads, groups, dim, L, float(scale))
+                mask.stride(0), out.data_ptr(), rows, heads, groups, dim, L, torch.get_num_threads(),
+                float(scale))
     if rc != 0:
         raise RuntimeError(f"decode attention failed (code {rc}: 1 = empty shape, 2 = out of memory)")
     return out

@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import sys
 import time
+import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from components import decode_attention
+
+# One decoder per live model (weak: a model's decoder goes with it; the fused tensors are its weights).
+_DECODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 # Architectures whose decoder layer is exactly: x += o(attn(rope(qkv(norm(x))))); x += down(silu(gate) * up).
 FAMILIES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
@@ -56,7 +60,8 @@ class LlamaDecoder:
 
     def __init__(self, model) -> None:
         cfg = model.config.get_text_config(decoder=True)
-        self.model = model
+        # The parts, not the model: _DECODERS holds decoders strongly and must not keep models alive.
+        self.inner, self.lm_head = model.model, model.lm_head
         self.eps = cfg.rms_norm_eps
         self.heads = cfg.num_attention_heads
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -79,20 +84,39 @@ class LlamaDecoder:
         architectures, other activations, quantised or adapter-wrapped linears, non-SDPA attention)."""
         if type(model).__name__ not in FAMILIES:
             return None
-        cached = getattr(model, "_tutorloop_decoder", None)
-        if cached is not None:
-            return cached
         cfg = model.config.get_text_config(decoder=True)
-        linears = [m for layer in model.model.layers
+        layers = model.model.layers
+        linears = [m for layer in layers
                    for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
                              layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)]
-        if (getattr(cfg, "hidden_act", None) != "silu" or getattr(cfg, "mlp_bias", False)
+        qkv_bias = {layer.self_attn.q_proj.bias is None for layer in layers} | \
+                   {p.bias is None for layer in layers for p in (layer.self_attn.k_proj, layer.self_attn.v_proj)}
+        if (getattr(cfg, "hidden_act", None) != "silu"
                 or getattr(cfg, "_attn_implementation", None) != "sdpa"
-                or any(type(m) is not nn.Linear for m in [*linears, model.lm_head])):
+                or any(type(m) is not nn.Linear for m in [*linears, model.lm_head])
+                or any(p.bias is not None for layer in layers for p in (layer.mlp.gate_proj, layer.mlp.up_proj,
+                                                                          layer.mlp.down_proj))
+                or len(qkv_bias) > 1):   # q/k/v biases on some projections only: not a layout we fuse
             return None
+        cached = _DECODERS.get(model)
+        if cached is not None and cached.current():
+            return cached
+        # (Re)build: first use, or the model's weights were rebound since (deepcopy, .to(), assign=True).
         decoder = cls(model)
-        model._tutorloop_decoder = decoder
+        _DECODERS[model] = decoder
         return decoder
+
+    def current(self) -> bool:
+        """Whether the fused tensors are still the model's own weights (views share their storage)."""
+        for layer, (_, wqkv, _, _, _, _, _, wgu, _) in zip(self.inner.layers, self.layers):
+            a, m = layer.self_attn, layer.mlp
+            if (a.q_proj.weight.data_ptr() != wqkv.data_ptr()
+                    or a.v_proj.weight.data_ptr() != wqkv[-a.v_proj.weight.shape[0]:].data_ptr()
+                    or m.gate_proj.weight.data_ptr() != wgu.data_ptr()
+                    or m.up_proj.weight.data_ptr() != wgu[m.gate_proj.weight.shape[0]:].data_ptr()
+                    or a.q_proj.weight.dtype != wqkv.dtype or a.q_proj.weight.device != wqkv.device):
+                return False
+        return True
 
     def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         # HF's RMSNorm: in fp32, cast back, then the weight (bit-identical to its 8-op version).
@@ -104,7 +128,7 @@ class LlamaDecoder:
         step's key/value go to column `col` of each buffer and attention reads columns [lo, col];
         `mask` [rows, L] is the attention mask over those columns (nonzero = attend). `kernel`:
         attention in components/decode_attention.py (bf16, CPU) instead of torch's SDPA."""
-        inner = self.model.model
+        inner = self.inner
         x = inner.embed_tokens(ids)                                   # [rows, hidden]
         rows = x.shape[0]
         cos, sin = inner.rotary_emb(x[:, None], pos[:, None])         # [rows, 1, dim]
@@ -112,6 +136,9 @@ class LlamaDecoder:
         nq, nkv, d, half = self.heads, self.kv_heads, self.dim, self.dim // 2
         kernel = kernel and decode_attention.usable(x)
         allowed = mask.to(torch.uint8) if kernel else mask.bool()[:, None, None, :]   # shared by every layer
+        # transformers drops an all-ones mask and calls SDPA with enable_gqa on [rows, heads, 1, dim]
+        # instead of the packed GQA layout: another kernel path, other last bits. Mirror it.
+        unmasked = not kernel and bool(allowed.all())
         for li, (w_in, wqkv, bqkv, wo, bo, scale, w_post, wgu, wdown) in enumerate(self.layers):
             qkv = F.linear(self._norm(x, w_in), wqkv, bqkv).view(rows, nq + 2 * nkv, d)
             qk = qkv[:, :nq + nkv]
@@ -124,13 +151,16 @@ class LlamaDecoder:
             if kernel:
                 attn = decode_attention.attention(q, kbuf[:, :, lo:col + 1], vbuf[:, :, lo:col + 1],
                                                   allowed, scale)
+            elif unmasked:
+                attn = F.scaled_dot_product_attention(qk[:, :nq, None], kbuf[:, :, lo:col + 1],
+                                                      vbuf[:, :, lo:col + 1], scale=scale, enable_gqa=True)
             else:
                 attn = F.scaled_dot_product_attention(q, kbuf[:, :, lo:col + 1], vbuf[:, :, lo:col + 1],
                                                       attn_mask=allowed, scale=scale)
             x = x + F.linear(attn.reshape(rows, nq * d), wo, bo)
             gu = F.linear(self._norm(x, w_post), wgu)
             x = x + F.linear(F.silu(gu[:, :self.inter]) * gu[:, self.inter:], wdown)
-        return self.model.lm_head(inner.norm(x))
+        return self.lm_head(inner.norm(x))
 
 
 if __name__ == "__main__":

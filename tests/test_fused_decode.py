@@ -38,25 +38,39 @@ def _slot_cache(model, rows, cols, dtype):
     cache.layers = [engine.SlotLayer() for _ in model.model.layers]
     g = torch.Generator().manual_seed(1)
     for layer in cache.layers:
-        layer.allocate(rows, model.config.num_key_value_heads, cols, SMALL["hidden_size"] // SMALL["num_attention_heads"],
-                       dtype, "cpu")
+        layer.allocate(rows, model.config.num_key_value_heads, cols,
+                       model.config.hidden_size // model.config.num_attention_heads, dtype, "cpu")
         layer.kbuf.copy_(torch.randn(layer.kbuf.shape, generator=g))
         layer.vbuf.copy_(torch.randn(layer.vbuf.shape, generator=g))
     return cache
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+# SmolLM2-135M's layer shapes (one layer, random weights): the fused GEMMs at the real sizes.
+SMOLLM2 = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=1, num_attention_heads=9,
+               num_key_value_heads=3, vocab_size=1000, max_position_embeddings=2048, rms_norm_eps=1e-5,
+               rope_theta=100000.0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "smollm2-sized"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_step_is_the_hf_forward_bit_for_bit(arch, dtype):
-    model = (_model(LlamaForCausalLM, LlamaConfig, dtype) if arch == "llama"
-             else _model(Qwen2ForCausalLM, Qwen2Config, dtype))
+@pytest.mark.parametrize("holes", [True, False])   # all-ones: HF drops the mask and takes another SDPA path
+def test_fused_step_is_the_hf_forward_bit_for_bit(arch, dtype, holes):
+    if arch == "smollm2-sized":
+        torch.manual_seed(0)
+        cfg = LlamaConfig(**SMOLLM2)
+        cfg._attn_implementation = "sdpa"
+        model = LlamaForCausalLM(cfg).to(dtype).eval()
+    else:
+        model = (_model(LlamaForCausalLM, LlamaConfig, dtype) if arch == "llama"
+                 else _model(Qwen2ForCausalLM, Qwen2Config, dtype))
     if arch == "qwen2":
         assert model.model.layers[0].self_attn.q_proj.bias is not None
     rows, cols, lo, col = 5, 40, 3, 30
     ref_cache, cache = _slot_cache(model, rows, cols, dtype), _slot_cache(model, rows, cols, dtype)
     mask = torch.ones(rows, cols, dtype=torch.long)
-    mask[0, :10] = 0          # a row that starts later: left padding is masked
-    mask[3, 5:12] = 0
+    if holes:
+        mask[0, :10] = 0          # a row that starts later: left padding is masked
+        mask[3, 5:12] = 0
     ids = torch.tensor([1, 7, 42, 299, 0])
     pos = torch.tensor([17, 3, 26, 9, 26])
     dec = LlamaDecoder.wrap(model)
@@ -89,6 +103,21 @@ def test_fused_projections_share_memory_and_the_model_still_trains():
     loss = model(input_ids=ids, labels=ids).loss
     loss.backward()                                         # not inference tensors
     assert attn.q_proj.weight.grad is not None
+
+
+def test_a_copied_or_converted_model_gets_a_fresh_decoder():
+    import copy
+
+    model = _model(LlamaForCausalLM, LlamaConfig, torch.float32)
+    dec = LlamaDecoder.wrap(model)
+    twin = copy.deepcopy(model)          # parameters cloned: the old fused tensors are not its weights
+    with torch.no_grad():
+        twin.model.layers[0].self_attn.q_proj.weight.add_(1.0)
+    fresh = LlamaDecoder.wrap(twin)
+    assert fresh is not dec and fresh.layers[0][1].data_ptr() == twin.model.layers[0].self_attn.q_proj.weight.data_ptr()
+    assert LlamaDecoder.wrap(model) is dec
+    half = LlamaDecoder.wrap(model.to(torch.bfloat16))   # .to() rebinds every parameter
+    assert half is not dec and half.layers[0][1].dtype == torch.bfloat16
 
 
 def test_models_the_step_does_not_cover_keep_the_hf_forward(tiny_model_dir):
@@ -151,6 +180,26 @@ def test_kernel_matches_float64_attention(groups, dim, length):
 
 
 @needs_kernel
+def test_fused_step_with_the_kernel_is_the_step_with_sdpa_to_bf16_rounding():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**SMOLLM2)
+    cfg._attn_implementation = "sdpa"
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    rows, cols, lo, col = 6, 80, 5, 70
+    a, b = _slot_cache(model, rows, cols, torch.bfloat16), _slot_cache(model, rows, cols, torch.bfloat16)
+    mask = torch.ones(rows, cols, dtype=torch.long)
+    mask[2, :30] = 0
+    ids, pos = torch.tensor([3, 5, 7, 11, 13, 17]), torch.full((6,), 60)
+    dec = LlamaDecoder.wrap(model)
+    with torch.inference_mode():
+        sdpa = dec.step(ids, pos, a.layers, lo, col, mask[:, lo:col + 1])
+        kern = dec.step(ids, pos, b.layers, lo, col, mask[:, lo:col + 1], kernel=True)
+    # the same q, window, scale and mask reach the kernel: logits agree to bf16 rounding
+    torch.testing.assert_close(kern.float(), sdpa.float(), rtol=0.05, atol=0.05)
+    assert (kern.argmax(-1) == sdpa.argmax(-1)).all()
+
+
+@needs_kernel
 def test_kernel_rejects_layouts_it_cannot_read():
     q = torch.zeros(2, 1, 3, 64, dtype=torch.bfloat16)
     k = torch.zeros(2, 1, 5, 64, dtype=torch.bfloat16)
@@ -158,6 +207,10 @@ def test_kernel_rejects_layouts_it_cannot_read():
         decode_attention.attention(q, k, k.clone()[:, :, :4], torch.ones(2, 5, dtype=torch.uint8), 0.1)
     with pytest.raises(ValueError, match="layout"):
         decode_attention.attention(q, k, k, torch.ones(2, 5, dtype=torch.long), 0.1)
+    with pytest.raises(ValueError, match="layout"):   # fp32 K would be read as bf16
+        decode_attention.attention(q, k.float(), k.float(), torch.ones(2, 5, dtype=torch.uint8), 0.1)
+    with pytest.raises(ValueError, match="layout"):   # a head dim narrower than q's
+        decode_attention.attention(q, k[..., :32], k[..., :32], torch.ones(2, 5, dtype=torch.uint8), 0.1)
 
 
 @needs_kernel

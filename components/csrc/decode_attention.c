@@ -230,14 +230,14 @@ static inline __attribute__((always_inline)) void one_block_avx512(
 
 /* q, out: [rows, H, G, D] contiguous. k, v: element (r, h, j, d) at r*row_stride + h*head_stride
  * + j*D + d (the engine's slot buffers from column lo on). mask: [rows, L], nonzero = attend; every
- * row attends at least one column (the engine's current one). */
+ * row attends at least one column (the engine's current one). threads: torch's thread count. */
 int decode_attention_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
                           int64_t row_stride, int64_t head_stride, const uint8_t *mask,
                           int64_t mask_stride, uint16_t *out, int rows, int H, int G, int D, int L,
-                          float scale) {
-    if (G < 1 || D < 1 || L < 1) return 1;
+                          int threads, float scale) {
+    if (G < 1 || D < 1 || L < 1 || threads < 1) return 1;
     int failed = 0;
-#pragma omp parallel
+#pragma omp parallel num_threads(threads)
     {
         /* Each thread's scores (G x L floats) on the heap: long contexts would overflow a thread stack. */
         float *s = (float *)malloc(sizeof(float) * (size_t)G * (size_t)L);
