@@ -98,9 +98,9 @@ def load():
     return fn
 
 
-def usable(q: torch.Tensor) -> bool:
-    """The kernel covers bf16 on CPU; anything else (fp32 checks, CUDA) stays on SDPA."""
-    return q.device.type == "cpu" and q.dtype == torch.bfloat16 and load() is not None
+def usable(dtype: torch.dtype, device: torch.device) -> bool:
+    """The kernel covers bf16 on CPU where it builds; anything else (fp32 checks, CUDA) stays on SDPA."""
+    return torch.device(device).type == "cpu" and dtype == torch.bfloat16 and load() is not None
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,

@@ -211,8 +211,7 @@ def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, d
     # Llama-family models decode through the fused step (bit-identical, fewer ops); others via HF.
     decoder = LlamaDecoder.wrap(model) if fused else None
     dtype = next(model.parameters()).dtype
-    kernel = (attention == "auto" and decoder is not None and dtype == torch.bfloat16 and dev.type == "cpu"
-              and decode_attention.load() is not None)
+    kernel = attention == "auto" and decoder is not None and decode_attention.usable(dtype, dev)
     cfg = model.config.get_text_config(decoder=True)
     heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads

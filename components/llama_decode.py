@@ -127,14 +127,14 @@ class LlamaDecoder:
         """Logits [rows, vocab] for one token per row. `layers` are the engine's SlotLayers: the
         step's key/value go to column `col` of each buffer and attention reads columns [lo, col];
         `mask` [rows, L] is the attention mask over those columns (nonzero = attend). `kernel`:
-        attention in components/decode_attention.py (bf16, CPU) instead of torch's SDPA."""
+        attention in components/decode_attention.py instead of torch's SDPA; the caller decides
+        (`decode_attention.usable`: bf16 on CPU where the kernel builds)."""
         inner = self.inner
         x = inner.embed_tokens(ids)                                   # [rows, hidden]
         rows = x.shape[0]
         cos, sin = inner.rotary_emb(x[:, None], pos[:, None])         # [rows, 1, dim]
         cos, sin = cos[:, :1], sin[:, :1]                             # broadcast over heads
         nq, nkv, d, half = self.heads, self.kv_heads, self.dim, self.dim // 2
-        kernel = kernel and decode_attention.usable(x)
         allowed = mask.to(torch.uint8) if kernel else mask.bool()[:, None, None, :]   # shared by every layer
         # transformers drops an all-ones mask and calls SDPA with enable_gqa on [rows, heads, 1, dim]
         # instead of the packed GQA layout: another kernel path, other last bits. Mirror it.
@@ -196,6 +196,8 @@ if __name__ == "__main__":
                  ("fused", lambda: dec.step(ids, pos, cache.layers, lo, col, mask[:, lo:col + 1])),
                  ("fused + C attention", lambda: dec.step(ids, pos, cache.layers, lo, col, mask[:, lo:col + 1],
                                                           kernel=True))]
+        if not decode_attention.usable(torch.bfloat16, m.device):
+            steps.pop()   # no compiler here: the kernel cannot run
         for name, fn in steps:
             out = fn()
             t = time.perf_counter()
