@@ -15,7 +15,11 @@ Pairs, per problem (Orca-Math §4):
   more DPO minutes. The student-/teacher-chosen ratio is logged.
 
 Unpaired (KTO): the same table as desirable (positives) and undesirable (negatives, borrowed
-ones included) examples, each text once per problem — unpaired.jsonl.
+ones included) examples, each text once per problem — unpaired.jsonl. With `max_pairs` set it is
+capped at 2 x max_pairs rows, the texts a DPO round on the capped pairs sees, so DPO and KTO are
+compared on one budget: the student's own correct samples first, then rows of the problems the
+pairs train on, then the rest (seeded). Uncapped, a round of 300 problems x 4 samples is ~1,500
+rows: ~7x the DPO round's minutes.
 
 Optional LLM judge (`feedback.judge`, Orca-Math used GPT-4 as an exact-match judge): in
 `fallback` mode it decides only samples the deterministic grader cannot read; in `double_check`
@@ -168,9 +172,11 @@ def build_pairs(problems: list[dict], feedback: list[dict], cfg: Feedback) -> tu
     return pairs, stats
 
 
-def build_unpaired(problems: list[dict], feedback: list[dict], pairs: list[dict]) -> list[dict]:
+def build_unpaired(problems: list[dict], feedback: list[dict], pairs: list[dict], max_rows: int = 0,
+                   seed: int = 0) -> list[dict]:
     """KTO's view of the same table: every positive desirable, every negative undesirable (the
-    borrowed negatives of all-correct problems included, as in the pairs), each text once."""
+    borrowed negatives of all-correct problems included, as in the pairs), each text once; at most
+    `max_rows` (0 = all): student-desirable rows first, then the pairs' problems, seeded within."""
     rows = []
     good = defaultdict(list)
     for r in feedback:
@@ -190,6 +196,13 @@ def build_unpaired(problems: list[dict], feedback: list[dict], pairs: list[dict]
         for text, src in _unique(bad[p["id"]], key=lambda x: x[0]):
             rows.append({"problem_id": p["id"], "question": p["question"], "completion": text, "label": False,
                          "source": src})
+    if max_rows and len(rows) > max_rows:
+        rng = random.Random(seed)
+        covered = {x["problem_id"] for x in pairs}
+        rank = [(not (r["label"] and r["source"] == "student"), r["problem_id"] not in covered, rng.random())
+                for r in rows]
+        keep = sorted(sorted(range(len(rows)), key=rank.__getitem__)[:max_rows])
+        rows = [rows[i] for i in keep]
     return rows
 
 
@@ -203,7 +216,7 @@ def run(cfg: Feedback, problems_file: Path, round_dir: Path, chat=None, device: 
     pairs, stats = build_pairs(problems, feedback, cfg)
     if not pairs:
         raise RuntimeError("no preference pairs could be built (no negatives anywhere?)")
-    unpaired = build_unpaired(problems, feedback, pairs)
+    unpaired = build_unpaired(problems, feedback, pairs, max_rows=2 * cfg.max_pairs, seed=cfg.seed)
     stats.update(judge_stats)
     stats["practice_pass_rate_lenient"] = sum(r["correct_lenient"] for r in feedback) / max(1, len(feedback))
     stats["problems_all_wrong_share"] = stats["problems_all_wrong"] / max(1, stats["problems"])

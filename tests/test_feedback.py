@@ -112,6 +112,25 @@ def test_unpaired_table_follows_the_same_rules():
     assert [(r["source"], r["label"]) for r in c] == [("teacher", True), ("own", False)]
 
 
+def test_unpaired_cap_keeps_the_students_positives_then_the_pairs_problems():
+    from components.feedback import build_unpaired
+
+    probs = [problem(x) for x in "abcdefgh"]
+    table = [fb("a", "right a", True), fb("a", "wrong a", False)]
+    for other in "bcdefgh":
+        table += [fb(other, f"wrong {other} {k}", False) for k in range(4)]
+    pairs = [{"problem_id": "c", "rejected": "wrong c 0", "rejected_source": "own"}]
+    full = build_unpaired(probs, table, pairs)
+    assert len(full) == 3 + 7 * 5
+    rows = build_unpaired(probs, table, pairs, max_rows=8, seed=3)
+    assert len(rows) == 8
+    assert ("right a", True) in [(r["completion"], r["label"]) for r in rows]   # the student's own first
+    assert sum(r["problem_id"] == "c" for r in rows) == 5                        # then the pairs' problem
+    assert rows == [r for r in full if r in rows]                                # table order kept
+    assert rows == build_unpaired(probs, table, pairs, max_rows=8, seed=3)       # seeded
+    assert build_unpaired(probs, table, pairs, max_rows=100) == full
+
+
 # --- the optional LLM judge -----------------------------------------------------------------
 
 class _JudgeModel:
