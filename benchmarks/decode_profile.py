@@ -27,10 +27,12 @@ last: decode steps, the kernel's share of them, the sampler and the rest.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -105,8 +107,8 @@ def main() -> None:
 
     # The engine's own path: the fused step, and in it the C kernel's attention (when it runs).
     fused: dict[str, float] = defaultdict(float)
-    originals = [(engine, "sample"), (decode_attention, "attention"), (LlamaDecoder, "step")]
-    saved = [getattr(obj, name) for obj, name in originals]
+    wrapped = [(engine, "sample", "sampler"), (decode_attention, "attention", "attention"),
+             (LlamaDecoder, "step", "step")]
 
     def clock(fn, key):
         def wrapper(*a, **k):
@@ -117,13 +119,11 @@ def main() -> None:
                 fused[key] += time.perf_counter() - t
         return wrapper
 
-    for (obj, name), fn in zip(originals, saved):
-        setattr(obj, name, clock(fn, "step" if name == "step" else "sampler" if name == "sample" else "attention"))
-    try:
+    # Timers wrap the engine's own functions for this one run; patch.object restores them on exit.
+    with contextlib.ExitStack() as stack:
+        for obj, name, key in wrapped:
+            stack.enter_context(mock.patch.object(obj, name, clock(getattr(obj, name), key)))
         f = engine.generate(model, tok, prompts, desc="engine", **kw)
-    finally:
-        for (obj, name), fn in zip(originals, saved):
-            setattr(obj, name, fn)
     print(f"engine as practice runs it (fused step, attention: {f.attention}): {f.tokens_per_second:.0f} useful "
           f"tok/s, {f.seconds:.1f} s = decode steps {fused['step']:.2f} s (C attention kernel in them "
           f"{fused['attention']:.2f} s), sampler {fused['sampler']:.2f} s, the rest (prefill, bookkeeping) "

@@ -23,6 +23,7 @@ from __future__ import annotations
 import sys
 import time
 import weakref
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,20 @@ def _fuse(mods: list[nn.Linear], attr: str) -> torch.Tensor | None:
     return fused
 
 
+class _Layer(NamedTuple):
+    """One decoder layer's tensors for the fused step; wqkv/wgu are fused, the module weights views of them."""
+
+    w_in: torch.Tensor               # input RMSNorm weight
+    wqkv: torch.Tensor               # [q; k; v] projection weight
+    bqkv: torch.Tensor | None        # [q; k; v] bias (Qwen2) or None
+    wo: torch.Tensor                 # output projection
+    bo: torch.Tensor | None
+    scale: float                     # attention softmax scale
+    w_post: torch.Tensor             # post-attention RMSNorm weight
+    wgu: torch.Tensor                # [gate; up] projection weight
+    wdown: torch.Tensor              # down projection
+
+
 class LlamaDecoder:
     """Fused decode step for one model; build it once per model with `wrap`."""
 
@@ -70,7 +85,7 @@ class LlamaDecoder:
         self.layers = []
         for layer in model.model.layers:
             a, m = layer.self_attn, layer.mlp
-            self.layers.append((layer.input_layernorm.weight,
+            self.layers.append(_Layer(layer.input_layernorm.weight,
                                 _fuse([a.q_proj, a.k_proj, a.v_proj], "weight"),
                                 _fuse([a.q_proj, a.k_proj, a.v_proj], "bias"),
                                 a.o_proj.weight, a.o_proj.bias, a.scaling,
@@ -108,8 +123,8 @@ class LlamaDecoder:
 
     def current(self) -> bool:
         """Whether the fused tensors are still the model's own weights (views share their storage)."""
-        for layer, (_, wqkv, _, _, _, _, _, wgu, _) in zip(self.inner.layers, self.layers):
-            a, m = layer.self_attn, layer.mlp
+        for layer, fused in zip(self.inner.layers, self.layers):
+            a, m, wqkv, wgu = layer.self_attn, layer.mlp, fused.wqkv, fused.wgu
             if (a.q_proj.weight.data_ptr() != wqkv.data_ptr()
                     or a.v_proj.weight.data_ptr() != wqkv[-a.v_proj.weight.shape[0]:].data_ptr()
                     or m.gate_proj.weight.data_ptr() != wgu.data_ptr()
