@@ -344,7 +344,7 @@ def run(config: Generate, out: Path, cache_dir: Path | None = None, device: str 
         counts["calls/cache_hits"], counts["calls/sent"] = chat.hits, chat.misses
     seconds = time.perf_counter() - start
     volatile = {k: counts.pop(k) for k in RUN_STATS if k in counts}
-    volatile.update(seconds=round(seconds, 2), problems_per_s=round(sum(sizes.values()) / seconds, 1))
+    volatile.update(seconds=round(seconds, 4), problems_per_s=round(sum(sizes.values()) / seconds, 1))
     write_json(dict(counts), out / "stats.json")
     if run_stats is not None:
         write_json(volatile, run_stats)

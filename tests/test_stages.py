@@ -63,7 +63,9 @@ def test_generate_splits_without_overlap(params_factory, workdir, tmp_path):
     # byte-identical files, so DVC's hash of data/generated does not change
     again = generate.run(params.generate, tmp_path / "again", cache_dir=tmp_path / "cache",
                          run_stats=tmp_path / "run.json")
-    assert again["journal_replayed_seeds"] > 0 and json.loads((tmp_path / "run.json").read_text())["seconds"] > 0
+    # a replay takes milliseconds on a fast runner: the timing must be recorded, not be large
+    run_stats = json.loads((tmp_path / "run.json").read_text())
+    assert again["journal_replayed_seeds"] > 0 and run_stats["seconds"] >= 0 and run_stats["problems_per_s"] > 0
     for name in ("stats.json", *(f"{s}.jsonl" for s in generate.SPLITS)):
         assert (tmp_path / "again" / name).read_bytes() == (workdir / "data" / name).read_bytes(), name
 
