@@ -1,6 +1,6 @@
 """Data quality and speed of the embedded teacher: N problems through the real `generate` stage.
 
-Times `components.generate.run` (procedural teacher, all agents) for N training problems, then
+Times `tutorloop.teachers.generation.generate_dataset` (procedural teacher, all agents) for N training problems, then
 audits the output independently of the stage's own filters: every ``<<expr=value>>`` step and
 every final answer re-derived with exact arithmetic, family and agent spread, and duplicates by
 a stricter measure than the stage's (exact normalised text, and word-5-gram Jaccard >= 0.8 over
@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.config import load_params  # noqa: E402
-from components.data import read_jsonl  # noqa: E402
-from components.grading import extract_answer  # noqa: E402
-from components.teachers import normalise  # noqa: E402
-from components.teachers.arith import annotations, evaluate  # noqa: E402
+from tutorloop.config import load_params  # noqa: E402
+from tutorloop.data.jsonl import read_jsonl  # noqa: E402
+from tutorloop.eval.grading import extract_answer  # noqa: E402
+from tutorloop.teachers import normalise  # noqa: E402
+from tutorloop.teachers.arith import annotations, evaluate  # noqa: E402
 
 
 def audit(records: list[dict], threshold: float = 0.8) -> dict:
@@ -63,7 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
     args = parser.parse_args()
-    from components.generate import run
+    from tutorloop.teachers.generation import generate_dataset as run
 
     cfg = load_params().generate
     cfg = cfg.model_copy(update={"n_sft": args.n, "teacher": cfg.teacher.model_copy(update={"kind": "procedural"})})

@@ -1,6 +1,6 @@
 """Where a sampling run's time goes, by part of the model: the map for the next engine change.
 
-Runs the engine (components/engine.py) on practice's workload (K=4, T=0.7, top_p 0.95, bf16) and
+Runs the engine (tutorloop/inference/engine.py) on practice's workload (K=4, T=0.7, top_p 0.95, bf16) and
 times, with forward hooks (no profiler overhead on every op), each part of the step: the
 attention core (softmax(q kᵀ) v over the KV cache), the q/k/v/o projections, the MLP, the
 RMSNorms, the LM head, the whole forward, and the sampler. Prints seconds and shares, so a
@@ -18,7 +18,7 @@ a prompt KV shared by the K samples.
 
 The breakdown above is of the engine through HF's modules (`fused=False`: hooks need them);
 since 2026-12-02 the engine decodes Llama-family models through one fused step
-(components/llama_decode.py) with a C attention kernel (components/decode_attention.py), timed
+(tutorloop/inference/fused.py) with a C attention kernel (tutorloop/inference/kernels/attention.py), timed
 last: decode steps, the kernel's share of them, the sampler and the rest.
 
     python benchmarks/decode_profile.py [models/base] [--prompts 32] [--new-tokens 160]
@@ -36,8 +36,10 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import decode_attention, engine, modeling  # noqa: E402
-from components.llama_decode import LlamaDecoder  # noqa: E402
+from tutorloop import modeling  # noqa: E402
+from tutorloop.inference import engine  # noqa: E402
+from tutorloop.inference.kernels import attention as decode_attention  # noqa: E402
+from tutorloop.inference.fused import LlamaDecoder  # noqa: E402
 from generation import practice_prompts  # noqa: E402  (the same workload as the ratio benchmark)
 
 
@@ -64,7 +66,7 @@ def main() -> None:
     model, tok = modeling.load(args.model, dtype="bfloat16")
     prompts = practice_prompts(tok, args.prompts)
     # The hooks need HF's module tree, so the breakdown runs the engine with fused=False; the
-    # engine's own path (the fused step, components/llama_decode.py) is timed after it.
+    # engine's own path (the fused step, tutorloop/inference/fused.py) is timed after it.
     kw = dict(num_return_sequences=args.samples, do_sample=True, temperature=0.7, top_p=0.95,
               max_new_tokens=args.new_tokens, seed=0, batch_size=args.rows)
     engine.generate(model, tok, prompts[:2], **{**kw, "max_new_tokens": 4})   # warm-up (and kernel build)

@@ -1,4 +1,4 @@
-"""Sampling throughput: the engine (components/engine.py) vs HF `generate`, same prompts, one run.
+"""Sampling throughput: the engine (tutorloop/inference/engine.py) vs HF `generate`, same prompts, one run.
 
 Practice's workload by default: K=4 samples per prompt, temperature 0.7, top_p 0.95, 160 new
 tokens, bf16, on practice-like problems of the embedded teacher. Both sides count *useful*
@@ -28,8 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import engine, modeling  # noqa: E402
-from components.teachers import ProceduralTeacher  # noqa: E402
+from tutorloop import modeling  # noqa: E402
+from tutorloop.inference import engine  # noqa: E402
+from tutorloop.teachers import ProceduralTeacher  # noqa: E402
 
 
 SYSTEM = "You are a careful math tutor. Solve the problem step by step, then give the final answer on its own line as '#### <number>'."

@@ -15,14 +15,13 @@ loop, not quietly shrink the data.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from components import tracking
-from components.config import Params, load_params
-from components.contamination import EvalIndex
-from components.data import read_jsonl, write_json, write_jsonl
-from components.evalsets import gsm8k_problems
+from tutorloop.config import Params
+from tutorloop.data.contamination import EvalIndex
+from tutorloop.data.evalsets import gsm8k_problems
+from tutorloop.data.jsonl import read_jsonl, write_json, write_jsonl
+from tutorloop.runtime.stage import Arg, stage
 
 TRAINING_SPLITS = ("sft", "practice")
 
@@ -60,21 +59,12 @@ def run(params: Params, generated: Path, out: Path, practice_next: Path | None =
     return stats
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("generated", type=Path)
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--practice-next", type=Path, default=None,
-                        help="also write the clean practice set here (round 1's practice set)")
-    parser.add_argument("--gsm8k", type=Path, default=None, help="the inputs stage's GSM8K copy (default: read the config's)")
-    args = parser.parse_args()
-    params = load_params()
-    with tracking.stage_run("decontaminate", params.decontaminate.model_dump()) as log:
-        stats = run(params, args.generated, args.out, args.practice_next, args.gsm8k)
-        log.metrics(stats)
+@stage("decontaminate", Arg("generated", Path), Arg("out", Path),
+       Arg("--practice-next", Path, "also write the clean practice set here (round 1's practice set)"),
+       Arg("--gsm8k", Path, "the inputs stage's GSM8K copy (default: read the config's)"))
+def main(params, args, log) -> dict:
+    return run(params, args.generated, args.out, args.practice_next, args.gsm8k)
 
 
 if __name__ == "__main__":
-    from components.entry import run_main
-
-    run_main(main)  # bad input: one line, exit 2; SIGTERM/SIGINT: MLflow run KILLED (see entry.py)
+    main()

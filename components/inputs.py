@@ -22,65 +22,39 @@ MLflow: it is plumbing, and a no-op repro must leave the tracking server untouch
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 from pathlib import Path
 
-from components.config import Params, load_params
-from components.data import read_jsonl, write_json, write_jsonl
-from components.evalsets import load_gsm8k
+from tutorloop.data.digest import file_sha256
+from tutorloop.data.evalsets import load_gsm8k, seed_rows
+from tutorloop.data.jsonl import write_json, write_jsonl
+from tutorloop.runtime.stage import Arg, stage
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+@stage("inputs", Arg("out", Path), tracked=False)
+def main(params, args, log) -> None:
+    m = snapshot(params, args.out)
+    print(f"inputs: GSM8K {m['gsm8k']['rows']} problems ({m['gsm8k']['source'] or 'none'}), "
+          f"seeds {m['seeds']['rows']} rows ({m['seeds']['source'] or 'procedural'})")
 
 
-def seed_rows(params: Params) -> tuple[list[dict], str]:
-    """(rows, source) of jsonl/dataset seeds as {question, answer}; ([], "") for procedural."""
-    s = params.generate.seeds
-    if s.source == "jsonl":
-        rows = read_jsonl(s.path, required=("question",))
-        return [{"question": r["question"], "answer": r.get("answer", "")} for r in rows], s.path
-    if s.source == "dataset":
-        from datasets import load_dataset
-
-        ds = load_dataset(s.dataset, s.subset or None, split=s.split)
-        return [{"question": r["question"], "answer": r.get("answer", "")} for r in ds], f"{s.dataset}/{s.split}"
-    return [], ""
-
-
-def run(params: Params, out: Path) -> dict:
+def snapshot(params, out: Path) -> dict:
+    """Copy GSM8K and the seed rows into `out`; the manifest says where each came from."""
     out.mkdir(parents=True, exist_ok=True)
     g = params.evaluate.gsm8k
     gsm8k = load_gsm8k(g) or []
     write_jsonl(out / "gsm8k.jsonl", gsm8k)
-    seeds, source = seed_rows(params)
+    seeds, source = seed_rows(params.generate.seeds)
     write_jsonl(out / "seeds.jsonl", seeds)
     src = Path(g.path) if g.path else None
     manifest = {
         "gsm8k": {"source": g.path or g.dataset, "rows": len(gsm8k),
-                  "source_sha256": _sha256(src) if src is not None and src.exists() else "",
-                  "sha256": _sha256(out / "gsm8k.jsonl")},
-        "seeds": {"source": source, "rows": len(seeds), "sha256": _sha256(out / "seeds.jsonl")},
+                  "source_sha256": file_sha256(src) if src is not None and src.exists() else "",
+                  "sha256": file_sha256(out / "gsm8k.jsonl")},
+        "seeds": {"source": source, "rows": len(seeds), "sha256": file_sha256(out / "seeds.jsonl")},
     }
     write_json(manifest, out / "manifest.json")
     return manifest
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path)
-    args = parser.parse_args()
-    m = run(load_params(), args.out)
-    print(f"inputs: GSM8K {m['gsm8k']['rows']} problems ({m['gsm8k']['source'] or 'none'}), "
-          f"seeds {m['seeds']['rows']} rows ({m['seeds']['source'] or 'procedural'})")
-
-
 if __name__ == "__main__":
-    from components.entry import run_main
-
-    run_main(main)  # bad input (a missing seeds file, a malformed params.yaml): one line, exit 2
+    main()

@@ -1,8 +1,8 @@
 """Stage `practice@r`: the round r-1 student samples K solutions per practice problem.
 
 Orca-Math's settings by default (K=4, temperature 0.7, top_p 0.95), seeded, so a round re-run
-gives the same samples. `practice.backend` picks the sampler (components/sampler.py): `local` =
-the generation engine here (components/engine.py: one prompt pass per problem, continuous
+gives the same samples. `practice.backend` picks the sampler (tutorloop/inference/sampler.py): `local` =
+the generation engine here (tutorloop/inference/engine.py: one prompt pass per problem, continuous
 batching, optional calculator); `openai` = an OpenAI-compatible server serving models/round-(r-1)
 (e.g. vLLM on a GPU), through the teacher's retrying client and its disk cache. Output:
 one row per sample ``{problem_id, sample, completion}`` in data/round-r/samples.jsonl, and the
@@ -15,14 +15,13 @@ practice_metrics.json.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from components import tracking
-from components.config import ConfigError, Params, load_params
-from components.data import read_jsonl, write_json, write_jsonl
-from components.modeling import messages
-from components.sampler import make_sampler
+from tutorloop.config import ConfigError, Params
+from tutorloop.data.jsonl import read_jsonl, write_json, write_jsonl
+from tutorloop.inference.sampler import make_sampler
+from tutorloop.modeling import messages
+from tutorloop.runtime.stage import Arg, stage
 
 
 def run(params: Params, round_key: str, model_dir: Path, problems_file: Path, out: Path) -> dict:
@@ -50,21 +49,12 @@ def run(params: Params, round_key: str, model_dir: Path, problems_file: Path, ou
     return metrics
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("round")
-    parser.add_argument("model", type=Path)
-    parser.add_argument("problems", type=Path)
-    parser.add_argument("out", type=Path)
-    args = parser.parse_args()
-    params = load_params()
-    logged = {"practice": params.practice.model_dump(),
-              "round": params.rounds[args.round].practice.model_dump()}
-    with tracking.stage_run("practice", logged, round_key=args.round) as log:
-        log.metrics(run(params, args.round, args.model, args.problems, args.out))
+@stage("practice", Arg("round"), Arg("model", Path), Arg("problems", Path), Arg("out", Path), round_arg="round",
+       logged=lambda params, args: {"practice": params.practice.model_dump(),
+                                    "round": params.rounds[args.round].practice.model_dump()})
+def main(params, args, log) -> dict:
+    return run(params, args.round, args.model, args.problems, args.out)
 
 
 if __name__ == "__main__":
-    from components.entry import run_main
-
-    run_main(main)  # bad input: one line, exit 2; SIGTERM/SIGINT: MLflow run KILLED (see entry.py)
+    main()

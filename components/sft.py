@@ -1,133 +1,26 @@
 """Stage `sft`: supervised fine-tuning of the student on the teacher's solutions -> models/round-0.
 
-TRL `SFTTrainer` + a PEFT LoRA adapter on the chat-formatted problems in the prompt/completion
-format, so the loss covers the assistant's solution tokens only (TRL's default for that format;
-SmolLM2's chat template has no `{% generation %}` markers, so `assistant_only_loss` is not an
-option). The adapter is merged and the result saved as a plain safetensors checkpoint, which every
-later stage loads with `from_pretrained`.
-
-Per device (components/training.py): on CPU, fp32 weights under bf16 autocast and the plain-loss
-override below (a CPU speed trick); on CUDA, the frozen base in bf16 with bf16 mixed precision,
-TRL's own loss path, and the adapter merged into the fp32 base. `sft.batch_size: auto` picks the
-per-device batch (components/batching.py).
+TRL's SFTTrainer with a LoRA adapter, loss on the solution tokens only, merged into a plain
+safetensors checkpoint (tutorloop/train/sft.py). A killed run resumes from its last checkpoint
+on the next `dvc repro` (tutorloop/train/resume.py).
 
     python -m components.sft models/base data/generated/sft.jsonl models/round-0
 """
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import time
 from pathlib import Path
 
-from components import tracking
-from components.config import SFT_BATCH_CPU, Params, load_params
-from components.data import read_jsonl
-from components.modeling import load, messages, pick_device, setup_runtime
-from components.training import (checkpointing, device_batch, last_checkpoint, lora_config,
-                                  merge_and_save_full_precision, train_dtype, trainer_precision, work_dir)
+from tutorloop.runtime.stage import Arg, stage
+from tutorloop.runtime.tracking import trainer_callback
+from tutorloop.train.sft import train_sft
 
 
-def make_sft_trainer_class(device):
-    """The trainer class for `device`: TRL's own on GPUs, the plain-loss override on CPU."""
-    from trl import SFTTrainer
-
-    if device.type != "cpu":
-        # On a GPU TRL's fused, chunked loss is the memory-lean path (it never materialises the
-        # full fp32 logits) and logs entropy and token accuracy; the override only pays on CPU.
-        return SFTTrainer
-
-    class PlainLossSFTTrainer(SFTTrainer):
-        """SFTTrainer with the model's own loss (CPU only).
-
-        TRL 1.16 computes the loss through a fused LM head with chunked fp32 log-probs and extra
-        metrics (entropy, token accuracy); on CPU that path took ~44% of each step, and
-        `model(**inputs).loss` gives the same loss (labels are -100 on the prompt) 1.5x faster.
-        """
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            from transformers import Trainer
-
-            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
-
-    return PlainLossSFTTrainer
-
-
-def to_conversations(rows: list[dict], params: Params) -> list[dict]:
-    p = params.prompt
-    return [{"prompt": messages(r["question"], p.system, p.template),
-             "completion": [{"role": "assistant", "content": r["solution"]}]} for r in rows]
-
-
-def resolve_batch(params: Params, model) -> tuple[int, int]:
-    """(per-device batch, grad_accum) for sft.batch_size on the model's device."""
-    cfg = params.sft
-    return device_batch(cfg.batch_size, cfg.grad_accum, model, cfg.max_length, SFT_BATCH_CPU)
-
-
-def build_trainer(params: Params, model, tok, rows: list[dict], work: Path, callbacks=(),
-                  batch: tuple[int, int] | None = None):
-    """The SFT trainer exactly as the stage configures it (tests inspect its collator).
-    `batch`: (per-device batch, grad_accum), resolved from params when not given."""
-    from datasets import Dataset
-    from trl import SFTConfig
-
-    cfg = params.sft
-    per_device, accum = batch or resolve_batch(params, model)
-    args = SFTConfig(
-        output_dir=str(work), learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=per_device, gradient_accumulation_steps=accum,
-        warmup_steps=cfg.warmup_ratio, lr_scheduler_type="cosine", max_length=cfg.max_length,
-        seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps,
-        report_to="none", **checkpointing(cfg.save_steps), activation_checkpointing=False,  # ~25% faster; activations fit easily
-        completion_only_loss=True, dataset_num_proc=1, **trainer_precision(model.device),
-        # padding is compute on a CPU: similar lengths per batch (still shuffled across batches)
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
-    return make_sft_trainer_class(model.device)(
-        model=model, args=args, train_dataset=Dataset.from_list(to_conversations(rows, params)),
-        processing_class=tok, peft_config=lora_config(cfg.lora), callbacks=list(callbacks))
-
-
-def run(params: Params, base: Path, train_file: Path, out: Path, log: tracking.StageLog,
-        callbacks=()) -> dict:
-    rows = read_jsonl(train_file, required=("question", "solution"))
-    setup_runtime(params.runtime.threads)
-    device = pick_device(params.runtime.device)
-    model, tok = load(base, dtype=train_dtype(device), device=device)
-    batch = resolve_batch(params, model)
-    # auto: the resolved split is part of the run (a resumed run must keep it); integer batch
-    # sizes keep the key they always had
-    split = [list(batch)] if params.sft.batch_size == "auto" else []
-    work = work_dir("sft", params.sft.model_dump(), params.prompt.model_dump(), base, train_file, *split)
-    resume = last_checkpoint(work)   # a killed earlier attempt of this very run
-    trainer = build_trainer(params, model, tok, rows, work, [tracking.trainer_callback(log), *callbacks], batch)
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - start
-    tokens = sum(len(x) for x in trainer.train_dataset["input_ids"]) * params.sft.epochs
-    merge_and_save_full_precision(trainer.model, tok, out, base)
-    shutil.rmtree(work, ignore_errors=True)   # kept on failure: the next attempt resumes from it
-    return {"train_loss": result.training_loss, "train_seconds": seconds,
-            "train_tokens_per_second": tokens / seconds, "examples": len(rows),
-            "batch_size": batch[0], "grad_accum": batch[1],
-            "resumed_from_step": int(resume.rsplit("-", 1)[1]) if resume else 0}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("base", type=Path)
-    parser.add_argument("train", type=Path)
-    parser.add_argument("out", type=Path)
-    args = parser.parse_args()
-    params = load_params()
-    with tracking.stage_run("sft", {"sft": params.sft.model_dump(), "prompt": params.prompt.model_dump()},
-                            round_key="0") as log:
-        log.metrics(run(params, args.base, args.train, args.out, log))
+@stage("sft", Arg("base", Path), Arg("train", Path), Arg("out", Path), round_key="0",
+       logged=lambda params, args: {"sft": params.sft.model_dump(), "prompt": params.prompt.model_dump()})
+def main(params, args, log) -> dict:
+    return train_sft(params, args.base, args.train, args.out, [trainer_callback(log)])
 
 
 if __name__ == "__main__":
-    from components.entry import run_main
-
-    run_main(main)  # bad input: one line, exit 2; SIGTERM/SIGINT: MLflow run KILLED (see entry.py)
+    main()

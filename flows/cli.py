@@ -9,7 +9,7 @@
 
 A bad params.yaml or recipe (YAML syntax, a bad value, a missing file) is reported as
 `tutorloop: <file>:<line>: <problem>` lines on stderr with exit code 2, as the stages do
-(components/entry.py), never as a traceback.
+(tutorloop/runtime/entry.py), never as a traceback.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ app = typer.Typer(add_completion=False, help="Specialise a small language model 
 
 def _bad_input(err: BaseException, context: str = "") -> NoReturn:
     """Print `err` as the stages do (one `tutorloop: file:line: problem` line each) and exit 2."""
-    from components.entry import BAD_INPUT_EXIT, PREFIX, problem_lines
+    from tutorloop.runtime.entry import BAD_INPUT_EXIT, PREFIX, problem_lines
 
     for line in problem_lines(err):
         typer.secho(PREFIX + context + line, fg="red", err=True)
@@ -39,8 +39,8 @@ def _bad_input(err: BaseException, context: str = "") -> NoReturn:
 
 
 def _validate(project: Path):
-    from components.config import load_params
-    from components.entry import BAD_INPUT
+    from tutorloop.config import load_params
+    from tutorloop.runtime.entry import BAD_INPUT
 
     try:
         return load_params(project / "params.yaml")
@@ -53,7 +53,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 def recipe_overrides(name: str) -> dict:
     """The recipe's overrides as dotted keys (`generate.teacher.kind`: value), DVC's -S form."""
-    from components.config import ConfigError, read_yaml
+    from tutorloop.config import ConfigError, read_yaml
 
     path = RECIPES / f"{name}.yaml"
     if not path.exists():
@@ -112,8 +112,9 @@ def recipe(name: str = typer.Argument(..., help="a recipe in recipes/, e.g. gsm8
 
     import yaml
 
-    from components.config import ConfigError, read_yaml, validate as validate_raw
-    from components.entry import BAD_INPUT
+    from tutorloop.config import ConfigError, read_yaml
+    from tutorloop.config import validate as validate_raw
+    from tutorloop.runtime.entry import BAD_INPUT
 
     try:
         overrides = recipe_overrides(name)
@@ -177,7 +178,7 @@ def report(project: Path = typer.Option(Path("."), help="project root")) -> None
     """Print accuracy per checkpoint with CIs, pairs and minutes; write reports/accuracy.png."""
     from rich.console import Console
 
-    from components.report import rows, run as write_report, stage_minutes, table
+    from tutorloop.eval.report import rows, stage_minutes, table, write_report
 
     if not rows(project / "metrics"):
         typer.secho("no evaluations yet: run `tutorloop run` first", fg="yellow", err=True)
@@ -192,14 +193,15 @@ def report(project: Path = typer.Option(Path("."), help="project root")) -> None
 @app.command()
 def compare(project: Path = typer.Option(Path("."), help="project root"),
             out: Path = typer.Option(Path("reports/compare.png"), help="figure to write (and a .csv beside it)")) -> None:
-    """Accuracy per round for every DVC experiment, e.g. after `dvc exp run -S rounds.2.dpo.method=kto`."""
+    """Accuracy per round for every DVC experiment, e.g. after `dvc exp run -S rounds.2.preference.method=kto`."""
     import json
     import subprocess
 
     from rich.console import Console
     from rich.table import Table
 
-    from components.report import compare as plot, experiments, label
+    from tutorloop.eval.report import compare as plot
+    from tutorloop.eval.report import experiments, label
 
     proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=project, capture_output=True,
                           text=True)

@@ -32,8 +32,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from components import tracking
-from components.config import load_params
+from tutorloop.config import load_params
+from tutorloop.runtime import tracking
 
 LOCK = ".tutorloop.lock"
 

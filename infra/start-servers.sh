@@ -19,7 +19,7 @@ if [[ "${1:-start}" == "stop" ]]; then
 fi
 
 # Create the MLflow store once before anything uses it concurrently.
-"$VENV/bin/python" -m components.tracking >/dev/null
+"$VENV/bin/python" -c "from tutorloop.runtime import tracking; tracking.ensure_store()" >/dev/null
 
 nohup "$VENV/bin/prefect" server start --host 127.0.0.1 --port 4200 >"$PREFECT_HOME/prefect.log" 2>&1 &
 echo $! >"$PREFECT_HOME/prefect.pid"

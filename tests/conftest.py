@@ -37,7 +37,7 @@ def build_tiny_model(out: Path, seed: int = 0) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from components.teachers import ProceduralTeacher
+    from tutorloop.teachers import ProceduralTeacher
 
     texts = []
     for r in ProceduralTeacher().problems(300, seed=123):
@@ -91,14 +91,14 @@ def tiny_params(model_source: str | Path, rounds: int = 1) -> dict:
     raw["sft"].update(epochs=1, batch_size=8, grad_accum=1, max_length=256, logging_steps=1,
                       lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"})
     raw["practice"].update(batch_size=8, max_new_tokens=16, dtype="float32")
-    raw["dpo"].update(batch_size=4, grad_accum=1, max_length=256, logging_steps=1,
+    raw["preference"].update(batch_size=4, grad_accum=1, max_length=256, logging_steps=1,
                       lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"})
     raw["evaluate"].update(batch_size=8, max_new_tokens=16, dtype="float32",
                            gsm8k={"path": str(GSM8K_TRAIN), "dataset": "", "subset": "main",
                                   "split": "test", "limit": 4})
     raw["rounds"] = {str(r): {"prev": str(r - 1),
                               "practice": {"samples": 2, "temperature": 0.7, "top_p": 0.95, "seed": r},
-                              "dpo": {"method": "dpo", "beta": 0.1, "learning_rate": 1e-4, "epochs": 1,
+                              "preference": {"method": "dpo", "beta": 0.1, "learning_rate": 1e-4, "epochs": 1,
                                       "seed": r}}
                      for r in range(1, rounds + 1)}
     raw["checkpoints"] = {"base": "models/base", "0": "models/round-0",
@@ -108,7 +108,7 @@ def tiny_params(model_source: str | Path, rounds: int = 1) -> dict:
 
 @pytest.fixture
 def params_factory(tiny_model_dir):
-    from components.config import validate
+    from tutorloop.config import validate
 
     def make(**overrides):
         raw = tiny_params(tiny_model_dir, rounds=overrides.pop("rounds", 1))
@@ -126,7 +126,7 @@ def no_tracking(monkeypatch):
 
 def copy_project(dest: Path) -> Path:
     """The pipeline's files (code, dvc.yaml) in a fresh folder: what a clone holds."""
-    for name in ("components", "flows", "dvc.yaml", "prefect.toml", ".gitignore"):
+    for name in ("components", "tutorloop", "flows", "dvc.yaml", "prefect.toml", ".gitignore", ".dvcignore"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -2,7 +2,7 @@
 
 It ends like every stage (`entry.run_main`), so the subprocess tests see exactly what a stage's
 command line does with a signal or an exception, without a model or data to make a stage slow.
-Inside the run it starts an atomic write (components.data.atomic_open), so a test can check
+Inside the run it starts an atomic write (tutorloop.data.jsonl.atomic_open), so a test can check
 that a stop leaves neither the output nor its temp file.
 
     python -m tests.fault_stage sleep OUT    # print "ready", then block until a signal
@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from components import tracking
-from components.data import atomic_open, read_jsonl
-from components.entry import run_main
+from tutorloop.data.jsonl import atomic_open, read_jsonl
+from tutorloop.runtime import tracking
+from tutorloop.runtime.entry import run_main
 
 
 def main() -> None:

@@ -2,18 +2,34 @@
 parsers and filters. Every produced answer is re-derived with exact arithmetic."""
 
 import random
-from pathlib import Path
 from collections import Counter
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
-from components.teachers.agents import EDIT_KINDS, Suggestion, ask_me_anything, edit, expand, suggest
-from components.teachers.graph import Reject
-from components.teachers.instruct import (AmaReply, BadReply, EditReply, LLMAgents, clean_solution, parse_json,
-                                          prompt, self_contained, ROLES)
-from components.teachers.procedural import FAMILIES, build
 from tests.test_procedural import check
+from tutorloop.teachers.agents import (
+    EDIT_KINDS,
+    Suggestion,
+    ask_me_anything,
+    edit,
+    expand,
+    suggest,
+)
+from tutorloop.teachers.graph import Reject
+from tutorloop.teachers.instruct import (
+    ROLES,
+    AmaReply,
+    BadReply,
+    EditReply,
+    LLMAgents,
+    clean_solution,
+    parse_json,
+    prompt,
+    self_contained,
+)
+from tutorloop.teachers.procedural import FAMILIES, build
 
 
 def test_ama_asks_for_other_quantities_and_states_the_answer():
@@ -135,7 +151,7 @@ class _Scripted:
 
 
 def test_llm_agents_flow_records_provenance_and_filters():
-    from components.config import Agents, Teacher
+    from tutorloop.config import Agents, Teacher
 
     chat = _Scripted()
     agents = LLMAgents(chat, Teacher(kind="openai", model="m"), Agents(ama=2, suggest_edit_rounds=1), 1800)
@@ -157,9 +173,9 @@ def test_two_thousand_problems_rederive_spread_and_do_not_repeat(tmp_path):
     measured in benchmarks/data_quality.py, not asserted here)."""
     import sys
 
-    from components.config import load_params
-    from components.data import read_jsonl
-    from components.generate import run
+    from tutorloop.config import load_params
+    from tutorloop.data.jsonl import read_jsonl
+    from tutorloop.teachers.generation import generate_dataset as run
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from data_quality import audit
@@ -177,7 +193,7 @@ def test_agents_are_reproducible_across_processes():
     import subprocess
     import sys
 
-    code = ("from components.teachers.agents import expand; from components.teachers.procedural import build, FAMILIES\n"
+    code = ("from tutorloop.teachers.agents import expand; from tutorloop.teachers.procedural import build, FAMILIES\n"
             "for f in sorted(FAMILIES):\n"
             "    for p, g, s in expand(f + ':3', build(f, 3), 3, 2): print(p, g.render()[0])")
     root = Path(__file__).resolve().parents[1]

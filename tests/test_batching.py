@@ -13,8 +13,9 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from components import batching, training
-from components.config import DPO_BATCH_CPU, ENGINE_ROWS_CPU, SFT_BATCH_CPU
+from tutorloop.config import ENGINE_ROWS_CPU, PREFERENCE_BATCH_CPU, SFT_BATCH_CPU
+from tutorloop.inference import batching
+from tutorloop.train import lora, precision
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 GB = 1 << 30
@@ -33,7 +34,7 @@ def test_auto_on_cpu_is_the_measured_default():
     assert batching.engine_rows("auto", device=CPU, cpu_default=ENGINE_ROWS_CPU, row_bytes=1,
                                 sequences=10**6, k=4) == ENGINE_ROWS_CPU == 128
     assert batching.train_batch("auto", 2, device=CPU, cpu_default=SFT_BATCH_CPU, example_bytes=1) == (8, 2)
-    assert batching.train_batch("auto", 2, device=CPU, cpu_default=DPO_BATCH_CPU, example_bytes=1) == (4, 2)
+    assert batching.train_batch("auto", 2, device=CPU, cpu_default=PREFERENCE_BATCH_CPU, example_bytes=1) == (4, 2)
 
 
 def test_engine_row_bytes_counts_the_slot_cache_and_the_logits():
@@ -75,20 +76,20 @@ def test_auto_train_batch_on_cuda_keeps_the_effective_batch():
 
 
 def test_precision_and_dtype_per_device(monkeypatch):
-    assert training.trainer_precision(CPU) == {"use_cpu": True, "bf16": True}
-    assert training.train_dtype(CPU) == "float32"
+    assert precision.trainer_precision(CPU) == {"use_cpu": True, "bf16": True}
+    assert precision.train_dtype(CPU) == "float32"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert training.trainer_precision(CUDA) == {"bf16": True, "fp16": False}
-    assert training.train_dtype(CUDA) == "bfloat16"
+    assert precision.trainer_precision(CUDA) == {"bf16": True, "fp16": False}
+    assert precision.train_dtype(CUDA) == "bfloat16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)   # pre-Ampere
-    assert training.trainer_precision(CUDA) == {"bf16": False, "fp16": True}
-    assert training.train_dtype(CUDA) == "float32"
+    assert precision.trainer_precision(CUDA) == {"bf16": False, "fp16": True}
+    assert precision.train_dtype(CUDA) == "float32"
 
 
 def test_the_plain_loss_override_is_for_cpu_only():
     from trl import SFTTrainer
 
-    from components import sft
+    from tutorloop.train import sft
 
     cpu_cls = sft.make_sft_trainer_class(CPU)
     assert issubclass(cpu_cls, SFTTrainer) and cpu_cls is not SFTTrainer
@@ -97,28 +98,33 @@ def test_the_plain_loss_override_is_for_cpu_only():
 
 
 def test_sft_and_dpo_resolve_auto_on_the_models_device(params_factory, tiny_model_dir):
-    from components import sft
-    from components.modeling import load
+    from tutorloop.modeling import load
+    from tutorloop.train import sft
 
     model, _ = load(tiny_model_dir)
     raw_sft = params_factory().sft.model_dump()
     params = params_factory(sft={**raw_sft, "batch_size": "auto", "grad_accum": 3})
     assert sft.resolve_batch(params, model) == (SFT_BATCH_CPU, 3)
-    assert training.device_batch("auto", 2, model, 256, DPO_BATCH_CPU, pairs=True) == (DPO_BATCH_CPU, 2)
+    assert precision.device_batch("auto", 2, model, 256, PREFERENCE_BATCH_CPU, pairs=True) == (PREFERENCE_BATCH_CPU, 2)
 
 
 def test_a_bf16_trained_adapter_is_merged_into_the_fp32_base(tiny_model_dir, tmp_path):
     """The CUDA path's merge, on CPU: base + delta at fp32, not every weight rounded to bf16."""
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from peft import (
+        LoraConfig,
+        get_peft_model,
+        get_peft_model_state_dict,
+        set_peft_model_state_dict,
+    )
 
-    from components.modeling import load
+    from tutorloop.modeling import load
 
     cfg = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM", init_lora_weights=False)
     half, tok = load(tiny_model_dir, dtype="bfloat16")
     torch.manual_seed(0)
     peft_half = get_peft_model(half, copy.deepcopy(cfg))                 # adapters fp32 (PEFT's autocast_adapter_dtype)
     assert {p.dtype for n, p in peft_half.named_parameters() if "lora_" in n} == {torch.float32}
-    training.merge_and_save_full_precision(peft_half, tok, tmp_path / "merged", tiny_model_dir)
+    lora.merge_and_save_full_precision(peft_half, tok, tmp_path / "merged", tiny_model_dir)
     saved, _ = load(tmp_path / "merged")
 
     full, _ = load(tiny_model_dir)                         # the reference: the same adapter, merged in fp32
@@ -136,7 +142,7 @@ def test_a_bf16_trained_adapter_is_merged_into_the_fp32_base(tiny_model_dir, tmp
 
 
 def test_local_sampler_resolves_auto_rows_on_cpu(tiny_model_dir):
-    from components.sampler import LocalSampler
+    from tutorloop.inference.sampler import LocalSampler
 
     s = LocalSampler(tiny_model_dir, dtype="float32", device=CPU, batch_size="auto", calculator=False)
     gen = s([[{"role": "user", "content": "What is 2+3?"}]] * 3, k=2, do_sample=True, temperature=0.7,

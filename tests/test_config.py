@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import ConfigError, Params, load_params, validate
+from tutorloop.config import ConfigError, Params, load_params, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,43 +56,35 @@ def test_dvc_yaml_lists_each_stage_source_and_existing_params():
                 for part in key.replace("${key}", str(round_key)).split("."):
                     assert isinstance(node, dict) and part in node, f"{name}: params key {key} not in params.yaml"
                     node = node[part]
-        # every components module the stage computes with (imports, transitively) is a dep, and
-        # no stage imports another stage: shared pieces live in library modules
-        for path in component_imports(ROOT / "components" / f"{name}.py"):
-            rel = path.relative_to(ROOT).as_posix()
-            if rel in PLUMBING:
-                continue
-            assert not (path.parent.name == "components" and path.stem in dvc and path.stem != name), \
-                f"{name} imports the stage {path.stem}: move the shared piece to a library module"
+        # every library module the stage computes with (imports, transitively) is a dep: its file
+        # or a folder above it (tests/test_layout.py checks that no stage imports another)
+        for rel in computes_with(ROOT / "components" / f"{name}.py"):
             assert any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in deps), \
                 f"{name} computes with {rel} but does not depend on it"
 
 
-# I/O plumbing, left out of deps on purpose (dvc.yaml's header says why)
-PLUMBING = {"components/data.py", "components/tracking.py", "components/entry.py", "components/__init__.py"}
+# Plumbing, left out of deps on purpose (dvc.yaml's header says why): how a stage runs, logs and
+# ends does not change what it computes.
+PLUMBING = ("tutorloop/runtime/", "tutorloop/data/jsonl.py", "tutorloop/errors.py", "tutorloop/secrets.py",
+            "tutorloop/__init__.py", "components/__init__.py")
 
 
-def component_imports(start: Path) -> set[Path]:
-    """Every components/ source file `start` imports, transitively (function-level imports too)."""
-    import ast
+def computes_with(start: Path) -> set[str]:
+    """Every library source file `start` imports, transitively (function-level imports too),
+    without the plumbing (whose own imports are plumbing too)."""
+    from test_layout import imports, modules
 
-    seen: set[Path] = set()
+    files = {**modules(ROOT / "tutorloop"), **modules(ROOT / "components")}
+    seen: set[str] = set()
     todo = [start]
     while todo:
-        tree = ast.parse(todo.pop().read_text())
-        for node in ast.walk(tree):
-            names = []
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("components"):
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names if a.name.startswith("components")]
-            for mod in names:
-                base = ROOT / Path(*mod.split("."))
-                for path in (base.with_suffix(".py"), base / "__init__.py"):
-                    if path.exists() and path not in seen and path != start:
-                        seen.add(path)
-                        if path.relative_to(ROOT).as_posix() not in PLUMBING:  # plumbing's imports are plumbing
-                            todo.append(path)
+        for mod in imports(todo.pop()):
+            path = files.get(mod)
+            rel = path.relative_to(ROOT).as_posix() if path else None
+            if rel is None or rel in seen or rel.startswith(PLUMBING):
+                continue
+            seen.add(rel)
+            todo.append(path)
     return seen
 
 
@@ -146,11 +138,11 @@ def test_cli_validate_reports_errors(tmp_path):
     from flows.cli import app
 
     raw = raw_params()
-    raw["rounds"]["1"]["dpo"]["beta"] = -0.1
+    raw["rounds"]["1"]["preference"]["beta"] = -0.1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     result = CliRunner().invoke(app, ["validate", "--project", str(tmp_path)])
     assert result.exit_code == 2
-    assert "rounds.1.dpo.beta: -0.1" in result.output
+    assert "rounds.1.preference.beta: -0.1" in result.output
 
 
 def test_teacher_and_seed_cross_checks():
@@ -201,7 +193,7 @@ def test_every_knob_has_a_description():
     params.yaml's comments and their own classes)."""
     import inspect
 
-    from components import config
+    from tutorloop.config import schema as config
 
     missing = [f"{name}.{field}" for name, cls in inspect.getmembers(config, inspect.isclass)
                if issubclass(cls, config.Section) and cls not in (config.Section, config.Params)
@@ -211,11 +203,11 @@ def test_every_knob_has_a_description():
 
 def test_batch_sizes_may_be_auto():
     raw = raw_params()
-    for section in ("practice", "evaluate", "sft", "dpo"):
+    for section in ("practice", "evaluate", "sft", "preference"):
         raw[section]["batch_size"] = "auto"
     params = validate(raw)
     assert {params.practice.batch_size, params.evaluate.batch_size, params.sft.batch_size,
-            params.dpo.batch_size} == {"auto"}
+            params.preference.batch_size} == {"auto"}
     raw["sft"]["batch_size"] = 16
     assert validate(raw).sft.batch_size == 16
 

@@ -17,7 +17,8 @@ import json
 import pytest
 import torch
 
-from components import batching, engine, modeling
+from tutorloop import modeling
+from tutorloop.inference import batching, engine
 
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
               pytest.mark.usefixtures("no_tracking")]
@@ -32,7 +33,7 @@ def tiny_cuda(tiny_model_dir):
 
 
 def _prompts(tok, n: int, seed: int = 5) -> list[str]:
-    from components.teachers import ProceduralTeacher
+    from tutorloop.teachers import ProceduralTeacher
 
     qs = [r["question"] for r in ProceduralTeacher().problems(n, seed=seed)]
     return modeling.chat_prompts(tok, qs, "Solve.", "{question}")
@@ -53,7 +54,7 @@ def test_engine_greedy_equals_hf_generate_on_cuda(tiny_cuda):
 
 
 def test_auto_rows_come_from_free_gpu_memory(tiny_model_dir):
-    from components.sampler import LocalSampler
+    from tutorloop.inference.sampler import LocalSampler
 
     s = LocalSampler(tiny_model_dir, dtype="bfloat16", device=CUDA, batch_size="auto", calculator=False)
     convs = [[{"role": "user", "content": f"What is {i}+3?"}] for i in range(40)]
@@ -65,7 +66,7 @@ def test_auto_rows_come_from_free_gpu_memory(tiny_model_dir):
 
 
 def _sft_rows(n: int) -> list[dict]:
-    from components.teachers import ProceduralTeacher
+    from tutorloop.teachers import ProceduralTeacher
 
     return [{"question": r["question"], "solution": r["solution"]} for r in ProceduralTeacher().problems(n, seed=7)]
 
@@ -74,10 +75,9 @@ def test_a_tiny_sft_step_on_cuda_in_bf16(params_factory, tiny_model_dir, tmp_pat
     from transformers import TrainerCallback
     from trl import SFTTrainer
 
-    from components import sft
-    from components.data import write_jsonl
-    from components.modeling import load
-    from components.tracking import StageLog
+    from tutorloop.data.jsonl import write_jsonl
+    from tutorloop.modeling import load
+    from tutorloop.train import sft
 
     if not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16 (the fp16 path is trainer_precision's)")
@@ -103,7 +103,7 @@ def test_a_tiny_sft_step_on_cuda_in_bf16(params_factory, tiny_model_dir, tmp_pat
         return trainer
 
     monkeypatch.setattr(sft, "build_trainer", build)
-    metrics = sft.run(params, tiny_model_dir, tmp_path / "sft.jsonl", tmp_path / "out", StageLog(None),
+    metrics = sft.train_sft(params, tiny_model_dir, tmp_path / "sft.jsonl", tmp_path / "out",
                       callbacks=[Probe()])
     assert seen["class"] is SFTTrainer                       # TRL's own loss path, not the CPU override
     assert seen["device"] == "cuda" and seen["args"].bf16 and not seen["args"].use_cpu
@@ -116,10 +116,9 @@ def test_a_tiny_sft_step_on_cuda_in_bf16(params_factory, tiny_model_dir, tmp_pat
 
 
 def test_a_tiny_dpo_step_on_cuda_in_bf16(params_factory, tiny_model_dir, tmp_path, monkeypatch):
-    from components import dpo
-    from components.data import write_jsonl
-    from components.modeling import load
-    from components.tracking import StageLog
+    from tutorloop.data.jsonl import write_jsonl
+    from tutorloop.modeling import load
+    from tutorloop.train import preference
 
     if not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
@@ -127,7 +126,7 @@ def test_a_tiny_dpo_step_on_cuda_in_bf16(params_factory, tiny_model_dir, tmp_pat
     params = params_factory(runtime={"threads": 1, "device": "cuda"})
     rows = [{"question": r["question"], "chosen": r["solution"], "rejected": "#### 0"} for r in _sft_rows(8)]
     write_jsonl(tmp_path / "round" / "pairs.jsonl", rows)
-    metrics = dpo.run(params, "1", tiny_model_dir, tmp_path / "round", tmp_path / "out", StageLog(None))
+    metrics = preference.train_preference(params, "1", tiny_model_dir, tmp_path / "round", tmp_path / "out")
     assert metrics["pairs"] == 8 and metrics["train_loss"] == metrics["train_loss"]
     merged, _ = load(tmp_path / "out")
     assert {p.dtype for p in merged.parameters()} == {torch.float32}

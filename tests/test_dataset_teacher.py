@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from components import generate
-from components.config import ConfigError, validate
-from components.data import read_jsonl
-from tests.conftest import GSM8K_TRAIN, ROOT
-
 import yaml
+
+from tests.conftest import GSM8K_TRAIN, ROOT
+from tutorloop.config import ConfigError, validate
+from tutorloop.data.jsonl import read_jsonl
+from tutorloop.teachers import generation as generate
 
 
 def _rows(n: int) -> list[dict]:
@@ -40,7 +39,7 @@ def _generate(tmp_path, rows: list[dict], **generate_cfg):
     src = tmp_path / "gsm8k_like.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = _config(src, **generate_cfg)
-    counts = generate.run(cfg, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    counts = generate.generate_dataset(cfg, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
     sets = {s: read_jsonl(tmp_path / "out" / f"{s}.jsonl") for s in generate.SPLITS}
     return src, cfg, counts, sets
 
@@ -58,7 +57,7 @@ def test_dataset_teacher_passes_labelled_problems_through(tmp_path):
         assert r["provenance"] == {"teacher": "dataset", "model": "gsm8k_like.jsonl", "seed_id": r["provenance"]["seed_id"],
                                    "agent_path": "seed"}
     # a re-run replays the journal and writes the same files
-    again = generate.run(cfg, tmp_path / "again", cache_dir=tmp_path / "cache", progress=False)
+    again = generate.generate_dataset(cfg, tmp_path / "again", cache_dir=tmp_path / "cache", progress=False)
     assert again["journal_replayed_seeds"] >= counts["seeds"]   # whole chunks are journaled
     assert (tmp_path / "again" / "sft.jsonl").read_bytes() == (tmp_path / "out" / "sft.jsonl").read_bytes()
 
@@ -68,11 +67,11 @@ def test_dataset_teacher_filters_unlabelled_long_and_duplicate_rows(tmp_path):
     rows = _rows(6)
     src.write_text("".join(json.dumps(r) + "\n" for r in rows[-3:] + rows[:-3]))   # the bad rows first
     cfg = _config(src, n_test=2, n_practice=1, n_sft=3, max_answer_chars=1800)
-    counts = generate.run(cfg, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    counts = generate.generate_dataset(cfg, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
     assert counts["drop/unparseable"] == 1 and counts["drop/too_long"] == 1
     assert counts["drop/duplicate"] == 1
     with pytest.raises(RuntimeError, match="ran out"):
-        generate.run(cfg.model_copy(update={"n_sft": 10}), tmp_path / "more", cache_dir=tmp_path / "c2",
+        generate.generate_dataset(cfg.model_copy(update={"n_sft": 10}), tmp_path / "more", cache_dir=tmp_path / "c2",
                      progress=False)
 
 
@@ -100,7 +99,7 @@ def test_dataset_teacher_config_checks():
 def test_dataset_teacher_on_real_gsm8k_train(tmp_path):
     cfg = _config(GSM8K_TRAIN, n_test=100, n_practice=100, n_sft=300)
     cfg = cfg.model_copy(update={"seeds": cfg.seeds.model_copy(update={"shuffle": True})})
-    counts = generate.run(cfg, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    counts = generate.generate_dataset(cfg, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
     sets = {s: read_jsonl(tmp_path / "out" / f"{s}.jsonl") for s in generate.SPLITS}
     assert {s: len(v) for s, v in sets.items()} == {"test": 100, "practice": 100, "sft": 300}
     assert {r["family"] for v in sets.values() for r in v} == {"gsm8k"}
@@ -112,7 +111,7 @@ def test_dataset_teacher_on_real_gsm8k_train(tmp_path):
 def test_jsonl_round_trips_unicode_line_separators(tmp_path):
     """GSM8K train holds U+2028 inside a solution; json.dumps(ensure_ascii=False) keeps it raw, and
     str.splitlines() used to cut the record there (generate then failed on its own sft.jsonl)."""
-    from components.data import read_jsonl, write_jsonl
+    from tutorloop.data.jsonl import read_jsonl, write_jsonl
 
     rows = [{"question": "a\u2028b", "solution": "c\x85d\u2029e\x0cf", "answer": "1"}, {"question": "g"}]
     write_jsonl(tmp_path / "x.jsonl", rows)
@@ -123,20 +122,20 @@ def test_inputs_stage_snapshots_gsm8k_and_seeds_and_empties_what_is_absent(param
     """The `inputs` stage copies what the loop reads from outside the project; consumers read the
     copies (the DVC deps) and get the same problems and seed ids as from the source itself."""
     from components import inputs
-    from components.evalsets import gsm8k_problems, load_gsm8k
-    from components.generate import SeedSource
+    from tutorloop.data.evalsets import gsm8k_problems, load_gsm8k
+    from tutorloop.teachers.generation import SeedSource
 
     src = tmp_path / "gsm.jsonl"
     src.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"{i}+1=<<{i}+1={i + 1}>>{i + 1}\n#### {i + 1}",
                                        "extra": "x"}) + "\n" for i in range(5)))
-    from components.config import validate
+    from tutorloop.config import validate
 
     raw = params_factory().model_dump(by_alias=True)
     raw["evaluate"]["gsm8k"].update(path=str(src), limit=3)
     raw["generate"]["seeds"].update(source="jsonl", path=str(src), offset=3)  # past the GSM8K rows
     raw["generate"]["teacher"]["kind"] = "dataset"
     params = validate(raw)
-    m = inputs.run(params, tmp_path / "inputs")
+    m = inputs.snapshot(params, tmp_path / "inputs")
     assert m["gsm8k"]["rows"] == 3 and m["seeds"]["rows"] == 5 and len(m["gsm8k"]["source_sha256"]) == 64
     assert gsm8k_problems(params.evaluate.gsm8k, tmp_path / "inputs/gsm8k.jsonl") == load_gsm8k(params.evaluate.gsm8k)
     copy, direct = SeedSource(params.generate, tmp_path / "inputs/seeds.jsonl"), SeedSource(params.generate)
@@ -144,7 +143,7 @@ def test_inputs_stage_snapshots_gsm8k_and_seeds_and_empties_what_is_absent(param
     raw["evaluate"]["gsm8k"]["path"] = str(tmp_path / "absent.jsonl")      # a user without the file
     raw["generate"]["seeds"]["source"], raw["generate"]["teacher"]["kind"] = "procedural", "procedural"
     params = validate(raw)
-    m = inputs.run(params, tmp_path / "inputs")
+    m = inputs.snapshot(params, tmp_path / "inputs")
     assert m["gsm8k"]["rows"] == 0 and m["seeds"]["rows"] == 0
     assert (tmp_path / "inputs/gsm8k.jsonl").read_text() == ""
     assert gsm8k_problems(params.evaluate.gsm8k, tmp_path / "inputs/gsm8k.jsonl") is None

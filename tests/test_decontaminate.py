@@ -3,12 +3,13 @@
 import json
 
 import pytest
-
-from components import contamination, decontaminate, generate
-from components.config import Decontaminate, Gsm8k
-from components.data import read_jsonl, write_jsonl
-
 from conftest import GSM8K_TRAIN
+
+from components import decontaminate
+from tutorloop.config import Decontaminate, Gsm8k
+from tutorloop.data import contamination
+from tutorloop.data.jsonl import read_jsonl, write_jsonl
+from tutorloop.teachers import generation as generate
 
 pytestmark = pytest.mark.usefixtures("no_tracking")
 
@@ -27,7 +28,7 @@ def with_gsm8k(params, path, limit=0):
 
 
 def setup_generated(params, tmp_path):
-    generate.run(params.generate, tmp_path / "gen", cache_dir=tmp_path / "cache")
+    generate.generate_dataset(params.generate, tmp_path / "gen", cache_dir=tmp_path / "cache")
     return tmp_path / "gen"
 
 

@@ -17,8 +17,9 @@ from fractions import Fraction
 import pytest
 import torch
 
-from components import calculator, engine, modeling
-from components.teachers import ProceduralTeacher
+from tutorloop import modeling
+from tutorloop.inference import calculator, engine
+from tutorloop.teachers import ProceduralTeacher
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,11 @@ def test_greedy_equals_hf_generate_through_refills_compaction_and_shift(tiny):
 
 
 def test_nucleus_equals_hf_warpers():
-    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+    from transformers import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(16, 500, generator=g) * torch.linspace(0.5, 8, 16)[:, None]
@@ -205,3 +210,19 @@ def test_engine_calculator_overrides_wrong_arithmetic(tiny):
             assert t.startswith("He pays <<5*16=80>>"), t
     assert on.calculator_calls == 4
     assert on.forced_tokens == 4 * len(tok("80>>", add_special_tokens=False)["input_ids"])
+
+
+def test_rows_that_all_end_in_their_prefill_do_not_stop_the_queue(tiny):
+    """A model that says EOS first (a finished student, a bias toward stopping) ends every row at
+    its prefill: the engine must still admit the queued prompts (it used to stop with a KeyError)."""
+    import copy
+
+    model, tok = tiny
+    eager = copy.deepcopy(model)
+    with torch.no_grad():
+        bias = torch.zeros(eager.config.vocab_size)
+        bias[tok.eos_token_id] = 50.0   # EOS wins every argmax
+        eager.lm_head.bias = torch.nn.Parameter(bias)
+    prompts = _prompts(tok, 10)
+    g = engine.generate(eager, tok, prompts, max_new_tokens=8, batch_size=4)
+    assert [t[0] for t in g.texts] == [""] * 10 and g.new_tokens == 10   # one EOS each, nothing else

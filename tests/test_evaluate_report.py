@@ -4,17 +4,19 @@ import json
 
 import pytest
 
-from components import evaluate, generate, report
-from components.data import read_jsonl
-from components.modeling import chat_prompts, load
+from components import evaluate
+from tutorloop.data.jsonl import read_jsonl
+from tutorloop.eval import report, scoring
+from tutorloop.modeling import chat_prompts, load
+from tutorloop.teachers import generation as generate
 
 pytestmark = pytest.mark.usefixtures("no_tracking")
 
 
 def test_majority_vote():
-    assert evaluate.majority(["3", "5", "3", None]) == "3"
-    assert evaluate.majority(["5", "3"]) == "5"  # tie: first seen
-    assert evaluate.majority([None, None]) is None
+    assert scoring.majority(["3", "5", "3", None]) == "3"
+    assert scoring.majority(["5", "3"]) == "5"  # tie: first seen
+    assert scoring.majority([None, None]) is None
 
 
 def test_fewshot_prompt_holds_the_worked_examples(tiny_model_dir):
@@ -29,7 +31,7 @@ def test_fewshot_and_majority_evaluation(params_factory, tmp_path):
     params = params_factory()
     ev = params.evaluate.model_copy(update={"fewshot": 2, "maj_k": 3, "gsm8k": params.evaluate.gsm8k.model_copy(update={"path": ""})})
     params = params.model_copy(update={"evaluate": ev})
-    generate.run(params.generate, tmp_path / "gen", cache_dir=tmp_path / "cache")
+    generate.generate_dataset(params.generate, tmp_path / "gen", cache_dir=tmp_path / "cache")
     metrics = evaluate.run(params, _model(params), tmp_path / "gen/test.jsonl",
                            tmp_path / "m.json", tmp_path / "e", shots_file=tmp_path / "gen/sft.jsonl")
     preds = read_jsonl(tmp_path / "e/predictions.jsonl")
@@ -45,7 +47,7 @@ def test_fewshot_and_majority_evaluation(params_factory, tmp_path):
     # every metric name is one MLflow accepts (it rejects '@', for one)
     from mlflow.utils.validation import _validate_metric_name
 
-    for name in evaluate.flat_metrics(metrics):
+    for name in scoring.flat_metrics(metrics):
         _validate_metric_name(name)
     with pytest.raises(ValueError, match="--shots"):
         evaluate.run(params, _model(params), tmp_path / "gen/test.jsonl", tmp_path / "m.json", tmp_path / "e")
@@ -71,7 +73,7 @@ def test_report_orders_checkpoints_and_writes_plot(tmp_path):
         write_metrics(tmp_path, key, acc, gsm=0.02)
     (tmp_path / "data/round-1").mkdir(parents=True)
     (tmp_path / "data/round-1/feedback_metrics.json").write_text(json.dumps({"pairs": 123, "practice_pass_rate": 0.4}))
-    data = report.run(tmp_path / "metrics", tmp_path / "reports")
+    data = report.write_report(tmp_path / "metrics", tmp_path / "reports")
     assert [r["checkpoint"] for r in data] == ["base", "0", "1", "2", "10"]
     assert data[2]["pairs"] == ""  # the stage reads only its declared dep, metrics/
     assert report.rows(tmp_path / "metrics", tmp_path / "data")[2]["pairs"] == 123
@@ -99,7 +101,7 @@ def test_cli_report_prints_the_table(tmp_path):
 def test_experiments_are_read_from_dvc_exp_show_json(tmp_path):
     """The shape `dvc exp show --json` prints (DVC 3.67): workspace, the branch tip, and its
     experiments under experiments[].revs[]; named experiments win over the rows that repeat them."""
-    from components.report import compare, experiments
+    from tutorloop.eval.report import compare, experiments
 
     def data(method, acc):
         return {"metrics": {"metrics/0.json": {"data": {"accuracy": 0.19, "ci95_low": 0.14, "ci95_high": 0.25}},
@@ -123,7 +125,7 @@ def test_report_pairs_each_checkpoint_with_base_and_previous(tmp_path):
     pinned against scipy's exact binomial test; no comparison where the problem ids differ."""
     from scipy.stats import binomtest
 
-    from components.data import write_jsonl
+    from tutorloop.data.jsonl import write_jsonl
 
     right = {"base": {0}, "0": {0, 1, 2, 3, 4, 5}, "1": {1, 2, 3, 4, 5, 6, 7}, "2": set()}
     for key in right:
@@ -132,7 +134,7 @@ def test_report_pairs_each_checkpoint_with_base_and_previous(tmp_path):
                     [{"id": f"p{i}", "correct": i in right[key]} for i in range(10)])
     # round 2 was scored on other problems: nothing to pair it with
     write_jsonl(tmp_path / "eval/2/predictions.jsonl", [{"id": f"q{i}", "correct": True} for i in range(10)])
-    data = {r["checkpoint"]: r for r in report.run(tmp_path / "metrics", tmp_path / "reports", tmp_path / "eval")}
+    data = {r["checkpoint"]: r for r in report.write_report(tmp_path / "metrics", tmp_path / "reports", tmp_path / "eval")}
     assert data["base"]["p_vs_base"] == "" and data["base"]["p_vs_prev"] == ""
     assert (data["0"]["won_vs_base"], data["0"]["lost_vs_base"]) == (5, 0)
     assert data["0"]["p_vs_base"] == pytest.approx(binomtest(5, 5, 0.5, alternative="greater").pvalue)
@@ -143,4 +145,4 @@ def test_report_pairs_each_checkpoint_with_base_and_previous(tmp_path):
     header = (tmp_path / "reports/accuracy.csv").read_text().splitlines()[0]
     assert header.endswith("won_vs_prev,lost_vs_prev,p_vs_prev")
     # without eval/ the stage still reports (the columns stay empty)
-    assert report.run(tmp_path / "metrics", tmp_path / "r2")[1]["p_vs_base"] == ""
+    assert report.write_report(tmp_path / "metrics", tmp_path / "r2")[1]["p_vs_base"] == ""

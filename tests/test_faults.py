@@ -36,11 +36,10 @@ START_TIMEOUT = 240  # seconds until a subprocess's run is RUNNING (mlflow impor
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A sqlite tracking store created once (first creation is slow and must not race)."""
+    import mlflow
     from mlflow.tracking import MlflowClient
 
-    from components import tracking
-
-    import mlflow
+    from tutorloop.runtime import tracking
 
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -274,7 +273,7 @@ def test_every_problem_is_its_own_line_with_its_line_number_and_no_secret(projec
     raw_text = raw_text.replace("api_key_env: OPENAI_API_KEY", f"api_key_env: {canary}", 1)
     raw_text = re.sub(r"^  n_test: .*$", "  n_test: 0", raw_text, count=1, flags=re.M)
     (project / "params.yaml").write_text(raw_text)
-    code, out, err = finish(start(["-m", "components.config", "params.yaml"], project, env), timeout=START_TIMEOUT)
+    code, out, err = finish(start(["-m", "components.inputs", "data/inputs"], project, env), timeout=START_TIMEOUT)
     assert code == 2 and out == ""
     lines = stderr_lines(err)
     text = raw_text.splitlines()
@@ -292,19 +291,19 @@ def test_every_problem_is_its_own_line_with_its_line_number_and_no_secret(projec
 def test_stage_run_restores_the_previous_sigterm_handler(monkeypatch):
     import threading
 
-    from components import tracking
+    from tutorloop.runtime import signals, tracking
 
     monkeypatch.setenv("TUTORLOOP_TRACKING", "off")
     mine = lambda signum, frame: None  # noqa: E731
     old = signal.signal(signal.SIGTERM, mine)
     try:
         with tracking.stage_run("x", {}):
-            assert signal.getsignal(signal.SIGTERM) is tracking._raise_terminated
+            assert signal.getsignal(signal.SIGTERM) is signals._raise_terminated
             with tracking.stage_run("y", {}):  # nested: still ours, and the outer one restores
                 pass
-            assert signal.getsignal(signal.SIGTERM) is tracking._raise_terminated
+            assert signal.getsignal(signal.SIGTERM) is signals._raise_terminated
         assert signal.getsignal(signal.SIGTERM) is mine
-        with pytest.raises(tracking.Terminated):
+        with pytest.raises(signals.Terminated):
             with tracking.stage_run("x", {}):
                 signal.raise_signal(signal.SIGTERM)
         assert signal.getsignal(signal.SIGTERM) is mine
@@ -329,7 +328,7 @@ def test_stage_run_restores_the_previous_sigterm_handler(monkeypatch):
 
 
 def test_run_status():
-    from components.tracking import Terminated, run_status
+    from tutorloop.runtime.tracking import Terminated, run_status
 
     assert run_status(None) == "FINISHED" and run_status(SystemExit(0)) == "FINISHED"
     assert run_status(KeyboardInterrupt()) == "KILLED" and run_status(Terminated()) == "KILLED"
@@ -337,7 +336,7 @@ def test_run_status():
 
 
 def test_yaml_errors_name_file_line_and_column_and_never_echo_the_text(tmp_path):
-    from components.config import ConfigError, load_params
+    from tutorloop.config import ConfigError, load_params
 
     canary = "sk-canary-yaml-7f7f7f7f"
     path = tmp_path / "params.yaml"
@@ -392,7 +391,8 @@ def test_a_stop_drops_queued_teacher_calls_instead_of_waiting_for_them(monkeypat
     before SIGTERM got out; the stop must take about one call's time instead."""
     import threading
 
-    from components import generate, tracking
+    from tutorloop.runtime import signals, tracking
+    from tutorloop.teachers import generation as generate
 
     monkeypatch.setenv("TUTORLOOP_TRACKING", "off")
     started = []
@@ -411,7 +411,7 @@ def test_a_stop_drops_queued_teacher_calls_instead_of_waiting_for_them(monkeypat
 
     timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
     t0 = time.monotonic()
-    with pytest.raises(tracking.Terminated):
+    with pytest.raises(signals.Terminated):
         with tracking.stage_run("generate", {}):
             timer.start()
             generate._expand_all(SlowExpander(), [(j, {"seed_id": str(j)}) for j in range(100)], False, Journal())
@@ -421,10 +421,10 @@ def test_a_stop_drops_queued_teacher_calls_instead_of_waiting_for_them(monkeypat
 
 
 def test_run_main_bad_input_is_one_redacted_line_and_exit_2(capsys, monkeypatch):
-    from components.config import ConfigError
-    from components.data import DataError
-    from components.entry import run_main
-    from components.teachers.llm import TeacherError
+    from tutorloop.config import ConfigError
+    from tutorloop.data.jsonl import DataError
+    from tutorloop.llm.client import TeacherError
+    from tutorloop.runtime.entry import run_main
 
     def fails(err):
         def main():

@@ -1,7 +1,8 @@
 """Orca-Math's pairing rules, proven on small hand-made tables."""
 
-from components.config import Feedback
-from components.feedback import build_pairs, judge
+from tutorloop.config import Feedback
+from tutorloop.data.preferences import build_pairs
+from tutorloop.eval.feedback import judge
 
 
 def problem(pid, answer="10"):
@@ -93,7 +94,7 @@ def test_judge_uses_the_shared_grader():
 # --- KTO's unpaired view of the same table --------------------------------------------------
 
 def test_unpaired_table_follows_the_same_rules():
-    from components.feedback import build_unpaired
+    from tutorloop.data.preferences import build_unpaired
 
     probs = [problem(x) for x in "abcdef"]
     table = [fb("a", f"right {k}", True) for k in range(4)]  # all correct: borrows negatives
@@ -113,7 +114,7 @@ def test_unpaired_table_follows_the_same_rules():
 
 
 def test_unpaired_cap_keeps_the_students_positives_then_the_pairs_problems():
-    from components.feedback import build_unpaired
+    from tutorloop.data.preferences import build_unpaired
 
     probs = [problem(x) for x in "abcdefgh"]
     table = [fb("a", "right a", True), fb("a", "wrong a", False)]
@@ -151,8 +152,8 @@ class _JudgeModel:
 
 
 def test_llm_judge_fallback_decides_only_unreadable_samples():
-    from components.config import Judge
-    from components.feedback import llm_judge
+    from tutorloop.config import Judge
+    from tutorloop.teachers.judge import llm_judge
 
     probs = [problem("a", "12")]
     rows = judge(probs, [{"problem_id": "a", "sample": 0, "completion": "#### 12"},
@@ -166,8 +167,8 @@ def test_llm_judge_fallback_decides_only_unreadable_samples():
 
 
 def test_llm_judge_double_check_logs_disagreement():
-    from components.config import Judge
-    from components.feedback import llm_judge
+    from tutorloop.config import Judge
+    from tutorloop.teachers.judge import llm_judge
 
     probs = [problem("a", "12")]
     rows = judge(probs, [{"problem_id": "a", "sample": i, "completion": c}
@@ -181,8 +182,8 @@ def test_llm_judge_double_check_logs_disagreement():
 def test_labels_are_strict_by_default_an_unstated_answer_is_a_negative(tmp_path):
     """A sample that never states its answer (only the lenient last-number fallback reads the
     right number) is a negative under the default labels, and a positive only with `lenient`."""
-    from components.data import read_jsonl, write_jsonl
     from components.feedback import run
+    from tutorloop.data.jsonl import read_jsonl, write_jsonl
 
     probs = [problem("a", "18")]
     samples = [{"problem_id": "a", "sample": 0, "completion": "6 * 3 = 18 apples, then she"},

@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 import yaml
-
 from conftest import ROOT, copy_project
+
 from flows.pipeline import AFTER_LOOP, plan
 
 
@@ -15,7 +15,7 @@ def test_plan_of_the_repo_pipeline():
     assert got["0"] == ["base_model", "inputs", "generate", "decontaminate", "evaluate@base", "register@base", "sft",
                         "evaluate@0", "register@0"]
     for key in rounds:
-        assert got[key] == [f"{s}@{key}" for s in ("practice", "feedback", "followup", "dpo", "evaluate", "register")]
+        assert got[key] == [f"{s}@{key}" for s in ("practice", "feedback", "followup", "preference", "evaluate", "register")]
     assert got[AFTER_LOOP] == ["report"]
     planned = [s for v in got.values() for s in v]
     assert len(planned) == len(set(planned)) == 9 + 6 * len(rounds) + 1  # every stage, once

@@ -1,12 +1,14 @@
 """Closing the loop: all-wrong problems come back as easier and harder variants, rebuilt exactly
 from provenance, deduplicated and decontaminated, appended to the next round's practice set."""
 
-from components import followup
-from components.config import validate
-from components.data import read_jsonl, write_jsonl
-from components.teachers import ProceduralTeacher, graph_record
-from components.teachers.agents import expand
 from conftest import tiny_params
+
+from components import followup
+from tutorloop.config import validate
+from tutorloop.data.jsonl import read_jsonl, write_jsonl
+from tutorloop.teachers import ProceduralTeacher, graph_record
+from tutorloop.teachers import followup as variants
+from tutorloop.teachers.agents import expand
 
 
 def practice_set(n=6):
@@ -24,7 +26,7 @@ def practice_set(n=6):
 def test_all_wrong_needs_every_sample_wrong():
     fb = [{"problem_id": "a", "correct": False}, {"problem_id": "a", "correct": False},
           {"problem_id": "b", "correct": False}, {"problem_id": "b", "correct": True}]
-    assert followup.all_wrong(fb) == ["a"]
+    assert variants.all_wrong(fb) == ["a"]
 
 
 def test_variants_are_rebuilt_from_provenance(tiny_model_dir):
@@ -32,7 +34,7 @@ def test_variants_are_rebuilt_from_provenance(tiny_model_dir):
 
     params = validate(tiny_params(tiny_model_dir))
     p = practice_set(1)[0]
-    out = followup.procedural_variants(p, params, 3, random.Random(0))
+    out = variants.procedural_variants(p, params, 3, random.Random(0))
     assert 1 <= len(out) <= 3 and out[0][0].startswith("suggest-edit")  # at least one harder problem
     for path, g in out:
         q, s, a = g.render()

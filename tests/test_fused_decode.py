@@ -1,5 +1,5 @@
-"""The engine's fused decode step (components/llama_decode.py) and its C attention kernel
-(components/decode_attention.py), on tiny models and random tensors built here.
+"""The engine's fused decode step (tutorloop/inference/fused.py) and its C attention kernel
+(tutorloop/inference/kernels/attention.py), on tiny models and random tensors built here.
 
 - the fused step is bit-for-bit the HF forward (fp32 and bf16; Llama, and Qwen2 with q/k/v
   biases), and the engine gives the same tokens with it as without it;
@@ -18,9 +18,11 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 from transformers.cache_utils import DynamicCache
 
-from components import decode_attention, engine, modeling
-from components.llama_decode import LlamaDecoder
-from components.teachers import ProceduralTeacher
+from tutorloop import modeling
+from tutorloop.inference import engine
+from tutorloop.inference.fused import LlamaDecoder
+from tutorloop.inference.kernels import attention as decode_attention
+from tutorloop.teachers import ProceduralTeacher
 
 SMALL = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=6,
              num_key_value_heads=2, vocab_size=300, max_position_embeddings=512, rms_norm_eps=1e-5)

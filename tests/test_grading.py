@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from components.grading import extract_answer, grade, reference_value
+from tutorloop.eval.grading import extract_answer, grade, reference_value
 
 
 @pytest.mark.parametrize("text, expected", [

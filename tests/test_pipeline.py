@@ -15,7 +15,6 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import copy_project, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -74,7 +73,7 @@ def test_every_stage_ran(first_run):
     expected = ["base_model", "inputs", "generate", "decontaminate", "evaluate@base", "register@base", "sft",
                 "evaluate@0", "register@0"]
     for r in ("1", "2"):
-        expected += [f"practice@{r}", f"feedback@{r}", f"followup@{r}", f"dpo@{r}", f"evaluate@{r}", f"register@{r}"]
+        expected += [f"practice@{r}", f"feedback@{r}", f"followup@{r}", f"preference@{r}", f"evaluate@{r}", f"register@{r}"]
     assert ran == expected + ["report"]
 
 
@@ -106,7 +105,7 @@ def test_mlflow_nests_stage_runs_under_round_parents(project, first_run):
     assert children[parents["0"].info.run_id] == {"base_model", "generate", "decontaminate", "evaluate", "register",
                                                       "sft"}
     for key in ("1", "2"):
-        assert children[parents[key].info.run_id] == {"practice", "feedback", "followup", "dpo", "evaluate", "register"}
+        assert children[parents[key].info.run_id] == {"practice", "feedback", "followup", "preference", "evaluate", "register"}
     sft_run = next(r for r in runs if r.data.tags.get("tutorloop.stage") == "sft")
     assert "train/loss" in sft_run.data.metrics and "sft.learning_rate" in sft_run.data.params
     practice_run = next(r for r in runs if r.data.tags.get("tutorloop.stage") == "practice")
@@ -147,11 +146,11 @@ def test_second_run_is_a_noop_and_logs_nothing(project, first_run):
 
 def test_round_two_change_reruns_only_round_two(project, first_run):
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["rounds"]["2"]["dpo"]["beta"] = 0.2
+    params["rounds"]["2"]["preference"]["beta"] = 0.2
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert set(stale(project)) == {"dpo@2"}
+    assert set(stale(project)) == {"preference@2"}
     out = dvc(project, "repro").stdout
-    assert ran_stages(out) == {"dpo@2", "evaluate@2", "register@2", "report"}
+    assert ran_stages(out) == {"preference@2", "evaluate@2", "register@2", "report"}
     assert stale(project) == {}
 
 
@@ -165,7 +164,7 @@ def test_teacher_change_runs_generate_and_never_restores_stale_data(project, fir
     out = dvc(project, "repro", "-s", "generate").stdout
     assert "Running stage 'generate'" in out and "run-cache" not in out
     assert (project / "data/generated/sft.jsonl").read_text() != before
-    prompt = project / "components/teachers/prompts/solver.md"
+    prompt = project / "tutorloop/teachers/prompts/solver.md"
     prompt.write_text(prompt.read_text() + "\nShow units.\n")
     assert "generate" in stale(project)
     out = dvc(project, "repro", "-s", "generate").stdout
@@ -206,7 +205,7 @@ def test_an_edited_gsm8k_file_rescores_and_an_unchanged_one_costs_nothing(projec
 
 
 def test_exp_run_switches_round_two_to_kto_visible_in_exp_show_and_mlflow(project, first_run):
-    """`dvc exp run -S rounds.2.dpo.method=kto` reruns only round 2's training and what follows;
+    """`dvc exp run -S rounds.2.preference.method=kto` reruns only round 2's training and what follows;
     `dvc exp show` lists both, `tutorloop compare` plots them, MLflow tags the KTO run."""
     from mlflow import MlflowClient
 
@@ -219,10 +218,10 @@ def test_exp_run_switches_round_two_to_kto_visible_in_exp_show_and_mlflow(projec
     assert tracked and not heavy, f"weights, data and tracking state stay out of git (DVC's job): {heavy}"
     # metrics are git-ignored in this project, so the baseline is recorded as an experiment too
     assert ran_stages(dvc(project, "exp", "run", "-n", "dpo-r2").stdout) == set()
-    out = dvc(project, "exp", "run", "-n", "kto-r2", "-S", "rounds.2.dpo.method=kto").stdout
-    assert ran_stages(out) == {"dpo@2", "evaluate@2", "register@2", "report"}
+    out = dvc(project, "exp", "run", "-n", "kto-r2", "-S", "rounds.2.preference.method=kto").stdout
+    assert ran_stages(out) == {"preference@2", "evaluate@2", "register@2", "report"}
     shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
-    from components.report import experiments
+    from tutorloop.eval.report import experiments
 
     exps = experiments(shown)
     assert {e["method"] for e in exps} >= {"1:dpo/2:dpo", "1:dpo/2:kto"}
@@ -235,4 +234,4 @@ def test_exp_run_switches_round_two_to_kto_visible_in_exp_show_and_mlflow(projec
     exp = client.get_experiment_by_name("tutorloop")
     kto_runs = client.search_runs([exp.experiment_id], "tags.method = 'kto'")
     assert kto_runs and kto_runs[0].data.metrics["method_kto"] == 1.0
-    assert json.loads((project / "data/round-2/dpo_metrics.json").read_text())["method_kto"] == 1.0
+    assert json.loads((project / "data/round-2/preference_metrics.json").read_text())["method_kto"] == 1.0

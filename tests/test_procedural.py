@@ -9,13 +9,14 @@ import random
 from fractions import Fraction
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from components.grading import extract_answer
-from components.teachers import ProceduralTeacher, normalise
-from components.teachers.arith import annotations, evaluate
-from components.teachers.graph import Graph, Reject, ask_variants, solve
-from components.teachers.procedural import FAMILIES, build
+from tutorloop.eval.grading import extract_answer
+from tutorloop.teachers import ProceduralTeacher, normalise
+from tutorloop.teachers.arith import annotations, evaluate
+from tutorloop.teachers.graph import Graph, Reject, ask_variants, solve
+from tutorloop.teachers.procedural import FAMILIES, build
 
 
 def check(question: str, solution: str, answer: Fraction) -> None:

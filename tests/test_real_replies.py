@@ -8,8 +8,18 @@ from collections import Counter
 
 import pytest
 
-from components.teachers.instruct import (AmaReply, BadReply, EditReply, JudgeReply, LLMAgents, SuggestReply,
-                                          clean_solution, parse_json, prompt, ROLES)
+from tutorloop.teachers.instruct import (
+    ROLES,
+    AmaReply,
+    BadReply,
+    EditReply,
+    JudgeReply,
+    LLMAgents,
+    SuggestReply,
+    clean_solution,
+    parse_json,
+    prompt,
+)
 
 
 def test_a_template_echo_is_a_bad_reply_not_content():
@@ -70,7 +80,7 @@ class _Canned:
 
 
 def test_calls_are_counted_per_agent_and_a_template_echo_stops_the_chain():
-    from components.config import Agents, Teacher
+    from tutorloop.config import Agents, Teacher
 
     agents = LLMAgents(_Canned(), Teacher(kind="openai", model="m"), Agents(ama=2, suggest_edit_rounds=2), 1800)
     records, counts = agents.expand({"seed_id": "s:1", "question": "Ann has 3 pens and 4 pencils. How many?"})
@@ -98,7 +108,7 @@ def test_generate_expands_no_more_seeds_than_it_needs_and_counts_calls(params_fa
     lands in stats.json as such, not as a drop."""
     import json
 
-    from components import generate
+    from tutorloop.teachers import generation as generate
 
     params = params_factory()
     cfg = params.generate.model_copy(update={
@@ -106,7 +116,7 @@ def test_generate_expands_no_more_seeds_than_it_needs_and_counts_calls(params_fa
         "teacher": params.generate.teacher.model_copy(update={"kind": "openai", "model": "m", "concurrency": 2})})
     fake = _FakeExpander(cfg.teacher.concurrency)
     monkeypatch.setattr(generate, "make_expander", lambda *a: fake)
-    counts = generate.run(cfg, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    counts = generate.generate_dataset(cfg, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
     assert len(fake.expanded) == 2 + 3 + 5 and len(set(fake.expanded)) == 10  # was 8 + 8 + 8
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["agent_calls/ama"] == 10 and stats["drop/bad_reply/ama"] == 10
@@ -118,7 +128,8 @@ def test_a_server_that_rejects_response_format_gets_plain_requests(tiny_model_di
     (llama.cpp's accepts it, as a grammar): the prompts ask for JSON anyway and parse_json finds it
     in prose, so the client asks again without it, once, and stops sending it."""
     from chat_server import ChatServer
-    from components.teachers.llm import OpenAIChat, Sampling, TeacherError
+
+    from tutorloop.llm.client import OpenAIChat, Sampling, TeacherError
 
     monkeypatch.setenv("TUTORLOOP_TEST_TEACHER_KEY", "x")
     msg = [{"role": "user", "content": "2+2?"}]

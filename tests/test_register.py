@@ -5,10 +5,11 @@ import json
 import pytest
 import yaml
 
-from components import register, tracking
-from components.config import Register
-from components.data import write_jsonl
-from components.register import decide
+from tutorloop.config import Register
+from tutorloop.data.jsonl import write_jsonl
+from tutorloop.registry.promotion import decide
+from tutorloop.registry.version import register
+from tutorloop.runtime import tracking
 
 MCNEMAR = Register(test="mcnemar", alpha=0.05)
 
@@ -76,18 +77,18 @@ def write_lock(root, rounds: dict[str, str]):
                       "deps": [{"path": "data/clean/sft.jsonl", "md5": "s1"}],
                       "outs": [{"path": "models/round-0", "md5": "r0.dir"}]}}
     for key, prev in rounds.items():
-        stages[f"dpo@{key}"] = {"params": {"params.yaml": {f"rounds.{key}.prev": prev,
-                                                           f"rounds.{key}.dpo": {"beta": 0.1 * int(key)}}},
-                                "deps": [{"path": f"data/round-{key}/pairs.jsonl", "md5": f"p{key}"}],
-                                "outs": [{"path": f"models/round-{key}", "md5": f"r{key}.dir"}]}
+        stages[f"preference@{key}"] = {"params": {"params.yaml": {f"rounds.{key}.prev": prev,
+                                                                  f"rounds.{key}.preference": {"beta": 0.1 * int(key)}}},
+                                       "deps": [{"path": f"data/round-{key}/pairs.jsonl", "md5": f"p{key}"}],
+                                       "outs": [{"path": f"models/round-{key}", "md5": f"r{key}.dir"}]}
         stages[f"practice@{key}"] = {"params": {"params.yaml": {f"rounds.{key}.practice": {"samples": 4}}}}
     (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}))
 
 
 def do_register(params, store, key, model_dir):
     with tracking.stage_run("register", {}, round_key=key) as log:
-        return register.run(params, key, model_dir, store / f"metrics/{key}.json",
-                            store / f"eval/{key}/predictions.jsonl", store / f"registry/{key}.json", log)
+        return register(params, key, model_dir, store / f"metrics/{key}.json",
+                        store / f"eval/{key}/predictions.jsonl", store / f"registry/{key}.json", log)
 
 
 def test_register_versions_aliases_lineage_and_card(store, tiny_model_dir, params_factory):
@@ -119,8 +120,8 @@ def test_register_versions_aliases_lineage_and_card(store, tiny_model_dir, param
     assert card.startswith("# tutor v4: preference round 2") and "McNemar" in card
     # the card's params are the ones dvc.lock says each stage of the chain ran with
     used = json.loads(card.split("## Parameters of every stage that made it")[1].split("```json")[1].split("```")[0])
-    assert list(used) == ["base_model", "sft", "practice@1", "dpo@1", "practice@2", "dpo@2"]
-    assert used["dpo@2"]["rounds.2.dpo"] == {"beta": 0.2}
+    assert list(used) == ["base_model", "sft", "practice@1", "preference@1", "practice@2", "preference@2"]
+    assert used["preference@2"]["rounds.2.preference"] == {"beta": 0.2}
     assert json.loads((store / "registry/2.json").read_text())["alias"] == "champion"
 
 

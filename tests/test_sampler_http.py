@@ -17,17 +17,18 @@ import json
 import shutil
 
 import pytest
-
 from chat_server import ChatServer
 from conftest import tiny_params
+
+from tutorloop.eval.protocol import protocol
 
 KEY_ENV = "TUTORLOOP_TEST_SAMPLER_KEY"
 pytestmark = pytest.mark.usefixtures("no_tracking")
 
 
 def _problems(path, n: int, seed: int = 3):
-    from components.data import write_jsonl
-    from components.teachers import ProceduralTeacher
+    from tutorloop.data.jsonl import write_jsonl
+    from tutorloop.teachers import ProceduralTeacher
 
     rows = [{"id": f"p{i}", "question": r["question"], "answer": r["answer"], "solution": r["solution"],
              "family": r["family"]} for i, r in enumerate(ProceduralTeacher().problems(n, seed=seed))]
@@ -36,7 +37,7 @@ def _problems(path, n: int, seed: int = 3):
 
 
 def _params(model_dir, url: str, cache, **server):
-    from components.config import validate
+    from tutorloop.config import validate
 
     raw = tiny_params(model_dir)
     srv = {"base_url": url, "model": "", "api_key_env": KEY_ENV, "concurrency": 4, "timeout": 120,
@@ -49,7 +50,7 @@ def _params(model_dir, url: str, cache, **server):
 
 def test_practice_samples_through_a_server_and_a_rerun_sends_nothing(tiny_model_dir, tmp_path, monkeypatch):
     from components import practice
-    from components.data import read_jsonl
+    from tutorloop.data.jsonl import read_jsonl
 
     canary = "sk-canary-sampler-7d2e41"
     monkeypatch.setenv(KEY_ENV, canary)
@@ -83,7 +84,7 @@ def test_practice_samples_through_a_server_and_a_rerun_sends_nothing(tiny_model_
 
 def test_one_request_per_sample_with_seed_steps_survives_a_500(tiny_model_dir, tmp_path, monkeypatch):
     from components import practice
-    from components.data import read_jsonl
+    from tutorloop.data.jsonl import read_jsonl
 
     monkeypatch.setenv(KEY_ENV, "x")
     problems = _problems(tmp_path / "practice.jsonl", 3)
@@ -100,7 +101,7 @@ def test_one_request_per_sample_with_seed_steps_survives_a_500(tiny_model_dir, t
 
 def test_a_server_that_ignores_n_is_a_clear_error(tiny_model_dir, tmp_path, monkeypatch):
     from components import practice
-    from components.teachers.llm import TeacherError
+    from tutorloop.llm.client import TeacherError
 
     monkeypatch.setenv(KEY_ENV, "x")
     with ChatServer(tiny_model_dir, honour_n=False) as server:
@@ -128,8 +129,8 @@ def test_the_cache_is_keyed_by_the_checkpoint_content(tiny_model_dir, tmp_path, 
 
 def test_evaluate_through_a_server_is_the_engines_greedy(tiny_model_dir, tmp_path, monkeypatch):
     from components import evaluate
-    from components.config import validate
-    from components.data import read_jsonl
+    from tutorloop.config import validate
+    from tutorloop.data.jsonl import read_jsonl
 
     monkeypatch.setenv(KEY_ENV, "x")
     test = _problems(tmp_path / "test.jsonl", 4, seed=11)
@@ -154,5 +155,5 @@ def test_evaluate_through_a_server_is_the_engines_greedy(tiny_model_dir, tmp_pat
     assert [p["completion"] for p in read_jsonl(tmp_path / "eval-local" / "predictions.jsonl")] == \
         [p["completion"] for p in read_jsonl(tmp_path / "eval" / "predictions.jsonl")]
     assert lm["protocol"] != m["protocol"] and lm["backend"] == "local"
-    assert evaluate.protocol(local) == evaluate.protocol(validate({**raw, "evaluate": {
+    assert protocol(local) == protocol(validate({**raw, "evaluate": {
         **raw["evaluate"], "backend": "local", "server": {}}}))  # server knobs alone change nothing

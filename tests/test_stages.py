@@ -1,15 +1,21 @@
 """Each stage's run() on a tiny random Llama: the real code paths, in seconds, with folders only."""
 
 import json
+from argparse import Namespace
 
 import pytest
 import torch
 
-from components import base_model, dedup, dpo, evaluate, feedback, generate, practice, sft, stats
-from components.data import DataError, read_jsonl, write_jsonl
-from components.modeling import chat_prompts, generate as gen, load
-from components.config import validate
-from components.tracking import StageLog
+from components import base_model, evaluate, feedback, practice
+from tutorloop.config import validate
+from tutorloop.data import dedup
+from tutorloop.data.jsonl import DataError, read_jsonl, write_jsonl
+from tutorloop.eval import stats
+from tutorloop.modeling import chat_prompts, load, resolve_source
+from tutorloop.modeling import generate as gen
+from tutorloop.runtime.tracking import StageLog
+from tutorloop.teachers import generation as generate
+from tutorloop.train import preference, sft
 
 pytestmark = pytest.mark.usefixtures("no_tracking")
 
@@ -22,7 +28,7 @@ def workdir(tmp_path_factory):
 def test_base_model_from_local_checkpoint(params_factory, workdir):
     params = params_factory()
     out = workdir / "models/base"
-    metrics = base_model.run(params.base_model, out)
+    metrics = base_model.main.body(params, Namespace(out=out), StageLog(None))   # the stage, minus argv and MLflow
     assert metrics["parameters"] > 0
     model, tok = load(out)
     assert model.config.vocab_size == len(tok)
@@ -31,20 +37,20 @@ def test_base_model_from_local_checkpoint(params_factory, workdir):
 
 def test_base_model_missing_sources_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not installed"):
-        base_model.resolve("pkg:surely_not_a_module/x.gguf")
+        resolve_source("pkg:surely_not_a_module/x.gguf")
     with pytest.raises(FileNotFoundError, match="no such directory"):
-        base_model.resolve(str(tmp_path / "nope") + "/")
+        resolve_source(str(tmp_path / "nope") + "/")
     with pytest.raises(FileNotFoundError, match="no such file"):
-        base_model.resolve(str(tmp_path / "missing.gguf"))
+        resolve_source(str(tmp_path / "missing.gguf"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
-        base_model.resolve(str(tmp_path / "empty"))
-    assert base_model.resolve("HuggingFaceTB/SmolLM2-135M-Instruct") == ("HuggingFaceTB/SmolLM2-135M-Instruct", None)
+        resolve_source(str(tmp_path / "empty"))
+    assert resolve_source("HuggingFaceTB/SmolLM2-135M-Instruct") == ("HuggingFaceTB/SmolLM2-135M-Instruct", None)
 
 
 def test_generate_splits_without_overlap(params_factory, workdir, tmp_path):
     params = params_factory()
-    counts = generate.run(params.generate, workdir / "data", cache_dir=tmp_path / "cache")
+    counts = generate.generate_dataset(params.generate, workdir / "data", cache_dir=tmp_path / "cache")
     sets = {s: read_jsonl(workdir / "data" / f"{s}.jsonl") for s in generate.SPLITS}
     assert {s: len(v) for s, v in sets.items()} == {"sft": 24, "practice": 6, "test": 8}
     questions = [r["question"] for v in sets.values() for r in v]
@@ -61,7 +67,7 @@ def test_generate_splits_without_overlap(params_factory, workdir, tmp_path):
     assert on_disk["n_sft"] == 24 and counts["seconds"] > 0
     # the cached output holds no timings or replay counts: a second run (journal replayed) writes
     # byte-identical files, so DVC's hash of data/generated does not change
-    again = generate.run(params.generate, tmp_path / "again", cache_dir=tmp_path / "cache",
+    again = generate.generate_dataset(params.generate, tmp_path / "again", cache_dir=tmp_path / "cache",
                          run_stats=tmp_path / "run.json")
     # a replay takes milliseconds on a fast runner: the timing must be recorded, not be large
     run_stats = json.loads((tmp_path / "run.json").read_text())
@@ -73,16 +79,16 @@ def test_generate_splits_without_overlap(params_factory, workdir, tmp_path):
 def test_generate_drops_long_solutions(params_factory, tmp_path):
     params = params_factory()
     cfg = params.generate.model_copy(update={"max_answer_chars": 150})
-    counts = generate.run(cfg, tmp_path / "out", cache_dir=tmp_path / "cache")
+    counts = generate.generate_dataset(cfg, tmp_path / "out", cache_dir=tmp_path / "cache")
     assert counts["drop/too_long"] > 0
     assert all(len(r["solution"]) <= 150 for r in read_jsonl(tmp_path / "out" / "sft.jsonl"))
 
 
 def test_generate_replays_its_journal_and_is_deterministic(params_factory, tmp_path):
     cfg = params_factory().generate
-    first = generate.run(cfg, tmp_path / "a", cache_dir=tmp_path / "cache")
-    again = generate.run(cfg, tmp_path / "b", cache_dir=tmp_path / "cache")
-    fresh = generate.run(cfg, tmp_path / "c", cache_dir=tmp_path / "other")
+    first = generate.generate_dataset(cfg, tmp_path / "a", cache_dir=tmp_path / "cache")
+    again = generate.generate_dataset(cfg, tmp_path / "b", cache_dir=tmp_path / "cache")
+    fresh = generate.generate_dataset(cfg, tmp_path / "c", cache_dir=tmp_path / "other")
     assert first["journal_replayed_seeds"] == 0 and again["journal_replayed_seeds"] >= first["seeds"]
     for split in generate.SPLITS:
         a = (tmp_path / "a" / f"{split}.jsonl").read_text()
@@ -123,8 +129,8 @@ def test_batched_generation_is_deterministic_and_ordered(params_factory, workdir
 
 def test_sft_trains_only_on_the_solution_and_saves_a_plain_checkpoint(params_factory, workdir):
     params = params_factory()
-    metrics = sft.run(params, workdir / "models/base", workdir / "data/sft.jsonl",
-                      workdir / "models/round-0", StageLog(None))
+    metrics = sft.train_sft(params, workdir / "models/base", workdir / "data/sft.jsonl",
+                      workdir / "models/round-0")
     assert metrics["examples"] == 24 and metrics["train_loss"] > 0
     out = workdir / "models/round-0"
     assert not (out / "adapter_config.json").exists(), "adapter must be merged"
@@ -150,13 +156,13 @@ def test_killed_sft_resumes_from_its_last_checkpoint(params_factory, workdir, tm
 
     base, data = workdir / "models/base", workdir / "data/sft.jsonl"
     with pytest.raises(KeyboardInterrupt):
-        sft.run(params, base, data, tmp_path / "killed", StageLog(None), callbacks=[Kill()])
+        sft.train_sft(params, base, data, tmp_path / "killed", callbacks=[Kill()])
     left = list((tmp_path / "train").glob("sft-*/checkpoint-*"))
     assert [p.name for p in left] == ["checkpoint-2"]
-    resumed = sft.run(params, base, data, tmp_path / "resumed", StageLog(None))
+    resumed = sft.train_sft(params, base, data, tmp_path / "resumed")
     assert resumed["resumed_from_step"] == 2
     assert not list((tmp_path / "train").glob("sft-*"))         # cleaned up after success
-    fresh = sft.run(params, base, data, tmp_path / "fresh", StageLog(None))
+    fresh = sft.train_sft(params, base, data, tmp_path / "fresh")
     assert fresh["resumed_from_step"] == 0
     a, _ = load(tmp_path / "resumed")
     b, _ = load(tmp_path / "fresh")
@@ -164,7 +170,7 @@ def test_killed_sft_resumes_from_its_last_checkpoint(params_factory, workdir, tm
         assert torch.allclose(p, q, atol=1e-5), name
     # another knob is another run: never resumed from this one's checkpoints
     other = params_factory(sft=dict(raw_sft, learning_rate=raw_sft["learning_rate"] / 2))
-    from components.training import work_dir
+    from tutorloop.train.resume import work_dir
     assert work_dir("sft", other.sft.model_dump(), other.prompt.model_dump(), base, data) != \
         work_dir("sft", params.sft.model_dump(), params.prompt.model_dump(), base, data)
 
@@ -192,18 +198,18 @@ def test_practice_feedback_dpo_round(params_factory, workdir):
     assert stats["pairs"] == len(read_jsonl(rnd / "pairs.jsonl")) > 0
     assert len(read_jsonl(rnd / "feedback.jsonl")) == 12
     assert len(read_jsonl(rnd / "unpaired.jsonl")) == stats["unpaired_desirable"] + stats["unpaired_undesirable"]
-    metrics = dpo.run(params, "1", workdir / "models/round-0", rnd, workdir / "models/round-1", StageLog(None))
+    metrics = preference.train_preference(params, "1", workdir / "models/round-0", rnd, workdir / "models/round-1")
     assert metrics["pairs"] == stats["pairs"] and "reward_accuracy" in metrics
     assert not (workdir / "models/round-1/adapter_config.json").exists()
     load(workdir / "models/round-1")
     # KTO on the same round's table, against the SFT model as an explicit reference
     raw = params.model_dump(by_alias=True)
     raw["rounds"]["2"] = {"prev": "1", "practice": raw["rounds"]["1"]["practice"],
-                          "dpo": {**raw["rounds"]["1"]["dpo"], "method": "kto", "reference": "sft"}}
+                          "preference": {**raw["rounds"]["1"]["preference"], "method": "kto", "reference": "sft"}}
     raw["checkpoints"]["2"] = "models/round-2"
     kto_params = validate(raw)
-    metrics = dpo.run(kto_params, "2", workdir / "models/round-1", rnd, workdir / "models/round-2", StageLog(None),
-                      sft_model=workdir / "models/round-0")
+    metrics = preference.train_preference(kto_params, "2", workdir / "models/round-1", rnd, workdir / "models/round-2",
+                                         sft_model=workdir / "models/round-0")
     assert metrics["method_kto"] == 1 and metrics["reference_sft"] == 1
     assert metrics["desirable_weight"] * metrics["desirable"] == pytest.approx(
         metrics["undesirable_weight"] * (metrics["examples"] - metrics["desirable"]))
@@ -216,8 +222,7 @@ def test_fresh_adapter_disabled_is_exactly_the_previous_round(params_factory, wo
     training moves the adapter."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
-
-    from components.training import lora_config
+    from tutorloop.train.lora import lora_config
 
     params = params_factory()
     prev, tok = load(workdir / "models/round-0")
@@ -227,8 +232,8 @@ def test_fresh_adapter_disabled_is_exactly_the_previous_round(params_factory, wo
                      learning_rate=5e-3, report_to="none", save_strategy="no", use_cpu=True, bf16=False,
                      activation_checkpointing=False, dataset_num_proc=1, logging_steps=1)
     trainer = DPOTrainer(model=prev, ref_model=None, args=args, processing_class=tok,
-                         train_dataset=Dataset.from_list(dpo.to_preference(rows, params)),
-                         peft_config=lora_config(params.dpo.lora))
+                         train_dataset=Dataset.from_list(preference.to_preference(rows, params)),
+                         peft_config=lora_config(params.preference.lora))
     ids = tok("What is 2+3? The answer is 5", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         want = ref(ids).logits
@@ -243,17 +248,17 @@ def test_fresh_adapter_disabled_is_exactly_the_previous_round(params_factory, wo
 
 def test_kto_class_weights_balance_the_classes():
     rows = [{"label": True}] * 9 + [{"label": False}] * 3
-    assert dpo.class_weights(rows) == (1.0, 3.0)
-    assert dpo.class_weights([{"label": True}] + [{"label": False}] * 4) == (4.0, 1.0)
+    assert preference.class_weights(rows) == (1.0, 3.0)
+    assert preference.class_weights([{"label": True}] + [{"label": False}] * 4) == (4.0, 1.0)
     with pytest.raises(ValueError, match="both classes"):
-        dpo.class_weights([{"label": True}] * 3)
+        preference.class_weights([{"label": True}] * 3)
 
 
 def test_evaluate_writes_metrics_and_predictions(params_factory, workdir):
     params = params_factory()
     metrics = evaluate.run(params, workdir / "models/round-0", workdir / "data/test.jsonl",
                            workdir / "metrics/0.json", workdir / "eval/0")
-    from components.grading import grade
+    from tutorloop.eval.grading import grade
 
     on_disk = json.loads((workdir / "metrics/0.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
@@ -292,5 +297,4 @@ def test_bad_inputs_are_clear_errors(params_factory, tmp_path, workdir):
                      tmp_path / "e")
     write_jsonl(tmp_path / "pairs.jsonl", [{"question": "q"}])
     with pytest.raises(DataError, match="missing field"):
-        dpo.run(params, "1", workdir / "models/round-0", tmp_path, tmp_path / "out",
-                StageLog(None))
+        preference.train_preference(params, "1", workdir / "models/round-0", tmp_path, tmp_path / "out")

@@ -1,9 +1,10 @@
 """The statistics behind promotion and the reported intervals, pinned against scipy."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from components.stats import mcnemar_p, wilson
+from tutorloop.eval.stats import mcnemar_p, wilson
 
 scipy_stats = pytest.importorskip("scipy.stats")
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from chat_server import ChatServer
 from conftest import copy_project, tiny_params
 
@@ -33,14 +32,14 @@ def server(tiny_model_dir):
 
 
 def chat(server, monkeypatch, key="anything", **kw):
-    from components.teachers.llm import OpenAIChat
+    from tutorloop.llm.client import OpenAIChat
 
     monkeypatch.setenv(KEY_ENV, key)
     return OpenAIChat("tiny", server.url, KEY_ENV, **{"timeout": 10, "max_retries": 4, **kw})
 
 
 def test_retries_429_and_500_honouring_retry_after(server, monkeypatch):
-    from components.teachers.llm import Sampling
+    from tutorloop.llm.client import Sampling
 
     server.faults = [("429", 1), ("500", 0), ("429", 1)]
     start = time.perf_counter()
@@ -51,7 +50,7 @@ def test_retries_429_and_500_honouring_retry_after(server, monkeypatch):
 
 
 def test_timeouts_are_retried(server, monkeypatch):
-    from components.teachers.llm import Sampling
+    from tutorloop.llm.client import Sampling
 
     server.faults = [("sleep", 3.0)]
     chat(server, monkeypatch, timeout=1.0, max_retries=2)(MSG, Sampling(temperature=0, max_tokens=8))
@@ -59,7 +58,7 @@ def test_timeouts_are_retried(server, monkeypatch):
 
 
 def test_wrong_key_fails_fast_without_revealing_it(tiny_model_dir, monkeypatch):
-    from components.teachers.llm import Sampling, TeacherError
+    from tutorloop.llm.client import Sampling, TeacherError
 
     canary = "sk-canary-4f1d2b9e7a"
     with ChatServer(tiny_model_dir, api_key="sk-the-right-one") as s:
@@ -72,9 +71,9 @@ def test_wrong_key_fails_fast_without_revealing_it(tiny_model_dir, monkeypatch):
 def test_key_canary_never_reaches_config_errors_mlflow_or_teacher_errors(tiny_model_dir, tmp_path, monkeypatch):
     """A key pasted into api_key_env, or carried in a base_url as user:token@, appears in no config
     error, no teacher error and nothing MLflow stores (params, tags, dict and text artifacts)."""
-    from components import tracking
-    from components.config import ConfigError, validate
-    from components.teachers.llm import OpenAIChat, Sampling, TeacherError
+    from tutorloop.config import ConfigError, validate
+    from tutorloop.llm.client import OpenAIChat, Sampling, TeacherError
+    from tutorloop.runtime import tracking
 
     canary = "sk-canary-userinfo-5e8a1d"
     raw = tiny_params(tiny_model_dir)
@@ -109,7 +108,7 @@ def test_key_canary_never_reaches_config_errors_mlflow_or_teacher_errors(tiny_mo
 
 
 def test_bad_request_fails_fast(server, monkeypatch):
-    from components.teachers.llm import OpenAIChat, Sampling, TeacherError
+    from tutorloop.llm.client import OpenAIChat, Sampling, TeacherError
 
     monkeypatch.setenv(KEY_ENV, "x")
     with pytest.raises(TeacherError, match="400"):
@@ -118,7 +117,7 @@ def test_bad_request_fails_fast(server, monkeypatch):
 
 
 def test_unreachable_teacher_says_so(monkeypatch):
-    from components.teachers.llm import OpenAIChat, Sampling, TeacherError
+    from tutorloop.llm.client import OpenAIChat, Sampling, TeacherError
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -129,7 +128,8 @@ def test_unreachable_teacher_says_so(monkeypatch):
 
 
 def test_cache_replays_finished_calls(server, monkeypatch, tmp_path):
-    from components.teachers.llm import CachedChat, Sampling
+    from tutorloop.llm.cache import CachedChat
+    from tutorloop.llm.client import Sampling
 
     cached = CachedChat(chat(server, monkeypatch), tmp_path / "calls.sqlite")
     s = Sampling(temperature=0.7, max_tokens=8, seed=3)
@@ -141,7 +141,7 @@ def test_cache_replays_finished_calls(server, monkeypatch, tmp_path):
 
 
 def test_journal_repairs_a_torn_last_line(tmp_path):
-    from components.generate import Journal
+    from tutorloop.teachers.generation import Journal
 
     j = Journal(tmp_path / "j.jsonl")
     j.append({"index": 0, "seed_id": "a", "records": [], "drops": {}})
@@ -179,10 +179,10 @@ def _stage_env(extra: dict) -> dict:
 
 @pytest.mark.slow
 def test_kill_at_half_then_resume_loses_and_duplicates_nothing(tiny_model_dir, tmp_path):
-    from components.config import validate
-    from components.data import read_jsonl
-    from components.generate import run
-    from components.teachers import ProceduralTeacher
+    from tutorloop.config import validate
+    from tutorloop.data.jsonl import read_jsonl
+    from tutorloop.teachers import ProceduralTeacher
+    from tutorloop.teachers.generation import generate_dataset as run
 
     seeds_file = tmp_path / "seeds.jsonl"
     seeds_file.write_text("".join(json.dumps({"question": r["question"], "answer": r["solution"]}) + "\n"
@@ -259,10 +259,10 @@ def test_kill_at_half_then_resume_loses_and_duplicates_nothing(tiny_model_dir, t
 
 def test_local_transformers_teacher_runs_the_agents_batched(tiny_model_dir, tmp_path):
     """teacher.kind=transformers: the same agent flow on a local model, calls micro-batched."""
-    from components.config import validate
-    from components.data import read_jsonl
-    from components.generate import run
-    from components.teachers import ProceduralTeacher
+    from tutorloop.config import validate
+    from tutorloop.data.jsonl import read_jsonl
+    from tutorloop.teachers import ProceduralTeacher
+    from tutorloop.teachers.generation import generate_dataset as run
 
     seeds_file = tmp_path / "seeds.jsonl"
     seeds_file.write_text("".join(json.dumps({"question": r["question"], "answer": r["solution"]}) + "\n"
@@ -290,8 +290,9 @@ def test_llm_judge_over_http_is_cached_and_counts_unreadable_verdicts(server, mo
     """The judge goes through the same backend and cache as the teacher. double_check: where the
     grader read an answer its verdict stands and a disagreeing judge is counted; where it read none
     the judge decides; a reply that is not the JSON verdict changes nothing and is counted."""
-    from components.config import Judge
-    from components.feedback import judge, llm_judge
+    from tutorloop.config import Judge
+    from tutorloop.eval.feedback import judge
+    from tutorloop.teachers.judge import llm_judge
 
     monkeypatch.setenv(KEY_ENV, "x")
     probs = [{"id": "a", "question": "2+2?", "solution": "2+2=4\n#### 4", "answer": "4"}]

@@ -10,7 +10,7 @@ runs on our machines, so this test runs the same servers as processes on loopbac
   `--artifacts-destination`, proxied with `--serve-artifacts` (in the stack: a MinIO bucket);
 - `prefect server start` on the `prefect` database.
 
-Then, through the project's own code (components.tracking, components.register) and with the
+Then, through the project's own code (tutorloop.runtime.tracking, components.register) and with the
 project's tiny random test model: a round is logged (a parent run, nested evaluate/register stage
 runs), two versions are registered, the second is promoted to `champion` by the paired McNemar
 test on verdicts downloaded back through the server, and `models:/tutor@champion` loads. Checked
@@ -46,9 +46,11 @@ from pathlib import Path
 
 import pytest
 
-from components import register, tracking
-from components.data import write_jsonl
-from components.evaluate import flat_metrics
+from tutorloop.data.jsonl import write_jsonl
+from tutorloop.eval.scoring import flat_metrics
+from tutorloop.registry.promotion import scope_alias
+from tutorloop.registry.version import register
+from tutorloop.runtime import tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -298,7 +300,7 @@ def test_round_logged_registered_and_promoted_on_postgres(postgres, mlflow_serve
     start = time.monotonic()
     exp_id = tracking.ensure_store(tmp_path)
     client = MlflowClient(tracking.tracking_uri())
-    # The server, not this machine, places the artifacts (components/tracking.py says why).
+    # The server, not this machine, places the artifacts (tutorloop/runtime/tracking.py says why).
     assert client.get_experiment(exp_id).artifact_location.startswith("mlflow-artifacts:")
     # Round 0 as flows.pipeline.round_flow records it: a parent run whose id the stages get from
     # TUTORLOOP_PARENT_RUN_ID; each stage's main() is replaced by the calls it makes.
@@ -313,7 +315,7 @@ def test_round_logged_registered_and_promoted_on_postgres(postgres, mlflow_serve
             log.metrics(flat_metrics(json.loads(metrics_file.read_text())))
             log.artifact(predictions, "eval")
         with tracking.stage_run("register", params.register_.model_dump(), round_key=key) as log:
-            records[key] = register.run(params, key, tiny_model_dir, metrics_file, predictions,
+            records[key] = register(params, key, tiny_model_dir, metrics_file, predictions,
                                         tmp_path / f"registry/{key}.json", log)
     client.set_terminated(parent, status="FINISHED")
     print(f"\nmlflow server up in {mlflow_server.seconds:.1f} s; round logged and registered in "
@@ -333,7 +335,7 @@ def test_round_logged_registered_and_promoted_on_postgres(postgres, mlflow_serve
     champion = client.get_model_version_by_alias("tutor", "champion")
     assert champion.version == "2" and champion.tags["round"] == "0" and champion.tags["promotion"] == "champion"
     assert champion.run_id == runs["register@0"].info.run_id
-    scope = register.scope_alias(records["0"]["scope"])
+    scope = scope_alias(records["0"]["scope"])
     assert client.get_registered_model("tutor").aliases == {"champion": "2", scope: "2"}
     # the weights went through the server into its artifacts destination, and load back from it
     assert list(mlflow_server.artifacts.rglob("*.safetensors")) and list(mlflow_server.artifacts.rglob("predictions.jsonl"))

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import GSM8K_TRAIN, ROOT, copy_project
 
 pytestmark = pytest.mark.integration
@@ -96,7 +95,7 @@ def _seeds(path: Path, n: int = 60) -> Path:
     if GSM8K_TRAIN.exists():
         rows = [json.loads(line) for line in GSM8K_TRAIN.read_text().split("\n")[:n] if line.strip()]
     else:
-        from components.teachers import ProceduralTeacher
+        from tutorloop.teachers import ProceduralTeacher
 
         rows = [{"question": r["question"], "answer": r["solution"]} for r in ProceduralTeacher().problems(n, seed=5)]
     path.write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"] if i % 2 else ""}) + "\n"
@@ -140,7 +139,7 @@ def _student_samples(url: str, system: str, problems: list[dict], k: int = 1) ->
     """What the practice stage would hand the judge: the student (SmolLM2-135M, served by the same
     server) answers each problem k times; plus one canned reply per problem with no number at all,
     so the judge's deciding path (the grader reads nothing) runs for certain."""
-    from components.teachers.llm import OpenAIChat, Sampling
+    from tutorloop.llm.client import OpenAIChat, Sampling
 
     chat = OpenAIChat(ALIAS, url, "TUTORLOOP_LLAMACPP_KEY", timeout=300, max_retries=1)
     rows = []
@@ -156,8 +155,8 @@ def _student_samples(url: str, system: str, problems: list[dict], k: int = 1) ->
 def test_llamacpp_teacher_and_judge_end_to_end(llama_server, tmp_path):
     from mlflow import MlflowClient
 
-    from components.config import validate
-    from components.data import read_jsonl
+    from tutorloop.config import validate
+    from tutorloop.data.jsonl import read_jsonl
 
     url, server_log = llama_server
     wall = time.perf_counter()

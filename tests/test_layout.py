@@ -1,0 +1,137 @@
+"""The layout: the library never imports a stage or a flow, no stage imports another stage, the
+library's packages import only the layers below them, and no module is part of an import circle.
+
+Imports are read from the source (function-level imports too), so a lazy import that would
+close a circle at run time fails here as well. Each module of tutorloop/ is also imported alone,
+in a fresh interpreter per package, so an import that only works after some other module has run
+first fails too.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LIB = ROOT / "tutorloop"
+
+# Bottom to top: a package may import the ones before it and itself, never one after it.
+LAYERS = ["secrets", "errors", "config", "runtime", "data", "llm", "modeling", "inference", "eval",
+          "teachers", "train", "registry"]
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def modules(folder: Path) -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(folder.rglob("*.py"))}
+
+
+def imports(path: Path) -> set[str]:
+    """Every module of this project that `path` imports (absolute names; `from a import b` counts
+    `a.b` when that is a module, else `a`)."""
+    known = {**modules(LIB), **modules(ROOT / "components"), **modules(ROOT / "flows")}
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
+                     for a in node.names]
+        else:
+            continue
+        found |= {n for n in names if n.split(".")[0] in ("tutorloop", "components", "flows")}
+    return found
+
+
+def layer(name: str) -> int:
+    return LAYERS.index(name.split(".")[1])
+
+
+def test_the_library_never_imports_stages_or_flows():
+    for name, path in modules(LIB).items():
+        bad = {m for m in imports(path) if m.split(".")[0] in ("components", "flows")}
+        assert not bad, f"{name} imports {sorted(bad)}: the library never imports a stage or a flow"
+
+
+def test_no_stage_imports_another_stage_or_a_flow():
+    for name, path in modules(ROOT / "components").items():
+        bad = {m for m in imports(path) if m.split(".")[0] == "flows" or
+               (m.startswith("components.") and m != name)}
+        assert not bad, f"{name} imports {sorted(bad)}: stages hand off through files only"
+
+
+def test_library_packages_import_only_the_layers_below():
+    for name, path in modules(LIB).items():
+        if name == "tutorloop":
+            continue
+        for target in imports(path):
+            if target == "tutorloop":
+                continue
+            assert layer(target) <= layer(name), \
+                f"{name} (layer {LAYERS[layer(name)]}) imports {target} (layer {LAYERS[layer(target)]})"
+
+
+def test_no_import_circles():
+    graph = {name: {m for m in imports(path) if m in modules(LIB)} - {name}
+             for name, path in modules(LIB).items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                circle = stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt]
+                pytest.fail("import circle: " + " -> ".join(circle))
+            if nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+
+
+def test_every_library_module_imports_alone():
+    names = sorted(modules(LIB))
+    code = ("import importlib, sys\n"
+            "for name in sys.argv[1:]:\n"
+            "    for m in [k for k in sys.modules if k.split('.')[0] == 'tutorloop']:\n"
+            "        del sys.modules[m]\n"
+            "    importlib.import_module(name)\n")
+    proc = subprocess.run([sys.executable, "-c", code, *names], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_the_library_has_no_entry_points():
+    for name, path in modules(LIB).items():
+        blocks = [n for n in ast.parse(path.read_text()).body
+                  if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
+        assert not blocks, f"{name}: the library has no entry points (a stage or the CLI runs it)"
+
+
+def test_every_folder_and_module_opens_with_a_docstring():
+    for folder in (LIB, ROOT / "components", ROOT / "flows"):
+        for name, path in modules(folder).items():
+            assert ast.get_docstring(ast.parse(path.read_text())), f"{name} has no docstring"
+        for sub in [folder, *(p for p in folder.rglob("*") if p.is_dir() and p.name != "__pycache__"
+                              and any(p.glob("*.py")))]:
+            init = sub / "__init__.py"
+            assert init.exists() and "May import" in init.read_text(), \
+                f"{sub.relative_to(ROOT)}/__init__.py must say what the folder holds and what it may import"
+
+
+def test_no_function_is_longer_than_80_lines():
+    for folder in (LIB, ROOT / "components"):
+        for name, path in modules(folder).items():
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    length = node.end_lineno - node.lineno + 1
+                    assert length <= 80, f"{name}.{node.name} is {length} lines: split it into named steps"

@@ -1,0 +1,19 @@
+"""tutorloop: the library behind the pipeline (no entry points; the stages are components/,
+the flows and CLI flows/).
+
+Layers, each importing only those before it (tests/test_layout.py checks it):
+
+    errors.py, secrets.py    the errors a user can fix, and redaction (leaves)
+    config/                  typed params.yaml (pydantic), loading with file:line errors
+    runtime/                 plumbing: MLflow tracking, signals, the stage runner, thread pool
+    data/                    jsonl, hashes, dedup, contamination, eval sets, preference pairs
+    llm/                     the OpenAI-compatible client and its disk cache
+    modeling.py              load / save / chat prompts / the HF-generate reference
+    inference/               the generation engine, fused decode, kernels, calculator, samplers
+    eval/                    grading, statistics, scoring, protocol, the report
+    teachers/                procedural and LLM teachers, the agents, generation, the judge
+    train/                   LoRA, precision, resume, SFT and preference trainers (over TRL)
+    registry/                MLflow registration, promotion, lineage, model card
+
+May import: nothing (the package root holds no code). Never components/ or flows/, anywhere.
+"""

@@ -1,0 +1,420 @@
+"""Typed `params.yaml`: one pydantic model per section, validated before any work starts.
+
+`params.yaml` is the only place knobs live; `dvc.yaml` lists, for each stage, the exact keys it
+reads, so DVC re-runs a stage only when *its* knobs change. `validate()` checks the *whole* file
+(cheap) and raises one `ConfigError` that lists every problem with its key and bad value —
+unknown keys, wrong types, impossible values (K=0, negative lr), and cross-references (a round
+whose `prev` is not a round, checkpoints that do not match the rounds). Collecting everything at
+once (litgpt's args.py, alignment-handbook's configs.py) beats fix-one-rerun-find-the-next.
+Reading the file and locating each problem's line is `tutorloop.config.loading`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+
+from tutorloop.errors import ConfigError
+from tutorloop.secrets import redact
+
+
+def _shown(key: str, value: Any) -> str:
+    """A bad value as a config error shows it: never the value of a key-name field (a value that
+    fails the NAME pattern is most likely the key itself), other values with secrets redacted."""
+    if key.endswith("api_key_env"):
+        return f"<{len(str(value))} characters, not shown: it may be the key itself>"
+    return redact(repr(value))
+
+
+
+# Batch sizes that may be `auto`: resolved per device when the stage starts (tutorloop/inference/batching.py).
+# On CPU `auto` is the measured default below; on CUDA it is sized from free GPU memory. These
+# constants are the only CPU defaults: the fields' defaults and `auto` on CPU both read them.
+ENGINE_ROWS_CPU = 128   # engine rows on 2 CPU cores (README's engine measurements)
+SFT_BATCH_CPU = 8       # SFT examples per device step on CPU
+PREFERENCE_BATCH_CPU = 4   # DPO pairs (KTO rows) per device step on CPU
+
+
+def _batch_size(value: Any) -> int | str:
+    # One validator instead of pydantic's union errors (one message per branch, twice as noisy).
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    raise ValueError("must be a positive integer or 'auto'")
+
+
+# `Union` (not `|`): pydantic evaluates these annotations at runtime.
+BatchSize = Annotated[Union[int, Literal["auto"]], PlainValidator(_batch_size, json_schema_input_type=Union[int, Literal["auto"]])]
+
+
+class Section(BaseModel):
+    # extra="forbid": a typo'd key is an error, not a silently ignored default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Runtime(Section):
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per core (never more: oversubscription is 12x slower)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where models run; auto = cuda if available")
+    attention: Literal["auto", "sdpa"] = Field("auto", description="practice/evaluation decode attention in bf16 on CPU: auto = tutorloop's C kernel (tutorloop/inference/kernels/attention.py, fp32 accumulation; torch's SDPA where no C compiler), sdpa = torch's kernel")
+
+
+class Prompt(Section):
+    system: str = Field(description="system message of every chat prompt (training, practice, evaluation)")
+    template: str = Field("{question}", description="user message; {question} is replaced by the problem text")
+
+
+class BaseModelCfg(Section):
+    source: str = Field(description="pkg:<module>/<file.gguf> (a GGUF shipped in a Python package), a local .gguf, a local HF dir, or a hub id")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="dtype the checkpoint is saved in")
+
+
+NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"   # an environment variable's name
+
+
+class Endpoint(Section):
+    """An OpenAI-compatible server and how the client talks to it: one shape for every client
+    (the teacher, the judge, a served student), read by tutorloop.llm.client.OpenAIChat."""
+
+    model: str = Field("", description="the server's model name (transformers backends: a local HF checkpoint dir)")
+    base_url: str = Field("", description="server URL, e.g. http://localhost:8000/v1 (vLLM), http://localhost:11434/v1 (Ollama); empty = api.openai.com")
+    api_key_env: str = Field("OPENAI_API_KEY", pattern=NAME, description="NAME of the environment variable holding the API key (the key itself never goes in params)")
+    concurrency: int = Field(8, gt=0, description="calls in flight at once")
+    timeout: float = Field(120, gt=0, description="seconds per call before it counts as a timeout (retried)")
+    max_retries: int = Field(6, ge=0, description="retries on 429/5xx/timeouts, with backoff honouring Retry-After")
+
+
+def _default(field: str, default: Any, description: str | None = None):
+    """Endpoint's `field` with another default (and description): same type and constraints."""
+    info = copy.copy(Endpoint.model_fields[field])
+    info.default = default
+    if description:
+        info.description = description
+    return info
+
+
+class Teacher(Endpoint):
+    kind: Literal["procedural", "dataset", "openai", "transformers"] = Field("procedural", description="procedural = the embedded offline teacher; dataset = labelled seed problems (jsonl/dataset) pass through as the teacher's solutions, no agents; openai = any OpenAI-compatible chat server; transformers = a local model")
+    temperature: float = Field(0.7, ge=0, description="sampling temperature of every agent call")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling of every agent call")
+    max_tokens: int = Field(1024, gt=0, description="tokens per teacher reply at most")
+    seed: int = Field(0, description="sampling seed sent with each call (servers that honour it are reproducible)")
+    json_mode: bool = Field(True, description="ask the server for JSON (response_format) where an agent expects JSON")
+    verify: bool = Field(True, description="solve each new problem twice (independent samples); drop it if the answers disagree")
+    batch_size: int = Field(8, gt=0, description="transformers: prompts generated together")
+    calculator: bool = Field(False, description="transformers: the engine computes every `<<expr=` the teacher writes")
+    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="transformers: inference dtype")
+
+
+class Seeds(Section):
+    source: Literal["procedural", "jsonl", "dataset"] = Field("procedural", description="where seed problems come from")
+    path: str = Field("", description="jsonl: GSM8K-format file (question, answer ending '#### N')")
+    dataset: str = Field("", description="dataset: a `datasets` id, e.g. openai/gsm8k")
+    subset: str = Field("main", description="dataset: config name")
+    split: str = Field("train", description="dataset: split")
+    offset: int = Field(0, ge=0, description="skip the first N seed rows (e.g. rows used for evaluation)")
+    shuffle: bool = Field(True, description="jsonl/dataset: take rows in a seeded random order")
+
+
+class Agents(Section):
+    ama: int = Field(2, ge=0, description="Ask-Me-Anything problems made from each seed (0 = off)")
+    suggest_edit_rounds: int = Field(2, ge=0, description="Suggester -> Editor rounds per seed (Orca-Math: 2)")
+    edits: list[Literal["percent", "step", "convert", "distractor", "chain"]] = Field(
+        default_factory=lambda: ["percent", "step", "convert", "distractor", "chain"],
+        description="procedural Suggester: kinds of edit it may propose")
+    test_agents: bool = Field(False, description="also expand the held-out test seeds (false: test = seed problems only, like GSM8K test)")
+
+
+class Generate(Section):
+    teacher: Teacher = Field(default_factory=Teacher, description="who writes problems and solutions")
+    seeds: Seeds = Field(default_factory=Seeds, description="seed problems the agents expand")
+    agents: Agents = Field(default_factory=Agents, description="AgentInstruct agents")
+    seed: int = Field(0, description="seed of the seed stream and of the split")
+    n_sft: int = Field(gt=0, description="problems in the SFT set")
+    n_practice: int = Field(gt=0, description="problems the student practises on (shared by all rounds)")
+    n_test: int = Field(gt=0, description="held-out problems for evaluation")
+    families: list[str] = Field(default_factory=list, description="procedural seed families to draw from; empty = all")
+    max_answer_chars: int = Field(1800, gt=0, description="solutions longer than this are dropped (Orca-Math: 1,800)")
+    near_dup: float = Field(0.8, gt=0, le=1, description="drop a problem whose word-3-gram Jaccard with a kept one is at least this")
+    procedural_share: float = Field(0.0, ge=0, lt=1, description="with a dataset/LLM teacher: this share of the sft and practice sets comes from the embedded procedural teacher and its agents instead (the test set never mixes)")
+    cache_dir: str = Field(".tutorloop-cache", description="teacher-call cache and resume journals (outside DVC outputs, so dvc repro --force re-pays nothing)")
+
+
+class Decontaminate(Section):
+    ngram: int = Field(13, gt=0, description="word n-gram length whose overlap with an evaluation problem marks a training record")
+    min_overlap: float = Field(0.5, gt=0, le=1, description="a record is contaminated if this share of its n-grams occurs in one eval problem")
+    max_share: float = Field(0.10, ge=0, le=1, description="fail the stage if more than this share of training records is contaminated")
+
+
+class Lora(Section):
+    r: int = Field(16, gt=0, description="LoRA rank")
+    alpha: int = Field(32, gt=0, description="LoRA alpha (scale = alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="modules that get adapters")
+
+
+class Sft(Section):
+    lora: Lora = Field(default_factory=Lora, description="adapter shape; merged into models/round-0 at the end")
+    learning_rate: float = Field(gt=0, description="peak learning rate (cosine schedule)")
+    epochs: float = Field(gt=0, description="passes over the SFT set")
+    batch_size: BatchSize = Field(description="examples per device step; auto = 8 on CPU, on CUDA the largest that fits free memory with grad_accum adjusted so batch_size x grad_accum stays 8 x grad_accum (the same optimisation on every device)")
+    grad_accum: int = Field(1, gt=0, description="steps accumulated per optimizer update")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of updates spent warming up")
+    max_length: int = Field(512, gt=0, description="tokens per example (prompt + solution); longer ones are truncated")
+    seed: int = Field(0, description="training seed (data order, adapter init)")
+    logging_steps: int = Field(5, gt=0, description="log loss every N updates")
+    save_steps: int = Field(20, ge=0, description="checkpoint every N updates so a killed run resumes there (0 = never)")
+    group_by_length: bool = Field(True, description="batch examples of similar length (HF LengthGroupedSampler): random batches of 8 GSM8K examples are 1.5x padding, grouped ones 1.01x")
+
+
+class PracticeRound(Section):
+    samples: int = Field(4, gt=0, description="K: solutions sampled per practice problem (Orca-Math: 4)")
+    temperature: float = Field(0.7, gt=0, description="sampling temperature (Orca-Math: 0.7)")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling (Orca-Math: 0.95)")
+    seed: int = Field(0, description="sampling seed of this round")
+    offset: int = Field(0, ge=0, description="first practice problem of this round: with practice.limit, each round practises on its own slice [offset, offset+limit) of the set")
+
+
+class PreferenceRound(Section):
+    method: Literal["dpo", "kto"] = Field("dpo", description="preference objective: dpo (pairs) or kto (the same table as unpaired desirable/undesirable examples)")
+    reference: Literal["prev", "sft"] = Field("prev", description="reference model: prev = the round r-1 model the policy starts from (adapter disabled); sft = models/round-0")
+    beta: float = Field(0.1, gt=0, description="beta of the DPO/KTO loss (strength of the pull toward the reference)")
+    learning_rate: float = Field(gt=0, description="peak learning rate")
+    sft_weight: float = Field(0.0, ge=0, description="DPO only: weight of an SFT (NLL) term on the chosen solution beside the DPO loss (RPO, TRL loss_type [sigmoid, sft]); 0 = plain DPO")
+    epochs: float = Field(1.0, gt=0, description="passes over the pairs")
+    seed: int = Field(0, description="training seed")
+
+
+class Round(Section):
+    prev: str = Field(description="checkpoint this round starts from and uses as reference: '0' (SFT) or an earlier round")
+    practice: PracticeRound = Field(default_factory=PracticeRound, description="sampling knobs of this round")
+    preference: PreferenceRound = Field(description="preference-learning knobs of this round (DPO or KTO)")
+
+
+class StudentEndpoint(Endpoint):
+    """An OpenAI-compatible server that serves the stage's checkpoint (backend: openai)."""
+
+    model: str = _default("model", "", "the served model name; empty = the checkpoint folder's name (models/round-0 -> round-0, models/base -> base)")
+    base_url: str = _default("base_url", "", "the server's URL, e.g. http://localhost:8000/v1 for `vllm serve models/round-0 --served-model-name round-0`; required for backend openai")
+    api_key_env: str = _default("api_key_env", "VLLM_API_KEY", "NAME of the environment variable holding the server's key; VLLM_API_KEY is the one vLLM itself reads (one export serves both), and an OpenAI key in OPENAI_API_KEY is never sent to a student's server by default; unset = any key, which keyless local servers accept")
+    concurrency: int = _default("concurrency", 64, "requests in flight at once (a vLLM server batches them continuously: more in flight = fuller GPU)")
+    timeout: float = _default("timeout", 300)
+    n: bool = Field(True, description="ask for the K samples of a problem in one request (`n`; vLLM, OpenAI); false = K requests with seeds seed + 7919k, for servers that ignore n (llama.cpp, Ollama)")
+    cache_dir: str = Field(".tutorloop-cache", description="every reply is cached here (calls.sqlite, keyed by the checkpoint's content hash): a re-run sends nothing")
+
+
+class Decoding(Section):
+    """How a stage decodes with the student: practice and evaluate share this shape."""
+
+    backend: Literal["local", "openai"] = Field("local", description="who decodes: local = the generation engine in this process; openai = an OpenAI-compatible server serving the checkpoint (`server`), e.g. vLLM on a GPU; greedy is temperature 0 there")
+    server: StudentEndpoint = Field(default_factory=StudentEndpoint, description="backend openai: the server and its client settings")
+    batch_size: BatchSize = Field(ENGINE_ROWS_CPU, description="local: sequences decoded together by the engine (finished ones are refilled); auto = 128 on CPU, on CUDA as many as free memory holds")
+    max_new_tokens: int = Field(256, gt=0, description="tokens per solution at most")
+    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="local: inference dtype (bf16 ~1.75x fp32 on CPU); a server uses its own")
+    limit: int = Field(0, ge=0, description="decode for the first N problems (practice: from rounds.r.practice.offset); 0 = all")
+    calculator: bool = Field(False, description="the engine computes every `<<expr=` the model writes and writes `value>>` for it (tutorloop/inference/calculator.py; part of the evaluation protocol)")
+
+
+class Practice(Decoding):
+    """practice@r: the student samples rounds.r.practice.samples solutions per problem."""
+
+
+class Judge(Endpoint):
+    mode: Literal["none", "fallback", "double_check"] = Field("none", description="LLM judge (Orca-Math's GPT-4 exact-match judge): fallback = only where no answer can be parsed; double_check = every sample, disagreements logged (not `off`: YAML 1.1 readers turn an unquoted off into false, and `dvc exp run -S` rewrites params.yaml without quotes)")
+    kind: Literal["openai", "transformers"] = Field("openai", description="backend, as generate.teacher.kind")
+    timeout: float = _default("timeout", 60)
+    batch_size: int = Field(8, gt=0, description="transformers: prompts per generate()")
+    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="transformers: inference dtype")
+    cache_dir: str = Field(".tutorloop-cache", description="judge calls are cached here too (never paid twice)")
+
+
+class Followup(Section):
+    enabled: bool = Field(False, description="feed problems the student got wrong in all K samples back to generation: their variants join the next round's practice set")
+    variants: int = Field(3, ge=1, description="new problems per failed problem at most (easier via Ask-Me-Anything, harder via Suggester -> Editor)")
+    max_new: int = Field(200, ge=0, description="cap on new practice problems per round")
+
+
+class Feedback(Section):
+    judge: Judge = Field(default_factory=Judge, description="optional LLM judge beside the deterministic one")
+    labels: Literal["strict", "lenient"] = Field("strict", description="strict = a sample is correct only if it states its answer with a marker (#### N, \\boxed{N}, 'The answer is N'); lenient also accepts the last number written")
+    max_pairs_per_problem: int = Field(4, gt=0, description="cap on positives x negatives pairs from one problem")
+    max_pairs: int = Field(0, ge=0, description="cap on the round's pairs (DPO time grows with them); student-chosen pairs kept first; 0 = no cap")
+    borrowed_negatives: int = Field(4, ge=0, description="problems with no wrong sample borrow one negative from each of this many others (Orca-Math: 4)")
+    seed: int = Field(0, description="seed for choosing pairs and borrowed negatives")
+
+
+class Preference(Section):
+    """preference@r: DPO or KTO (rounds.r.preference.method) on a fresh LoRA adapter."""
+
+    lora: Lora = Field(default_factory=Lora, description="fresh adapter trained each round, then merged")
+    batch_size: BatchSize = Field(PREFERENCE_BATCH_CPU, description="pairs per device step; auto = 4 on CPU, on CUDA the largest that fits free memory with grad_accum adjusted so batch_size x grad_accum stays 4 x grad_accum")
+    grad_accum: int = Field(2, gt=0, description="steps accumulated per optimizer update")
+    max_length: int = Field(512, gt=0, description="tokens per prompt + completion")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of updates spent warming up")
+    logging_steps: int = Field(5, gt=0, description="log loss and rewards every N updates")
+    save_steps: int = Field(20, ge=0, description="checkpoint every N updates so a killed run resumes there (0 = never)")
+
+
+class Gsm8k(Section):
+    path: str = Field("", description="local GSM8K-format jsonl (question, answer ending '#### N'); empty = none")
+    dataset: str = Field("", description="`datasets` id (e.g. openai/gsm8k), used when path is empty; needs the hub")
+    subset: str = Field("main", description="config name of `dataset` (GSM8K: main)")
+    split: str = Field("test", description="split of `dataset`")
+    limit: int = Field(0, ge=0, description="evaluate on the first N problems; 0 = all")
+
+
+class Evaluate(Decoding):
+    fewshot: int = Field(0, ge=0, description="worked examples (from the SFT set) shown before each problem; 0 = zero-shot")
+    maj_k: int = Field(0, ge=0, description="also sample k solutions per problem and score the majority answer (maj@k); 0 = off")
+    maj_temperature: float = Field(0.7, gt=0, description="sampling temperature for maj@k")
+    gsm8k: Gsm8k = Field(default_factory=Gsm8k, description="optional real GSM8K evaluation")
+
+
+class Register(Section):
+    model_name: str = Field("tutor", min_length=1, description="registered model name")
+    metric: Literal["accuracy"] = Field("accuracy", description="held-out metric recorded on each version")
+    test: Literal["mcnemar", "accuracy"] = Field("mcnemar", description="promotion rule: exact one-sided McNemar on shared problems, or plain higher accuracy")
+    alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the McNemar promotion test")
+    log_model: bool = Field(True, description="log the weights with mlflow.transformers (loadable from models:/...); false registers the DVC-owned folder, which later runs overwrite")
+
+
+class Params(Section):
+    runtime: Runtime = Field(default_factory=Runtime, description="compute settings shared by all stages")
+    prompt: Prompt = Field(description="chat prompt shared by training, practice and evaluation")
+    base_model: BaseModelCfg
+    generate: Generate
+    decontaminate: Decontaminate = Field(default_factory=Decontaminate)
+    sft: Sft
+    practice: Practice = Field(default_factory=Practice)
+    feedback: Feedback = Field(default_factory=Feedback)
+    followup: Followup = Field(default_factory=Followup, description="closing the loop: failures become next round's practice")
+    preference: Preference = Field(default_factory=Preference, description="preference learning shared by every round (DPO or KTO: rounds.r.preference)")
+    evaluate: Evaluate = Field(default_factory=Evaluate)
+    # `register` would shadow BaseModel.register (ABC); the alias keeps the YAML key.
+    register_: Register = Field(default_factory=Register, alias="register")
+    rounds: dict[str, Round] = Field(description="preference rounds keyed by number ('1', '2', ...); keys quoted for DVC")
+    checkpoints: dict[str, str] = Field(description="every model evaluated and registered: key -> model dir")
+
+
+def _cross_checks(raw: dict) -> list[str]:
+    """Problems that span keys; defensive, since field validation may have failed too."""
+    problems: list[str] = []
+    rounds = raw.get("rounds")
+    if not isinstance(rounds, dict):
+        return problems
+    if not rounds:
+        problems.append("rounds: {} -> at least one round is needed")
+    for key, rnd in rounds.items():
+        if not str(key).isdigit() or int(key) < 1:
+            problems.append(f"rounds.{key}: {key!r} -> round keys are '1', '2', ... (quoted)")
+            continue
+        prev = rnd.get("prev") if isinstance(rnd, dict) else None
+        if prev is None:
+            continue
+        prev = str(prev)
+        if prev != "0" and (prev not in rounds or not prev.isdigit() or int(prev) >= int(key)):
+            problems.append(f"rounds.{key}.prev: {prev!r} -> must be '0' or an earlier round in rounds")
+        offset = (rnd.get("practice") or {}).get("offset", 0) if isinstance(rnd.get("practice"), dict) else 0
+        n_practice = (raw.get("generate") or {}).get("n_practice") if isinstance(raw.get("generate"), dict) else None
+        if isinstance(offset, int) and isinstance(n_practice, int) and offset >= n_practice:
+            problems.append(f"rounds.{key}.practice.offset: {offset!r} -> past the practice set "
+                            f"(generate.n_practice: {n_practice})")
+        dpo = rnd.get("preference") if isinstance(rnd, dict) else None
+        if isinstance(dpo, dict) and dpo.get("method") == "kto" and dpo.get("sft_weight", 0):
+            problems.append(f"rounds.{key}.preference.sft_weight: {dpo.get('sft_weight')!r} -> the SFT term is DPO's (RPO); "
+                            "KTO already weights desirable examples")
+        if isinstance(dpo, dict) and dpo.get("method") == "kto":
+            pref = raw.get("preference")
+            batch = (pref or {}).get("batch_size", 4) if isinstance(pref, dict) else 4
+            if isinstance(batch, int) and batch < 2:
+                problems.append(f"preference.batch_size: {batch!r} -> KTO estimates its KL term across a batch; use >= 2")
+    gen = raw.get("generate")
+    if isinstance(gen, dict):
+        teacher = gen.get("teacher") if isinstance(gen.get("teacher"), dict) else {}
+        seeds = gen.get("seeds") if isinstance(gen.get("seeds"), dict) else {}
+        kind, source = teacher.get("kind", "procedural"), seeds.get("source", "procedural")
+        if kind == "dataset" and source == "procedural":
+            problems.append("generate.seeds.source: 'procedural' -> the dataset teacher passes labelled problems "
+                            "through; give it seeds from jsonl or a dataset")
+        if kind == "procedural" and gen.get("procedural_share", 0):
+            problems.append(f"generate.procedural_share: {gen.get('procedural_share')!r} -> the teacher is already "
+                            "procedural; the share mixes procedural problems into a dataset/LLM teacher's data")
+        if kind == "procedural" and source != "procedural":
+            problems.append(f"generate.seeds.source: {source!r} -> the procedural teacher's agents work on its own "
+                            "graphs; use an LLM teacher (openai/transformers) to expand text seeds")
+        if kind not in ("procedural", "dataset") and teacher.get("verify", True) and teacher.get("temperature", 0.7) == 0:
+            problems.append("generate.teacher.verify: True -> two solves at temperature 0 always agree; "
+                            "set temperature > 0 or verify: false")
+        if kind not in ("procedural", "dataset") and not teacher.get("model"):
+            problems.append(f"generate.teacher.model: {teacher.get('model', '')!r} -> required for teacher {kind!r}")
+        if source == "jsonl" and not seeds.get("path"):
+            problems.append("generate.seeds.path: '' -> required for seeds from jsonl")
+        if source == "dataset" and not seeds.get("dataset"):
+            problems.append("generate.seeds.dataset: '' -> required for seeds from a dataset")
+        gsm = ((raw.get("evaluate") or {}).get("gsm8k") or {}) if isinstance(raw.get("evaluate"), dict) else {}
+        if (source == "jsonl" and seeds.get("path") and seeds.get("path") == gsm.get("path")
+                and seeds.get("offset", 0) < (gsm.get("limit") or 10**9)):
+            problems.append(f"generate.seeds.offset: {seeds.get('offset', 0)!r} -> seeds and evaluate.gsm8k read the same "
+                            f"file; skip the {gsm.get('limit')} evaluated rows (offset >= evaluate.gsm8k.limit)")
+    for stage in ("practice", "evaluate"):
+        problems += _backend_checks(stage, raw.get(stage))
+    fb = raw.get("feedback")
+    judge = fb.get("judge") if isinstance(fb, dict) and isinstance(fb.get("judge"), dict) else {}
+    if judge.get("mode", "none") != "none" and not judge.get("model"):
+        problems.append(f"feedback.judge.model: {judge.get('model', '')!r} -> required when judge.mode is {judge.get('mode')!r}")
+    checkpoints = raw.get("checkpoints")
+    if isinstance(checkpoints, dict):
+        want = {"base": "models/base", "0": "models/round-0"}
+        want.update({str(k): f"models/round-{k}" for k in rounds})
+        have = {str(k): v for k, v in checkpoints.items()}
+        if have != want:
+            problems.append(f"checkpoints: {have!r} -> must be {want!r} (base, SFT and every round)")
+    return problems
+
+
+def _renamed_keys(raw: dict) -> list[str]:
+    """Keys of an older params.yaml that moved (2026-12: the `dpo` section and stage became
+    `preference`, as they also run KTO): say where each went, beside pydantic's "extra" error."""
+    problems = []
+    if "dpo" in raw:
+        problems.append("dpo: ... -> renamed to `preference` (the stage is preference@r; it runs DPO or KTO)")
+    rounds = raw.get("rounds") if isinstance(raw.get("rounds"), dict) else {}
+    for key, rnd in rounds.items():
+        if isinstance(rnd, dict) and "dpo" in rnd:
+            problems.append(f"rounds.{key}.dpo: ... -> renamed to rounds.{key}.preference")
+    return problems
+
+
+def _backend_checks(stage: str, cfg: Any) -> list[str]:
+    """A server backend samples remotely: it needs a URL, and cannot run the calculator."""
+    if not isinstance(cfg, dict) or cfg.get("backend", "local") != "openai":
+        return []
+    problems = []
+    server = cfg.get("server") if isinstance(cfg.get("server"), dict) else {}
+    if not server.get("base_url"):
+        problems.append(f"{stage}.server.base_url: {_shown('base_url', server.get('base_url', ''))} -> required for "
+                        f"{stage}.backend: openai (the server serving the checkpoint, e.g. http://localhost:8000/v1)")
+    if cfg.get("calculator"):
+        # The hook writes `value>>` into the sequence mid-decode; a server decodes on its own.
+        problems.append(f"{stage}.calculator: True -> the calculator runs inside the local engine, and a server "
+                        f"cannot run it: set {stage}.calculator: false or {stage}.backend: local")
+    return problems
+
+
+def validate(raw: dict) -> Params:
+    """Validate a parsed params.yaml; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    params = None
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as err:
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            problems.append(f"{key}: {_shown(key, e.get('input'))} -> {e['msg']}")
+    if isinstance(raw, dict):
+        problems += _cross_checks(raw) + _renamed_keys(raw)
+    if problems:
+        raise ConfigError("invalid params.yaml:\n  " + "\n  ".join(problems), problems=problems)
+    assert params is not None
+    return params
+

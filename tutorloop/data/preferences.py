@@ -1,0 +1,122 @@
+"""Preference data from judged samples, by Orca-Math's rules: DPO pairs and KTO's unpaired table.
+
+Pairs, per problem (Orca-Math §4):
+- positives = the student's correct samples + the teacher's solution (always positive);
+- negatives = the student's wrong samples; a problem with none borrows one negative from each of
+  `borrowed_negatives` other problems (seeded choice);
+- pairs = positives x negatives (duplicated texts folded), at most `max_pairs_per_problem`
+  (a seeded sample of the product), and at most `max_pairs` in the round: student-chosen pairs
+  are kept first, so a larger practice set buys more of the student's own positives rather than
+  more DPO minutes. The student-/teacher-chosen ratio is logged.
+
+Unpaired (KTO): the same table as desirable (positives) and undesirable (negatives, borrowed
+ones included) examples, each text once per problem — unpaired.jsonl. With `max_pairs` set it is
+capped at 2 x max_pairs rows, the texts a DPO round on the capped pairs sees, so DPO and KTO are
+compared on one budget: the student's own correct samples first, then rows of the problems the
+pairs train on, then the rest (seeded). Uncapped, a round of 300 problems x 4 samples is ~1,500
+rows: ~7x the DPO round's minutes.
+
+Pure and seeded: the same feedback and config give the same pairs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import defaultdict
+
+from tutorloop.config import Feedback
+
+
+def _unique(items: list, key=lambda x: x) -> list:
+    """Items in order with repeats (by `key`) dropped: a text sampled twice is one example."""
+    seen: set = set()
+    return [x for x in items if not (key(x) in seen or seen.add(key(x)))]
+
+
+def build_pairs(problems: list[dict], feedback: list[dict], cfg: Feedback) -> tuple[list[dict], dict]:
+    """Apply the Orca-Math pairing rules; returns (pairs, stats). Pure and seeded."""
+    rng = random.Random(cfg.seed)
+    pos: dict[str, list[tuple[str, str]]] = defaultdict(list)  # id -> [(text, source)]
+    neg: dict[str, list[str]] = defaultdict(list)
+    for row in feedback:
+        if row["correct"]:
+            pos[row["problem_id"]].append((row["completion"], "student"))
+        else:
+            neg[row["problem_id"]].append(row["completion"])
+    pairs: list[dict] = []
+    borrowed = all_correct = 0
+    for p in problems:
+        pid = p["id"]
+        positives = _unique([(p["solution"], "teacher")] + pos[pid], key=lambda x: x[0])
+        negatives = [(t, "own") for t in _unique(neg[pid])]
+        if not negatives:
+            all_correct += 1
+            donors = sorted(q for q in neg if q != pid and neg[q])
+            for donor in rng.sample(donors, min(cfg.borrowed_negatives, len(donors))):
+                negatives.append((rng.choice(neg[donor]), f"borrowed:{donor}"))
+            borrowed += len(negatives)
+        product = list(itertools.product(positives, negatives))
+        if len(product) > cfg.max_pairs_per_problem:
+            product = rng.sample(product, cfg.max_pairs_per_problem)
+        for (chosen, c_src), (rejected, r_src) in product:
+            pairs.append({"problem_id": pid, "question": p["question"], "chosen": chosen,
+                          "rejected": rejected, "chosen_source": c_src, "rejected_source": r_src})
+    capped_from = len(pairs)
+    if cfg.max_pairs and len(pairs) > cfg.max_pairs:
+        # The round's training budget: student-chosen pairs first (Orca-Math: the student's own
+        # correct answers as positives are worth ~2 points), then teacher-chosen ones, seeded.
+        student = [i for i, x in enumerate(pairs) if x["chosen_source"] == "student"]
+        teacher = [i for i, x in enumerate(pairs) if x["chosen_source"] != "student"]
+        keep = rng.sample(student, min(len(student), cfg.max_pairs))
+        keep += rng.sample(teacher, cfg.max_pairs - len(keep))
+        pairs = [pairs[i] for i in sorted(keep)]
+    n = len(feedback)
+    correct = sum(r["correct"] for r in feedback)
+    solved_any = sum(1 for p in problems if pos[p["id"]])
+    stats = {
+        "samples": n, "practice_pass_rate": correct / n if n else 0.0,
+        "unparsed_rate": sum(r["extracted"] is None for r in feedback) / n if n else 0.0,
+        "problems": len(problems), "problems_all_correct": all_correct,
+        "problems_all_wrong": len(problems) - solved_any,
+        "pairs": len(pairs), "negatives_borrowed": borrowed,
+        "pairs_before_cap": capped_from,
+        "pairs_teacher_chosen": sum(x["chosen_source"] == "teacher" for x in pairs),
+        "pairs_student_chosen": sum(x["chosen_source"] == "student" for x in pairs),
+    }
+    stats["student_to_teacher_chosen"] = stats["pairs_student_chosen"] / max(1, stats["pairs_teacher_chosen"])
+    return pairs, stats
+
+
+def build_unpaired(problems: list[dict], feedback: list[dict], pairs: list[dict], max_rows: int = 0,
+                   seed: int = 0) -> list[dict]:
+    """KTO's view of the same table: every positive desirable, every negative undesirable (the
+    borrowed negatives of all-correct problems included, as in the pairs), each text once; at most
+    `max_rows` (0 = all): student-desirable rows first, then the pairs' problems, seeded within."""
+    rows = []
+    good = defaultdict(list)
+    for r in feedback:
+        if r["correct"]:
+            good[r["problem_id"]].append(r["completion"])
+    bad = defaultdict(list)
+    for x in pairs:
+        bad[x["problem_id"]].append((x["rejected"], x["rejected_source"]))
+    for r in feedback:  # own negatives that the pair cap left out are still undesirable
+        if not r["correct"]:
+            bad[r["problem_id"]].append((r["completion"], "own"))
+    for p in problems:
+        for text, src in _unique([(p["solution"], "teacher")] + [(t, "student") for t in good[p["id"]]],
+                                 key=lambda x: x[0]):
+            rows.append({"problem_id": p["id"], "question": p["question"], "completion": text, "label": True,
+                         "source": src})
+        for text, src in _unique(bad[p["id"]], key=lambda x: x[0]):
+            rows.append({"problem_id": p["id"], "question": p["question"], "completion": text, "label": False,
+                         "source": src})
+    if max_rows and len(rows) > max_rows:
+        rng = random.Random(seed)
+        covered = {x["problem_id"] for x in pairs}
+        rank = [(not (r["label"] and r["source"] == "student"), r["problem_id"] not in covered, rng.random())
+                for r in rows]
+        keep = sorted(sorted(range(len(rows)), key=rank.__getitem__)[:max_rows])
+        rows = [rows[i] for i in keep]
+    return rows

@@ -1,0 +1,130 @@
+"""The one grading function: extract a final answer from a solution and judge it.
+
+`feedback` (practice samples) and `evaluate` (held-out and GSM8K) both call `grade`, so a model
+is never judged by one rule in training and another in evaluation (nanochat's tasks/gsm8k.py
+does the same).
+
+Order of extraction, and why:
+1. ``#### N`` — GSM8K's own marker. math-verify alone does not give it priority
+   (``"#### 56\\nThe answer is: 98"`` parses as 98), so it is read first, by regex.
+2. math-verify on the whole text — ``\\boxed{18}``, ``The answer is $18.``, ``$1,234.00``,
+   fractions, LaTeX. Its signal-based timeout is used on the main thread only: off the main
+   thread (Prefect task runners) it would raise.
+3. The last number in the text, the classic GSM8K fallback.
+Answers compare as exact rationals (`Fraction`), so ``18.0``, ``$18`` and ``18`` are equal
+and no float tolerance is needed for grade-school arithmetic.
+
+Strict and lenient: steps 2-3 read *some* number from a completion that never states a final
+answer ("... so 18 apples are left" and then rambling), which inflates accuracy and puts unfinished
+solutions on the positive side of preference pairs. `Grade.strict` is correct only when the
+completion states its answer with a marker — ``#### N``, ``\boxed{N}`` or ``The (final) answer
+is N`` — the format the prompt asks for. `evaluate` reports both (`strict_accuracy` beside
+`accuracy`); `feedback` labels preference data strictly unless `feedback.labels: lenient`.
+
+    python -c "from tutorloop.eval.grading import grade; print(grade('so 5*3 = 15. #### 15', '15'))"
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+_MARKER = re.compile(r"####\s*([^\n]*)")
+_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
+_ANSWER_IS = re.compile(r"\banswer\s*(?:is|:|=)\s*:?\s*([^\n]*)", re.I)
+# math-verify warns on every call made without its (thread-unsafe) timeouts; we call it that way
+# on purpose, so its warning is noise.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?")
+
+
+@dataclass(frozen=True)
+class Grade:
+    """The verdict on one completion: the answer read from it (None if none) and whether it is right."""
+
+    extracted: str | None
+    correct: bool
+    strict: bool = False  # correct *and* stated with a final-answer marker (see the module docstring)
+
+
+def _number(text: str) -> Fraction | None:
+    """The first number in `text` ("$1,234.50" -> 1234.5, "3/4" -> 3/4, "25%" -> 25)."""
+    m = _NUMBER.search(text.replace("$", ""))
+    if not m:
+        return None
+    token = m.group(0).replace(",", "").replace(" ", "")
+    try:
+        if "/" in token:
+            num, den = token.split("/")
+            return Fraction(num) / Fraction(den) if Fraction(den) else None
+        return Fraction(token)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _canonical(value: Fraction) -> str:
+    return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+
+
+def _math_verify_number(text: str) -> Fraction | None:
+    import threading
+
+    import sympy
+    from math_verify import parse
+
+    # Its timeout is signal-based: usable on the main thread (stage processes), fatal elsewhere.
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    for item in parse(text, parsing_timeout=timeout):
+        if isinstance(item, sympy.Basic) and item.is_number and item.is_real:
+            try:
+                return Fraction(str(sympy.nsimplify(item, rational=True)))
+            except (ValueError, TypeError):
+                continue
+    return None
+
+
+def extract_answer(text: str) -> str | None:
+    """The final numeric answer of a solution as a canonical string ("18", "3/4"), or None."""
+    marker = _MARKER.search(text)
+    value = _number(marker.group(1)) if marker else None
+    if value is None:
+        value = _math_verify_number(text)
+    if value is None:
+        # Last resort, as GSM8K graders do: the last number written ("... is 25%").
+        numbers = _NUMBER.findall(text.replace("$", ""))
+        value = _number(numbers[-1]) if numbers else None
+    return None if value is None else _canonical(value)
+
+
+def marked_answer(text: str) -> str | None:
+    """The answer a completion *states*: after ``####``, else the last ``\\boxed{}``, else the last
+    "answer is" phrase; None when it states none (whatever numbers it wrote)."""
+    marker = _MARKER.search(text)
+    value = _number(marker.group(1)) if marker else None
+    if value is None and (boxed := _BOXED.findall(text)):
+        value = _math_verify_number(f"\\boxed{{{boxed[-1]}}}") or _number(boxed[-1])
+    if value is None and (said := _ANSWER_IS.findall(text)):
+        value = _number(said[-1])
+    return None if value is None else _canonical(value)
+
+
+def reference_value(answer: str) -> Fraction:
+    """A reference answer ("72", "1,234", "#### 72", "3/4") as an exact number; raises if none."""
+    value = _number(_MARKER.search(answer).group(1) if "####" in answer else answer)
+    if value is None:
+        raise ValueError(f"reference answer {answer!r} has no number")
+    return value
+
+
+def grade(completion: str, reference: str) -> Grade:
+    """Judge `completion` against the reference answer: one pure, thread-safe function."""
+    extracted = extract_answer(completion)
+    want = reference_value(reference)
+    correct = extracted is not None and Fraction(extracted) == want
+    # strict only where the stated answer is also the lenient one: a marker the lenient reading
+    # overrode (#### wins over a later "answer is") must not count twice
+    marked = marked_answer(completion) if correct else None
+    return Grade(extracted=extracted, correct=correct, strict=marked is not None and Fraction(marked) == want)

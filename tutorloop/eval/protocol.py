@@ -1,0 +1,26 @@
+"""The evaluation protocol: a fingerprint of everything about *how* a model was scored that can
+change its verdicts. Paired comparisons (promotion, the report's McNemar tests) only pair runs
+under the same protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from tutorloop.config import Params
+
+
+def protocol(params: Params) -> str:
+    """A fingerprint of how a model was evaluated: verdicts pair only under the same protocol."""
+    cfg = params.evaluate
+    key = {"prompt": params.prompt.model_dump(), "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype,
+           "limit": cfg.limit, "fewshot": cfg.fewshot}
+    if cfg.calculator:  # only when on, so calculator-free protocols keep their earlier fingerprint
+        key["calculator"] = True
+    if cfg.backend != "local":
+        # A server decodes with its own kernels and precision (cfg.dtype does not apply there), so
+        # its greedy text can differ from the engine's: verdicts pair within one backend only.
+        # Only when not local, so every local protocol keeps its fingerprint.
+        key["backend"] = cfg.backend
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]

@@ -1,0 +1,272 @@
+"""The accuracy report: one row per evaluated checkpoint (base, SFT, each round), as CSV, PNG and
+a rich table, and the comparison of DVC experiments.
+
+`rows` reads metrics/<checkpoint>.json (from `evaluate`) and, when given, the per-problem
+predictions in eval/<checkpoint>/ for the paired tests and data/round-<r>/feedback_metrics.json
+for each round's pairs and practice pass rate. `write_report` writes accuracy.csv (a DVC plot:
+`dvc plots show`) and accuracy.png — what the `report` stage does, reading only its declared
+deps (metrics/ and eval/). `table()` renders the same rows for `tutorloop report`, adding the
+feedback columns and each checkpoint's stage wall time from MLflow (`stage_minutes`): the CLI is
+no stage, so it may read what the stage does not declare (the stage once depended on all of
+data/, and re-hashed it for a plot).
+
+Each checkpoint is compared with the base and with the checkpoint before it on the *same*
+problems: discordant counts (won/lost) and the exact one-sided McNemar p that it is better —
+the test a "round N >= round N-1" claim needs (two Wilson intervals overlap long before a paired
+difference stops being significant). No comparison where the problem ids differ.
+
+`experiments` and `compare` read `dvc exp show --json` and plot held-out accuracy per checkpoint
+for each experiment (e.g. DPO vs KTO), for `tutorloop compare`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from tutorloop.data.jsonl import read_jsonl
+from tutorloop.eval.stats import mcnemar_p
+
+COLUMNS = ["checkpoint", "accuracy", "ci95_low", "ci95_high", "n", "strict_accuracy", "gsm8k_accuracy",
+           "gsm8k_strict_accuracy", "gsm8k_n", "pairs", "practice_pass_rate",
+           "won_vs_base", "lost_vs_base", "p_vs_base", "won_vs_prev", "lost_vs_prev", "p_vs_prev"]
+
+
+def _order(name: str) -> tuple[int, int]:
+    return (0, 0) if name == "base" else (1, int(name)) if name.isdigit() else (2, 0)
+
+
+def paired(a: dict[str, bool], b: dict[str, bool]) -> tuple[int, int, float] | None:
+    """(won, lost, p) of checkpoint b against a on the problems both were scored on: won = right
+    only in b, lost = right only in a, p = exact one-sided McNemar p that b is better. None when
+    they share no problem (a changed test set is no paired comparison)."""
+    shared = a.keys() & b.keys()
+    if not shared:
+        return None
+    won = sum(b[i] and not a[i] for i in shared)
+    lost = sum(a[i] and not b[i] for i in shared)
+    return won, lost, mcnemar_p(lost, won)
+
+
+def correctness(eval_dir: Path, checkpoint: str) -> dict[str, bool] | None:
+    """Problem id -> correct from eval_dir/<checkpoint>/predictions.jsonl (None if absent)."""
+    path = Path(eval_dir) / checkpoint / "predictions.jsonl"
+    if not path.exists():
+        return None
+    return {str(r["id"]): bool(r["correct"]) for r in read_jsonl(path, required=("id", "correct"))}
+
+
+def rows(metrics_dir: Path, data_dir: Path | None = None, eval_dir: Path | None = None) -> list[dict]:
+    """One row per evaluated checkpoint, in loop order: base, 0 (SFT), 1, 2, ...; the feedback
+    columns (pairs, practice pass rate) are read from `data_dir` and the paired comparisons from
+    `eval_dir`, each only when it is given."""
+    out = []
+    for path in sorted(Path(metrics_dir).glob("*.json"), key=lambda p: _order(p.stem)):
+        m = json.loads(path.read_text())
+        g = m.get("gsm8k", {})
+        fb_file = Path(data_dir) / f"round-{path.stem}" / "feedback_metrics.json" if data_dir else None
+        fb = json.loads(fb_file.read_text()) if fb_file and fb_file.exists() else {}
+        out.append({"checkpoint": path.stem, "accuracy": m["accuracy"], "ci95_low": m["ci95_low"],
+                    "ci95_high": m["ci95_high"], "n": m["n"], "strict_accuracy": m.get("strict_accuracy", ""),
+                    "gsm8k_accuracy": g.get("accuracy", ""), "gsm8k_strict_accuracy": g.get("strict_accuracy", ""),
+                    "gsm8k_n": g.get("n", ""),
+                    "pairs": fb.get("pairs", ""), "practice_pass_rate": fb.get("practice_pass_rate", "")})
+    for r in out:
+        r.update({k: "" for k in COLUMNS[11:]})
+    if eval_dir is not None:
+        scored = {r["checkpoint"]: correctness(eval_dir, r["checkpoint"]) for r in out}
+        for i, r in enumerate(out):
+            mine = scored[r["checkpoint"]]
+            for tag, other in (("base", "base"), ("prev", out[i - 1]["checkpoint"] if i else None)):
+                theirs = scored.get(other) if other and other != r["checkpoint"] else None
+                cmp = paired(theirs, mine) if mine is not None and theirs is not None else None
+                if cmp:
+                    r[f"won_vs_{tag}"], r[f"lost_vs_{tag}"], r[f"p_vs_{tag}"] = cmp
+    return out
+
+
+def stage_minutes(project: Path) -> dict[str, float]:
+    """Wall minutes per checkpoint: the latest finished run of each stage, from MLflow.
+
+    Round 0's time includes base_model, generate and decontaminate as well as SFT.
+    """
+    db = Path(project) / "mlflow.db"
+    if not db.exists():
+        return {}
+    from mlflow import MlflowClient
+
+    from tutorloop.runtime import tracking
+
+    client = MlflowClient(tracking.tracking_uri(project))
+    exp = client.get_experiment_by_name(tracking.experiment_name())
+    if exp is None:
+        return {}
+    latest: dict[tuple[str, str], float] = {}
+    for run in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'",
+                                  order_by=["attributes.start_time DESC"], max_results=5000):
+        stage, key = run.data.tags.get("tutorloop.stage"), run.data.tags.get("tutorloop.round", "0")
+        if stage and stage != "report" and run.info.end_time and (key, stage) not in latest:
+            latest[(key, stage)] = (run.info.end_time - run.info.start_time) / 60000
+    minutes: dict[str, float] = {}
+    for (key, _), m in latest.items():
+        minutes[key] = minutes.get(key, 0.0) + m
+    return minutes
+
+
+def label(checkpoint: str) -> str:
+    """How a checkpoint is named in tables and plots."""
+    return {"base": "base", "0": "round 0 (SFT)"}.get(checkpoint, f"round {checkpoint}")
+
+
+def table(metrics_dir: Path, minutes: dict[str, float] | None = None, data_dir: Path | None = None,
+          eval_dir: Path | None = None):
+    """A rich Table of accuracy per checkpoint (with pairs and minutes where known); the feedback
+    columns come from `data_dir`, by default the `data` folder beside `metrics_dir`."""
+    from rich import box
+    from rich.table import Table
+
+    minutes = minutes or {}
+    # Compact enough for an 80-column terminal (make demo's log, CI): CIs in brackets, no grid.
+    t = Table(title="tutorloop: greedy pass@1 per checkpoint", box=box.SIMPLE_HEAD, padding=(0, 1))
+    t.add_column("checkpoint", no_wrap=True)
+    for col in ("held-out [95% CI]", "GSM8K [95% CI]", "vs base", "vs prev", "pairs", "pass", "minutes"):
+        t.add_column(col, justify="right", no_wrap=True)
+
+    def pct(m: dict) -> str:
+        return f"{m['accuracy']:.1%} [{m['ci95_low']:.0%},{m['ci95_high']:.0%}]"
+
+    def vs(r: dict, tag: str) -> str:
+        return f"+{r[f'won_vs_{tag}']}/-{r[f'lost_vs_{tag}']} p={r[f'p_vs_{tag}']:.2g}" if r[f"p_vs_{tag}"] != "" else "-"
+
+    sizes = set()
+    root = Path(metrics_dir).parent
+    for r in rows(metrics_dir, data_dir or root / "data", eval_dir or root / "eval"):
+        m = json.loads((Path(metrics_dir) / f"{r['checkpoint']}.json").read_text())
+        sizes.add(f"held-out n={m['n']}" + (f", GSM8K n={m['gsm8k']['n']}" if "gsm8k" in m else ""))
+        t.add_row(label(r["checkpoint"]), pct(m), pct(m["gsm8k"]) if "gsm8k" in m else "-",
+                  vs(r, "base"), vs(r, "prev"), str(r["pairs"] or "-"),
+                  f"{r['practice_pass_rate']:.0%}" if r["practice_pass_rate"] != "" else "-",
+                  f"{minutes[r['checkpoint']]:.1f}" if r["checkpoint"] in minutes else "-")
+    t.caption = (f"{'; '.join(sorted(sizes))}. pass: practice samples judged right.\n"
+                 "vs: held-out problems won/lost against base / the previous checkpoint, exact McNemar p (one-sided).\n"
+                 "minutes: wall time of the stages that made and scored the checkpoint (MLflow).")
+    return t
+
+
+def write_report(metrics_dir: Path, out_dir: Path, eval_dir: Path | None = None) -> list[dict]:
+    """Write out_dir/accuracy.csv (every column of `rows`) and out_dir/accuracy.png (held-out
+    accuracy with its 95% CI per checkpoint, GSM8K beside it); the rows written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = rows(metrics_dir, eval_dir=eval_dir)
+    if not data:
+        raise FileNotFoundError(f"no metrics in {metrics_dir}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "accuracy.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(data)
+    xs = list(range(len(data)))
+    acc = [r["accuracy"] for r in data]
+    err = [[a - r["ci95_low"] for a, r in zip(acc, data)], [r["ci95_high"] - a for a, r in zip(acc, data)]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(xs, acc, yerr=err, marker="o", capsize=4, label="held-out (95% CI)")
+    gsm = [(x, r["gsm8k_accuracy"]) for x, r in zip(xs, data) if r["gsm8k_accuracy"] != ""]
+    if gsm:
+        ax.plot(*zip(*gsm), marker="s", linestyle="--", label="GSM8K")
+    ax.set_xticks(xs, [label(r["checkpoint"]) for r in data])
+    ax.set_ylabel("pass@1 accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "accuracy.png", dpi=120)
+    plt.close(fig)
+    return data
+
+
+def experiments(exp_show: list | dict) -> list[dict]:
+    """Flatten `dvc exp show --json` into [{name, method, accuracy: {checkpoint: (acc, lo, hi)}}].
+
+    Walks the output instead of indexing fixed keys: its nesting (baseline -> experiments ->
+    revs) has moved between DVC releases, but every experiment is a node whose `data` holds
+    `metrics` and `params`.
+    """
+    found: list[dict] = []
+
+    def walk(node, name=None, is_exp=False):
+        if isinstance(node, list):
+            for v in node:
+                walk(v, name, is_exp)
+            return
+        if not isinstance(node, dict):
+            return
+        name = node.get("name") or name or node.get("rev")
+        data = node.get("data")
+        if isinstance(data, dict) and isinstance(data.get("metrics"), dict):
+            acc = {}
+            for path, m in data["metrics"].items():
+                stem = Path(path).stem
+                d = (m or {}).get("data") or {}
+                if path.startswith("metrics/") and "accuracy" in d:
+                    acc[stem] = (d["accuracy"], d.get("ci95_low", d["accuracy"]), d.get("ci95_high", d["accuracy"]))
+            params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+            rounds = params.get("rounds") or {}
+            # `rounds.k.preference` since 2026-12; experiments recorded before the rename say `dpo`
+            method = "/".join(f"{k}:{(r.get('preference') or r.get('dpo') or {}).get('method', '?')}"
+                              for k, r in sorted(rounds.items()))
+            if acc:
+                found.append({"name": str(name or "workspace"), "method": method, "accuracy": acc,
+                              "is_exp": is_exp})
+        for k, v in node.items():
+            if k != "data":
+                walk(v, None, is_exp or k == "experiments")
+
+    walk(exp_show)
+    unique, seen = [], set()
+    # named experiments first: the workspace and the branch tip repeat one of them
+    for e in sorted(found, key=lambda e: not e["is_exp"]):
+        del e["is_exp"]
+        key = (e["method"], tuple(sorted(e["accuracy"].items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(e)
+    return unique
+
+
+def compare(exps: list[dict], out: Path) -> Path:
+    """One figure: held-out accuracy per checkpoint for each experiment (e.g. DPO vs KTO)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not exps:
+        raise ValueError("no experiments with metrics: run `dvc exp run -S ...` first")
+    checkpoints = sorted({c for e in exps for c in e["accuracy"]}, key=_order)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, e in enumerate(exps):
+        xs = [j + (i - (len(exps) - 1) / 2) * 0.06 for j, c in enumerate(checkpoints) if c in e["accuracy"]]
+        pts = [e["accuracy"][c] for c in checkpoints if c in e["accuracy"]]
+        ax.errorbar(xs, [p[0] for p in pts], yerr=[[p[0] - p[1] for p in pts], [p[2] - p[0] for p in pts]],
+                    marker="o", capsize=3, label=f"{e['name']} ({e['method']})")
+    ax.set_xticks(range(len(checkpoints)), [label(c) for c in checkpoints])
+    ax.set_ylabel("held-out pass@1 (95% CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["experiment", "method", "checkpoint", "accuracy", "ci95_low", "ci95_high"])
+        for e in exps:
+            for c in checkpoints:
+                if c in e["accuracy"]:
+                    w.writerow([e["name"], e["method"], c, *e["accuracy"][c]])
+    return out

@@ -1,0 +1,33 @@
+"""Small statistics shared by stages: the Wilson interval (evaluate) and exact McNemar (register).
+
+A library module, not a stage: stages import it, so editing a stage never re-runs another one.
+Pinned against scipy/statsmodels in tests/test_stats.py.
+
+    python -c "from tutorloop.eval.stats import wilson; print(wilson(50, 100))"   # 95% interval of 50/100
+"""
+
+from __future__ import annotations
+
+import math
+from math import comb
+
+
+def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (sane at 0% and 100%, unlike Wald)."""
+    if n == 0:
+        return 0.0, 0.0
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Exact one-sided McNemar p-value that the new model is better.
+
+    b = problems only the champion solves, c = problems only the new model solves. Under the null
+    (equally good), each of the b + c discordant problems goes either way with p = 1/2, so
+    p = P(Binomial(b + c, 1/2) >= c).
+    """
+    n = b + c
+    return 1.0 if n == 0 else sum(comb(n, k) for k in range(c, n + 1)) / 2 ** n

@@ -1,0 +1,474 @@
+"""The generation engine: continuous-batched sampling for practice, evaluation and the local teacher.
+
+Holds `generate` (and `supported`: which models it covers), one run's state and steps (`_Run`),
+the slot KV cache (`SlotLayer`, `buffer_columns`) and the sampler (`sample`, `warp`).
+
+HF `generate` spends most of its CPU time on work that produces nothing (measured on the demo:
+135 tok/s against a ~1,500 tok/s compute limit for SmolLM2-135M): it copies each prompt K times
+before the prompt pass, every row of a batch runs until the longest sample hits the cap, top-p
+sorts the whole 49K vocabulary per row per step, and the KV cache is re-concatenated every step.
+This engine removes each of those:
+
+- **Prompt pass once per prompt.** New prompts are prefilled together (logits of the last
+  position only); their KV is then copied into K rows, one per sample.
+- **Continuous batching.** `batch_size` rows decode together. A row that ends (EOS or the token
+  cap) frees its slot; as soon as K slots are free the next prompt is prefilled into them. When
+  the queue is empty, finished rows are compacted away (in place, over the attended columns
+  only) instead of being decoded as padding.
+- **A slot KV cache** (`SlotLayer`): preallocated per layer, written in place at one shared
+  column per step; rows are right-aligned at that column, padding on the left is masked, and
+  the attention window starts at the earliest column a live row uses (a view, not a copy).
+  The cache is copied only when the write column reaches the end of the buffer.
+- **Exact top-p without a full sort.** Temperature, then the nucleus (HF's rule: keep a token
+  while the mass ranked strictly above it is < top_p) from the top 64 tokens; a row whose top 64
+  hold less than top_p of the mass falls back to a full sort. Sampling is an inverse-CDF draw
+  from one seeded `torch.Generator`, so a re-run gives identical samples. The fp32 work runs in
+  one scratch buffer per run: fresh [rows, vocab] temporaries were page-faulted in every step.
+- **The calculator** (`calculator=True`): a row whose text ends in `<<expr=` gets `value>>`
+  written for it (tutorloop/inference/calculator.py); only rows whose last token ends in `=` are looked
+  at, so the step loop stays vectorised.
+
+Greedy decoding equals HF `generate` token for token (tests/test_engine.py, fp32 tiny model);
+sampling draws from the same distribution (same test file, chi-square against HF's warpers).
+`benchmarks/generation.py` runs it on a real checkpoint and measures it against HF `generate`;
+`benchmarks/decode_profile.py` shows where a run's time goes.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from tutorloop.inference import calculator as calc
+from tutorloop.inference.fused import LlamaDecoder
+from tutorloop.inference.kernels import attention as decode_attention
+from tutorloop.modeling import Generation
+
+TOPK_PREFILTER = 64
+
+
+class SlotLayer(DynamicLayer):
+    """One layer's KV for `rows` sequences in a preallocated [rows, heads, capacity, dim] buffer.
+
+    The engine sets the window (`start`, `col`) before each forward; `update` writes the step's
+    key/value at column `col` in place and hands attention the view [start, col + 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kbuf = self.vbuf = None
+        self.start = self.col = 0
+
+    def allocate(self, rows: int, heads: int, capacity: int, dim: int, dtype, device) -> None:
+        self.kbuf = torch.zeros(rows, heads, capacity, dim, dtype=dtype, device=device)
+        self.vbuf = torch.zeros_like(self.kbuf)
+        self.device, self.is_initialized = device, True
+        self.keys, self.values = self.kbuf[:, :, :0], self.vbuf[:, :, :0]
+
+    def window(self, start: int, col: int) -> None:
+        self.start, self.col = start, col
+        self.keys, self.values = self.kbuf[:, :, start:col], self.vbuf[:, :, start:col]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        n = key_states.shape[-2]
+        self.kbuf[:, :, self.col:self.col + n] = key_states
+        self.vbuf[:, :, self.col:self.col + n] = value_states
+        self.keys = self.kbuf[:, :, self.start:self.col + n]
+        self.values = self.vbuf[:, :, self.start:self.col + n]
+        return self.keys, self.values
+
+
+def warp(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """HF's sampling distribution (temperature, then top-p), computed over the full vocabulary
+    by sorting: the reference `sample` must match (used by the tests and the fallback path)."""
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p >= 1.0:
+        return probs
+    sp, si = probs.sort(dim=-1, descending=True)
+    drop = (sp.cumsum(-1) - sp) >= top_p
+    drop[..., 0] = False
+    kept = torch.zeros_like(probs).scatter_(-1, si, sp.masked_fill(drop, 0.0))
+    return kept / kept.sum(-1, keepdim=True)
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator,
+           scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """One token per row from HF's temperature + top-p distribution, without a full-vocabulary
+    sort when the nucleus fits in the top `TOPK_PREFILTER` tokens (it nearly always does).
+
+    `logits` ([rows, vocab], any float dtype) is read, never written: the fp32 work happens in
+    `scratch` (fp32, at least [rows, vocab]) when given. The engine passes one buffer for the
+    whole run because two fresh [rows, vocab] fp32 temporaries a step (the upcast copy and
+    logsumexp's shifted copy, 25 MB each at 128 rows) were page-faulted in anew most steps:
+    measured up to 38 ms each, a third of a decode step."""
+    rows, vocab = logits.shape
+    x = scratch[:rows] if scratch is not None else torch.empty(rows, vocab, device=logits.device)
+    x.copy_(logits).div_(temperature)                          # fp32, as HF's warpers see them
+    if top_p >= 1.0:   # no truncation: the full distribution
+        tp, ti = torch.softmax(x, dim=-1), None
+    else:
+        k = min(TOPK_PREFILTER, vocab)
+        top, ti = x.topk(k, dim=-1)                            # sorted, descending
+        # log-sum-exp in place (top[:, :1] is the row max): no [rows, vocab] temporary.
+        lse = top[:, :1] + x.sub_(top[:, :1]).exp_().sum(-1, keepdim=True).log_()
+        tp = (top - lse).exp_()
+        keep = (tp.cumsum(-1) - tp) < top_p
+        keep[:, 0] = True                                      # HF's min_tokens_to_keep=1 (top_p=0: greedy)
+        wide = (tp.sum(-1) < top_p).nonzero().squeeze(1)
+        if len(wide):                                           # rare: the nucleus is wider than k
+            probs = warp(logits[wide].float(), temperature, top_p)
+            width = int((probs > 0).sum(-1).max())
+            if width > k:
+                pad = lambda t: torch.cat([t, t.new_zeros(t.shape[0], width - k)], 1)  # noqa: E731
+                tp, ti, keep = pad(tp), pad(ti), pad(keep)
+            wp, wi = probs.topk(tp.shape[1], dim=-1)
+            tp[wide], ti[wide], keep[wide] = wp, wi, wp > 0
+        tp = tp.masked_fill(~keep, 0.0)
+    cdf = tp.cumsum(-1)
+    u = torch.rand(tp.shape[0], 1, generator=gen, device=cdf.device) * cdf[:, -1:]
+    pick = torch.searchsorted(cdf, u, right=True).clamp_(max=tp.shape[1] - 1)
+    return pick.squeeze(1) if ti is None else ti.gather(1, pick).squeeze(1)
+
+
+def buffer_columns(lmax: int, max_new_tokens: int) -> int:
+    """Columns of the slot KV buffer: the longest prompt, 2 x max_new_tokens columns of decoding
+    (refilled rows start later) before a shift copy is needed, and slack. tutorloop/inference/batching.py
+    sizes `batch_size: auto` rows with it too."""
+    return lmax + 2 * max_new_tokens + 64
+
+
+def _cache_kwarg(model) -> str:
+    """transformers 5.24 renamed `past_key_values` to `cache` (the old name warns until 5.40)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def supported(model) -> bool:
+    """The slot cache covers decoder-only models whose every layer is full attention (Llama,
+    Qwen2, Mistral without a window, SmolLM2...); others go through HF `generate`."""
+    cfg = model.config.get_text_config(decoder=True)
+    types = getattr(cfg, "layer_types", None) or ["full_attention"]
+    return (not model.config.is_encoder_decoder and set(types) == {"full_attention"}
+            and getattr(cfg, "sliding_window", None) in (None, 0))
+
+
+def _equals_tokens(tok, vocab_size: int, device) -> torch.Tensor:
+    """Which token ids end in '=' (the only tokens after which the calculator can step in)."""
+    pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+    mask = torch.zeros(vocab_size, dtype=torch.bool)
+    ends = [i for i, p in enumerate(pieces) if isinstance(p, str) and p.endswith("=") and i < vocab_size]
+    mask[ends] = True
+    return mask.to(device)
+
+
+def _hf_generate(model, tok, prompts: list[str], *, num_return_sequences: int, do_sample: bool,
+                 temperature: float, top_p: float, max_new_tokens: int, batch_size: int, seed: int,
+                 calculator: bool, desc: str) -> Generation:
+    """Models the slot cache does not cover (`supported`): HF `generate`, batch_size // K prompts a call."""
+    from tutorloop.modeling import generate as hf_generate
+
+    if calculator:
+        raise ValueError(f"the calculator needs the slot-cache engine, which {type(model).__name__} "
+                         "does not support (sliding-window or non-attention layers)")
+    out = hf_generate(model, tok, prompts, num_return_sequences=num_return_sequences,
+                      do_sample=do_sample, temperature=temperature, top_p=top_p,
+                      max_new_tokens=max_new_tokens, batch_size=max(1, batch_size // num_return_sequences),
+                      seed=seed, desc=desc)
+    out.attention = "hf"
+    return out
+
+
+class _Run:
+    """One `generate` call on the slot cache: the prompt queue, the KV cache, per-row state, results.
+
+    A row is live while it decodes a sample; owner[r] = prompt * K + k of that sample, or -1. Every
+    row writes its next key/value at the one shared column `col`; a row's prompt sits right-aligned
+    left of the column it was prefilled at, and first[r] is the earliest column it uses. The loop
+    (`generate`) is: `admit` prompts into free rows, then `step` / `record` / `refill_or_compact`
+    until no row is live. The only RNG is `gen`, drawn from in `choose` (prefill, then each step)."""
+
+    def __init__(self, model, tok, prompts: list[str], *, K: int, batch_size: int, do_sample: bool,
+                 temperature: float, top_p: float, max_new_tokens: int, seed: int, calculator: bool,
+                 fused: bool, attention: str) -> None:
+        self.model, self.tok, self.K, self.n_prompts = model, tok, K, len(prompts)
+        self.do_sample, self.temperature, self.top_p = do_sample, temperature, top_p
+        self.max_new_tokens = max_new_tokens
+        self.dev = model.device
+        self.ckw = _cache_kwarg(model)
+        self.rows = max(K, batch_size - batch_size % K)
+        self._tokenize(prompts)
+        self.gen = torch.Generator(device=self.dev).manual_seed(seed)
+        self.eq_tokens = _equals_tokens(tok, model.config.vocab_size, self.dev) if calculator else None
+        self._allocate_cache(fused, attention)
+        self._allocate_rows()
+        # One fp32 [rows, vocab] buffer for the sampler's whole run (see `sample`); vocab = logits' width.
+        self.scratch = (torch.empty(self.rows, model.get_output_embeddings().out_features, device=self.dev)
+                        if do_sample else None)
+
+    def _tokenize(self, prompts: list[str]) -> None:
+        """Token ids, the end and pad tokens, the queue (shortest prompt popped first), the buffer width."""
+        tok, eos = self.tok, self.tok.eos_token_id
+        # Stop on every end token the model declares (Llama-3/Qwen instruct models list several).
+        declared = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        self.eos_ids = torch.tensor(sorted({eos, *(declared if isinstance(declared, list) else [declared])}
+                                           - {None}), device=self.dev)
+        self.pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+        enc = self.enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))   # short first: tight prefills
+        self.queue = list(reversed(order))                                 # pop() takes the shortest
+        self.lmax = max((len(e) for e in enc), default=1)
+        self.capacity = buffer_columns(self.lmax, self.max_new_tokens)
+
+    def _allocate_cache(self, fused: bool, attention: str) -> None:
+        """The decode path (fused step or HF forward, C kernel or SDPA) and one SlotLayer per layer."""
+        model, dev = self.model, self.dev
+        # Llama-family models decode through the fused step (bit-identical, fewer ops); others via HF.
+        self.decoder = LlamaDecoder.wrap(model) if fused else None
+        dtype = next(model.parameters()).dtype
+        self.kernel = attention == "auto" and self.decoder is not None and decode_attention.usable(dtype, dev)
+        cfg = model.config.get_text_config(decoder=True)
+        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.cache = DynamicCache()
+        self.cache.layers = [SlotLayer() for _ in range(cfg.num_hidden_layers)]
+        for layer in self.cache.layers:
+            layer.allocate(self.rows, heads, self.capacity, dim, dtype, dev)
+
+    def _allocate_rows(self) -> None:
+        """Per-row state (all rows free), the shared write column and the run's counters."""
+        rows, dev, pad = self.rows, self.dev, self.pad
+        self.mask = torch.zeros(rows, self.capacity, dtype=torch.long, device=dev)
+        self.pos = torch.zeros(rows, dtype=torch.long, device=dev)           # position id of the next input
+        self.nxt = torch.full((rows,), pad, dtype=torch.long, device=dev)    # next input token
+        self.live = torch.zeros(rows, dtype=torch.bool, device=dev)
+        self.owner = torch.full((rows,), -1, dtype=torch.long, device=dev)
+        self.out_tok = torch.full((rows, self.max_new_tokens), pad, dtype=torch.long, device=dev)
+        self.n_gen = torch.zeros(rows, dtype=torch.long, device=dev)
+        self.forced: dict[int, list[int]] = {}                               # row -> calculator tokens to write
+        self.first = torch.full((rows,), self.capacity, dtype=torch.long, device=dev)  # first column a row uses
+        self.results: dict[int, list[int]] = {}                              # owner -> completion token ids
+        self.col = self.lmax                                                 # every prompt fits left of col
+        self.new_tokens = self.calculator_calls = self.forced_tokens = 0
+
+    # --- the loop's steps ---------------------------------------------------------------------
+
+    def any_live(self) -> bool:
+        return bool(self.live.any())
+
+    def live_rows(self) -> torch.Tensor:
+        return self.live.nonzero().squeeze(1)
+
+    def free_rows(self) -> torch.Tensor:
+        return (~self.live).nonzero().squeeze(1)
+
+    def choose(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next token of each row: the argmax, or a draw from the run's seeded generator."""
+        if not self.do_sample:
+            return logits.argmax(-1)   # on the model's dtype: the fp32 upcast is exact, the argmax the same
+        return sample(logits, self.temperature, self.top_p, self.gen, self.scratch)
+
+    def admit(self, slots: torch.Tensor) -> None:
+        """Prefill as many queued prompts as the free `slots` hold (K rows each), in one forward."""
+        K, col = self.K, self.col
+        n = min(len(self.queue), len(slots) // K)
+        if n == 0:
+            return
+        ids = [self.queue.pop() for _ in range(n)]
+        logits, pre, am = self._prefill(ids)
+        width = am.shape[1]
+        # The prompt pass ran once per prompt; its KV is copied into the K rows of its samples.
+        take = slots[:n * K]
+        for layer, player in zip(self.cache.layers, pre.layers):
+            layer.kbuf[take, :, col - width:col] = player.keys.repeat_interleave(K, 0)
+            layer.vbuf[take, :, col - width:col] = player.values.repeat_interleave(K, 0)
+        self.mask[take] = 0
+        self.mask[take, col - width:col] = am.repeat_interleave(K, 0)
+        lens = am.sum(-1).repeat_interleave(K, 0)
+        self.pos[take] = lens
+        self.first[take] = col - lens
+        prompt_ids = torch.tensor(ids, device=self.dev).repeat_interleave(K)
+        self.owner[take] = prompt_ids * K + torch.arange(K, device=self.dev).repeat(n)
+        self.live[take] = True
+        self.n_gen[take] = 0
+        self.nxt[take] = self.choose(logits.repeat_interleave(K, 0))
+        self.record(take)
+
+    def _prefill(self, ids: list[int]) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
+        """The prompt pass of prompts `ids`, left-padded to the longest: fp32 logits of the last
+        position only, the prompts' KV (a fresh cache) and their attention mask [n, width]."""
+        enc, n = self.enc, len(ids)
+        width = max(len(enc[i]) for i in ids)
+        batch = torch.full((n, width), self.pad, dtype=torch.long)
+        am = torch.zeros(n, width, dtype=torch.long)
+        for j, i in enumerate(ids):   # per prompt, not per token or step: n <= rows / K
+            batch[j, width - len(enc[i]):] = torch.tensor(enc[i])
+            am[j, width - len(enc[i]):] = 1
+        batch, am = batch.to(self.dev), am.to(self.dev)
+        posids = (am.cumsum(-1) - 1).clamp_(min=0)
+        pre = DynamicCache()
+        logits = self.model(input_ids=batch, attention_mask=am, position_ids=posids, **{self.ckw: pre},
+                            use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        return logits, pre, am
+
+    def step(self) -> None:
+        """One decode step for every row (finished rows too, masked, until refilled or compacted):
+        the next token of each row in `nxt`, calculator tokens written over the model's choice."""
+        if self.col >= self.capacity - 1:
+            self._shift()
+        lo = int(self.first[self.live].min())
+        self.mask[:, self.col] = 1
+        logits = self._forward(lo)
+        self.col += 1
+        self.pos += 1
+        self.nxt = self.choose(logits)
+        self._apply_calculator()
+
+    def _shift(self) -> None:
+        """Out of columns: shift live rows to the left (the only copy of the cache)."""
+        col = self.col
+        lo = int(self.first[self.live].min())
+        shift = min(lo, col - self.lmax)
+        for layer in self.cache.layers:
+            layer.kbuf[:, :, :col - shift] = layer.kbuf[:, :, shift:col].clone()
+            layer.vbuf[:, :, :col - shift] = layer.vbuf[:, :, shift:col].clone()
+        self.mask[:, :col - shift] = self.mask[:, shift:col].clone()
+        self.mask[:, col - shift:] = 0
+        self.first -= shift
+        self.col -= shift
+
+    def _forward(self, lo: int) -> torch.Tensor:
+        """Logits [rows, vocab] for each row's input `nxt`, written at column `col`; attention reads
+        columns [lo, col] (lo: the earliest column a live row uses)."""
+        col, window = self.col, self.mask[:, lo:self.col + 1]
+        if self.decoder is not None:
+            return self.decoder.step(self.nxt, self.pos, self.cache.layers, lo, col, window, kernel=self.kernel)
+        for layer in self.cache.layers:
+            layer.window(lo, col)
+        return self.model(input_ids=self.nxt[:, None], attention_mask=window, position_ids=self.pos[:, None],
+                          use_cache=True, **{self.ckw: self.cache}).logits[:, -1]
+
+    def _apply_calculator(self) -> None:
+        """Rows the calculator is writing for take its next token instead of the model's."""
+        for r, toks in list(self.forced.items()):   # calculator rows (rare): write its tokens instead
+            self.nxt[r] = toks.pop(0)
+            self.forced_tokens += 1
+            if not toks:
+                del self.forced[r]
+
+    def record(self, idx: torch.Tensor) -> None:
+        """Append rows' chosen tokens; end rows at EOS or the cap; run the calculator hook."""
+        nxt, n_gen = self.nxt, self.n_gen
+        self.out_tok[idx, n_gen[idx]] = nxt[idx]
+        n_gen[idx] += 1
+        done = torch.isin(nxt[idx], self.eos_ids) | (n_gen[idx] >= self.max_new_tokens)
+        if self.eq_tokens is not None:
+            self._call_calculator(idx[self.eq_tokens[nxt[idx]] & ~done])
+        self._finish(idx[done])
+
+    def _call_calculator(self, rows: torch.Tensor) -> None:
+        """Rows whose last token ends in '=': where the text ends in an open `<<expr=`, queue the
+        calculator's `value>>` as the row's next inputs (written by `_apply_calculator`)."""
+        for r in rows.tolist():   # rare: a token ending in '='
+            n = int(self.n_gen[r])
+            tail = self.tok.decode(self.out_tok[r, max(0, n - 48):n].tolist(), skip_special_tokens=True)
+            write = calc.complete(tail)
+            if write is not None:
+                self.forced[r] = self.tok(write, add_special_tokens=False)["input_ids"]
+                self.calculator_calls += 1
+
+    def _finish(self, rows: torch.Tensor) -> None:
+        """Hand finished samples to `results` and free their rows."""
+        for r in rows.tolist():  # per finished sample, once
+            n = int(self.n_gen[r])
+            self.results[int(self.owner[r])] = self.out_tok[r, :n].tolist()
+            self.new_tokens += n
+            self.live[r] = False
+            self.owner[r] = -1
+            self.forced.pop(r, None)
+
+    def refill_or_compact(self) -> None:
+        """While prompts are queued, free rows take the next ones (once K and an eighth of the rows
+        are free: one prefill for several prompts); after that, a batch at most 3/4 live is
+        compacted to its live rows rather than decoding the finished ones as padding."""
+        free = self.free_rows()
+        if self.queue and len(free) >= max(self.K, self.rows // 8):
+            self.admit(free)
+        elif not self.queue and 0 < self.live.sum() <= self.rows * 3 // 4 and len(free):
+            self.compact()
+
+    def compact(self) -> None:
+        """Tail of the run: drop finished rows from the batch."""
+        keepr = self.live_rows()
+        n, lo, col = len(keepr), int(self.first[self.live].min()), self.col
+        for layer in self.cache.layers:
+            # In place, and only the columns attention still reads ([lo, col)): a fresh
+            # kbuf[keepr] copied (and page-faulted) every column of the buffer, ~1 GB a time.
+            # Columns right of col are written before they are read; left of lo never read.
+            layer.kbuf[:n, :, lo:col] = layer.kbuf[keepr, :, lo:col]
+            layer.vbuf[:n, :, lo:col] = layer.vbuf[keepr, :, lo:col]
+            layer.kbuf, layer.vbuf = layer.kbuf[:n], layer.vbuf[:n]
+        self.mask, self.pos, self.nxt = self.mask[keepr], self.pos[keepr], self.nxt[keepr]
+        self.live, self.owner, self.first = self.live[keepr], self.owner[keepr], self.first[keepr]
+        self.out_tok, self.n_gen = self.out_tok[keepr], self.n_gen[keepr]
+        remap = {int(o): i for i, o in enumerate(keepr.tolist())}
+        self.forced = {remap[r]: t for r, t in self.forced.items() if r in remap}
+        self.rows = n
+
+    def texts(self) -> list[list[str]]:
+        """texts[i][k]: the k-th completion of prompt i, decoded."""
+        K = self.K
+        texts = self.tok.batch_decode([self.results[i] for i in range(self.n_prompts * K)],
+                                      skip_special_tokens=True)
+        return [[t.strip() for t in texts[i * K:(i + 1) * K]] for i in range(self.n_prompts)]
+
+
+@torch.inference_mode()
+def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, do_sample: bool = False,
+             temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 256,
+             batch_size: int = 64, seed: int = 0, calculator: bool = False,
+             desc: str = "generate", fused: bool = True, attention: str = "auto") -> Generation:
+    """texts[i][k]: the k-th completion of prompts[i]. `batch_size` is rows (sequences) decoded
+    together; each prompt takes `num_return_sequences` of them. Deterministic for a fixed seed.
+    `fused`: Llama-family models decode through tutorloop/inference/fused.py (bit-identical to the HF
+    forward); `attention` ("auto" | "sdpa"): in bf16 on CPU, auto runs decode attention in the C
+    kernel (tutorloop/inference/kernels/attention.py), sdpa in torch's. Generation.attention says which ran."""
+    if attention not in ("auto", "sdpa"):
+        raise ValueError(f"attention {attention!r}: expected 'auto' or 'sdpa'")
+    from tqdm.auto import tqdm
+
+    if not supported(model):
+        return _hf_generate(model, tok, prompts, num_return_sequences=num_return_sequences, do_sample=do_sample,
+                            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, seed=seed, calculator=calculator, desc=desc)
+    if do_sample and temperature <= 0:
+        raise ValueError(f"temperature {temperature!r}: sampling needs temperature > 0 (use greedy instead)")
+    K = num_return_sequences
+    run = _Run(model, tok, prompts, K=K, batch_size=batch_size, do_sample=do_sample, temperature=temperature,
+               top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, calculator=calculator, fused=fused,
+               attention=attention)
+
+    start_t = time.perf_counter()
+    bar = tqdm(total=len(prompts) * K, desc=desc, unit="sample", file=sys.stderr)
+    done_before = 0
+    while run.any_live() or run.queue:
+        if not run.any_live():
+            # every row is free: the first prompts, or the next ones when every admitted row
+            # ended in its prefill (EOS as the first token) while prompts were still queued
+            run.admit(run.free_rows())
+            continue
+        run.step()                           # the next token of every row
+        run.record(run.live_rows())          # appended; rows at EOS or the cap end
+        run.refill_or_compact()
+        if len(run.results) - done_before >= K * 8:
+            bar.update(len(run.results) - done_before)
+            done_before = len(run.results)
+            bar.set_postfix(tok_s=f"{run.new_tokens / (time.perf_counter() - start_t):.0f}")
+    bar.update(len(run.results) - done_before)
+    bar.close()
+    seconds = time.perf_counter() - start_t
+    return Generation(texts=run.texts(), new_tokens=run.new_tokens, seconds=seconds,
+                      calculator_calls=run.calculator_calls, forced_tokens=run.forced_tokens,
+                      attention="kernel" if run.kernel else "sdpa")

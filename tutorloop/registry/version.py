@@ -1,0 +1,185 @@
+"""Registration: a new version of `register.model_name` in the MLflow registry for an evaluated
+checkpoint, tagged with its lineage and promotion verdict, described by its model card.
+
+With `register.log_model: true` the weights are logged with `mlflow.transformers` (so
+``models:/tutor@champion`` loads offline); with false, the version points at the DVC-owned
+folder. Tags: `lineage.*` (round, parent, git commit, dvc.lock hashes of its weights, training
+data and parent model; lineage.py), `metric.*`, `promotion*` and `eval.protocol` / `eval.scope`
+(promotion.py). The description is the model card (card.py), cut at the SQL backends' 5000
+characters; the whole card and the params of every stage that made the checkpoint are artifacts
+of the stage's run, beside the per-problem verdicts the next challenger is paired against.
+
+Nothing is registered unless the checkpoint and a non-empty evaluation exist.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tutorloop.config import Params, Register
+from tutorloop.data.jsonl import read_jsonl, write_json
+from tutorloop.errors import DataError
+from tutorloop.modeling import require_checkpoint
+from tutorloop.registry.card import model_card
+from tutorloop.registry.lineage import (
+    lineage,
+    lock_stages,
+    provenance,
+    stage_params,
+    teachers,
+)
+from tutorloop.registry.promotion import (
+    CHAMPION,
+    champion_predictions,
+    correctness,
+    decide,
+    eval_scope,
+    scope_alias,
+    scope_champion,
+)
+from tutorloop.runtime import tracking
+from tutorloop.secrets import redact
+
+DESCRIPTION_LIMIT = 5000  # registry descriptions are VARCHAR(5000) on SQL backends
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """The verdict on a new version: its alias, why, the paired statistics, and its scope's
+    champion before it (None: the first version evaluated this way)."""
+
+    alias: str
+    reason: str
+    stats: dict
+    scope: str
+    previous: Any = None
+
+
+def log_transformers_model(model_dir: Path) -> str:
+    """Log the checkpoint with mlflow.transformers so `models:/name@alias` loads offline.
+
+    Passed as loaded components: MLflow 3.17's checkpoint-path mode breaks on transformers 5's
+    pipeline registry. Requirements are given explicitly: MLflow's inference adds torchvision,
+    which has no CPU wheel here.
+    """
+    import mlflow
+    import torch
+    import transformers
+
+    from tutorloop.modeling import load
+
+    model, tok = load(model_dir)
+    reqs = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}",
+            "accelerate", "safetensors"]
+    info = mlflow.transformers.log_model(transformers_model={"model": model, "tokenizer": tok},
+                                         name="model", task="text-generation", pip_requirements=reqs)
+    return info.model_uri
+
+
+def read_evaluation(model_dir: Path, metrics_file: Path, predictions_file: Path) -> tuple[dict, list[dict]]:
+    """The checkpoint's metrics and per-problem predictions; refuses a missing checkpoint, a
+    missing or empty evaluation, and predictions that do not match the metrics."""
+    require_checkpoint(model_dir)
+    if not metrics_file.exists():
+        raise FileNotFoundError(f"no evaluation at {metrics_file}: refusing to register")
+    metrics = json.loads(metrics_file.read_text())
+    if not metrics.get("n"):
+        raise DataError(f"{metrics_file}: evaluated on 0 problems: refusing to register")
+    predictions = read_jsonl(predictions_file, required=("id", "correct"))
+    if len(predictions) != metrics["n"]:
+        raise DataError(f"{predictions_file}: has {len(predictions)} predictions, metrics say {metrics['n']}")
+    return metrics, predictions
+
+
+def promote(client, cfg: Register, metrics: dict, verdicts: dict[str, bool]) -> Promotion:
+    """Pair the new verdicts with the champion of their evaluation scope (promotion.py)."""
+    protocol = metrics.get("protocol", "")
+    scope = eval_scope(protocol, verdicts)
+    champ = scope_champion(client, cfg.model_name, scope)
+    champ_preds = champion_predictions(client, champ, scope) if champ else None
+    alias, reason, stats = decide(verdicts, champ_preds, cfg, has_champion=champ is not None)
+    if champ is None:
+        reason += (f" under evaluation scope {scope} (protocol {protocol or 'unknown'}, "
+                   f"{len(verdicts)} problems): the first version evaluated this way")
+    return Promotion(alias, reason, stats, scope, champ)
+
+
+def create_version(client, cfg: Register, model_dir: Path, log: tracking.StageLog):
+    """A new model version: the logged weights, or (log_model: false) the DVC-owned folder."""
+    import mlflow
+
+    if cfg.log_model:
+        return mlflow.register_model(log_transformers_model(model_dir), cfg.model_name)
+    if not client.search_registered_models(f"name='{cfg.model_name}'"):
+        client.create_registered_model(cfg.model_name)
+    return client.create_model_version(cfg.model_name, source=model_dir.resolve().as_uri(), run_id=log.run_id)
+
+
+def version_tags(cfg: Register, checkpoint: str, metrics: dict, lineage_tags: dict, prom: Promotion) -> dict:
+    """The version's tags: lineage, the promotion metric and verdict, the evaluation scope."""
+    tags = {f"lineage.{k}": v for k, v in lineage_tags.items()}
+    tags.update({f"metric.{cfg.metric}": f"{metrics[cfg.metric]:.6f}", "promotion": prom.alias,
+                 "promotion.reason": prom.reason, "round": checkpoint,
+                 "eval.protocol": metrics.get("protocol", ""), "eval.scope": prom.scope})
+    if "p_value" in prom.stats:
+        tags["promotion.p_value"] = f"{prom.stats['p_value']:.6g}"
+    if "gsm8k" in metrics:
+        tags["metric.gsm8k_accuracy"] = f"{metrics['gsm8k']['accuracy']:.6f}"
+    return tags
+
+
+def describe(client, cfg: Register, version: str, checkpoint: str, metrics: dict, prom: Promotion,
+             log: tracking.StageLog, data_dir: Path | None) -> None:
+    """Tag the version with its lineage and verdict, and describe it with its model card."""
+    stages = lock_stages()
+    lineage_tags = lineage(checkpoint, stages)
+    prov = provenance(data_dir) if checkpoint != "base" else {}  # base saw none of our data
+    if checkpoint != "base" and (teacher := teachers(prov)) is not None:
+        lineage_tags["teacher"] = teacher
+    for k, v in version_tags(cfg, checkpoint, metrics, lineage_tags, prom).items():
+        client.set_model_version_tag(cfg.model_name, version, k, redact(v))
+    used = stage_params(checkpoint, stages)
+    # dvc.lock holds params as written (a base_url with user:token@): the card and tags are redacted
+    card = redact(model_card(cfg.model_name, version, checkpoint, metrics, prom.alias, prom.reason,
+                             lineage_tags, used, prov, logged=cfg.log_model))
+    description = card if len(card) <= DESCRIPTION_LIMIT else \
+        card[:DESCRIPTION_LIMIT - 100] + "\n\n… (truncated: full card in the run's model_card.md)\n"
+    client.update_model_version(cfg.model_name, version, description=description)
+    log.text(card, "model_card.md")
+    log.json(used, "lineage/params.json")
+
+
+def move_aliases(client, model_name: str, version: str, prom: Promotion) -> None:
+    """The verdict's alias on the new version; the scope's champion alias and `champion` on this
+    version if it won, else on the one it lost to (`champion` follows the scope evaluated now)."""
+    client.set_registered_model_alias(model_name, prom.alias, version)
+    scope_champion_version = version if prom.alias == CHAMPION else prom.previous.version
+    client.set_registered_model_alias(model_name, scope_alias(prom.scope), scope_champion_version)
+    client.set_registered_model_alias(model_name, CHAMPION, scope_champion_version)
+
+
+def register(params: Params, checkpoint: str, model_dir: Path, metrics_file: Path, predictions_file: Path,
+             out: Path, log: tracking.StageLog, data_dir: Path | None = None) -> dict:
+    """Register the evaluated checkpoint as a new version, promote it if earned, and write the
+    record (name, version, alias, reason, previous champion, scope, paired stats) to `out`."""
+    from mlflow import MlflowClient
+
+    cfg = params.register_
+    metrics, predictions = read_evaluation(model_dir, metrics_file, predictions_file)
+    if not log.active:
+        raise RuntimeError("register needs MLflow tracking (TUTORLOOP_TRACKING is off)")
+    client = MlflowClient()
+    prom = promote(client, cfg, metrics, correctness(predictions))
+    log.artifact(predictions_file, "eval")  # the paired evidence a later challenger is tested against
+    version = create_version(client, cfg, model_dir, log).version
+    describe(client, cfg, version, checkpoint, metrics, prom, log, data_dir)
+    move_aliases(client, cfg.model_name, version, prom)
+    record = {"name": cfg.model_name, "version": version, "alias": prom.alias, "reason": prom.reason,
+              "previous_champion": prom.previous.version if prom.previous else None, "scope": prom.scope,
+              **prom.stats}
+    write_json(record, out)
+    log.tags({"registered_version": version, "alias": prom.alias})
+    return record

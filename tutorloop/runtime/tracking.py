@@ -1,0 +1,228 @@
+"""MLflow for the stages: one run per stage execution, nested under its round's parent run.
+
+- Store: `MLFLOW_TRACKING_URI`, else ``sqlite:///<project>/mlflow.db``; artifacts go to
+  ``<project>/mlartifacts`` (set on the experiment when it is created, so `mlflow ui` started in
+  the project finds them) — except on a tracking server (an ``http(s)://`` URI, the team stack in
+  infra/compose.yaml), which chooses the artifact root itself.
+- Parent: the Prefect round flow opens the round's run and passes its id in
+  `TUTORLOOP_PARENT_RUN_ID`; `dvc repro` by hand has none and the stage run stands alone.
+  A stage DVC skips never starts, so it logs nothing.
+- `TUTORLOOP_TRACKING=off` turns all of this into a no-op (unit tests of a single stage).
+- Secrets: only params and metrics we pass are logged; never the environment. Params, tags,
+  texts and dicts pass through `config.redact` first (a `base_url` with `user:token@`, a pasted key).
+- Ending: a stage run always ends. Success -> FINISHED; an exception -> FAILED (tag
+  `tutorloop.error` says which, redacted) and re-raised; SIGINT (KeyboardInterrupt) and SIGTERM
+  -> KILLED (tag `tutorloop.stopped_by`). SIGTERM's default action kills the process on the spot,
+  which left runs RUNNING forever, so while a stage run is open SIGTERM raises `Terminated`
+  instead (the previous handler comes back afterwards). `tutorloop.runtime.entry.run_main` then exits
+  the way a signal would (the shell shows 143 / 130). With tracking off the handler is still
+  installed: finally blocks and atomic writes clean up the same way.
+
+    python -c "from tutorloop.runtime import tracking; print(tracking.ensure_store())"   # create it once
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from tutorloop.runtime.signals import Terminated, signals_deferred, sigterm_raises
+from tutorloop.secrets import redact
+
+EXPERIMENT = "tutorloop"
+PARENT_ENV = "TUTORLOOP_PARENT_RUN_ID"
+
+
+def enabled() -> bool:
+    return os.environ.get("TUTORLOOP_TRACKING", "on").lower() not in {"off", "0", "false"}
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """The tracking store: MLFLOW_TRACKING_URI, else mlflow.db in the project `root` (cwd)."""
+    root = Path(root or Path.cwd()).resolve()
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def is_server(uri: str) -> bool:
+    """Whether `uri` names a tracking server (REST over http/https) rather than a store."""
+    return uri.split("://", 1)[0].lower() in {"http", "https"}
+
+
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
+
+
+def ensure_store(root: Path | None = None) -> str:
+    """Create the tracking database and experiment once; returns the experiment id.
+
+    Call before anything runs in parallel: concurrent first-time creation of the sqlite schema
+    fails (2 of 3 tries in our measurements).
+    """
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    root = Path(root or Path.cwd()).resolve()
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(experiment_name())
+    if exp is not None:
+        return exp.experiment_id
+    # A tracking server places artifacts itself (`mlflow-artifacts:/`, proxied to its
+    # --artifacts-destination): a file:// root chosen here would keep them on this machine, out
+    # of reach of teammates and of register's paired-evidence download on any other machine.
+    location = None if is_server(uri) else (root / "mlartifacts").as_uri()
+    return mlflow.create_experiment(experiment_name(), artifact_location=location)
+
+
+def git_commit(root: Path | None = None) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=root).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(_flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+class StageLog:
+    """What a stage may log; every method is a no-op when tracking is off."""
+
+    def __init__(self, mlflow_module=None) -> None:
+        self._mlflow = mlflow_module
+
+    @property
+    def active(self) -> bool:
+        return self._mlflow is not None
+
+    @property
+    def run_id(self) -> str | None:
+        return self._mlflow.active_run().info.run_id if self._mlflow else None
+
+    def params(self, params: dict) -> None:
+        if self._mlflow:
+            self._mlflow.log_params({k: redact(str(v))[:6000] for k, v in _flatten(params).items()})
+
+    def metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self._mlflow:
+            clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            self._mlflow.log_metrics(clean, step=step)
+
+    def tags(self, tags: dict[str, Any]) -> None:
+        if self._mlflow:
+            self._mlflow.set_tags({k: redact(str(v)) for k, v in tags.items()})
+
+    def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self._mlflow and Path(path).exists():
+            self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def json(self, obj: Any, name: str) -> None:
+        if self._mlflow:
+            self._mlflow.log_dict(redact(obj), name)
+
+    def text(self, text: str, name: str) -> None:
+        if self._mlflow:
+            self._mlflow.log_text(redact(text), name)
+
+
+def run_status(exc: BaseException | None) -> str:
+    """The MLflow status a stage run ends with when `exc` (None: nothing) leaves it."""
+    if exc is None or (isinstance(exc, SystemExit) and exc.code in (None, 0)):
+        return "FINISHED"
+    if isinstance(exc, (KeyboardInterrupt, Terminated)):
+        return "KILLED"
+    return "FAILED"
+
+
+def _end_run(mlflow, exc: BaseException | None, outer_id: str | None) -> None:
+    """End the active run with the status `exc` calls for; a held stop request is raised after.
+
+    `outer_id`: the run that was active before ours (None: none). If the active run is still that
+    one, ours never started (start_run failed) or the stage ended it: end nothing, above all
+    not a parent that belongs to the caller.
+    """
+    status = run_status(exc)
+    with signals_deferred() as held:
+        active = mlflow.active_run()
+        if active is None or active.info.run_id == outer_id:
+            return
+        try:
+            if status == "KILLED":
+                mlflow.set_tag("tutorloop.stopped_by", "SIGINT" if isinstance(exc, KeyboardInterrupt)
+                               else signal.Signals(exc.signum).name)
+            elif status == "FAILED":
+                mlflow.set_tag("tutorloop.error", redact(f"{type(exc).__name__}: {exc}")[:1000])
+            mlflow.end_run(status)
+        except Exception as err:  # noqa: BLE001
+            if exc is None:
+                raise
+            # Never let a failing store hide the exception that is ending the stage.
+            print(f"tutorloop: could not mark the MLflow run {status}: {redact(str(err))}", file=sys.stderr)
+    if held and exc is None:  # asked to stop while a finished run was being written: stop now
+        raise KeyboardInterrupt if held[0] == signal.SIGINT else Terminated(held[0])
+
+
+@contextmanager
+def stage_run(stage: str, params: dict, round_key: str | None = None) -> Iterator[StageLog]:
+    """Open the MLflow run of one stage execution (nested when a parent id is in the env).
+
+    The run ends FINISHED, FAILED (exception, re-raised) or KILLED (SIGINT/SIGTERM, re-raised as
+    KeyboardInterrupt/Terminated); see the module docstring.
+    """
+    with sigterm_raises():
+        if not enabled():
+            yield StageLog(None)
+            return
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        import mlflow
+
+        exp_id = ensure_store()
+        parent = os.environ.get(PARENT_ENV) or None
+        name = stage if round_key is None else f"{stage}@{round_key}"
+        tags = {"tutorloop.stage": stage, "tutorloop.git_commit": git_commit()}
+        if round_key is not None:
+            tags["tutorloop.round"] = round_key
+        outer = mlflow.active_run()
+        outer_id = outer.info.run_id if outer is not None else None
+        try:
+            # start_run inside the try: a signal between creating the run and entering the block
+            # must still end it.
+            mlflow.start_run(experiment_id=exp_id, run_name=name, parent_run_id=parent,
+                             nested=parent is not None, tags=tags)
+            log = StageLog(mlflow)
+            log.params(params)
+            yield log
+        except BaseException as exc:
+            _end_run(mlflow, exc, outer_id)
+            raise
+        _end_run(mlflow, None, outer_id)
+
+
+def trainer_callback(log: StageLog):
+    """A transformers TrainerCallback that sends the trainer's logs (loss, lr, rewards) to `log`.
+
+    Rather than `report_to="mlflow"`: HF's MLflowCallback logs all ~200 TrainingArguments as
+    params and may end the active run itself; we want only the curves, in our stage run.
+    """
+    from transformers import TrainerCallback
+
+    class _Callback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                log.metrics({f"train/{k}": v for k, v in logs.items()}, step=state.global_step)
+
+    return _Callback()
+

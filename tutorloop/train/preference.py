@@ -1,0 +1,146 @@
+"""Preference learning on a round's feedback (DPO or KTO), thin over TRL's trainers.
+
+`rounds.r.preference.method` picks the objective, both with a *fresh* LoRA adapter on the
+merged round r-1 model:
+
+* `dpo`: `DPOTrainer` on pairs.jsonl (positives x negatives, Orca-Math's rules); with
+  `sft_weight` > 0 an NLL term on the chosen side is added (RPO: TRL's loss_type [sigmoid, sft]).
+* `kto`: `KTOTrainer` on unpaired.jsonl (the same table, desirable/undesirable), with class
+  weights from the imbalance: desirable_weight * n_desirable = undesirable_weight * n_undesirable,
+  the balance the KTO paper recommends (TRL warns outside [1, 4/3]); our tables are mostly
+  desirable (the teacher's solution is always one), so undesirable examples get the larger weight.
+
+Reference (`rounds.r.preference.reference`): `prev` (default) passes `ref_model=None`, so TRL uses
+the adapter-disabled model — exactly round r-1, because the adapter is fresh (re-using an adapter
+trained in an earlier round would make the reference drift: the PEFT pitfall this avoids). `sft`
+loads models/round-0 as an explicit frozen reference. The adapter is merged and saved as a plain
+checkpoint. Precision and batch per device: tutorloop/train/precision.py.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from pathlib import Path
+
+from tutorloop.config import PREFERENCE_BATCH_CPU, ConfigError, Params
+from tutorloop.data.jsonl import read_jsonl
+from tutorloop.modeling import load, messages, pick_device, setup_runtime
+from tutorloop.train.lora import lora_config, merge_and_save_full_precision
+from tutorloop.train.precision import device_batch, train_dtype, trainer_precision
+from tutorloop.train.resume import checkpointing, last_checkpoint, work_dir
+
+# the trainer's last logged value of each, reported as the stage's metric of that name
+LOGGED = (("rewards/accuracies", "reward_accuracy"), ("rewards/margins", "reward_margin"),
+          ("rewards/chosen", "reward_chosen"), ("rewards/rejected", "reward_rejected"), ("kl", "kl"))
+
+
+def to_preference(rows: list[dict], params: Params) -> list[dict]:
+    """TRL's conversational preference format: shared prompt, chosen/rejected assistant turns."""
+    p = params.prompt
+    return [{"prompt": messages(r["question"], p.system, p.template),
+             "chosen": [{"role": "assistant", "content": r["chosen"]}],
+             "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows]
+
+
+def to_unpaired(rows: list[dict], params: Params, seed: int) -> list[dict]:
+    """TRL's conversational unpaired format. KTOTrainer samples sequentially (its KL estimate
+    pairs neighbours in a batch), so the order is shuffled here, seeded, to mix the labels."""
+    p = params.prompt
+    out = [{"prompt": messages(r["question"], p.system, p.template),
+            "completion": [{"role": "assistant", "content": r["completion"]}], "label": bool(r["label"])}
+           for r in rows]
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def class_weights(rows: list[dict]) -> tuple[float, float]:
+    """(desirable_weight, undesirable_weight) with weight x count equal for both classes, the
+    larger class at weight 1."""
+    n_pos = sum(bool(r["label"]) for r in rows)
+    n_neg = len(rows) - n_pos
+    if not n_pos or not n_neg:
+        raise ValueError(f"KTO needs both classes; got {n_pos} desirable and {n_neg} undesirable examples")
+    return (1.0, n_pos / n_neg) if n_pos >= n_neg else (n_neg / n_pos, 1.0)
+
+
+def load_models(params: Params, round_key: str, prev_model: Path, sft_model: Path | None):
+    """(policy, tokenizer, explicit reference or None, device) for round `round_key`."""
+    rcfg = params.rounds[round_key].preference
+    setup_runtime(params.runtime.threads)
+    device = pick_device(params.runtime.device)
+    dtype = train_dtype(device)
+    model, tok = load(prev_model, dtype=dtype, device=device)
+    ref_model = None
+    if rcfg.reference == "sft" and params.rounds[round_key].prev != "0":
+        if sft_model is None:
+            raise ConfigError("rounds.%s.preference.reference: 'sft' needs the SFT model path (--sft)" % round_key)
+        ref_model, _ = load(sft_model, dtype=dtype, device=device)
+        ref_model.eval().requires_grad_(False)
+    return model, tok, ref_model, device
+
+
+def trainer_and_data(params: Params, round_key: str, round_dir: Path, common: dict):
+    """(TRL trainer class, its config, the dataset rows, the metrics that describe them)."""
+    rcfg = params.rounds[round_key].preference
+    if rcfg.method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        rows = read_jsonl(round_dir / "pairs.jsonl", required=("question", "chosen", "rejected"))
+        # RPO: the DPO loss plus an NLL term on the chosen side keeps the policy's likelihood of
+        # correct solutions from falling while the margin grows (a known DPO failure on math).
+        rpo = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, rcfg.sft_weight]) if rcfg.sft_weight else {}
+        return (DPOTrainer, DPOConfig(**common, **rpo), to_preference(rows, params),
+                {"pairs": len(rows), "sft_weight": rcfg.sft_weight, "rows": len(rows)})
+    from trl import KTOConfig, KTOTrainer
+
+    rows = read_jsonl(round_dir / "unpaired.jsonl", required=("question", "completion", "label"))
+    dw, uw = class_weights(rows)
+    return (KTOTrainer, KTOConfig(**common, desirable_weight=dw, undesirable_weight=uw),
+            to_unpaired(rows, params, rcfg.seed),
+            {"examples": len(rows), "desirable": sum(r["label"] for r in rows), "desirable_weight": dw,
+             "undesirable_weight": uw, "rows": len(rows)})
+
+
+def train_preference(params: Params, round_key: str, prev_model: Path, round_dir: Path, out: Path,
+                     callbacks=(), sft_model: Path | None = None) -> dict:
+    """Train round `round_key` on its feedback from `prev_model`, merge, save to `out`; metrics."""
+    from datasets import Dataset
+
+    cfg, rcfg = params.preference, params.rounds[round_key].preference
+    model, tok, ref_model, device = load_models(params, round_key, prev_model, sft_model)
+    # a DPO/KTO example is two sequences (chosen + rejected, or the completion + its KL partner)
+    batch, accum = device_batch(cfg.batch_size, cfg.grad_accum, model, cfg.max_length, PREFERENCE_BATCH_CPU,
+                                pairs=True)
+    split = [[batch, accum]] if cfg.batch_size == "auto" else []   # auto: part of the run (sft.py says why)
+    data_file = round_dir / ("pairs.jsonl" if rcfg.method == "dpo" else "unpaired.jsonl")
+    work = work_dir(f"{rcfg.method}-{round_key}", cfg.model_dump(), rcfg.model_dump(), params.prompt.model_dump(),
+                    prev_model, data_file, sft_model if ref_model is not None else "", *split)
+    resume = last_checkpoint(work)   # a killed earlier attempt of this very run
+    common = dict(
+        output_dir=str(work), beta=rcfg.beta, learning_rate=rcfg.learning_rate,
+        num_train_epochs=rcfg.epochs, per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accum, warmup_steps=cfg.warmup_ratio,
+        lr_scheduler_type="cosine", max_length=cfg.max_length, seed=rcfg.seed, data_seed=rcfg.seed,
+        logging_steps=cfg.logging_steps, report_to="none", **checkpointing(cfg.save_steps),
+        activation_checkpointing=False, dataset_num_proc=1, **trainer_precision(device))
+    trainer_cls, args, data, described = trainer_and_data(params, round_key, round_dir, common)
+    n_rows = described.pop("rows")
+    trainer = trainer_cls(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(data),
+                          processing_class=tok, peft_config=lora_config(cfg.lora), callbacks=list(callbacks))
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - start
+    merge_and_save_full_precision(trainer.model, tok, out, prev_model)
+    shutil.rmtree(work, ignore_errors=True)   # kept on failure: the next attempt resumes from it
+    metrics: dict = {"method_kto": float(rcfg.method == "kto"), "reference_sft": float(ref_model is not None),
+                     "batch_size": batch, "grad_accum": accum, **described,
+                     "resumed_from_step": int(resume.rsplit("-", 1)[1]) if resume else 0,
+                     "train_loss": result.training_loss, "train_seconds": seconds,
+                     "examples_per_second": n_rows * rcfg.epochs / seconds}
+    for key, name in LOGGED:
+        vals = [h[key] for h in trainer.state.log_history if key in h]
+        if vals:
+            metrics[name] = vals[-1]
+    return metrics
