@@ -70,8 +70,11 @@ PLUMBING = ("tutorloop/runtime/", "tutorloop/data/jsonl.py", "tutorloop/errors.p
 
 
 def computes_with(start: Path) -> set[str]:
-    """Every library source file `start` imports, transitively (function-level imports too),
-    without the plumbing (whose own imports are plumbing too)."""
+    """Every library source file `start` imports, transitively (function-level imports too, and
+    the `__init__` of each package on the way, which runs first), without the plumbing (whose own
+    imports are plumbing too) and without docstring-only `__init__` files."""
+    import ast
+
     from test_layout import imports, modules
 
     files = {**modules(ROOT / "tutorloop"), **modules(ROOT / "components")}
@@ -79,13 +82,16 @@ def computes_with(start: Path) -> set[str]:
     todo = [start]
     while todo:
         for mod in imports(todo.pop()):
-            path = files.get(mod)
-            rel = path.relative_to(ROOT).as_posix() if path else None
-            if rel is None or rel in seen or rel.startswith(PLUMBING):
-                continue
-            seen.add(rel)
-            todo.append(path)
-    return seen
+            parts = mod.split(".")
+            for path in filter(None, (files.get(".".join(parts[:n])) for n in range(2, len(parts) + 1))):
+                rel = path.relative_to(ROOT).as_posix()
+                if rel in seen or rel.startswith(PLUMBING):
+                    continue
+                seen.add(rel)
+                todo.append(path)
+    docs_only = {rel for rel in seen if rel.endswith("__init__.py") and all(
+        isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in ast.parse((ROOT / rel).read_text()).body)}
+    return seen - docs_only
 
 
 def test_unknown_key_wrong_type_and_impossible_values_all_reported():

@@ -78,7 +78,7 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
 
 
 def _locate(problem: str, lines: dict[tuple[str, ...], int]) -> int | None:
-    """The line of a problem's key (`rounds.1.dpo.beta: ...`), or of its nearest present parent
+    """The line of a problem's key (`rounds.1.preference.beta: ...`), or of its nearest present parent
     (a missing required key points at its section)."""
     parts = tuple(problem.split(": ", 1)[0].split("."))
     for n in range(len(parts), 0, -1):

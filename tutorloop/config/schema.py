@@ -94,6 +94,8 @@ def _default(field: str, default: Any, description: str | None = None):
 
 
 class Teacher(Endpoint):
+    model: str = _default("model", "", "openai: the server's model name; transformers: a local HF checkpoint dir")
+    concurrency: int = _default("concurrency", 8, "teacher calls in flight at once")
     kind: Literal["procedural", "dataset", "openai", "transformers"] = Field("procedural", description="procedural = the embedded offline teacher; dataset = labelled seed problems (jsonl/dataset) pass through as the teacher's solutions, no agents; openai = any OpenAI-compatible chat server; transformers = a local model")
     temperature: float = Field(0.7, ge=0, description="sampling temperature of every agent call")
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling of every agent call")
@@ -198,7 +200,8 @@ class StudentEndpoint(Endpoint):
     base_url: str = _default("base_url", "", "the server's URL, e.g. http://localhost:8000/v1 for `vllm serve models/round-0 --served-model-name round-0`; required for backend openai")
     api_key_env: str = _default("api_key_env", "VLLM_API_KEY", "NAME of the environment variable holding the server's key; VLLM_API_KEY is the one vLLM itself reads (one export serves both), and an OpenAI key in OPENAI_API_KEY is never sent to a student's server by default; unset = any key, which keyless local servers accept")
     concurrency: int = _default("concurrency", 64, "requests in flight at once (a vLLM server batches them continuously: more in flight = fuller GPU)")
-    timeout: float = _default("timeout", 300)
+    timeout: float = _default("timeout", 300, "seconds per request before it counts as a timeout (retried)")
+    max_retries: int = _default("max_retries", 6, "retries on 429/5xx/timeouts, with backoff honouring Retry-After (the one OpenAI-compatible client)")
     n: bool = Field(True, description="ask for the K samples of a problem in one request (`n`; vLLM, OpenAI); false = K requests with seeds seed + 7919k, for servers that ignore n (llama.cpp, Ollama)")
     cache_dir: str = Field(".tutorloop-cache", description="every reply is cached here (calls.sqlite, keyed by the checkpoint's content hash): a re-run sends nothing")
 
@@ -211,7 +214,7 @@ class Decoding(Section):
     batch_size: BatchSize = Field(ENGINE_ROWS_CPU, description="local: sequences decoded together by the engine (finished ones are refilled); auto = 128 on CPU, on CUDA as many as free memory holds")
     max_new_tokens: int = Field(256, gt=0, description="tokens per solution at most")
     dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="local: inference dtype (bf16 ~1.75x fp32 on CPU); a server uses its own")
-    limit: int = Field(0, ge=0, description="decode for the first N problems (practice: from rounds.r.practice.offset); 0 = all")
+    limit: int = Field(0, ge=0, description="practice: N problems per round (from rounds.r.practice.offset); evaluate: the first N held-out problems; 0 = all")
     calculator: bool = Field(False, description="the engine computes every `<<expr=` the model writes and writes `value>>` for it (tutorloop/inference/calculator.py; part of the evaluation protocol)")
 
 
@@ -222,7 +225,9 @@ class Practice(Decoding):
 class Judge(Endpoint):
     mode: Literal["none", "fallback", "double_check"] = Field("none", description="LLM judge (Orca-Math's GPT-4 exact-match judge): fallback = only where no answer can be parsed; double_check = every sample, disagreements logged (not `off`: YAML 1.1 readers turn an unquoted off into false, and `dvc exp run -S` rewrites params.yaml without quotes)")
     kind: Literal["openai", "transformers"] = Field("openai", description="backend, as generate.teacher.kind")
-    timeout: float = _default("timeout", 60)
+    model: str = _default("model", "", "judge model (server model name, or a local dir for transformers)")
+    concurrency: int = _default("concurrency", 8, "judge calls in flight at once")
+    timeout: float = _default("timeout", 60, "seconds per judge call before it counts as a timeout (retried)")
     batch_size: int = Field(8, gt=0, description="transformers: prompts per generate()")
     dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="transformers: inference dtype")
     cache_dir: str = Field(".tutorloop-cache", description="judge calls are cached here too (never paid twice)")

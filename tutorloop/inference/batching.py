@@ -1,7 +1,7 @@
-"""Batch sizes per device: what `batch_size: auto` resolves to (practice, evaluate, sft, dpo).
+"""Batch sizes per device: what `batch_size: auto` resolves to (practice, evaluate, sft, preference).
 
 On CPU, `auto` is the measured small default (tutorloop/config/schema.py: ENGINE_ROWS_CPU,
-SFT_BATCH_CPU, DPO_BATCH_CPU): more rows only add latency on 2 cores. On CUDA the batch is
+SFT_BATCH_CPU, PREFERENCE_BATCH_CPU): more rows only add latency on 2 cores. On CUDA the batch is
 sized from the memory that is free once the model is loaded (`torch.cuda.mem_get_info`), with an
 estimate of what one row (generation) or one example (training) costs:
 

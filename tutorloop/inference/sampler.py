@@ -117,7 +117,7 @@ class ServerSampler:
         self.n_per_request, self.concurrency = server.n, server.concurrency
 
         def factory() -> OpenAIChat:  # built at the first cache miss: a cached re-run needs no server
-            return OpenAIChat.of(server, self.name, what=f"{what}.server")
+            return OpenAIChat.of(server, model=self.name, what=f"{what}.server")
 
         self.chat = CachedChat(factory, Path(server.cache_dir) / "calls.sqlite", kind="openai",
                                model=f"{self.name}@{checkpoint_digest(model_dir)}", keep_empty=True)

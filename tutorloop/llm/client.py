@@ -8,7 +8,7 @@ that, worse). 400 and 401 are not retried: they become a `TeacherError` that say
 The API key is read from the environment variable *named* in params.yaml and is never logged,
 cached, or put in an error message. `OpenAIChat.complete` returns the `n` choices of one
 request with the server's `usage.completion_tokens` (server-side sampling of the student).
-Built from the one `config.Endpoint` shape by `OpenAIChat.of(endpoint, what)`.
+Built from the one `config.Endpoint` shape by `OpenAIChat.of(endpoint, model=..., what=...)`.
 """
 
 
@@ -72,7 +72,7 @@ class OpenAIChat:
         self.json_mode = True  # False once the server has rejected response_format
 
     @classmethod
-    def of(cls, endpoint, model: str | None = None, what: str = "generate.teacher") -> "OpenAIChat":
+    def of(cls, endpoint, *, model: str | None = None, what: str = "generate.teacher") -> "OpenAIChat":
         """The client for a `config.Endpoint` (teacher, judge, served student); `model`
         overrides the endpoint's (a served student's name defaults to its folder's)."""
         return cls(model or endpoint.model, endpoint.base_url, endpoint.api_key_env, endpoint.timeout,

@@ -55,8 +55,8 @@ def lineage(checkpoint: str, stages: dict) -> dict[str, str]:
     entry = stages.get(producing_stage(checkpoint), {})
     for out in entry.get("outs", []):
         tags[f"dvc.out.{out['path']}"] = out.get("md5", "")
-    for dep in entry.get("deps", []):
-        if not dep["path"].endswith(".py"):
+    for dep in entry.get("deps", []):   # the data and models it was made from, not its code
+        if not dep["path"].startswith(("components/", "tutorloop/")) and not dep["path"].endswith(".py"):
             tags[f"dvc.dep.{dep['path']}"] = dep.get("md5", "")
     return tags
 

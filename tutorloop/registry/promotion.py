@@ -7,7 +7,7 @@ per-problem verdicts are logged with each version (artifact `PREDICTIONS`) so th
 challenger can be paired against them.
 
 Champions are scoped by evaluation: verdicts pair only under the same protocol (prompt, decoding,
-few-shot; `evaluate.protocol`) on the same problem ids, so each scope — a hash of both — has its
+few-shot; `tutorloop.eval.protocol`) on the same problem ids, so each scope — a hash of both — has its
 own alias `champion-<scope>`, and `champion` names the champion of the scope the project evaluates
 with now. A new protocol or test set starts a new scope (its first version is that scope's
 champion, and the loop's next versions are paired against it) instead of freezing promotion: with

@@ -1,7 +1,7 @@
 """The AgentInstruct agents on the offline path: Ask-Me-Anything, Suggester and Editor on graphs.
 
 Orca-Math's agents are LLM prompts; here the same roles act on computation graphs
-(`graph.py`) so the embedded teacher exercises the same flow the LLM path does (see `llm.py`):
+(`graph.py`) so the embedded teacher exercises the same flow the LLM path does (see `instruct.py`):
 
 * **Ask-Me-Anything** (`ask_me_anything`): states the answer and asks for each given instead,
   and asks for each intermediate quantity (`graph.ask_variants`).

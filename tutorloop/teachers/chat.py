@@ -8,12 +8,13 @@ from tutorloop.llm.cache import CachedChat
 from tutorloop.llm.client import Chat, OpenAIChat
 
 
-def make_chat(cfg, cache_dir: str | Path, device: str = "auto") -> CachedChat:
-    """The configured backend (params.yaml generate.teacher), behind the disk cache."""
+def make_chat(cfg, cache_dir: str | Path, device: str = "auto", what: str = "generate.teacher") -> CachedChat:
+    """The backend `cfg` configures (params.yaml `what`: generate.teacher or feedback.judge),
+    behind the disk cache."""
     calc = cfg.kind == "transformers" and getattr(cfg, "calculator", False)
     if cfg.kind == "openai":
         def factory() -> Chat:
-            return OpenAIChat.of(cfg)
+            return OpenAIChat.of(cfg, what=what)
     elif cfg.kind == "transformers":
         def factory() -> Chat:
             from tutorloop.inference.chat import TransformersChat

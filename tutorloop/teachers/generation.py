@@ -33,6 +33,8 @@ from pathlib import Path
 
 from tutorloop.config import Generate
 from tutorloop.data.dedup import Dedup
+from tutorloop.data.digest import digest
+from tutorloop.data.evalsets import seed_rows
 from tutorloop.data.jsonl import read_jsonl, write_json, write_jsonl
 from tutorloop.runtime.pool import run_all
 from tutorloop.teachers import ProceduralTeacher, graph_record, normalise
@@ -55,14 +57,7 @@ class SeedSource:
         s = config.seeds
         if s.source in ("jsonl", "dataset"):
             prefix = Path(s.path).name if s.source == "jsonl" else f"{s.dataset}/{s.split}"
-            if seeds_file is not None:
-                rows = read_jsonl(seeds_file, required=("question",))
-            elif s.source == "jsonl":
-                rows = read_jsonl(s.path, required=("question",))
-            else:
-                from datasets import load_dataset
-
-                rows = list(load_dataset(s.dataset, s.subset or None, split=s.split))
+            rows = read_jsonl(seeds_file, required=("question",)) if seeds_file is not None else seed_rows(s)[0]
             self.rows = [{"seed_id": f"{prefix}:{i}", "question": r["question"],
                           "solution": r.get("answer", "")} for i, r in enumerate(rows)]
         if self.rows is not None:
@@ -229,13 +224,11 @@ def journal_key(config: Generate, seeds: "SeedSource") -> str:
                                            "base_url"})
     spec = {"teacher": t, "seeds": config.seeds.model_dump(), "agents": config.agents.model_dump(),
             "seed": config.seed, "families": config.families, "max_answer_chars": config.max_answer_chars}
-    h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
-    if seeds.rows is not None:
-        h.update(json.dumps(seeds.rows, sort_keys=True).encode())
+    lib = TEACHERS_DIR.parent
     code = sorted(f for f in TEACHERS_DIR.rglob("*") if f.is_file() and f.suffix in (".py", ".md"))
-    for f in code + [Path(__file__).parents[1] / "eval" / "grading.py"]:
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    # the grader that reads answers, and the chat backends that fetch the replies
+    code += [lib / "eval" / "grading.py", *sorted((lib / "llm").glob("*.py")), lib / "inference" / "chat.py"]
+    return digest(spec, seeds.rows, *code, length=16)
 
 
 # --- the dataset ------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Each agent is a prompt file in `prompts/` (the system message; reviewed like code, diffed in
 git, and a dependency of the `generate` stage in dvc.yaml) plus a pure parser that validates the
 reply (pydantic). `LLMAgents.expand(seed)` runs one seed through the agents with any `chat`
-callable (`llm.CachedChat`) and returns the kept records and the per-filter drop counts:
+callable (`tutorloop.llm.cache.CachedChat`) and returns the kept records and the per-filter drop counts:
 
     seed --AMA--> new problems --Solver(x2)--> records                   agent path ama/i
     seed --Suggester--> ideas --Editor--> harder problem --Solver(x2)--> suggest-edit/1, /2

@@ -19,7 +19,7 @@ def llm_judge(rows: list[dict], problems: list[dict], cfg, chat=None, device: st
 
     if cfg.mode == "none":
         return {}
-    chat = chat or make_chat(cfg, cfg.cache_dir, device)
+    chat = chat or make_chat(cfg, cfg.cache_dir, device, what="feedback.judge")
     by_id = {p["id"]: p for p in problems}
     todo = [r for r in rows if cfg.mode == "double_check" or r["extracted"] is None]
     system = prompt("judge")

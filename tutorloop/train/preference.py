@@ -20,16 +20,14 @@ checkpoint. Precision and batch per device: tutorloop/train/precision.py.
 from __future__ import annotations
 
 import random
-import shutil
-import time
 from pathlib import Path
 
 from tutorloop.config import PREFERENCE_BATCH_CPU, ConfigError, Params
 from tutorloop.data.jsonl import read_jsonl
 from tutorloop.modeling import load, messages, pick_device, setup_runtime
-from tutorloop.train.lora import lora_config, merge_and_save_full_precision
-from tutorloop.train.precision import device_batch, train_dtype, trainer_precision
-from tutorloop.train.resume import checkpointing, last_checkpoint, work_dir
+from tutorloop.train.lora import lora_config
+from tutorloop.train.precision import device_batch, train_dtype
+from tutorloop.train.resume import train_and_merge, trainer_args, work_dir
 
 # the trainer's last logged value of each, reported as the stage's metric of that name
 LOGGED = (("rewards/accuracies", "reward_accuracy"), ("rewards/margins", "reward_margin"),
@@ -117,28 +115,19 @@ def train_preference(params: Params, round_key: str, prev_model: Path, round_dir
     data_file = round_dir / ("pairs.jsonl" if rcfg.method == "dpo" else "unpaired.jsonl")
     work = work_dir(f"{rcfg.method}-{round_key}", cfg.model_dump(), rcfg.model_dump(), params.prompt.model_dump(),
                     prev_model, data_file, sft_model if ref_model is not None else "", *split)
-    resume = last_checkpoint(work)   # a killed earlier attempt of this very run
-    common = dict(
-        output_dir=str(work), beta=rcfg.beta, learning_rate=rcfg.learning_rate,
-        num_train_epochs=rcfg.epochs, per_device_train_batch_size=batch,
-        gradient_accumulation_steps=accum, warmup_steps=cfg.warmup_ratio,
-        lr_scheduler_type="cosine", max_length=cfg.max_length, seed=rcfg.seed, data_seed=rcfg.seed,
-        logging_steps=cfg.logging_steps, report_to="none", **checkpointing(cfg.save_steps),
-        activation_checkpointing=False, dataset_num_proc=1, **trainer_precision(device))
+    common = trainer_args(work, learning_rate=rcfg.learning_rate, epochs=rcfg.epochs, batch=batch, grad_accum=accum,
+                          warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length, seed=rcfg.seed,
+                          logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, device=device)
+    common["beta"] = rcfg.beta
     trainer_cls, args, data, described = trainer_and_data(params, round_key, round_dir, common)
     n_rows = described.pop("rows")
     trainer = trainer_cls(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(data),
                           processing_class=tok, peft_config=lora_config(cfg.lora), callbacks=list(callbacks))
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - start
-    merge_and_save_full_precision(trainer.model, tok, out, prev_model)
-    shutil.rmtree(work, ignore_errors=True)   # kept on failure: the next attempt resumes from it
+    run = train_and_merge(trainer, work, tok, out, prev_model)
     metrics: dict = {"method_kto": float(rcfg.method == "kto"), "reference_sft": float(ref_model is not None),
                      "batch_size": batch, "grad_accum": accum, **described,
-                     "resumed_from_step": int(resume.rsplit("-", 1)[1]) if resume else 0,
-                     "train_loss": result.training_loss, "train_seconds": seconds,
-                     "examples_per_second": n_rows * rcfg.epochs / seconds}
+                     "resumed_from_step": run.resumed_from_step, "train_loss": run.result.training_loss,
+                     "train_seconds": run.seconds, "examples_per_second": n_rows * rcfg.epochs / run.seconds}
     for key, name in LOGGED:
         vals = [h[key] for h in trainer.state.log_history if key in h]
         if vals:

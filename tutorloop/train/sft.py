@@ -14,16 +14,14 @@ picks the per-device batch (tutorloop/inference/batching.py).
 
 from __future__ import annotations
 
-import shutil
-import time
 from pathlib import Path
 
 from tutorloop.config import SFT_BATCH_CPU, Params
 from tutorloop.data.jsonl import read_jsonl
 from tutorloop.modeling import load, messages, pick_device, setup_runtime
-from tutorloop.train.lora import lora_config, merge_and_save_full_precision
-from tutorloop.train.precision import device_batch, train_dtype, trainer_precision
-from tutorloop.train.resume import checkpointing, last_checkpoint, work_dir
+from tutorloop.train.lora import lora_config
+from tutorloop.train.precision import device_batch, train_dtype
+from tutorloop.train.resume import train_and_merge, trainer_args, work_dir
 
 
 def make_sft_trainer_class(device):
@@ -74,12 +72,10 @@ def build_trainer(params: Params, model, tok, rows: list[dict], work: Path, call
     cfg = params.sft
     per_device, accum = batch or resolve_batch(params, model)
     args = SFTConfig(
-        output_dir=str(work), learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=per_device, gradient_accumulation_steps=accum,
-        warmup_steps=cfg.warmup_ratio, lr_scheduler_type="cosine", max_length=cfg.max_length,
-        seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps,
-        report_to="none", **checkpointing(cfg.save_steps), activation_checkpointing=False,  # ~25% faster; activations fit easily
-        completion_only_loss=True, dataset_num_proc=1, **trainer_precision(model.device),
+        **trainer_args(work, learning_rate=cfg.learning_rate, epochs=cfg.epochs, batch=per_device, grad_accum=accum,
+                       warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length, seed=cfg.seed,
+                       logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, device=model.device),
+        completion_only_loss=True,
         # padding is compute on a CPU: similar lengths per batch (still shuffled across batches)
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
     return make_sft_trainer_class(model.device)(
@@ -94,19 +90,12 @@ def train_sft(params: Params, base: Path, train_file: Path, out: Path, callbacks
     device = pick_device(params.runtime.device)
     model, tok = load(base, dtype=train_dtype(device), device=device)
     batch = resolve_batch(params, model)
-    # auto: the resolved split is part of the run (a resumed run must keep it); integer batch
-    # sizes keep the key they always had
+    # auto: the resolved split is part of the run (a resumed run must keep it)
     split = [list(batch)] if params.sft.batch_size == "auto" else []
     work = work_dir("sft", params.sft.model_dump(), params.prompt.model_dump(), base, train_file, *split)
-    resume = last_checkpoint(work)   # a killed earlier attempt of this very run
     trainer = build_trainer(params, model, tok, rows, work, callbacks, batch)
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - start
+    run = train_and_merge(trainer, work, tok, out, base)
     tokens = sum(len(x) for x in trainer.train_dataset["input_ids"]) * params.sft.epochs
-    merge_and_save_full_precision(trainer.model, tok, out, base)
-    shutil.rmtree(work, ignore_errors=True)   # kept on failure: the next attempt resumes from it
-    return {"train_loss": result.training_loss, "train_seconds": seconds,
-            "train_tokens_per_second": tokens / seconds, "examples": len(rows),
-            "batch_size": batch[0], "grad_accum": batch[1],
-            "resumed_from_step": int(resume.rsplit("-", 1)[1]) if resume else 0}
+    return {"train_loss": run.result.training_loss, "train_seconds": run.seconds,
+            "train_tokens_per_second": tokens / run.seconds, "examples": len(rows),
+            "batch_size": batch[0], "grad_accum": batch[1], "resumed_from_step": run.resumed_from_step}
