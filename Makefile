@@ -30,6 +30,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
+	$(VENV)/bin/tutorloop doctor   # what this machine will do (precision, attention path), before the loop
 	$(VENV)/bin/tutorloop run
 
 test: install

@@ -1,7 +1,9 @@
 """Sampling throughput: the engine (tutorloop/inference/engine.py) vs HF `generate`, same prompts, one run.
 
 Practice's workload by default: K=4 samples per prompt, temperature 0.7, top_p 0.95, 160 new
-tokens, bf16, on practice-like problems of the embedded teacher. Both sides count *useful*
+tokens, at the precision `auto` resolves to on this machine (bf16 where the CPU computes it
+natively, else fp32: tutorloop/hardware.py; `--precision` forces one), on practice-like problems
+of the embedded teacher. The first line names the machine: figures are per CPU kind. Both sides count *useful*
 tokens only (up to and including EOS; no padding, nothing after EOS). HF runs as practice used
 to (32 prompts x K per `generate` call); the engine with its default rows. Also checks that
 greedy decoding gives the same completions on both (evaluation must not change), and times the
@@ -28,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tutorloop import modeling  # noqa: E402
+from tutorloop import hardware, modeling  # noqa: E402
 from tutorloop.inference import engine  # noqa: E402
 from tutorloop.teachers import ProceduralTeacher  # noqa: E402
 
@@ -52,10 +54,15 @@ def main() -> None:
     parser.add_argument("--hf-batch", type=int, default=32, help="prompts per HF generate call")
     parser.add_argument("--rows", type=int, default=128, help="engine rows in flight")
     parser.add_argument("--fp32-prompts", type=int, default=16, help="greedy prompts checked in fp32 (exact)")
+    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="sampling precision (auto: what the stages would run here)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     modeling.setup_runtime(0)
-    model, tok = modeling.load(args.model, dtype="bfloat16")
+    chosen = hardware.resolve(args.precision, "cpu")
+    machine = f"{hardware.cpu_name()}, torch capability {hardware.cpu_capability()}, {chosen.dtype} ({chosen.reason})"
+    print(f"machine: {machine}")
+    model, tok = modeling.load(args.model, dtype=chosen.dtype)
     prompts = practice_prompts(tok, args.prompts + args.greedy_prompts)
     sampling = dict(num_return_sequences=args.samples, do_sample=True, temperature=0.7, top_p=0.95,
                     max_new_tokens=args.new_tokens, seed=0)
@@ -97,14 +104,15 @@ def main() -> None:
         "fp32_greedy_identical": same32, "fp32_greedy_n": len(exact),
         "bf16_equals_fp32": to32,
         "samples": args.prompts * args.samples, "hf_tokens": hf.new_tokens, "engine_tokens": en.new_tokens,
+        "machine": machine, "precision": chosen.dtype,
     }
-    print(f"\nsampling: {args.prompts} prompts x K={args.samples}, T=0.7, top_p=0.95, {args.new_tokens} tokens, bf16")
+    print(f"\nsampling: {args.prompts} prompts x K={args.samples}, T=0.7, top_p=0.95, {args.new_tokens} tokens, {chosen.dtype}")
     print(f"  HF generate ({args.hf_batch} prompts/call) {hf.tokens_per_second:8.1f} useful tok/s  ({hf.new_tokens} tokens, {hf.seconds:.1f} s)")
     print(f"  engine ({args.rows} rows)            {en.tokens_per_second:8.1f} useful tok/s  ({en.new_tokens} tokens, {en.seconds:.1f} s; attention: {en.attention})")
     print(f"  ratio engine / HF                  {figures['ratio']:8.2f}x")
     print(f"  engine, torch SDPA attention     {es.tokens_per_second:8.1f} useful tok/s  ({es.new_tokens} tokens, {es.seconds:.1f} s)")
     print(f"  engine + calculator              {ec.tokens_per_second:8.1f} useful tok/s  ({ec.calculator_calls} annotations computed)")
-    print(f"greedy bf16: HF {g_hf.tokens_per_second:.1f} tok/s, engine {g_en.tokens_per_second:.1f} tok/s; "
+    print(f"greedy {chosen.dtype}: HF {g_hf.tokens_per_second:.1f} tok/s, engine {g_en.tokens_per_second:.1f} tok/s; "
           f"identical completions engine vs HF {same}/{len(greedy)} (engine with SDPA {same_sdpa}/{len(greedy)}), "
           f"HF batch 50 vs HF batch 8 {hf_self}/{len(greedy)}")
     print(f"greedy fp32: identical completions engine vs HF {same32}/{len(exact)}; bf16 completions equal to "

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tutorloop.config import Feedback
+from tutorloop.config import Feedback, Runtime
 from tutorloop.data.jsonl import read_jsonl, write_json, write_jsonl
 from tutorloop.data.preferences import build_pairs, build_unpaired
 from tutorloop.eval.feedback import judge
@@ -26,13 +26,13 @@ from tutorloop.runtime.stage import Arg, stage
 from tutorloop.teachers.judge import llm_judge
 
 
-def run(cfg: Feedback, problems_file: Path, round_dir: Path, chat=None, device: str = "auto") -> dict:
+def run(cfg: Feedback, problems_file: Path, round_dir: Path, chat=None, runtime: Runtime | None = None) -> dict:
     problems = read_jsonl(problems_file, required=("id", "question", "solution", "answer"))
     samples = read_jsonl(round_dir / "samples.jsonl", required=("problem_id", "sample", "completion"))
     ids = {s["problem_id"] for s in samples}
     problems = [p for p in problems if p["id"] in ids]  # practice.limit may have used a prefix
     feedback = judge(problems, samples, strict=cfg.labels == "strict")
-    judge_stats = llm_judge(feedback, problems, cfg.judge, chat, device)
+    judge_stats = llm_judge(feedback, problems, cfg.judge, chat, runtime)
     pairs, stats = build_pairs(problems, feedback, cfg)
     if not pairs:
         raise RuntimeError("no preference pairs could be built (no negatives anywhere?)")
@@ -51,7 +51,7 @@ def run(cfg: Feedback, problems_file: Path, round_dir: Path, chat=None, device: 
 
 @stage("feedback", Arg("round"), Arg("problems", Path), Arg("round_dir", Path), round_arg="round")
 def main(params, args, log) -> dict:
-    metrics = run(params.feedback, args.problems, args.round_dir, device=params.runtime.device)
+    metrics = run(params.feedback, args.problems, args.round_dir, runtime=params.runtime)
     for name in ("feedback.jsonl", "pairs.jsonl", "unpaired.jsonl"):
         log.artifact(args.round_dir / name, "feedback")
     return metrics

@@ -29,7 +29,7 @@ from tutorloop.teachers.generation import generate_dataset
 def main(params, args, log) -> dict:
     # A TeacherError (bad key, unknown model, unreachable server) is bad input: the runner prints
     # its one line and exits 2; the run is FAILED with the reason as a tag.
-    counts = generate_dataset(params.generate, args.out, device=params.runtime.device,
+    counts = generate_dataset(params.generate, args.out, runtime=params.runtime,
                  progress=os.environ.get("TUTORLOOP_PROGRESS", "1") != "0", run_stats=args.run_stats,
                  seeds_file=args.seeds if params.generate.seeds.source != "procedural" else None)
     log.json(read_jsonl(args.out / "sft.jsonl")[:20], "sample/sft_first20.json")

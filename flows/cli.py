@@ -1,6 +1,7 @@
 """`tutorloop`: the command line over the Prefect flows.
 
     tutorloop validate                     check params.yaml (every problem, with key and value)
+    tutorloop doctor                       this machine: CPU, the precision auto resolves to and why
     tutorloop run                          the loop flow: round 0, every round, the report
     tutorloop run --round 2                round 2 and the rounds it builds on (its prev chain)
     tutorloop report                       the accuracy table of the evaluated checkpoints
@@ -171,6 +172,35 @@ def run(project: Path = typer.Option(Path("."), help="project root"),
     ran = [r["stage"] for r in results if r["ran"]]
     typer.echo(f"stages run: {len(ran)} of {len(results)} ({', '.join(ran) or 'all up to date'})")
     report(project)
+
+
+@app.command()
+def doctor(project: Path = typer.Option(Path("."), help="project root")) -> None:
+    """What this machine will do: CPU capability, the precision `auto` resolves to and why, the
+    decode attention path, measured fp32/bf16 matmul speed, versions, where the stores live."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tutorloop import hardware
+    from tutorloop.inference.kernels import attention
+    from tutorloop.modeling import pick_device, setup_runtime
+    from tutorloop.runtime import tracking
+
+    runtime = _validate(project).runtime
+    setup_runtime(runtime.threads)
+    rows = hardware.describe(runtime.precision, runtime.device)
+    device = pick_device(runtime.device)
+    dtype = hardware.resolve(runtime.precision, device).torch_dtype
+    kernel = runtime.attention == "auto" and attention.usable(dtype, device)
+    rows.append(("decode attention", "tutorloop's C kernel" if kernel else
+                 f"torch SDPA ({'runtime.attention: sdpa' if runtime.attention == 'sdpa' else 'the C kernel covers bf16 on x86-64 CPUs with a C compiler'})"))
+    rows += [("MLflow store", tracking.tracking_uri(project)),
+             ("Prefect home", os.environ.get("PREFECT_HOME", "~/.prefect (PREFECT_HOME unset)")),
+             ("DVC cache", str((project / ".dvc" / "cache").resolve()))]
+    table = Table(title="tutorloop doctor", show_header=False)
+    for what, value in rows:
+        table.add_row(what, value)
+    Console().print(table)
 
 
 @app.command()

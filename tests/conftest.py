@@ -85,15 +85,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny_params(model_source: str | Path, rounds: int = 1) -> dict:
     """A complete, valid params dict sized for seconds, not minutes."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["runtime"] = {**raw["runtime"], "threads": 1, "device": "cpu"}
+    raw["runtime"] = {**raw["runtime"], "threads": 1, "device": "cpu", "precision": "float32"}
     raw["base_model"] = {"source": str(model_source), "dtype": "float32"}
     raw["generate"].update(n_sft=24, n_practice=6, n_test=8)
     raw["sft"].update(epochs=1, batch_size=8, grad_accum=1, max_length=256, logging_steps=1,
                       lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"})
-    raw["practice"].update(batch_size=8, max_new_tokens=16, dtype="float32")
+    raw["practice"].update(batch_size=8, max_new_tokens=16)
     raw["preference"].update(batch_size=4, grad_accum=1, max_length=256, logging_steps=1,
                       lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"})
-    raw["evaluate"].update(batch_size=8, max_new_tokens=16, dtype="float32",
+    raw["evaluate"].update(batch_size=8, max_new_tokens=16,
                            gsm8k={"path": str(GSM8K_TRAIN), "dataset": "", "subset": "main",
                                   "split": "test", "limit": 4})
     raw["rounds"] = {str(r): {"prev": str(r - 1),

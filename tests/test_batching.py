@@ -75,15 +75,20 @@ def test_auto_train_batch_on_cuda_keeps_the_effective_batch():
         assert b * a == 16
 
 
-def test_precision_and_dtype_per_device(monkeypatch):
-    assert precision.trainer_precision(CPU) == {"use_cpu": True, "bf16": True}
-    assert precision.train_dtype(CPU) == "float32"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert precision.trainer_precision(CUDA) == {"bf16": True, "fp16": False}
-    assert precision.train_dtype(CUDA) == "bfloat16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)   # pre-Ampere
-    assert precision.trainer_precision(CUDA) == {"bf16": False, "fp16": True}
-    assert precision.train_dtype(CUDA) == "float32"
+def test_precision_and_dtype_per_device():
+    from tutorloop.hardware import Precision
+
+    bf16, fp32, fp16_amp = Precision("bfloat16", "bf16", ""), Precision("float32", None, ""), Precision("float32", "fp16", "")
+    # CPU: fp32 weights always; bf16 autocast only where bf16 resolved (native bf16), else plain fp32
+    assert precision.trainer_precision(CPU, bf16) == {"use_cpu": True, "bf16": True}
+    assert precision.trainer_precision(CPU, fp32) == {"use_cpu": True, "bf16": False}
+    assert precision.train_dtype(CPU, bf16) == precision.train_dtype(CPU, fp32) == "float32"
+    # CUDA: a bf16 base with bf16 AMP; a GPU without bf16 keeps fp32 weights with fp16 AMP
+    assert precision.trainer_precision(CUDA, bf16) == {"bf16": True, "fp16": False}
+    assert precision.train_dtype(CUDA, bf16) == "bfloat16"
+    assert precision.trainer_precision(CUDA, fp16_amp) == {"bf16": False, "fp16": True}
+    assert precision.train_dtype(CUDA, fp16_amp) == "float32"
+    assert precision.trainer_precision(CUDA, fp32) == {"bf16": False, "fp16": False}
 
 
 def test_the_plain_loss_override_is_for_cpu_only():
@@ -147,7 +152,8 @@ def test_local_sampler_resolves_auto_rows_on_cpu(tiny_model_dir):
     s = LocalSampler(tiny_model_dir, dtype="float32", device=CPU, batch_size="auto", calculator=False)
     gen = s([[{"role": "user", "content": "What is 2+3?"}]] * 3, k=2, do_sample=True, temperature=0.7,
             top_p=0.95, max_new_tokens=4, seed=0)
-    assert s.rows == ENGINE_ROWS_CPU and s.metrics(gen) == {"batch_size": ENGINE_ROWS_CPU, "attention": "sdpa"}
+    assert s.rows == ENGINE_ROWS_CPU and s.metrics(gen) == {"batch_size": ENGINE_ROWS_CPU, "attention": "sdpa",
+                                                                 "precision": "float32"}
     assert [len(t) for t in gen.texts] == [2, 2, 2]
 
 

@@ -239,3 +239,15 @@ def test_a_server_backend_needs_a_url_and_cannot_run_the_calculator():
     raw["evaluate"]["server"] = {"base_url": "http://x/v1", "api_key_env": "sk-pasted-key-123456"}
     msg = errors_of(raw)
     assert "evaluate.server.api_key_env" in msg and "sk-pasted-key-123456" not in msg
+
+
+def test_keys_of_an_older_params_yaml_say_where_they_went():
+    raw = raw_params()
+    raw["dpo"] = raw.pop("preference")
+    raw["rounds"]["1"]["dpo"] = raw["rounds"]["1"].pop("preference")
+    raw["practice"]["dtype"] = "bfloat16"
+    raw["feedback"]["judge"]["dtype"] = "bfloat16"
+    msg = errors_of(raw)
+    assert "dpo: ... -> renamed to `preference`" in msg and "rounds.1.dpo: ... -> renamed to rounds.1.preference" in msg
+    assert "practice.dtype: 'bfloat16' -> replaced by runtime.precision" in msg
+    assert "feedback.judge.dtype: 'bfloat16' -> replaced by runtime.precision" in msg

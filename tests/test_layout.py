@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "tutorloop"
 
 # Bottom to top: a package may import the ones before it and itself, never one after it.
-LAYERS = ["secrets", "errors", "config", "runtime", "data", "llm", "modeling", "inference", "eval",
+LAYERS = ["secrets", "errors", "config", "hardware", "runtime", "data", "llm", "modeling", "inference", "eval",
           "teachers", "train", "registry"]
 
 

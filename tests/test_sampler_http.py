@@ -155,5 +155,7 @@ def test_evaluate_through_a_server_is_the_engines_greedy(tiny_model_dir, tmp_pat
     assert [p["completion"] for p in read_jsonl(tmp_path / "eval-local" / "predictions.jsonl")] == \
         [p["completion"] for p in read_jsonl(tmp_path / "eval" / "predictions.jsonl")]
     assert lm["protocol"] != m["protocol"] and lm["backend"] == "local"
-    assert protocol(local) == protocol(validate({**raw, "evaluate": {
-        **raw["evaluate"], "backend": "local", "server": {}}}))  # server knobs alone change nothing
+    assert protocol(local, "float32") == protocol(validate({**raw, "evaluate": {
+        **raw["evaluate"], "backend": "local", "server": {}}}), "float32")  # server knobs alone change nothing
+    # the resolved precision is part of it: a machine where auto means bf16 scores another protocol
+    assert protocol(local, "float32") != protocol(local, "bfloat16") and lm["precision"] == "float32"

@@ -163,7 +163,7 @@ def _gen_params(model_dir, server_url: str, seeds_file: Path) -> dict:
         n_test=4, n_practice=4, n_sft=40,
         teacher={"kind": "openai", "model": "tiny", "base_url": server_url, "api_key_env": KEY_ENV,
                  "temperature": 0.7, "top_p": 0.95, "max_tokens": 16, "seed": 0, "concurrency": 4, "timeout": 20,
-                 "max_retries": 3, "json_mode": True, "verify": True, "batch_size": 8, "dtype": "float32"},
+                 "max_retries": 3, "json_mode": True, "verify": True, "batch_size": 8},
         seeds={"source": "jsonl", "path": str(seeds_file), "dataset": "", "subset": "main", "split": "train",
                "offset": 0, "shuffle": True},
         agents={"ama": 1, "suggest_edit_rounds": 1, "edits": ["step"], "test_agents": False},
@@ -271,17 +271,18 @@ def test_local_transformers_teacher_runs_the_agents_batched(tiny_model_dir, tmp_
     raw["generate"]["teacher"].update(kind="transformers", model=str(tiny_model_dir), base_url="", concurrency=4,
                                       batch_size=4)
     raw["generate"].update(n_test=2, n_practice=2, n_sft=6)
-    cfg = validate(raw).generate
-    stats = run(cfg, tmp_path / "out", cache_dir=tmp_path / "cache", device="cpu", progress=False)
+    params = validate(raw)
+    cfg, runtime = params.generate, params.runtime   # cpu, float32 (tiny_params)
+    stats = run(cfg, tmp_path / "out", cache_dir=tmp_path / "cache", runtime=runtime, progress=False)
     sft = read_jsonl(tmp_path / "out" / "sft.jsonl")
     assert len(sft) == 6 and all(r["provenance"]["teacher"] == "transformers" for r in sft)
     assert stats["calls/sent"] >= 2 * 8  # AMA + Suggester per expanded seed (a random model's replies fail to parse)
     assert stats["drop/bad_reply/ama"] >= 8
-    again = run(cfg, tmp_path / "out2", cache_dir=tmp_path / "cache", device="cpu", progress=False)
+    again = run(cfg, tmp_path / "out2", cache_dir=tmp_path / "cache", runtime=runtime, progress=False)
     assert again.get("calls/sent", 0) == 0  # journal + cache: nothing is generated twice
     # an LLM teacher expanding the embedded teacher's seeds (their exact solutions are kept)
     raw["generate"]["seeds"].update(source="procedural", path="")
-    run(validate(raw).generate, tmp_path / "out3", cache_dir=tmp_path / "cache", device="cpu", progress=False)
+    run(validate(raw).generate, tmp_path / "out3", cache_dir=tmp_path / "cache", runtime=runtime, progress=False)
     seeds = read_jsonl(tmp_path / "out3" / "test.jsonl")
     assert len(seeds) == 2 and all(r["provenance"]["seed_id"].split(":")[0] == r["family"] for r in seeds)
 

@@ -56,6 +56,7 @@ class Section(BaseModel):
 class Runtime(Section):
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per core (never more: oversubscription is 12x slower)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where models run; auto = cuda if available")
+    precision: Literal["auto", "float32", "bfloat16"] = Field("auto", description="compute precision of every stage that runs a model (practice, evaluate, training, local teacher and judge): auto = bf16 only where the device computes it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX; tutorloop/hardware.py), else fp32; `tutorloop doctor` says what it resolves to here")
     attention: Literal["auto", "sdpa"] = Field("auto", description="practice/evaluation decode attention in bf16 on CPU: auto = tutorloop's C kernel (tutorloop/inference/kernels/attention.py, fp32 accumulation; torch's SDPA where no C compiler), sdpa = torch's kernel")
 
 
@@ -105,7 +106,6 @@ class Teacher(Endpoint):
     verify: bool = Field(True, description="solve each new problem twice (independent samples); drop it if the answers disagree")
     batch_size: int = Field(8, gt=0, description="transformers: prompts generated together")
     calculator: bool = Field(False, description="transformers: the engine computes every `<<expr=` the teacher writes")
-    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="transformers: inference dtype")
 
 
 class Seeds(Section):
@@ -213,7 +213,6 @@ class Decoding(Section):
     server: StudentEndpoint = Field(default_factory=StudentEndpoint, description="backend openai: the server and its client settings")
     batch_size: BatchSize = Field(ENGINE_ROWS_CPU, description="local: sequences decoded together by the engine (finished ones are refilled); auto = 128 on CPU, on CUDA as many as free memory holds")
     max_new_tokens: int = Field(256, gt=0, description="tokens per solution at most")
-    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="local: inference dtype (bf16 ~1.75x fp32 on CPU); a server uses its own")
     limit: int = Field(0, ge=0, description="practice: N problems per round (from rounds.r.practice.offset); evaluate: the first N held-out problems; 0 = all")
     calculator: bool = Field(False, description="the engine computes every `<<expr=` the model writes and writes `value>>` for it (tutorloop/inference/calculator.py; part of the evaluation protocol)")
 
@@ -229,7 +228,6 @@ class Judge(Endpoint):
     concurrency: int = _default("concurrency", 8, "judge calls in flight at once")
     timeout: float = _default("timeout", 60, "seconds per judge call before it counts as a timeout (retried)")
     batch_size: int = Field(8, gt=0, description="transformers: prompts per generate()")
-    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="transformers: inference dtype")
     cache_dir: str = Field(".tutorloop-cache", description="judge calls are cached here too (never paid twice)")
 
 
@@ -379,10 +377,18 @@ def _cross_checks(raw: dict) -> list[str]:
 
 def _renamed_keys(raw: dict) -> list[str]:
     """Keys of an older params.yaml that moved (2026-12: the `dpo` section and stage became
-    `preference`, as they also run KTO): say where each went, beside pydantic's "extra" error."""
+    `preference`, as they also run KTO; the per-stage `dtype` keys became `runtime.precision`):
+    say where each went, beside pydantic's "extra" error."""
     problems = []
     if "dpo" in raw:
         problems.append("dpo: ... -> renamed to `preference` (the stage is preference@r; it runs DPO or KTO)")
+    for path in (("practice",), ("evaluate",), ("generate", "teacher"), ("feedback", "judge")):
+        node = raw
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and "dtype" in node:
+            problems.append(f"{'.'.join(path)}.dtype: {node['dtype']!r} -> replaced by runtime.precision "
+                            "(one key for every stage; auto = bf16 only where the device computes it natively)")
     rounds = raw.get("rounds") if isinstance(raw.get("rounds"), dict) else {}
     for key, rnd in rounds.items():
         if isinstance(rnd, dict) and "dpo" in rnd:

@@ -11,15 +11,17 @@ import json
 from tutorloop.config import Params
 
 
-def protocol(params: Params) -> str:
-    """A fingerprint of how a model was evaluated: verdicts pair only under the same protocol."""
+def protocol(params: Params, precision: str) -> str:
+    """A fingerprint of how a model was evaluated: verdicts pair only under the same protocol.
+    `precision`: the *resolved* one the sampler ran at ("float32", "bfloat16"; "server" for a
+    server backend), so moving to a machine that resolves `auto` differently starts a new scope."""
     cfg = params.evaluate
-    key = {"prompt": params.prompt.model_dump(), "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype,
+    key = {"prompt": params.prompt.model_dump(), "max_new_tokens": cfg.max_new_tokens, "dtype": precision,
            "limit": cfg.limit, "fewshot": cfg.fewshot}
     if cfg.calculator:  # only when on, so calculator-free protocols keep their earlier fingerprint
         key["calculator"] = True
     if cfg.backend != "local":
-        # A server decodes with its own kernels and precision (cfg.dtype does not apply there), so
+        # A server decodes with its own kernels and precision (runtime.precision does not apply), so
         # its greedy text can differ from the engine's: verdicts pair within one backend only.
         # Only when not local, so every local protocol keeps its fingerprint.
         key["backend"] = cfg.backend

@@ -19,7 +19,7 @@ class TransformersChat:
 
     kind = "transformers"
 
-    def __init__(self, model: str, batch_size: int = 8, dtype: str = "bfloat16", device: str = "auto",
+    def __init__(self, model: str, batch_size: int = 8, dtype: str = "float32", device: str = "auto",
                  wait_s: float = 0.05, calculator: bool = False) -> None:
         from tutorloop import modeling
 

@@ -40,6 +40,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tutorloop import hardware
 from tutorloop.config import ENGINE_ROWS_CPU, Runtime, StudentEndpoint
 from tutorloop.data.digest import digest
 from tutorloop.inference import batching, engine
@@ -71,13 +72,14 @@ class LocalSampler:
     def __init__(self, model_dir: str | Path, *, dtype: str, device, batch_size: int | str,
                  calculator: bool, attention: str = "auto") -> None:
         self.model, self.tok = load(model_dir, dtype=dtype, device=device)
+        self.precision = dtype   # what the numbers depend on: part of the evaluation protocol
         self.batch_size, self.calculator, self.attention = batch_size, calculator, attention
         self.rows = 0   # the batch size the last call used (auto resolved)
 
     def metrics(self, gen: Generation) -> dict:
         """What only this backend knows, for the stage's metrics: the batch `auto` resolved to and
         the decode attention that ran (kernel / sdpa / hf: numerics differ in the last bf16 bit)."""
-        return {"batch_size": self.rows, "attention": gen.attention}
+        return {"batch_size": self.rows, "attention": gen.attention, "precision": self.precision}
 
     def resolve_rows(self, prompts: list[str], k: int, max_new_tokens: int) -> int:
         if self.batch_size != "auto":
@@ -110,6 +112,7 @@ class ServerSampler:
     """The checkpoint as an OpenAI-compatible server serves it, through the teacher's client and cache."""
 
     backend = "openai"
+    precision = "server"   # the server's own: cfg.dtype and runtime.precision do not apply there
 
     def __init__(self, server: StudentEndpoint, model_dir: str | Path, what: str) -> None:
         model_dir = require_checkpoint(model_dir)
@@ -178,5 +181,6 @@ def make_sampler(cfg, model_dir: str | Path, runtime: Runtime, what: str):
     if cfg.backend == "openai":
         return ServerSampler(cfg.server, model_dir, what)
     setup_runtime(runtime.threads)
-    return LocalSampler(model_dir, dtype=cfg.dtype, device=pick_device(runtime.device),
+    device = pick_device(runtime.device)
+    return LocalSampler(model_dir, dtype=hardware.resolve(runtime.precision, device).dtype, device=device,
                         batch_size=cfg.batch_size, calculator=cfg.calculator, attention=runtime.attention)

@@ -79,7 +79,8 @@ def stage(name: str, *args: Arg, round_arg: str | None = None, round_key: str | 
                 with tracking.stage_run(name, recorded, round_key=key) as log:
                     metrics = body(params, ns, log)
                     if metrics:
-                        log.metrics(metrics)
+                        log.metrics(metrics)   # the numbers; the words (precision, backend, attention) as tags
+                        log.tags({k: v for k, v in metrics.items() if isinstance(v, str)})
 
             run_main(go)
 

@@ -4,24 +4,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tutorloop import hardware
+from tutorloop.config import Runtime
 from tutorloop.llm.cache import CachedChat
 from tutorloop.llm.client import Chat, OpenAIChat
+from tutorloop.modeling import pick_device
 
 
-def make_chat(cfg, cache_dir: str | Path, device: str = "auto", what: str = "generate.teacher") -> CachedChat:
+def make_chat(cfg, cache_dir: str | Path, runtime: Runtime | None = None, what: str = "generate.teacher") -> CachedChat:
     """The backend `cfg` configures (params.yaml `what`: generate.teacher or feedback.judge),
-    behind the disk cache."""
+    behind the disk cache; a local model runs on `runtime`'s device at its resolved precision."""
+    runtime = runtime or Runtime()
     calc = cfg.kind == "transformers" and getattr(cfg, "calculator", False)
+    kind = cfg.kind + ("+calculator" if calc else "")
     if cfg.kind == "openai":
         def factory() -> Chat:
             return OpenAIChat.of(cfg, what=what)
     elif cfg.kind == "transformers":
+        device = pick_device(runtime.device)
+        dtype = hardware.resolve(runtime.precision, device).dtype
+        kind += f"@{dtype}"   # a local model's replies depend on its precision: so does the cache key
+
         def factory() -> Chat:
             from tutorloop.inference.chat import TransformersChat
 
-            return TransformersChat(cfg.model, cfg.batch_size, cfg.dtype, device, calculator=calc)
+            return TransformersChat(cfg.model, cfg.batch_size, dtype, device, calculator=calc)
     else:
         raise ValueError(f"teacher kind {cfg.kind!r} has no chat backend")
     # The calculator changes a local model's replies: it is part of the cache key (via kind).
-    kind = cfg.kind + ("+calculator" if calc else "")
     return CachedChat(factory, Path(cache_dir) / "calls.sqlite", kind=kind, model=cfg.model)

@@ -79,7 +79,7 @@ def make_variants(problems: list[dict], params: Params, round_key: str, chat=Non
                 from tutorloop.teachers.instruct import LLMAgents
 
                 g = params.generate
-                llm = LLMAgents(chat or make_chat(g.teacher, g.cache_dir, params.runtime.device), g.teacher,
+                llm = LLMAgents(chat or make_chat(g.teacher, g.cache_dir, params.runtime), g.teacher,
                                 g.agents, g.max_answer_chars)
             made, _ = llm.expand({"seed_id": prov.get("seed_id", p["id"]), "question": p["question"],
                                   "solution": p["solution"], "family": p.get("family", "seed")})

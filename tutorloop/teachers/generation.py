@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tutorloop.config import Generate
+from tutorloop.config import Generate, Runtime
 from tutorloop.data.dedup import Dedup
 from tutorloop.data.digest import digest
 from tutorloop.data.evalsets import seed_rows
@@ -121,11 +121,11 @@ def _rederives(record: dict) -> bool:
 
 
 class LLMExpander:
-    def __init__(self, config: Generate, cache_dir: Path, device: str) -> None:
+    def __init__(self, config: Generate, cache_dir: Path, runtime: Runtime | None) -> None:
         from tutorloop.teachers.chat import make_chat
         from tutorloop.teachers.instruct import LLMAgents
 
-        self.chat = make_chat(config.teacher, cache_dir, device)
+        self.chat = make_chat(config.teacher, cache_dir, runtime)
         self.agents = LLMAgents(self.chat, config.teacher, config.agents, config.max_answer_chars)
         self.concurrency = config.teacher.concurrency
 
@@ -161,12 +161,12 @@ class DatasetExpander:
                                 "agent_path": "seed"}}], Counter()
 
 
-def make_expander(config: Generate, cache_dir: Path, device: str):
+def make_expander(config: Generate, cache_dir: Path, runtime: Runtime | None):
     if config.teacher.kind == "procedural":
         return ProceduralExpander(config)
     if config.teacher.kind == "dataset":
         return DatasetExpander(config)
-    return LLMExpander(config, cache_dir, device)
+    return LLMExpander(config, cache_dir, runtime)
 
 
 def procedural_part(config: Generate) -> Generate:
@@ -295,15 +295,15 @@ def _fill(split: str, n: int, config: Generate, seeds: SeedSource, expander, cur
     return kept, cursor
 
 
-def generate_dataset(config: Generate, out: Path, cache_dir: Path | None = None, device: str = "auto",
+def generate_dataset(config: Generate, out: Path, cache_dir: Path | None = None, runtime: Runtime | None = None,
         progress: bool = True, run_stats: Path | None = None, seeds_file: Path | None = None) -> dict:
     """Write out/{sft,practice,test}.jsonl and out/stats.json (and run_stats); return all counts."""
     start = time.perf_counter()
     cache_dir = Path(cache_dir or config.cache_dir)
-    sources = [(config, SeedSource(config, seeds_file), make_expander(config, cache_dir, device))]
+    sources = [(config, SeedSource(config, seeds_file), make_expander(config, cache_dir, runtime))]
     if config.procedural_share:   # a second stream: the embedded teacher's share of sft/practice
         mixed = procedural_part(config)
-        sources.append((mixed, SeedSource(mixed), make_expander(mixed, cache_dir, device)))
+        sources.append((mixed, SeedSource(mixed), make_expander(mixed, cache_dir, runtime)))
     dedup = Dedup(config.near_dup)   # one dedup across sources: a problem is kept once
     counts: Counter = Counter()
     cursors = [0] * len(sources)

@@ -14,12 +14,12 @@ from tutorloop.teachers.chat import make_chat
 from tutorloop.teachers.instruct import BadReply, JudgeReply, parse_json, prompt
 
 
-def llm_judge(rows: list[dict], problems: list[dict], cfg, chat=None, device: str = "auto") -> dict:
+def llm_judge(rows: list[dict], problems: list[dict], cfg, chat=None, runtime=None) -> dict:
     """Consult the LLM judge per `cfg.mode`; updates rows in place, returns judge stats."""
 
     if cfg.mode == "none":
         return {}
-    chat = chat or make_chat(cfg, cfg.cache_dir, device, what="feedback.judge")
+    chat = chat or make_chat(cfg, cfg.cache_dir, runtime, what="feedback.judge")
     by_id = {p["id"]: p for p in problems}
     todo = [r for r in rows if cfg.mode == "double_check" or r["extracted"] is None]
     system = prompt("judge")

@@ -1,7 +1,8 @@
 """The LoRA adapter every training stage trains, and merging it back into a full checkpoint.
 
-Precision per device: on CPU the weights stay fp32 and TRL runs bf16 autocast (`use_cpu=True`,
-~1.5x fp32 here). On CUDA the frozen base is loaded in bf16 (half the weight memory; autocast
+Precision per device (`runtime.precision`, tutorloop/hardware.py): on CPU the weights stay fp32,
+and TRL runs bf16 autocast (`use_cpu=True`, ~1.5x fp32 on AVX512-BF16) only where the CPU computes
+bf16 natively; elsewhere plain fp32. On CUDA the frozen base is loaded in bf16 (half the weight memory; autocast
 computes its matmuls in bf16 anyway) with bf16 mixed precision, while the LoRA adapter stays fp32
 (PEFT's `autocast_adapter_dtype`) — so the trained weights get fp32 updates. The adapter is then
 merged into the base's *fp32* weights reloaded from disk (`merge_and_save_full_precision`): merged

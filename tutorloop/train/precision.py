@@ -4,29 +4,25 @@ mixed precision the trainer runs, and what `batch_size: auto` resolves to.
 
 from __future__ import annotations
 
+from tutorloop.hardware import Precision
 from tutorloop.inference import batching
 
 
-def _cuda_bf16(device) -> bool:
-    import torch
-
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-
-def train_dtype(device) -> str:
-    """dtype the frozen base is loaded in for LoRA training: bf16 on a CUDA device with bf16,
-    else fp32 (CPU: fp32 weights under bf16 autocast, as measured; old GPUs: fp16 AMP below)."""
-    return "bfloat16" if _cuda_bf16(device) else "float32"
+def train_dtype(device, precision: Precision) -> str:
+    """dtype the frozen base is loaded in for LoRA training: bf16 on a CUDA device whose resolved
+    precision is bf16 (half the weight memory; autocast computes in bf16 anyway), else fp32 (on
+    CPU the weights stay fp32, under bf16 autocast only where that is fast)."""
+    return "bfloat16" if device.type == "cuda" and precision.dtype == "bfloat16" else "float32"
 
 
-def trainer_precision(device) -> dict:
-    """Mixed precision everywhere we can: on CPU TRL needs use_cpu=True for bf16 autocast (~1.5x
-    fp32 here); on CUDA bf16, or fp16 where the GPU has no bf16 (TRL defaults bf16=True, which
-    would fail there)."""
+def trainer_precision(device, precision: Precision) -> dict:
+    """The trainer's mixed precision, as `runtime.precision` resolved (tutorloop/hardware.py): bf16
+    autocast where the device computes bf16 natively (on CPU TRL needs use_cpu=True for it), fp16
+    AMP on a GPU without bf16, plain fp32 on a CPU without native bf16 (there bf16 autocast ran a
+    scalar GEMM: 424 s a step against 12 s). TRL defaults bf16=True, so it is always set."""
     if device.type == "cuda":
-        bf16 = _cuda_bf16(device)
-        return {"bf16": bf16, "fp16": not bf16}
-    return {"use_cpu": True, "bf16": True}
+        return {"bf16": precision.amp == "bf16", "fp16": precision.amp == "fp16"}
+    return {"use_cpu": True, "bf16": precision.amp == "bf16"}
 
 
 def device_batch(setting: int | str, grad_accum: int, model, max_length: int, cpu_default: int,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from tutorloop import hardware
 from tutorloop.config import PREFERENCE_BATCH_CPU, ConfigError, Params
 from tutorloop.data.jsonl import read_jsonl
 from tutorloop.modeling import load, messages, pick_device, setup_runtime
@@ -64,11 +65,12 @@ def class_weights(rows: list[dict]) -> tuple[float, float]:
 
 
 def load_models(params: Params, round_key: str, prev_model: Path, sft_model: Path | None):
-    """(policy, tokenizer, explicit reference or None, device) for round `round_key`."""
+    """(policy, tokenizer, explicit reference or None, device, resolved precision) for round `round_key`."""
     rcfg = params.rounds[round_key].preference
     setup_runtime(params.runtime.threads)
     device = pick_device(params.runtime.device)
-    dtype = train_dtype(device)
+    precision = hardware.resolve(params.runtime.precision, device)
+    dtype = train_dtype(device, precision)
     model, tok = load(prev_model, dtype=dtype, device=device)
     ref_model = None
     if rcfg.reference == "sft" and params.rounds[round_key].prev != "0":
@@ -76,7 +78,7 @@ def load_models(params: Params, round_key: str, prev_model: Path, sft_model: Pat
             raise ConfigError("rounds.%s.preference.reference: 'sft' needs the SFT model path (--sft)" % round_key)
         ref_model, _ = load(sft_model, dtype=dtype, device=device)
         ref_model.eval().requires_grad_(False)
-    return model, tok, ref_model, device
+    return model, tok, ref_model, device, precision
 
 
 def trainer_and_data(params: Params, round_key: str, round_dir: Path, common: dict):
@@ -107,17 +109,18 @@ def train_preference(params: Params, round_key: str, prev_model: Path, round_dir
     from datasets import Dataset
 
     cfg, rcfg = params.preference, params.rounds[round_key].preference
-    model, tok, ref_model, device = load_models(params, round_key, prev_model, sft_model)
+    model, tok, ref_model, device, precision = load_models(params, round_key, prev_model, sft_model)
     # a DPO/KTO example is two sequences (chosen + rejected, or the completion + its KL partner)
     batch, accum = device_batch(cfg.batch_size, cfg.grad_accum, model, cfg.max_length, PREFERENCE_BATCH_CPU,
                                 pairs=True)
     split = [[batch, accum]] if cfg.batch_size == "auto" else []   # auto: part of the run (sft.py says why)
     data_file = round_dir / ("pairs.jsonl" if rcfg.method == "dpo" else "unpaired.jsonl")
     work = work_dir(f"{rcfg.method}-{round_key}", cfg.model_dump(), rcfg.model_dump(), params.prompt.model_dump(),
-                    prev_model, data_file, sft_model if ref_model is not None else "", *split)
+                    prev_model, data_file, sft_model if ref_model is not None else "", precision.dtype, *split)
     common = trainer_args(work, learning_rate=rcfg.learning_rate, epochs=rcfg.epochs, batch=batch, grad_accum=accum,
                           warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length, seed=rcfg.seed,
-                          logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, device=device)
+                          logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, device=device,
+                          precision=precision)
     common["beta"] = rcfg.beta
     trainer_cls, args, data, described = trainer_and_data(params, round_key, round_dir, common)
     n_rows = described.pop("rows")
@@ -125,7 +128,7 @@ def train_preference(params: Params, round_key: str, prev_model: Path, round_dir
                           processing_class=tok, peft_config=lora_config(cfg.lora), callbacks=list(callbacks))
     run = train_and_merge(trainer, work, tok, out, prev_model)
     metrics: dict = {"method_kto": float(rcfg.method == "kto"), "reference_sft": float(ref_model is not None),
-                     "batch_size": batch, "grad_accum": accum, **described,
+                     "batch_size": batch, "grad_accum": accum, "precision": precision.dtype, **described,
                      "resumed_from_step": run.resumed_from_step, "train_loss": run.result.training_loss,
                      "train_seconds": run.seconds, "examples_per_second": n_rows * rcfg.epochs / run.seconds}
     for key, name in LOGGED:

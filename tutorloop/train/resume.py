@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tutorloop.data.digest import digest
+from tutorloop.hardware import Precision
 from tutorloop.train.lora import merge_and_save_full_precision
 from tutorloop.train.precision import trainer_precision
 
@@ -45,7 +46,7 @@ def last_checkpoint(work: Path) -> str | None:
 
 def trainer_args(work: Path, *, learning_rate: float, epochs: float, batch: int, grad_accum: int,
                  warmup_ratio: float, max_length: int, seed: int, logging_steps: int, save_steps: int,
-                 device) -> dict:
+                 device, precision: Precision) -> dict:
     """The TrainingArguments every stage's TRL trainer shares: cosine schedule, seeded data
     order, checkpoints in `work`, the device's precision, no activation checkpointing (~25%
     faster on CPU; activations fit easily), and no reporting (our callback logs to MLflow)."""
@@ -54,7 +55,7 @@ def trainer_args(work: Path, *, learning_rate: float, epochs: float, batch: int,
                 warmup_steps=warmup_ratio, lr_scheduler_type="cosine", max_length=max_length,
                 seed=seed, data_seed=seed, logging_steps=logging_steps, report_to="none",
                 **checkpointing(save_steps), activation_checkpointing=False, dataset_num_proc=1,
-                **trainer_precision(device))
+                **trainer_precision(device, precision))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,87 @@
+"""runtime.precision: auto resolves by what the device computes natively (the queries patched),
+the probe runs for real, and a precision the device cannot do is a one-line error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tutorloop import hardware
+from tutorloop.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def cpu(monkeypatch):
+    """Patch the oneDNN query and the probe's two timings; the decision cache is cleared around."""
+    def set_cpu(onednn: bool, fp32: float = 60.0, bf16: float = 120.0):
+        monkeypatch.setattr(hardware, "onednn_bf16", lambda: onednn)
+        monkeypatch.setattr(hardware, "matmul_gflops", lambda dtype, **kw: bf16 if dtype == torch.bfloat16 else fp32)
+        hardware.cpu_bf16_fast.cache_clear()
+
+    yield set_cpu
+    hardware.cpu_bf16_fast.cache_clear()
+
+
+def test_auto_is_fp32_on_an_avx2_cpu(cpu):
+    cpu(onednn=False)
+    p = hardware.resolve("auto", "cpu")
+    assert (p.dtype, p.amp, p.slow) == ("float32", None, False)
+    assert "no native bf16" in p.reason
+
+
+def test_auto_is_bf16_where_onednn_has_it_and_the_probe_agrees(cpu):
+    cpu(onednn=True, fp32=60.0, bf16=110.0)   # AVX512-BF16 / AMX: bf16 faster than fp32
+    p = hardware.resolve("auto", "cpu")
+    assert (p.dtype, p.amp) == ("bfloat16", "bf16")
+
+
+def test_auto_trusts_the_probe_over_the_query(cpu):
+    cpu(onednn=True, fp32=60.0, bf16=1.3)   # the query says yes, the matmul says scalar GEMM
+    p = hardware.resolve("auto", "cpu")
+    assert p.dtype == "float32" and "1.3 GFLOP/s" in p.reason
+
+
+def test_forced_bf16_on_avx2_runs_but_says_it_is_slow(cpu, capsys):
+    cpu(onednn=False)
+    p = hardware.resolve("bfloat16", "cpu")
+    assert (p.dtype, p.slow) == ("bfloat16", True)
+    assert "slow path" in capsys.readouterr().err
+    assert hardware.resolve("float32", "cpu").dtype == "float32"
+
+
+def test_cuda_with_and_without_bf16(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    p = hardware.resolve("auto", "cuda")
+    assert (p.dtype, p.amp) == ("float32", "fp16")
+    with pytest.raises(ConfigError, match=r"runtime.precision: 'bfloat16' -> Tesla V100 has no bf16"):
+        hardware.resolve("bfloat16", "cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert (hardware.resolve("auto", "cuda").dtype, hardware.resolve("auto", "cuda").amp) == ("bfloat16", "bf16")
+    assert hardware.resolve("float32", "cuda").amp is None
+
+
+def test_the_probe_measures_both_dtypes_for_real():
+    fp32, bf16 = hardware.matmul_gflops(torch.float32, n=64), hardware.matmul_gflops(torch.bfloat16, n=64)
+    assert fp32 > 0 and bf16 > 0
+    fast, why = hardware.cpu_bf16_fast()
+    assert isinstance(fast, bool) and why
+
+
+def test_doctor_prints_what_auto_resolves_to_and_why(cpu):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    cpu(onednn=False)
+    result = CliRunner().invoke(app, ["doctor", "--project", str(ROOT)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    lines = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.output.splitlines()
+             if line.count("│") >= 3}
+    assert lines["runtime.precision: auto"] == "float32"
+    assert "no native bf16" in lines["why"]
+    assert "GFLOP/s" in lines["matmul 512^3, CPU"] and lines["decode attention"].startswith("torch SDPA")

@@ -1,0 +1,157 @@
+"""What this machine can do: the device, and the precision `runtime.precision: auto` resolves to.
+
+bf16 pays only where the device computes it natively: CUDA GPUs with bf16 (Ampere and later) and
+CPUs where oneDNN has bf16 kernels (AVX512-BF16, AMX). Elsewhere torch falls back to a scalar
+reference GEMM for bf16: on a 2-core AMD EPYC with AVX2 only, a 1024x576x1536 matmul ran at
+1.3 GFLOP/s in bf16 against 62.5 in fp32, and one LoRA SFT step of the student took 424 s under
+bf16 autocast against 12 s in fp32. So `auto` asks torch what the CPU has
+(`torch.ops.mkldnn._is_mkldnn_bf16_supported()`, the oneDNN query behind its bf16 kernels) and,
+where the answer is yes, confirms it with a sub-second matmul probe (a query describes the
+instruction set, not what a hypervisor lets through): bf16 only if it runs at least half as fast
+as fp32. The two outcomes measured so far are 18-48x apart, so the margin cannot flip between
+two runs on one machine.
+
+The resolved precision is what a run's numbers depend on: stages record it in their metrics
+(`precision`), and the evaluation protocol fingerprints it, so a champion is only compared with
+models scored at the same numerics. Moving to a machine that resolves differently starts a new
+evaluation scope (tutorloop/registry/promotion.py).
+
+    tutorloop doctor          # this machine: capability, precision and why, matmul GFLOP/s
+
+May import: tutorloop.errors (and torch). Nothing else of tutorloop.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from tutorloop.errors import ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+PROBE_N = 256          # a 256^3 matmul: ~1 ms in fp32 on one core, ~20 ms in scalar bf16
+PROBE_MIN_RATIO = 0.5  # bf16 must run at least this share of fp32's GFLOP/s to be chosen
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A resolved `runtime.precision` for one device."""
+
+    dtype: str        # "float32" | "bfloat16": weights and activations at inference, autocast in training
+    amp: str | None   # training's mixed precision: "bf16", "fp16" (CUDA without bf16) or None (plain fp32)
+    reason: str       # one line: why this was chosen
+    slow: bool = False  # True: asked for explicitly, but this device has no fast path for it
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), or what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_capability() -> str:
+    """torch's name for the widest vector ISA its CPU kernels use here (AVX2, AVX512, ...)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def onednn_bf16() -> bool:
+    """Whether oneDNN reports bf16 kernels on this CPU (False on AVX2-only CPUs)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = PROBE_N, repeats: int = 3) -> float:
+    """GFLOP/s of an n x n x n matmul in `dtype` on the CPU: the best of `repeats` (after one warm-up)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / max(best, 1e-9) / 1e9
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_fast() -> tuple[bool, str]:
+    """(whether bf16 is a fast path on this CPU, why): the oneDNN query, confirmed by the probe."""
+    if not onednn_bf16():
+        return False, f"CPU capability {cpu_capability()}: no native bf16 kernels (oneDNN), bf16 would run a scalar GEMM"
+    fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
+    if bf16 < PROBE_MIN_RATIO * fp32:
+        return False, (f"oneDNN reports bf16, but a bf16 matmul ran at {bf16:.1f} GFLOP/s against "
+                       f"{fp32:.1f} in fp32")
+    return True, f"CPU capability {cpu_capability()} with native bf16 ({bf16:.0f} vs {fp32:.0f} GFLOP/s in fp32)"
+
+
+def resolve(setting: str, device: torch.device | str) -> Precision:
+    """What `runtime.precision: setting` means on `device`. A setting the device cannot do at all
+    (bfloat16 on a GPU without bf16) is a ConfigError naming the key; bfloat16 forced on a CPU
+    without native bf16 runs, marked slow (and said on stderr)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return _resolve_cuda(setting, device)
+    if setting == "float32":
+        return Precision("float32", None, "runtime.precision: float32")
+    fast, why = cpu_bf16_fast()
+    if setting == "bfloat16":
+        if not fast:
+            print(f"tutorloop: runtime.precision: bfloat16 on this CPU is the slow path ({why}); "
+                  "auto would choose float32", file=sys.stderr)
+        return Precision("bfloat16", "bf16", "runtime.precision: bfloat16" + ("" if fast else " (slow here)"),
+                         slow=not fast)
+    return Precision("bfloat16", "bf16", why) if fast else Precision("float32", None, why)
+
+
+def _resolve_cuda(setting: str, device: torch.device) -> Precision:
+    bf16 = torch.cuda.is_bf16_supported()
+    if setting == "bfloat16" and not bf16:
+        raise ConfigError(f"runtime.precision: 'bfloat16' -> {torch.cuda.get_device_name(device)} has no bf16; "
+                          "use auto or float32")
+    if setting == "float32":
+        return Precision("float32", None, "runtime.precision: float32")
+    if bf16:
+        return Precision("bfloat16", "bf16", f"{torch.cuda.get_device_name(device)} computes bf16")
+    # a pre-Ampere GPU: fp32 weights, fp16 mixed precision in training
+    return Precision("float32", "fp16", f"{torch.cuda.get_device_name(device)} has no bf16: fp32, fp16 AMP in training")
+
+
+def describe(setting: str = "auto", device: str = "auto") -> list[tuple[str, str]]:
+    """(what, value) rows about this machine for `tutorloop doctor`: CPU, capability, threads, the
+    precision `setting` resolves to on `device` and why, and measured matmul GFLOP/s."""
+    import importlib.metadata as md
+
+    dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+    chosen = resolve(setting, dev)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    fp32, bf16 = matmul_gflops(torch.float32, n=512), matmul_gflops(torch.bfloat16, n=512)
+    versions = ", ".join(f"{p} {md.version(p)}" for p in ("torch", "transformers", "trl", "peft"))
+    return [
+        ("cpu", f"{cpu_name()} ({platform.machine()})"),
+        ("torch cpu capability", f"{cpu_capability()}; oneDNN bf16 kernels: {'yes' if onednn_bf16() else 'no'}"),
+        ("cores / torch threads", f"{cores} / {torch.get_num_threads()}"),
+        ("device", dev.type + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "")),
+        (f"runtime.precision: {setting}", f"{chosen.dtype}" + (f", training amp {chosen.amp}" if chosen.amp else "")
+         + (" (SLOW PATH on this machine)" if chosen.slow else "")),
+        ("why", chosen.reason),
+        ("matmul 512^3, CPU", f"fp32 {fp32:.1f} GFLOP/s, bf16 {bf16:.1f} GFLOP/s ({bf16 / fp32:.2f}x)"),
+        ("versions", versions),
+    ]
