@@ -115,8 +115,10 @@ def main() -> None:
     print(f"greedy {chosen.dtype}: HF {g_hf.tokens_per_second:.1f} tok/s, engine {g_en.tokens_per_second:.1f} tok/s; "
           f"identical completions engine vs HF {same}/{len(greedy)} (engine with SDPA {same_sdpa}/{len(greedy)}), "
           f"HF batch 50 vs HF batch 8 {hf_self}/{len(greedy)}")
-    print(f"greedy fp32: identical completions engine vs HF {same32}/{len(exact)}; bf16 completions equal to "
-          f"fp32's: engine {to32['engine']}/{n32}, engine with SDPA {to32['engine_sdpa']}/{n32}, HF {to32['hf']}/{n32}")
+    closer = "" if chosen.dtype == "float32" else (
+        f"; bf16 completions equal to fp32's: engine {to32['engine']}/{n32}, engine with SDPA "
+        f"{to32['engine_sdpa']}/{n32}, HF {to32['hf']}/{n32}")
+    print(f"greedy fp32: identical completions engine vs HF {same32}/{len(exact)}{closer}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

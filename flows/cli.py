@@ -185,12 +185,16 @@ def doctor(project: Path = typer.Option(Path("."), help="project root")) -> None
     from tutorloop.inference.kernels import attention
     from tutorloop.modeling import pick_device, setup_runtime
     from tutorloop.runtime import tracking
+    from tutorloop.runtime.entry import BAD_INPUT
 
     runtime = _validate(project).runtime
     setup_runtime(runtime.threads)
-    rows = hardware.describe(runtime.precision, runtime.device)
     device = pick_device(runtime.device)
-    dtype = hardware.resolve(runtime.precision, device).torch_dtype
+    try:
+        rows = hardware.describe(runtime.precision, runtime.device)
+        dtype = hardware.resolve(runtime.precision, device).torch_dtype
+    except BAD_INPUT as err:   # bfloat16 forced on a GPU without it
+        _bad_input(err)
     kernel = runtime.attention == "auto" and attention.usable(dtype, device)
     rows.append(("decode attention", "tutorloop's C kernel" if kernel else
                  f"torch SDPA ({'runtime.attention: sdpa' if runtime.attention == 'sdpa' else 'the C kernel covers bf16 on x86-64 CPUs with a C compiler'})"))

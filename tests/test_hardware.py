@@ -55,8 +55,11 @@ def test_forced_bf16_on_avx2_runs_but_says_it_is_slow(cpu, capsys):
 
 def test_cuda_with_and_without_bf16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "device", lambda d: __import__("contextlib").nullcontext())
+    asked = {}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **k: asked.update(k) or False)
     p = hardware.resolve("auto", "cuda")
+    assert asked == {"including_emulation": False}   # emulated bf16 (T4, V100) is not native
     assert (p.dtype, p.amp) == ("float32", "fp16")
     with pytest.raises(ConfigError, match=r"runtime.precision: 'bfloat16' -> Tesla V100 has no bf16"):
         hardware.resolve("bfloat16", "cuda")
@@ -72,12 +75,13 @@ def test_the_probe_measures_both_dtypes_for_real():
     assert isinstance(fast, bool) and why
 
 
-def test_doctor_prints_what_auto_resolves_to_and_why(cpu):
+def test_doctor_prints_what_auto_resolves_to_and_why(cpu, monkeypatch):
     from typer.testing import CliRunner
 
     from flows.cli import app
 
     cpu(onednn=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     result = CliRunner().invoke(app, ["doctor", "--project", str(ROOT)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     lines = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.output.splitlines()

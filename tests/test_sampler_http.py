@@ -159,3 +159,14 @@ def test_evaluate_through_a_server_is_the_engines_greedy(tiny_model_dir, tmp_pat
         **raw["evaluate"], "backend": "local", "server": {}}}), "float32")  # server knobs alone change nothing
     # the resolved precision is part of it: a machine where auto means bf16 scores another protocol
     assert protocol(local, "float32") != protocol(local, "bfloat16") and lm["precision"] == "float32"
+    # fingerprints from before runtime.precision stay valid: bf16 locally, and any server scope
+    import hashlib
+    import json
+
+    def old(cfg, **extra):
+        key = {"prompt": local.prompt.model_dump(), "max_new_tokens": cfg.max_new_tokens, "dtype": "bfloat16",
+               "limit": cfg.limit, "fewshot": cfg.fewshot, **extra}
+        return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+    assert protocol(local, "bfloat16") == old(local.evaluate)
+    assert protocol(params, "server") == protocol(params, "float32") == m["protocol"] == old(params.evaluate, backend="openai")

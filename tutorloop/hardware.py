@@ -8,8 +8,9 @@ bf16 autocast against 12 s in fp32. So `auto` asks torch what the CPU has
 (`torch.ops.mkldnn._is_mkldnn_bf16_supported()`, the oneDNN query behind its bf16 kernels) and,
 where the answer is yes, confirms it with a sub-second matmul probe (a query describes the
 instruction set, not what a hypervisor lets through): bf16 only if it runs at least half as fast
-as fp32. The two outcomes measured so far are 18-48x apart, so the margin cannot flip between
-two runs on one machine.
+as fp32. Where bf16 is native it runs faster than fp32, where it is not 10-48x slower (AVX2, one
+busy core to two idle ones), so the margin cannot flip between two runs on one machine; plain
+AVX-512 without BF16, where oneDNN emulates bf16, counts as not native before any probe.
 
 The resolved precision is what a run's numbers depend on: stages record it in their metrics
 (`precision`), and the evaluation protocol fingerprints it, so a champion is only compared with
@@ -71,9 +72,13 @@ def cpu_capability() -> str:
 
 
 def onednn_bf16() -> bool:
-    """Whether oneDNN reports bf16 kernels on this CPU (False on AVX2-only CPUs)."""
+    """Whether this CPU computes bf16 natively: oneDNN has bf16 kernels *and* the CPU has
+    AVX512-BF16 or AMX. oneDNN also says yes on plain AVX-512 (Skylake, Cascade Lake), where it
+    emulates bf16 at ~0.25-0.5x fp32's speed: a probe there would sit near its threshold and could
+    resolve differently from one stage's process to the next."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return bool(native and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
 
@@ -122,7 +127,9 @@ def resolve(setting: str, device: torch.device | str) -> Precision:
 
 
 def _resolve_cuda(setting: str, device: torch.device) -> Precision:
-    bf16 = torch.cuda.is_bf16_supported()
+    # native only: by default torch also says yes where bf16 is emulated (T4, V100)
+    with torch.cuda.device(device):
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
     if setting == "bfloat16" and not bf16:
         raise ConfigError(f"runtime.precision: 'bfloat16' -> {torch.cuda.get_device_name(device)} has no bf16; "
                           "use auto or float32")

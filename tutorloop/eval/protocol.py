@@ -16,7 +16,10 @@ def protocol(params: Params, precision: str) -> str:
     `precision`: the *resolved* one the sampler ran at ("float32", "bfloat16"; "server" for a
     server backend), so moving to a machine that resolves `auto` differently starts a new scope."""
     cfg = params.evaluate
-    key = {"prompt": params.prompt.model_dump(), "max_new_tokens": cfg.max_new_tokens, "dtype": precision,
+    # a server's precision is its own; "bfloat16" there keeps the fingerprint it had before
+    # runtime.precision existed (the default dtype then), so server scopes keep their champions
+    dtype = precision if cfg.backend == "local" else "bfloat16"
+    key = {"prompt": params.prompt.model_dump(), "max_new_tokens": cfg.max_new_tokens, "dtype": dtype,
            "limit": cfg.limit, "fewshot": cfg.fewshot}
     if cfg.calculator:  # only when on, so calculator-free protocols keep their earlier fingerprint
         key["calculator"] = True

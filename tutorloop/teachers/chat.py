@@ -21,9 +21,10 @@ def make_chat(cfg, cache_dir: str | Path, runtime: Runtime | None = None, what: 
         def factory() -> Chat:
             return OpenAIChat.of(cfg, what=what)
     elif cfg.kind == "transformers":
-        device = pick_device(runtime.device)
-        dtype = hardware.resolve(runtime.precision, device).dtype
-        kind += f"@{dtype}"   # a local model's replies depend on its precision: so does the cache key
+        dtype = hardware.resolve(runtime.precision, pick_device(runtime.device)).dtype
+        device = runtime.device
+        if dtype != "bfloat16":   # a local model's replies depend on its precision (bf16 keeps the old keys)
+            kind += f"@{dtype}"
 
         def factory() -> Chat:
             from tutorloop.inference.chat import TransformersChat
