@@ -450,3 +450,27 @@ def test_run_main_bad_input_is_one_redacted_line_and_exit_2(capsys, monkeypatch)
     monkeypatch.setenv("TUTORLOOP_TRACEBACK", "1")  # asked for: the traceback of bad input too
     with pytest.raises(DataError):
         run_main(fails(DataError("x.jsonl: no records")))
+
+
+def test_ctrl_c_during_server_sampling_returns_at_once(monkeypatch):
+    """practice/evaluate through a server: Ctrl-C must not wait for requests already sent (a hung
+    server holds each for timeout x retries); the pool drops them and the stop gets out at once."""
+    import threading
+
+    from tutorloop.inference.sampler import ServerSampler
+    from tutorloop.llm.client import Replies
+
+    class HungServer:   # every request takes 5 s
+        def replies(self, messages, sampling, sample=0, n=1):
+            time.sleep(5)
+            return Replies(["#### 1"] * n, 1), False
+
+    sampler = object.__new__(ServerSampler)   # the sampler as built for a server, minus its checkpoint
+    sampler.chat, sampler.n_per_request, sampler.concurrency = HungServer(), True, 2
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        timer.start()
+        sampler([[{"role": "user", "content": str(i)}] for i in range(20)], k=2, do_sample=True,
+                temperature=0.7, max_new_tokens=8)
+    assert time.monotonic() - t0 < 2
