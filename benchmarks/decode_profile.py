@@ -36,7 +36,7 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tutorloop import modeling  # noqa: E402
+from tutorloop import hardware, modeling  # noqa: E402
 from tutorloop.inference import engine  # noqa: E402
 from tutorloop.inference.kernels import attention as decode_attention  # noqa: E402
 from tutorloop.inference.fused import LlamaDecoder  # noqa: E402
@@ -61,9 +61,13 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=160)
     parser.add_argument("--rows", type=int, default=128)
+    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="auto: what the stages would run on this machine")
     args = parser.parse_args()
     modeling.setup_runtime(0)
-    model, tok = modeling.load(args.model, dtype="bfloat16")
+    chosen = hardware.resolve(args.precision, "cpu")
+    print(f"machine: {hardware.cpu_name()}, torch capability {hardware.cpu_capability()}, {chosen.dtype}")
+    model, tok = modeling.load(args.model, dtype=chosen.dtype)
     prompts = practice_prompts(tok, args.prompts)
     # The hooks need HF's module tree, so the breakdown runs the engine with fused=False; the
     # engine's own path (the fused step, tutorloop/inference/fused.py) is timed after it.
