@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from tutorloop.config import Params, load_params
@@ -38,11 +38,10 @@ class Arg:
     name: str
     type: Callable[[str], Any] = str
     help: str | None = None
-    kwargs: dict = field(default_factory=dict)
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
         extra = {"default": None} if self.name.startswith("--") else {}
-        parser.add_argument(self.name, type=self.type, help=self.help, **extra, **self.kwargs)
+        parser.add_argument(self.name, type=self.type, help=self.help, **extra)
 
 
 Body = Callable[[Params, argparse.Namespace, tracking.StageLog], "dict | None"]
