@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+from tutorloop.hardware import DTYPES
 
 
 def setup_runtime(threads: int) -> torch.device:
