@@ -12,11 +12,12 @@ May import: nothing of tutorloop (a leaf).
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Callable, Iterable, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+POLL_S = 0.2   # how often the waiting main thread wakes to run pending signal handlers
 
 
 def run_all(fn: Callable[[T], R], items: Iterable[T], *, workers: int, name: str,
@@ -37,11 +38,17 @@ def run_all(fn: Callable[[T], R], items: Iterable[T], *, workers: int, name: str
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
     results: list = [None] * len(items)
     try:
-        futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
-        for fut in as_completed(futures):
-            results[futures[fut]] = fut.result()   # the first failure is raised here
-            if on_done:
-                on_done(results[futures[fut]])
+        index = {pool.submit(fn, item): i for i, item in enumerate(items)}
+        pending = set(index)
+        while pending:
+            # A bounded wait, not as_completed's: a signal the kernel hands to a worker thread only
+            # sets a flag, and its handler (KeyboardInterrupt, Terminated) runs when the main thread
+            # next executes Python; blocked on a lock until a hung call returned, it would not.
+            done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
+            for fut in sorted(done, key=index.__getitem__):
+                results[index[fut]] = fut.result()   # the first failure is raised here
+                if on_done:
+                    on_done(results[index[fut]])
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
