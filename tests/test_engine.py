@@ -171,38 +171,38 @@ def test_calculator_is_exact():
     assert calculator.render(Fraction(72)) == "72"
 
 
-class Scripted(torch.nn.Module):
-    """A tiny Llama whose next token is forced to follow a script by completion position: it runs
-    the real forward (cache and masks exercised) and then overwrites the logits."""
+def _scripted(monkeypatch, script: list[int]) -> list[int]:
+    """Make the engine's token choice follow `script` by completion position, on the production
+    path: the real model runs its fused decode step (counted in the returned list), only the
+    choice of the next token is overridden, so the calculator's hook sees what it sees in a run."""
+    from tutorloop.inference.fused import LlamaDecoder
 
-    def __init__(self, inner, script: list[int], prompt_len: int) -> None:
-        super().__init__()
-        self.inner, self.script, self.prompt_len = inner, script, prompt_len
-        self.config = inner.config
+    steps: list[int] = []
+    real_step, real_choose = LlamaDecoder.step, engine._Run.choose
 
-    @property
-    def device(self):
-        return self.inner.device
+    def step(self, *a, **kw):
+        steps.append(1)
+        return real_step(self, *a, **kw)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=True,
-                logits_to_keep=0):
-        out = self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         cache=cache, use_cache=use_cache, logits_to_keep=logits_to_keep)
-        step = (position_ids[:, -1] + 1 - self.prompt_len).clamp(0, len(self.script) - 1)
-        forced = torch.full_like(out.logits[:, -1], -1e4)
-        forced[torch.arange(len(step)), torch.tensor(self.script)[step]] = 1e4
-        out.logits[:, -1] = forced
-        return out
+    def choose(self, logits):
+        real_choose(self, logits)
+        if logits.shape[0] != self.rows:          # a prefill: every admitted row starts the script
+            return torch.full((logits.shape[0],), script[0], dtype=torch.long)
+        return torch.tensor(script)[self.n_gen.clamp(max=len(script) - 1)]
+
+    monkeypatch.setattr(LlamaDecoder, "step", step)
+    monkeypatch.setattr(engine._Run, "choose", choose)
+    return steps
 
 
-def test_engine_calculator_overrides_wrong_arithmetic(tiny):
+def test_engine_calculator_overrides_wrong_arithmetic(tiny, monkeypatch):
     model, tok = tiny
     prompt = _prompts(tok, 1, seed=11)
-    plen = len(tok(prompt[0], add_special_tokens=False)["input_ids"])
     script = tok("He pays <<5*16=72>>72 dollars.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    scripted = Scripted(model, script, plen)
-    off = engine.generate(scripted, tok, prompt * 2, num_return_sequences=2, max_new_tokens=40)
-    on = engine.generate(scripted, tok, prompt * 2, num_return_sequences=2, max_new_tokens=40, calculator=True)
+    steps = _scripted(monkeypatch, script)
+    off = engine.generate(model, tok, prompt * 2, num_return_sequences=2, max_new_tokens=40)
+    assert steps, "the fused decode step must run (the production path)"
+    on = engine.generate(model, tok, prompt * 2, num_return_sequences=2, max_new_tokens=40, calculator=True)
     assert all(t == "He pays <<5*16=72>>72 dollars." for ts in off.texts for t in ts)
     assert off.calculator_calls == 0
     for ts in on.texts:
@@ -210,6 +210,28 @@ def test_engine_calculator_overrides_wrong_arithmetic(tiny):
             assert t.startswith("He pays <<5*16=80>>"), t
     assert on.calculator_calls == 4
     assert on.forced_tokens == 4 * len(tok("80>>", add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.parametrize("value, written", [
+    (Fraction(1, 3), "0.3333"), (Fraction(-1, 3), "-0.3333"), (Fraction(5, 2), "2.5"),
+    (Fraction(1, 100000), "0.00001"), (Fraction(1, 300000), None), (Fraction(-1, 300000), None),
+])
+def test_one_rounding_rule_for_the_calculator_and_the_teachers(value, written):
+    """Never "0"/"-0" for a small non-zero value; the teachers' exact rendering is the same rule."""
+    from tutorloop.teachers import arith
+
+    if written is None:
+        with pytest.raises(calculator.CalcError):
+            calculator.render(value)
+    else:
+        assert calculator.render(value) == written
+    exact = calculator.render(value) if written is not None and Fraction(written) == value else None
+    if exact is not None:
+        assert arith.fmt(value) == exact
+    else:
+        with pytest.raises(arith.NotRepresentable):
+            arith.fmt(value)
+    assert calculator.complete("<<1/300000=") is None and calculator.complete("<<0-1/3=") == "-0.3333>>"
 
 
 def test_rows_that_all_end_in_their_prefill_do_not_stop_the_queue(tiny):

@@ -179,6 +179,20 @@ def test_llm_judge_double_check_logs_disagreement():
     assert stats["judge_calls"] == 4 and stats["judge_disagreement_rate"] == 0.25  # "12 is wrong, #### 13"
 
 
+def test_judge_disagreement_compares_like_with_like():
+    """A right answer stated without a marker is strict-negative but right: a judge that says
+    right agrees with the grader; only a verdict on the answer itself can disagree."""
+    from tutorloop.config import Judge
+    from tutorloop.teachers.judge import llm_judge
+
+    probs = [problem("a", "12")]
+    rows = judge(probs, [{"problem_id": "a", "sample": i, "completion": c}
+                         for i, c in enumerate(["so she has 12 apples", "#### 12", "so 13 apples"])])
+    assert [(r["correct"], r["correct_lenient"]) for r in rows] == [(False, True), (True, True), (False, False)]
+    stats = llm_judge(rows, probs, Judge(mode="double_check", model="m"), _JudgeModel())
+    assert stats["judge_disagreement_rate"] == 0.0
+
+
 def test_labels_are_strict_by_default_an_unstated_answer_is_a_negative(tmp_path):
     """A sample that never states its answer (only the lenient last-number fallback reads the
     right number) is a negative under the default labels, and a positive only with `lenient`."""

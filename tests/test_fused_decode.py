@@ -158,10 +158,23 @@ def _reference(q, k, v, mask, scale):
                                           attn_mask=mask.bool()[:, None, None, :], scale=scale)
 
 
+def _host_has_avx512_bf16() -> bool:
+    return torch.backends.cpu.get_cpu_capability() == "AVX512" and "avx512_bf16" in decode_attention._cpu_signature()
+
+
+# Each build the host runs: the portable loop everywhere, the AVX-512 BF16 blocks where the CPU has
+# them (skipped by name elsewhere, so a run says which paths it checked).
+KERNEL_PATHS = [("portable", "portable C loop"),
+                pytest.param("native", "AVX-512 BF16", marks=pytest.mark.skipif(
+                    not _host_has_avx512_bf16(), reason="this CPU has no AVX-512 BF16: that path is not built here"))]
+
+
 @needs_kernel
+@pytest.mark.parametrize("variant, isa", KERNEL_PATHS)
 @pytest.mark.parametrize("groups, dim", [(3, 64), (1, 64), (4, 128), (7, 64), (8, 128), (5, 64), (3, 80)])
 @pytest.mark.parametrize("length", [1, 9, 301])
-def test_kernel_matches_float64_attention(groups, dim, length):
+def test_kernel_matches_float64_attention(groups, dim, length, variant, isa):
+    assert decode_attention.load(variant).isa == isa   # the path named is the path that runs
     g = torch.Generator().manual_seed(groups * 1000 + dim + length)
     rows, heads, cols, lo = 6, 2, length + 20, 7
     kbuf = torch.randn(rows, heads, cols, dim, generator=g).bfloat16() * 2
@@ -172,13 +185,46 @@ def test_kernel_matches_float64_attention(groups, dim, length):
     mask[:, -1] = True                                                # the engine's own column
     mask[1, :-1] = False                                              # a row that attends one column
     scale = dim ** -0.5
-    out = decode_attention.attention(q, k, v, mask.to(torch.uint8), scale)
+    out = decode_attention.attention(q, k, v, mask.to(torch.uint8), scale, variant=variant)
     want = _reference(q, k, v, mask, scale)
     assert out.dtype == torch.bfloat16 and out.shape == q.shape
     torch.testing.assert_close(out.double(), want, rtol=2 ** -7, atol=2e-3)
     # fp32 accumulation: nearly every output is the correctly rounded one (torch's flash kernel: ~60%)
     assert (out == want.bfloat16()).float().mean() > 0.97
     assert torch.equal(out[1], v[1, :, -1:].expand(heads, groups, dim))   # one column: its value
+
+
+@needs_kernel
+@pytest.mark.parametrize("variant, isa", KERNEL_PATHS)
+def test_kernel_gives_zeros_for_a_row_that_attends_nothing(variant, isa):
+    """A free slot's row is fully masked: zeros, never NaN (-inf - -inf) cast to an int exponent."""
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(3, 3, 3, 64, generator=g).bfloat16()
+    k, v = torch.randn(3, 3, 40, 64, generator=g).bfloat16(), torch.randn(3, 3, 40, 64, generator=g).bfloat16()
+    mask = torch.ones(3, 40, dtype=torch.uint8)
+    mask[1] = 0
+    out = decode_attention.attention(q, k, v, mask, 0.125, variant=variant)
+    assert not out.isnan().any() and torch.equal(out[1], torch.zeros_like(out[1]))
+    torch.testing.assert_close(out[0].double(), _reference(q, k, v, mask, 0.125)[0], rtol=2 ** -7, atol=2e-3)
+
+
+@needs_kernel
+def test_a_kernel_failure_at_run_time_falls_back_to_sdpa(tiny_model_dir, monkeypatch):
+    modeling.setup_runtime(0)
+    model, tok = modeling.load(tiny_model_dir, dtype="bfloat16")
+    prompts = _prompts(tok, 3)
+    real, calls = decode_attention.attention, []
+
+    def fails_later(*a, **kw):
+        calls.append(1)
+        if len(calls) > 40:   # a few steps in
+            raise RuntimeError("decode attention failed (code 2: 1 = empty shape, 2 = out of memory)")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(decode_attention, "attention", fails_later)
+    out = engine.generate(model, tok, prompts, max_new_tokens=24)
+    assert out.attention == "kernel+sdpa" and len(calls) == 41
+    assert all(len(t) == 1 for t in out.texts) and out.new_tokens > 3 * 10
 
 
 @needs_kernel

@@ -1,7 +1,5 @@
 """The one grading function, on the formats students and teachers actually write."""
 
-import threading
-
 import pytest
 
 from tutorloop.eval.grading import extract_answer, grade, reference_value
@@ -41,13 +39,46 @@ def test_reference_value_accepts_gsm8k_answers():
         reference_value("none")
 
 
-def test_grade_is_safe_in_worker_threads():
-    """Prefect runs tasks in threads; math-verify's signal timeouts would raise there."""
-    out = []
-    t = threading.Thread(target=lambda: out.append(grade("The answer is \\boxed{7}", "7")))
-    t.start()
-    t.join()
-    assert out and out[0].correct
+def test_grade_is_safe_in_worker_threads(monkeypatch):
+    """Prefect runs tasks in threads, where math-verify's signal timeout raises: in a worker thread
+    grading must reach math-verify without one, and give the main thread's verdicts."""
+    import math_verify
+
+    texts = ["The answer is \\boxed{7}", "\\frac{14}{2}", "so it is $7.00", "seven", "#### 7", "7 or 8?"]
+    in_main = [grade(t, "7") for t in texts]
+    timeouts = []
+    real = math_verify.parse
+
+    def spy(text, parsing_timeout=5, **kw):
+        timeouts.append(parsing_timeout)
+        return real(text, parsing_timeout=parsing_timeout, **kw)
+
+    monkeypatch.setattr(math_verify, "parse", spy)
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(4) as pool:
+        in_threads = list(pool.map(lambda t: grade(t, "7"), texts * 5))
+    assert in_threads == in_main * 5
+    assert timeouts and set(timeouts) == {None}     # math-verify was reached, without its alarm
+
+
+@pytest.mark.parametrize("text, extracted, strict", [
+    # the last statement of the answer counts, for #### as for \boxed and "answer is"
+    ("#### 71\nWait, I made a mistake.\n#### 72", "72", True),
+    ("\\boxed{71} no: \\boxed{72}", "72", True),
+    # "answer is" must be followed by the number: this states none
+    ("the answer is not 71 but 72", None, False),
+    ("The answer is: **72**", "72", True),
+    # a list is not one number with thousands separators
+    ("1,2,72", "72", False),
+    ("#### 1,234", "1234", False),
+])
+def test_the_answer_is_the_last_one_stated(text, extracted, strict):
+    g = grade(text, "72")
+    if extracted is not None:
+        assert extract_answer(text) == extracted
+    assert g.strict == strict
+    assert grade("the answer is not 71 but 72", "71").strict is False     # never a strict 71 either
+    assert extract_answer("1,2,3") not in ("123", "6/5")                   # neither 123 nor math-verify's 1.2
 
 
 @pytest.mark.parametrize("text, lenient, strict", [

@@ -5,7 +5,7 @@ is never judged by one rule in training and another in evaluation (nanochat's ta
 does the same).
 
 Order of extraction, and why:
-1. ``#### N`` — GSM8K's own marker. math-verify alone does not give it priority
+1. ``#### N`` — GSM8K's own marker (the last one, as for every marker below). math-verify alone does not give it priority
    (``"#### 56\\nThe answer is: 98"`` parses as 98), so it is read first, by regex.
 2. math-verify on the whole text — ``\\boxed{18}``, ``The answer is $18.``, ``$1,234.00``,
    fractions, LaTeX. Its signal-based timeout is used on the main thread only: off the main
@@ -33,12 +33,16 @@ from fractions import Fraction
 
 _MARKER = re.compile(r"####\s*([^\n]*)")
 _BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
-_ANSWER_IS = re.compile(r"\banswer\s*(?:is|:|=)\s*:?\s*([^\n]*)", re.I)
+# "The answer is 18", "answer: $18", "final answer = **18**": the number must come first, so
+# "the answer is not 72 but 73" states no answer (rather than a strict 72).
+_ANSWER_IS = re.compile(r"\banswer\s*(?:is|:|=)\s*:?\s*[$*\s]*(-?\d[^\n]*)", re.I)
 # math-verify warns on every call made without its (thread-unsafe) timeouts; we call it that way
 # on purpose, so its warning is noise.
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?")
+# Thousands separators only in groups of three ("1,234"): "1,2,3" is three numbers, not 123.
+_INT = r"\d{1,3}(?:,\d{3})+(?!\d)|\d+"
+_NUMBER = re.compile(rf"-?(?:{_INT})(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?")
 
 
 @dataclass(frozen=True)
@@ -86,12 +90,30 @@ def _math_verify_number(text: str) -> Fraction | None:
     return None
 
 
+def _last_marker(text: str) -> Fraction | None:
+    """The number after the last ``####`` that has one: like the last ``\\boxed{}`` and the last
+    "answer is", the final statement is the answer (a student that corrects itself)."""
+    for found in reversed(_MARKER.findall(text)):
+        if (value := _number(found)) is not None:
+            return value
+    return None
+
+
+def _plausible(value: Fraction | None, text: str) -> Fraction | None:
+    """math-verify's reading, unless it is a number the text never writes: it reads "1,2,3" as
+    1.2 and "12,34" as 12.34 (decimal commas). Plain text must write the number itself; LaTeX
+    (``\\frac{3}{4}``) is math-verify's to read."""
+    if value is None or "\\" in text:
+        return value
+    written = {_number(token) for token in _NUMBER.findall(text.replace("$", ""))}
+    return value if value in written else None
+
+
 def extract_answer(text: str) -> str | None:
     """The final numeric answer of a solution as a canonical string ("18", "3/4"), or None."""
-    marker = _MARKER.search(text)
-    value = _number(marker.group(1)) if marker else None
+    value = _last_marker(text)
     if value is None:
-        value = _math_verify_number(text)
+        value = _plausible(_math_verify_number(text), text)
     if value is None:
         # Last resort, as GSM8K graders do: the last number written ("... is 25%").
         numbers = _NUMBER.findall(text.replace("$", ""))
@@ -102,8 +124,7 @@ def extract_answer(text: str) -> str | None:
 def marked_answer(text: str) -> str | None:
     """The answer a completion *states*: after ``####``, else the last ``\\boxed{}``, else the last
     "answer is" phrase; None when it states none (whatever numbers it wrote)."""
-    marker = _MARKER.search(text)
-    value = _number(marker.group(1)) if marker else None
+    value = _last_marker(text)
     if value is None and (boxed := _BOXED.findall(text)):
         value = _math_verify_number(f"\\boxed{{{boxed[-1]}}}") or _number(boxed[-1])
     if value is None and (said := _ANSWER_IS.findall(text)):
@@ -113,7 +134,7 @@ def marked_answer(text: str) -> str | None:
 
 def reference_value(answer: str) -> Fraction:
     """A reference answer ("72", "1,234", "#### 72", "3/4") as an exact number; raises if none."""
-    value = _number(_MARKER.search(answer).group(1) if "####" in answer else answer)
+    value = _last_marker(answer) if "####" in answer else _number(answer)
     if value is None:
         raise ValueError(f"reference answer {answer!r} has no number")
     return value

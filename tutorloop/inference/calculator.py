@@ -71,14 +71,26 @@ def evaluate(expr: str) -> Fraction:
     return ev(tree)
 
 
-def render(value: Fraction) -> str:
-    """GSM8K's way: integers plainly, short decimals exactly, others rounded to 4 places."""
+class NotRepresentable(CalcError):
+    """A value with no short decimal form (e.g. 25/6), where an exact one is required."""
+
+
+def render(value: Fraction, exact: bool = False) -> str:
+    """The one rule for writing a value, for the calculator and the teachers (arith.fmt) alike:
+    integers plainly, terminating decimals of up to 6 places exactly, other values rounded to 4
+    places (GSM8K writes 33.3333) — or, with `exact`, refused (`NotRepresentable`). A value that
+    rounds to 0 is refused too: "0" (or "-0") for 0.00001 would feed the model a wrong result."""
     if value.denominator == 1:
         return str(value.numerator)
-    exact = f"{float(value):.6f}".rstrip("0").rstrip(".")
-    if Fraction(exact) == value:
-        return exact
-    return f"{float(value):.4f}".rstrip("0").rstrip(".")
+    text = f"{float(value):.6f}".rstrip("0").rstrip(".")
+    if Fraction(text) == value:
+        return text
+    if exact:
+        raise NotRepresentable(f"{value} has no short decimal form")
+    text = f"{float(value):.4f}".rstrip("0").rstrip(".")
+    if Fraction(text) == 0:
+        raise CalcError(f"{float(value):.3g} rounds to 0 at 4 places")
+    return text
 
 
 def complete(text: str) -> str | None:

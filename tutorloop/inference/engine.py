@@ -36,6 +36,7 @@ sampling draws from the same distribution (same test file, chi-square against HF
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -48,6 +49,7 @@ from tutorloop.inference.kernels import attention as decode_attention
 from tutorloop.modeling import Generation
 
 TOPK_PREFILTER = 64
+log = logging.getLogger(__name__)
 
 
 class SlotLayer(DynamicLayer):
@@ -229,6 +231,7 @@ class _Run:
         self.decoder = LlamaDecoder.wrap(model) if fused else None
         dtype = next(model.parameters()).dtype
         self.kernel = attention == "auto" and self.decoder is not None and decode_attention.usable(dtype, dev)
+        self.kernel_failed = False
         cfg = model.config.get_text_config(decoder=True)
         heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -344,7 +347,16 @@ class _Run:
         columns [lo, col] (lo: the earliest column a live row uses)."""
         col, window = self.col, self.mask[:, lo:self.col + 1]
         if self.decoder is not None:
-            return self.decoder.step(self.nxt, self.pos, self.cache.layers, lo, col, window, kernel=self.kernel)
+            try:
+                return self.decoder.step(self.nxt, self.pos, self.cache.layers, lo, col, window, kernel=self.kernel)
+            except (RuntimeError, ValueError, OSError) as err:
+                if not self.kernel:
+                    raise
+                # The kernel failed at run time (out of memory, a layout it does not take): finish
+                # on SDPA. Re-running the step is safe: it rewrites the same keys/values at `col`.
+                log.warning("decode attention kernel failed (%s); continuing with torch's SDPA", err)
+                self.kernel, self.kernel_failed = False, True
+                return self.decoder.step(self.nxt, self.pos, self.cache.layers, lo, col, window, kernel=False)
         for layer in self.cache.layers:
             layer.window(lo, col)
         return self.model(input_ids=self.nxt[:, None], attention_mask=window, position_ids=self.pos[:, None],
@@ -471,4 +483,4 @@ def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, d
     seconds = time.perf_counter() - start_t
     return Generation(texts=run.texts(), new_tokens=run.new_tokens, seconds=seconds,
                       calculator_calls=run.calculator_calls, forced_tokens=run.forced_tokens,
-                      attention="kernel" if run.kernel else "sdpa")
+                      attention="kernel" if run.kernel else "kernel+sdpa" if run.kernel_failed else "sdpa")

@@ -16,24 +16,19 @@ import re
 from fractions import Fraction
 
 # One safe evaluator for the teacher and the student's calculator (tutorloop/inference/calculator.py).
-from tutorloop.inference.calculator import evaluate  # noqa: F401  (re-exported: tests and teachers use arith.evaluate)
+from tutorloop.inference.calculator import (  # noqa: F401  (re-exported: tests and teachers use them)
+    NotRepresentable,
+    evaluate,
+    render,
+)
 
 _ANNOTATION = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
 
 
-class NotRepresentable(ValueError):
-    """A value with no short decimal form (e.g. 25/6): not something a GSM8K step writes."""
-
-
 def fmt(value: Fraction) -> str:
-    """Render a value as GSM8K does: integers plainly, terminating decimals without trailing 0s."""
-    if value.denominator == 1:
-        return str(value.numerator)
-    # Only terminating decimals are allowed in rendered text; callers keep answers integral.
-    text = f"{float(value):.6f}".rstrip("0").rstrip(".")
-    if Fraction(text) != value:
-        raise NotRepresentable(f"{value} has no short decimal form")
-    return text
+    """Render a value as GSM8K does: integers plainly, terminating decimals without trailing 0s;
+    `NotRepresentable` otherwise (the calculator's own rule: one rule, one place)."""
+    return render(value, exact=True)
 
 
 def annotations(solution: str) -> list[tuple[str, str]]:

@@ -44,7 +44,9 @@ def llm_judge(rows: list[dict], problems: list[dict], cfg, chat=None, runtime=No
         elif r["extracted"] is None:
             r["correct"] = v  # the deterministic grader had nothing to go on: the judge decides
             decided += 1
-        elif v != r["correct"]:
+        elif v != r.get("correct_lenient", r["correct"]):
+            # The judge rules on the answer, not on its format: compare it with the grader's
+            # lenient verdict (a right answer without a marker is strict-negative, judge-right).
             disagree += 1
     checked = sum(1 for r, v in zip(todo, verdicts) if v is not None and r["extracted"] is not None)
     return {"judge_calls": len(todo), "judge_decided": decided, "judge_unparsed": unparsed,

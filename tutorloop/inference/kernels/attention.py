@@ -53,13 +53,13 @@ def _cpu_signature() -> str:
     return platform.processor() or platform.machine()
 
 
-def _build(cc: str, lib_path: Path) -> None:
+def _build(cc: str, lib_path: Path, flags: list[str]) -> None:
     lib_path.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename: processes building at once never load a half-written file.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib_path.parent)
     os.close(fd)
     try:
-        done = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
+        done = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             raise OSError(f"{cc} exited {done.returncode}: {' '.join(done.stderr.strip().splitlines()[-2:])}")
         os.replace(tmp, lib_path)
@@ -72,25 +72,36 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TUTORLOOP_KERNEL_CACHE", Path.home() / ".cache" / "tutorloop" / "kernels"))
 
 
-@functools.lru_cache(maxsize=1)
-def load():
-    """The kernel's entry point, or None if it cannot be built here (no C compiler, not Linux/x86)."""
+# The builds: "native" takes the fastest path the CPU has; "portable" forces the plain C loop
+# (tests run both where the host has AVX-512 BF16, so neither path goes untested).
+VARIANTS = {"native": [], "portable": ["-DTUTORLOOP_PORTABLE"]}
+ISA_NAMES = {0: "portable C loop", 1: "AVX-512 BF16"}
+
+
+@functools.lru_cache(maxsize=2)
+def load(variant: str = "native"):
+    """The kernel's entry point, or None if it cannot be built here (no C compiler, not Linux/x86).
+    `fn.isa` names the block implementation the build runs (ISA_NAMES)."""
     cc = shutil.which(os.environ.get("CC") or "cc") or shutil.which("gcc")
     if cc is None or platform.machine() not in ("x86_64", "AMD64"):
         log.warning("decode attention: no C compiler (or not x86-64); the engine uses torch's SDPA")
         return None
+    flags = FLAGS + VARIANTS[variant]
     try:
-        key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *FLAGS]).encode()
+        key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *flags]).encode()
                              + _cpu_signature().encode()).hexdigest()[:16]
         lib_path = cache_dir() / f"decode_attention-{key}.so"
         if not lib_path.exists():
-            _build(cc, lib_path)
+            _build(cc, lib_path, flags)
         # libgomp: the kernel's OpenMP binds to the runtime torch already loaded (same soname).
-        fn = ctypes.CDLL(str(lib_path)).decode_attention_bf16
+        lib = ctypes.CDLL(str(lib_path))
+        fn, isa = lib.decode_attention_bf16, lib.decode_attention_isa
     except (OSError, AttributeError, subprocess.SubprocessError) as e:
         # no source in this install, a failed build, a cache on a noexec mount, a stale library
         log.warning("decode attention: kernel unavailable (%s); the engine uses torch's SDPA", e)
         return None
+    isa.restype = ctypes.c_int
+    fn.isa = ISA_NAMES.get(isa(), "unknown")
     fn.restype = ctypes.c_int
     fn.argtypes = ([ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_void_p, ctypes.c_int64,
                    ctypes.c_void_p] + [ctypes.c_int] * 6 + [ctypes.c_float])
@@ -103,12 +114,12 @@ def usable(dtype: torch.dtype, device: torch.device) -> bool:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-              scale: float) -> torch.Tensor:
+              scale: float, variant: str = "native") -> torch.Tensor:
     """softmax(q k^T * scale, masked) v for one query token per row.
 
     q: [rows, kv_heads, groups, dim] (transformers' pack_gqa layout), k, v: [rows, kv_heads, L, dim]
     views with the same strides and contiguous rows of `dim`, mask: [rows, L] uint8/bool (nonzero =
-    attend; every row attends at least one column). Returns bf16 [rows, kv_heads, groups, dim]."""
+    attend; a row that attends no column gets zeros). Returns bf16 [rows, kv_heads, groups, dim]."""
     rows, heads, groups, dim = q.shape
     L = k.shape[2]
     if (k.stride() != v.stride() or k.stride(3) != 1 or k.stride(2) != dim or k.shape != v.shape
@@ -122,7 +133,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     out = torch.empty_like(q)
     # torch's thread count, passed explicitly: if the kernel's OpenMP is not torch's own runtime
     # (a clang build, a wheel with a renamed libgomp), it must not start a pool of its own size.
-    rc = load()(q.data_ptr(), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1), mask.data_ptr(),
+    rc = load(variant)(q.data_ptr(), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1), mask.data_ptr(),
                 mask.stride(0), out.data_ptr(), rows, heads, groups, dim, L, torch.get_num_threads(),
                 float(scale))
     if rc != 0:

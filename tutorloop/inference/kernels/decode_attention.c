@@ -78,6 +78,11 @@ static inline __attribute__((always_inline)) void softmax_rows(float *restrict s
         mx = _mm512_reduce_max_ps(vm);
 #endif
         for (; j < L; j++) mx = sg[j] > mx ? sg[j] : mx;
+        if (mx == -INFINITY) {   /* a fully masked row (a free slot): zeros, not NaN from -inf - -inf */
+            for (int j = 0; j < L; j++) sg[j] = 0.0f;
+            inv[g] = 0.0f;
+            continue;
+        }
         float sum = 0.0f;
         for (int j = 0; j < L; j++) {   /* masked columns hold -inf: exp gives 0 */
             float e = exp_nonpos(sg[j] - mx);
@@ -131,7 +136,7 @@ static inline __attribute__((always_inline)) void one_block(
 }
 
 
-#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#if defined(__AVX512F__) && defined(__AVX512BF16__) && !defined(TUTORLOOP_PORTABLE)
 #include <immintrin.h>
 #define HAVE_AVX512_BF16 1
 
@@ -228,9 +233,19 @@ static inline __attribute__((always_inline)) void one_block_avx512(
 #endif
 #define BLOCK_C(GG, DD) one_block(q + qo, k + kv, v + kv, m, out + qo, GG, DD, L, scale, s)
 
+/* Which block implementation this build runs for D = 64 / 128: 1 = AVX-512 BF16, 0 = the portable
+ * loop (tests check each path they build, and say which one ran). */
+int decode_attention_isa(void) {
+#ifdef HAVE_AVX512_BF16
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* q, out: [rows, H, G, D] contiguous. k, v: element (r, h, j, d) at r*row_stride + h*head_stride
- * + j*D + d (the engine's slot buffers from column lo on). mask: [rows, L], nonzero = attend; every
- * row attends at least one column (the engine's current one). threads: torch's thread count. */
+ * + j*D + d (the engine's slot buffers from column lo on). mask: [rows, L], nonzero = attend; a row
+ * that attends no column gets zeros. threads: torch's thread count. */
 int decode_attention_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
                           int64_t row_stride, int64_t head_stride, const uint8_t *mask,
                           int64_t mask_stride, uint16_t *out, int rows, int H, int G, int D, int L,
