@@ -16,7 +16,6 @@ A bad params.yaml or recipe (YAML syntax, a bad value, a missing file) is report
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import NoReturn, Optional
 
@@ -140,7 +139,9 @@ def recipe(name: str = typer.Argument(..., help="a recipe in recipes/, e.g. gsm8
         cmd += ["-S", f"{key}={json.dumps(value) if not isinstance(value, str) or value == '' else value}"]
     typer.echo(" ".join(cmd if not dry_run else [c if " " not in c else repr(c) for c in cmd]))
     if not dry_run:
-        raise typer.Exit(subprocess.run(cmd, cwd=project).returncode)
+        from flows.process import dvc, interpreter_env
+
+        raise typer.Exit(subprocess.run(dvc(*cmd[1:]), cwd=project, env=interpreter_env()).returncode)
 
 
 @app.command()
@@ -234,10 +235,11 @@ def compare(project: Path = typer.Option(Path("."), help="project root"),
     from rich.console import Console
     from rich.table import Table
 
+    from flows.process import dvc
     from tutorloop.eval.report import compare as plot
     from tutorloop.eval.report import experiments, label
 
-    proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=project, capture_output=True,
+    proc = subprocess.run(dvc("exp", "show", "--json"), cwd=project, capture_output=True,
                           text=True)
     if proc.returncode != 0:
         raise typer.Exit(f"dvc exp show failed: {proc.stderr.strip()}")

@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.process import dvc, interpreter_env
 from tutorloop.config import load_params
 from tutorloop.runtime import tracking
 
@@ -91,9 +90,8 @@ def _lock_entry(project: Path, stage: str) -> str:
 
 
 def _stage_env(parent_run_id: str | None) -> dict[str, str]:
-    env = dict(os.environ)
     # Stages run `python -m components...`: make it this interpreter even if the venv is not active.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env = interpreter_env()
     env.pop(tracking.PARENT_ENV, None)
     if parent_run_id:
         env[tracking.PARENT_ENV] = parent_run_id
@@ -110,7 +108,7 @@ def dvc_stage(stage: str, parent_run_id: str | None = None, project: str = ".") 
     with FileLock(str(root / LOCK)):
         before = _lock_entry(root, stage)
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "-s", stage], cwd=root,
+        proc = subprocess.run(dvc("repro", "-s", stage), cwd=root,
                               env=_stage_env(parent_run_id))
         seconds = time.perf_counter() - start
         if proc.returncode != 0:

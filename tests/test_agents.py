@@ -3,7 +3,6 @@ parsers and filters. Every produced answer is re-derived with exact arithmetic."
 
 import random
 from collections import Counter
-from fractions import Fraction
 from pathlib import Path
 
 import pytest

@@ -474,3 +474,19 @@ def test_ctrl_c_during_server_sampling_returns_at_once(monkeypatch):
         sampler([[{"role": "user", "content": str(i)}] for i in range(20)], k=2, do_sample=True,
                 temperature=0.7, max_new_tokens=8)
     assert time.monotonic() - t0 < 2
+
+
+def test_recipe_runs_dvc_through_the_interpreter_without_an_activated_venv(tmp_path):
+    """`.venv/bin/tutorloop recipe` with no venv on PATH: DVC is run as `python -m dvc`, so the
+    user sees DVC's own answer (here: not a DVC repository), never FileNotFoundError: 'dvc'."""
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    exe = Path(sys.executable).parent / "tutorloop"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PATH")}
+    env["PATH"] = "/usr/bin:/bin"
+    assert shutil.which("dvc", path=env["PATH"]) is None
+    proc = subprocess.run([str(exe), "recipe", "gsm8k", "--project", str(tmp_path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert "FileNotFoundError" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode != 0 and "dvc" in (proc.stdout + proc.stderr).lower()
+    assert "not inside of a DVC repository" in proc.stderr or "not a DVC repository" in proc.stderr.lower() \
+        or "git" in proc.stderr.lower(), proc.stderr[-1000:]

@@ -5,7 +5,6 @@ answer with the grader, and checks answers are positive integers — for every f
 variants, and for the Editor's rewrites.
 """
 
-import random
 from fractions import Fraction
 
 import pytest

@@ -222,6 +222,7 @@ def test_fresh_adapter_disabled_is_exactly_the_previous_round(params_factory, wo
     training moves the adapter."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
+
     from tutorloop.train.lora import lora_config
 
     params = params_factory()
