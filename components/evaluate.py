@@ -56,7 +56,7 @@ def run(params: Params, model_dir: Path, test_file: Path, metrics_file: Path, ou
         g_preds, g_stats = score(sampler, params, gsm8k, "evaluate gsm8k", shots)
         write_jsonl(out_dir / "gsm8k_predictions.jsonl", g_preds)
         metrics["gsm8k"] = g_stats
-    metrics["protocol"] = protocol(params, sampler.precision)
+    metrics["protocol"] = protocol(params, sampler.precision, metrics.get("attention"), metrics.get("device"))
     metrics["precision"] = sampler.precision
     metrics["calculator"] = cfg.calculator
     metrics["backend"] = sampler.backend

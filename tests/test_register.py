@@ -1,6 +1,7 @@
 """Registration: paired promotion, lineage tags, model card, nothing registered on bad input."""
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -86,9 +87,18 @@ def write_lock(root, rounds: dict[str, str]):
 
 
 def do_register(params, store, key, model_dir):
+    """Register checkpoint `key`; each key gets its own copy of `model_dir` with a marker file, so
+    checkpoints differ in content (as trained ones do) and one key's content stays the same."""
+    if model_dir.is_dir():
+        copy = store / "checkpoints" / key
+        if not copy.exists():
+            shutil.copytree(model_dir, copy)
+            (copy / "checkpoint.txt").write_text(key)
+        model_dir = copy
     with tracking.stage_run("register", {}, round_key=key) as log:
         return register(params, key, model_dir, store / f"metrics/{key}.json",
                         store / f"eval/{key}/predictions.jsonl", store / f"registry/{key}.json", log)
+
 
 
 def test_register_versions_aliases_lineage_and_card(store, tiny_model_dir, params_factory):
@@ -125,36 +135,77 @@ def test_register_versions_aliases_lineage_and_card(store, tiny_model_dir, param
     assert json.loads((store / "registry/2.json").read_text())["alias"] == "champion"
 
 
-def test_new_protocol_or_test_set_starts_a_champion_scope_instead_of_freezing(store, tiny_model_dir, params_factory):
-    """Verdicts from another protocol or other problems cannot be paired; promotion must still be
-    possible after such a change (it used to answer `challenger` for ever)."""
+def test_champion_moves_only_on_paired_evidence_and_scopes_keep_their_best(store, tiny_model_dir, params_factory):
+    """A new protocol or test set starts a scope with its own best (`champion-<scope>`), but the
+    deployable `champion` never follows it to an unchecked model: register@base runs first after
+    a protocol change, and the untrained base must not become what users deploy."""
     from mlflow import MlflowClient
 
     params = params_factory(rounds=2)
     params = params.model_copy(update={"register_": params.register_.model_copy(update={"log_model": False})})
     client = MlflowClient(tracking.tracking_uri())
 
-    def champion():
-        return client.get_model_version_by_alias("tutor", "champion").tags["round"]
+    def holder(alias="champion"):
+        return client.get_model_version_by_alias("tutor", alias).tags["round"]
+
 
     write_eval(store, "base", "0" * 40, protocol="zero-shot")
-    assert do_register(params, store, "base", tiny_model_dir)["alias"] == "champion"
-    write_eval(store, "0", "1" * 10 + "0" * 30, protocol="fewshot-8")      # a new protocol
-    first = do_register(params, store, "0", tiny_model_dir)
-    assert first["alias"] == "champion" and "protocol fewshot-8" in first["reason"] and champion() == "0"
-    write_eval(store, "1", "1" * 30 + "0" * 10, protocol="fewshot-8")      # +20 under it: promoted
-    paired = do_register(params, store, "1", tiny_model_dir)
-    assert paired["alias"] == "champion" and paired["paired_n"] == 40 and paired["p_value"] < 1e-5
-    assert champion() == "1"
-    write_eval(store, "2", "1" * 40, protocol="fewshot-8", prefix="u")     # a regenerated test set
-    fresh = do_register(params, store, "2", tiny_model_dir)
-    assert fresh["alias"] == "champion" and fresh["previous_champion"] is None and fresh["scope"] != paired["scope"]
-    # back to the first protocol: its champion (base) is paired against, and is `champion` again
-    write_eval(store, "0", "11" + "0" * 38, protocol="zero-shot")
-    back = do_register(params, store, "0", tiny_model_dir)
-    assert back["alias"] == "challenger" and back["paired_n"] == 40 and champion() == "base"
-    scopes = {k: v for k, v in client.get_registered_model("tutor").aliases.items() if k.startswith("champion-")}
+    assert do_register(params, store, "base", tiny_model_dir)["alias"] == "champion"   # the registry's first
+    write_eval(store, "0", "1" * 30 + "0" * 10, protocol="zero-shot")
+    assert do_register(params, store, "0", tiny_model_dir)["alias"] == "champion" and holder() == "0"
+    # the protocol changes (say max_new_tokens): base is registered first in the new scope
+    write_eval(store, "base", "0" * 40, protocol="fewshot-8")
+    rebased = do_register(params, store, "base", tiny_model_dir)
+    assert rebased["alias"] == "challenger" and holder() == "0"          # champion stays: no evidence
+    assert rebased["scope_alias"] and holder(rebased["scope_alias"]) == "base"   # the scope's best so far
+    assert "no paired evidence" in rebased["reason"] and rebased["champion"] == rebased["previous_champion"]
+    # a trained round under the new protocol beats the scope's champion, but not the deployed one:
+    # it was never paired with it
+    write_eval(store, "1", "1" * 30 + "0" * 10, protocol="fewshot-8")
+    r1 = do_register(params, store, "1", tiny_model_dir)
+    assert r1["alias"] == "challenger" and r1["scope_alias"] and holder(r1["scope_alias"]) == "1"
+    assert r1["paired_n"] == 40 and r1["p_value"] < 1e-5 and holder() == "0"
+    # the deployed champion's own checkpoint scored under the new protocol carries `champion` there
+    write_eval(store, "0", "1" * 30 + "0" * 10, protocol="fewshot-8")
+    rescored = do_register(params, store, "0", tiny_model_dir)
+    assert rescored["alias"] == "champion" and "same weights" in rescored["reason"] and holder() == "0"
+    write_eval(store, "2", "1" * 40, protocol="fewshot-8")
+    r2 = do_register(params, store, "2", tiny_model_dir)
+    # +10 vs the champion's own verdicts under this scope: p = 2^-10
+    assert r2["alias"] == "champion" and holder() == "2" and "beat champion" in r2["reason"]
+    # a regenerated test set: a scope of its own, and no move
+    write_eval(store, "3", "1" * 40, protocol="fewshot-8", prefix="u")
+    fresh = do_register(params, store, "3", tiny_model_dir)
+    assert fresh["alias"] == "challenger" and fresh["previous_scope_champion"] is None and holder() == "2"
+    scopes = {k for k in client.get_registered_model("tutor").aliases if k.startswith("champion-")}
     assert len(scopes) == 3
+
+
+def test_a_store_error_while_reading_the_champion_fails_the_stage(store, tiny_model_dir, params_factory,
+                                                                 monkeypatch):
+    """A transient tracking error is not "no evidence": register must fail (DVC then re-runs it
+    and it promotes), not record a version that can never be promoted."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    params = params_factory()
+    params = params.model_copy(update={"register_": params.register_.model_copy(update={"log_model": False})})
+    write_eval(store, "base", "0" * 40)
+    do_register(params, store, "base", tiny_model_dir)
+    write_eval(store, "0", "1" * 30 + "0" * 10)
+
+    def flaky(**kw):
+        raise MlflowException("API request to endpoint /api/2.0/mlflow-artifacts failed with error code 503")
+
+    real = mlflow.artifacts.download_artifacts
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", flaky)
+    with pytest.raises(MlflowException, match="503"):
+        do_register(params, store, "0", tiny_model_dir)
+    client = MlflowClient(tracking.tracking_uri())
+    assert len(client.search_model_versions("name='tutor'")) == 1       # nothing half-registered
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", real)
+    assert do_register(params, store, "0", tiny_model_dir)["alias"] == "champion"   # the re-run promotes
 
 
 def test_register_logs_a_loadable_transformers_model(store, tiny_model_dir, params_factory):

@@ -157,9 +157,13 @@ def test_evaluate_through_a_server_is_the_engines_greedy(tiny_model_dir, tmp_pat
     assert lm["protocol"] != m["protocol"] and lm["backend"] == "local"
     assert protocol(local, "float32") == protocol(validate({**raw, "evaluate": {
         **raw["evaluate"], "backend": "local", "server": {}}}), "float32")  # server knobs alone change nothing
-    # the resolved precision is part of it: a machine where auto means bf16 scores another protocol
-    assert protocol(local, "float32") != protocol(local, "bfloat16") and lm["precision"] == "float32"
-    # fingerprints from before runtime.precision stay valid: bf16 locally, and any server scope
+    # the numerics are part of it: the resolved precision, the decode attention and the device
+    assert lm["precision"] == "float32" and lm["attention"] == "sdpa" and lm["device"] == "cpu"
+    assert lm["protocol"] == protocol(local, "float32", "sdpa", "cpu")
+    variants = {protocol(local, "float32", "sdpa", "cpu"), protocol(local, "bfloat16", "sdpa", "cpu"),
+                protocol(local, "bfloat16", "kernel", "cpu"), protocol(local, "bfloat16", "kernel", "cuda")}
+    assert len(variants) == 4
+    # a server's fingerprint stays what it was before the numerics were added: its numerics are its own
     import hashlib
     import json
 
@@ -168,5 +172,4 @@ def test_evaluate_through_a_server_is_the_engines_greedy(tiny_model_dir, tmp_pat
                "limit": cfg.limit, "fewshot": cfg.fewshot, **extra}
         return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
-    assert protocol(local, "bfloat16") == old(local.evaluate)
     assert protocol(params, "server") == protocol(params, "float32") == m["protocol"] == old(params.evaluate, backend="openai")

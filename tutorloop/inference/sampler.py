@@ -78,8 +78,10 @@ class LocalSampler:
 
     def metrics(self, gen: Generation) -> dict:
         """What only this backend knows, for the stage's metrics: the batch `auto` resolved to and
-        the decode attention that ran (kernel / sdpa / hf: numerics differ in the last bf16 bit)."""
-        return {"batch_size": self.rows, "attention": gen.attention, "precision": self.precision}
+        the decode attention that ran (kernel / sdpa / hf: numerics differ in the last bf16 bit),
+        and the device: all three are part of the evaluation protocol."""
+        return {"batch_size": self.rows, "attention": gen.attention, "precision": self.precision,
+                "device": self.model.device.type}
 
     def resolve_rows(self, prompts: list[str], k: int, max_new_tokens: int) -> int:
         if self.batch_size != "auto":

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tutorloop.config import Params, Register
+from tutorloop.data.digest import digest
 from tutorloop.data.jsonl import read_jsonl, write_json
 from tutorloop.errors import DataError
 from tutorloop.modeling import require_checkpoint
@@ -32,13 +33,17 @@ from tutorloop.registry.lineage import (
     teachers,
 )
 from tutorloop.registry.promotion import (
+    CHALLENGER,
     CHAMPION,
+    WEIGHTS_TAG,
     champion_predictions,
     correctness,
     decide,
+    deploy_verdict,
     eval_scope,
     scope_alias,
     scope_champion,
+    version_by_alias,
 )
 from tutorloop.runtime import tracking
 from tutorloop.secrets import redact
@@ -48,14 +53,23 @@ DESCRIPTION_LIMIT = 5000  # registry descriptions are VARCHAR(5000) on SQL backe
 
 @dataclass(frozen=True)
 class Promotion:
-    """The verdict on a new version: its alias, why, the paired statistics, and its scope's
-    champion before it (None: the first version evaluated this way)."""
+    """The verdict on a new version. `alias`/`reason`/`stats`: against its scope's champion
+    (`previous`; None: the first version evaluated this way). `deploy`/`deploy_reason`: whether
+    the global `champion` (`champion_before`) moves to it — only on paired evidence."""
 
     alias: str
     reason: str
     stats: dict
     scope: str
     previous: Any = None
+    deploy: bool = False
+    deploy_reason: str = ""
+    champion_before: Any = None
+
+    @property
+    def verdict(self) -> str:
+        """`champion` if the deployable alias moved to this version, else `challenger`."""
+        return CHAMPION if self.deploy else CHALLENGER
 
 
 def log_transformers_model(model_dir: Path) -> str:
@@ -94,8 +108,9 @@ def read_evaluation(model_dir: Path, metrics_file: Path, predictions_file: Path)
     return metrics, predictions
 
 
-def promote(client, cfg: Register, metrics: dict, verdicts: dict[str, bool]) -> Promotion:
-    """Pair the new verdicts with the champion of their evaluation scope (promotion.py)."""
+def promote(client, cfg: Register, metrics: dict, verdicts: dict[str, bool], weights: str = "") -> Promotion:
+    """Pair the new verdicts with the champion of their evaluation scope, then with the deployed
+    `champion` (promotion.py: the two questions)."""
     protocol = metrics.get("protocol", "")
     scope = eval_scope(protocol, verdicts)
     champ = scope_champion(client, cfg.model_name, scope)
@@ -104,7 +119,13 @@ def promote(client, cfg: Register, metrics: dict, verdicts: dict[str, bool]) -> 
     if champ is None:
         reason += (f" under evaluation scope {scope} (protocol {protocol or 'unknown'}, "
                    f"{len(verdicts)} problems): the first version evaluated this way")
-    return Promotion(alias, reason, stats, scope, champ)
+    deployed = version_by_alias(client, cfg.model_name, CHAMPION)
+    if deployed is not None and champ is not None and deployed.version == champ.version:
+        deployed_preds = champ_preds          # the usual case: one download, one comparison
+    else:
+        deployed_preds = champion_predictions(client, deployed, scope) if deployed else None
+    deploy, why = deploy_verdict(verdicts, deployed, deployed_preds, cfg, weights)
+    return Promotion(alias, reason, stats, scope, champ, deploy, why, deployed)
 
 
 def create_version(client, cfg: Register, model_dir: Path, log: tracking.StageLog):
@@ -121,8 +142,9 @@ def create_version(client, cfg: Register, model_dir: Path, log: tracking.StageLo
 def version_tags(cfg: Register, checkpoint: str, metrics: dict, lineage_tags: dict, prom: Promotion) -> dict:
     """The version's tags: lineage, the promotion metric and verdict, the evaluation scope."""
     tags = {f"lineage.{k}": v for k, v in lineage_tags.items()}
-    tags.update({f"metric.{cfg.metric}": f"{metrics[cfg.metric]:.6f}", "promotion": prom.alias,
-                 "promotion.reason": prom.reason, "round": checkpoint,
+    tags.update({f"metric.{cfg.metric}": f"{metrics[cfg.metric]:.6f}", "promotion": prom.verdict,
+                 "promotion.reason": prom.deploy_reason, "promotion.scope": prom.alias,
+                 "promotion.scope_reason": prom.reason, "round": checkpoint,
                  "eval.protocol": metrics.get("protocol", ""), "eval.scope": prom.scope})
     if "p_value" in prom.stats:
         tags["promotion.p_value"] = f"{prom.stats['p_value']:.6g}"
@@ -143,7 +165,8 @@ def describe(client, cfg: Register, version: str, checkpoint: str, metrics: dict
         client.set_model_version_tag(cfg.model_name, version, k, redact(v))
     used = stage_params(checkpoint, stages)
     # dvc.lock holds params as written (a base_url with user:token@): the card and tags are redacted
-    card = redact(model_card(cfg.model_name, version, checkpoint, metrics, prom.alias, prom.reason,
+    card = redact(model_card(cfg.model_name, version, checkpoint, metrics, prom.verdict,
+                             f"{prom.deploy_reason}. In its evaluation scope ({prom.scope}): {prom.reason}",
                              lineage_tags, used, prov, logged=cfg.log_model))
     description = card if len(card) <= DESCRIPTION_LIMIT else \
         card[:DESCRIPTION_LIMIT - 100] + "\n\n… (truncated: full card in the run's model_card.md)\n"
@@ -153,12 +176,11 @@ def describe(client, cfg: Register, version: str, checkpoint: str, metrics: dict
 
 
 def move_aliases(client, model_name: str, version: str, prom: Promotion) -> None:
-    """The verdict's alias on the new version; the scope's champion alias and `champion` on this
-    version if it won, else on the one it lost to (`champion` follows the scope evaluated now)."""
-    client.set_registered_model_alias(model_name, prom.alias, version)
-    scope_champion_version = version if prom.alias == CHAMPION else prom.previous.version
-    client.set_registered_model_alias(model_name, scope_alias(prom.scope), scope_champion_version)
-    client.set_registered_model_alias(model_name, CHAMPION, scope_champion_version)
+    """`champion` on the new version only if it beat the deployed champion on paired evidence
+    (else `challenger`); the scope's `champion-<scope>` on it if it is the best of its scope."""
+    client.set_registered_model_alias(model_name, prom.verdict, version)
+    if prom.alias == CHAMPION:
+        client.set_registered_model_alias(model_name, scope_alias(prom.scope), version)
 
 
 def register(params: Params, checkpoint: str, model_dir: Path, metrics_file: Path, predictions_file: Path,
@@ -172,14 +194,20 @@ def register(params: Params, checkpoint: str, model_dir: Path, metrics_file: Pat
     if not log.active:
         raise RuntimeError("register needs MLflow tracking (TUTORLOOP_TRACKING is off)")
     client = MlflowClient()
-    prom = promote(client, cfg, metrics, correctness(predictions))
+    weights = digest(model_dir)
+    prom = promote(client, cfg, metrics, correctness(predictions), weights)
     log.artifact(predictions_file, "eval")  # the paired evidence a later challenger is tested against
     version = create_version(client, cfg, model_dir, log).version
+    client.set_model_version_tag(cfg.model_name, version, WEIGHTS_TAG, weights)
     describe(client, cfg, version, checkpoint, metrics, prom, log, data_dir)
     move_aliases(client, cfg.model_name, version, prom)
-    record = {"name": cfg.model_name, "version": version, "alias": prom.alias, "reason": prom.reason,
-              "previous_champion": prom.previous.version if prom.previous else None, "scope": prom.scope,
+    before = prom.champion_before
+    record = {"name": cfg.model_name, "version": version, "alias": prom.verdict, "reason": prom.deploy_reason,
+              "champion": version if prom.deploy else before.version,
+              "previous_champion": before.version if before else None,
+              "scope": prom.scope, "scope_alias": scope_alias(prom.scope) if prom.alias == CHAMPION else None,
+              "scope_reason": prom.reason, "previous_scope_champion": prom.previous.version if prom.previous else None,
               **prom.stats}
     write_json(record, out)
-    log.tags({"registered_version": version, "alias": prom.alias})
+    log.tags({"registered_version": version, "alias": prom.verdict})
     return record
