@@ -140,6 +140,54 @@ def test_cache_replays_finished_calls(server, monkeypatch, tmp_path):
     assert server.completions == 2 and again.hits == 2 and again.misses == 0
 
 
+def test_identical_misses_in_flight_are_paid_for_once(tmp_path):
+    """Two threads asking the same uncached question at once: one call, both get its reply."""
+    import threading
+
+    from tutorloop.llm.cache import CachedChat
+    from tutorloop.llm.client import Sampling
+
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    class Slow:
+        kind, model = "slow", "m"
+
+        def __call__(self, messages, sampling):
+            calls.append(1)
+            started.set()
+            release.wait(10)
+            return f"reply {len(calls)}"
+
+    cached = CachedChat(Slow(), tmp_path / "calls.sqlite")
+    out: list[str] = []
+    threads = [threading.Thread(target=lambda: out.append(cached(MSG, Sampling(seed=1)))) for _ in range(3)]
+    threads[0].start()
+    assert started.wait(10)
+    for t in threads[1:]:
+        t.start()
+    time.sleep(0.3)          # the others are waiting on the first call, not calling
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert out == ["reply 1"] * 3 and len(calls) == 1 and cached.misses == 1 and cached.hits == 2
+
+
+def test_local_teacher_replies_are_keyed_by_the_models_content(tmp_path):
+    """A model retrained into the same folder is another model: not answered from the old replies."""
+    from tutorloop.config import Teacher
+    from tutorloop.teachers.chat import make_chat
+
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights v1")
+    cfg = Teacher(kind="transformers", model=str(folder))
+    before = make_chat(cfg, tmp_path / "cache").model
+    assert make_chat(cfg, tmp_path / "cache").model == before      # same bytes, same key
+    (folder / "model.safetensors").write_bytes(b"weights v2")
+    assert make_chat(cfg, tmp_path / "cache").model != before
+    assert make_chat(Teacher(kind="openai", model="gpt-x"), tmp_path / "cache").model == "gpt-x"
+
+
 def test_journal_repairs_a_torn_last_line(tmp_path):
     from tutorloop.teachers.generation import Journal
 

@@ -14,6 +14,7 @@ import json
 import sqlite3
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 from tutorloop.llm.client import Chat, Replies, Sampling
@@ -47,6 +48,7 @@ class CachedChat:
                          "model TEXT, created REAL)")
         self._lock = threading.Lock()
         self._make_lock = threading.Lock()
+        self._inflight: dict[str, Future] = {}   # key -> the reply of the call in flight
         self.hits = self.misses = 0
 
     @property
@@ -77,6 +79,29 @@ class CachedChat:
             if row is not None:
                 self.hits += 1
                 return Replies(json.loads(row[0]) if n > 1 else [row[0]]), True
+            # Lookup and call are one step: a second identical miss while the first is in flight
+            # waits for its reply instead of paying for the same call again.
+            pending, owner = self._inflight.get(k), k not in self._inflight
+            if owner:
+                pending = self._inflight[k] = Future()
+        if not owner:
+            got = pending.result()
+            with self._lock:
+                self.hits += 1
+            return got, True
+        try:
+            got = self._call(k, messages, sampling, sample, n)
+            pending.set_result(got)
+            return got, False
+        except BaseException as err:
+            pending.set_exception(err)
+            raise
+        finally:
+            with self._lock:
+                del self._inflight[k]
+
+    def _call(self, k: str, messages: list[dict], sampling: Sampling, sample: int, n: int) -> Replies:
+        """Send the call (a cache miss) and store its replies under key `k`."""
         if sample:  # a different sample of the same prompt needs a different sampling seed
             sampling = Sampling(**{**sampling.__dict__, "seed": sampling.seed + 7919 * sample})
         backend = self.backend
@@ -94,4 +119,4 @@ class CachedChat:
             if self.keep_empty or any(t.strip() for t in got.texts):
                 self._db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?)",
                                  (k, stored, self.model, time.time()))
-        return got, False
+        return got

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tutorloop import hardware
 from tutorloop.config import Runtime
+from tutorloop.data.digest import digest
 from tutorloop.llm.cache import CachedChat
 from tutorloop.llm.client import Chat, OpenAIChat
 from tutorloop.modeling import pick_device
@@ -33,4 +34,13 @@ def make_chat(cfg, cache_dir: str | Path, runtime: Runtime | None = None, what: 
     else:
         raise ValueError(f"teacher kind {cfg.kind!r} has no chat backend")
     # The calculator changes a local model's replies: it is part of the cache key (via kind).
-    return CachedChat(factory, Path(cache_dir) / "calls.sqlite", kind=kind, model=cfg.model)
+    return CachedChat(factory, Path(cache_dir) / "calls.sqlite", kind=kind, model=cache_name(cfg))
+
+
+def cache_name(cfg) -> str:
+    """The model's name in the cache key. A local folder or file is named by its *content* too:
+    a model retrained into the same folder must not be answered with the old model's replies."""
+    path = Path(cfg.model)
+    if cfg.kind == "transformers" and path.exists():
+        return f"{cfg.model}@{digest(path, length=16)}"
+    return cfg.model
