@@ -67,7 +67,7 @@ def test_nucleus_equals_hf_warpers():
 
 def test_top_p_zero_is_greedy_as_in_hf():
     logits = torch.randn(8, 300, generator=torch.Generator().manual_seed(3))
-    picked = engine.sample(logits.clone(), 0.7, 0.0, torch.Generator().manual_seed(0))
+    picked = engine.sample(logits.clone(), 0.7, 0.0, torch.rand(8, generator=torch.Generator().manual_seed(0)))
     assert torch.equal(picked, logits.argmax(-1))
 
 
@@ -81,7 +81,9 @@ def test_sampler_draws_follow_the_nucleus(scale):
     if scale < 1:
         assert int((probs > 0).sum()) > engine.TOPK_PREFILTER   # exercises the full-sort fallback
     n = 20000
-    draws = engine.sample(row.repeat(n, 1), 0.7, 0.95, torch.Generator().manual_seed(2))
+    # the engine's own uniforms: one per (seed, sample, position), here n samples' first tokens
+    u = engine.draws(2, torch.full((n,), 12345), torch.arange(n), torch.zeros(n, dtype=torch.long))
+    draws = engine.sample(row.repeat(n, 1), 0.7, 0.95, u)
     counts = torch.bincount(draws, minlength=400).double()
     assert counts[probs == 0].sum() == 0                        # never outside the nucleus
     support = probs > 0
@@ -96,19 +98,19 @@ def test_sampler_draws_follow_the_nucleus(scale):
 
 def test_sampler_scratch_and_bf16_logits_draw_as_fp32():
     """The engine hands `sample` bf16 logits and a reused fp32 scratch buffer: the draws must be
-    those of the fp32 upcast without scratch (same generator), the logits left untouched, and
+    those of the fp32 upcast without scratch (same uniforms), the logits left untouched, and
     the full-sort fallback rows (flat logits) included."""
     g = torch.Generator().manual_seed(5)
     logits = torch.cat([torch.randn(6, 400, generator=g) * 6.0, torch.randn(2, 400, generator=g) * 0.05])
     logits = logits.to(torch.bfloat16)
     before = logits.clone()
-    want = engine.sample(logits.float(), 0.7, 0.95, torch.Generator().manual_seed(9))
+    u = torch.rand(8, generator=torch.Generator().manual_seed(9))
+    want = engine.sample(logits.float(), 0.7, 0.95, u)
     scratch = torch.full((16, 400), float("nan"))   # stale contents must not leak into a draw
-    got = engine.sample(logits, 0.7, 0.95, torch.Generator().manual_seed(9), scratch)
+    got = engine.sample(logits, 0.7, 0.95, u, scratch)
     assert torch.equal(got, want)
     assert torch.equal(logits, before)
-    assert torch.equal(engine.sample(logits, 0.7, 1.0, torch.Generator().manual_seed(9), scratch),
-                       engine.sample(logits.float(), 0.7, 1.0, torch.Generator().manual_seed(9)))
+    assert torch.equal(engine.sample(logits, 0.7, 1.0, u, scratch), engine.sample(logits.float(), 0.7, 1.0, u))
 
 
 def test_sampling_matches_hf_generate_and_is_seeded(tiny):
@@ -184,8 +186,8 @@ def _scripted(monkeypatch, script: list[int]) -> list[int]:
         steps.append(1)
         return real_step(self, *a, **kw)
 
-    def choose(self, logits):
-        real_choose(self, logits)
+    def choose(self, logits, rows=None):
+        real_choose(self, logits, rows)
         if logits.shape[0] != self.rows:          # a prefill: every admitted row starts the script
             return torch.full((logits.shape[0],), script[0], dtype=torch.long)
         return torch.tensor(script)[self.n_gen.clamp(max=len(script) - 1)]
@@ -193,6 +195,23 @@ def _scripted(monkeypatch, script: list[int]) -> list[int]:
     monkeypatch.setattr(LlamaDecoder, "step", step)
     monkeypatch.setattr(engine._Run, "choose", choose)
     return steps
+
+
+def test_seeded_samples_do_not_depend_on_the_batch(tiny):
+    """A sample is a function of (seed, prompt, sample index): alone or beside other prompts, in 2
+    rows or 12, it is the same text (batch_size: auto resolves differently on other machines)."""
+    model, tok = tiny
+    prompts = _prompts(tok, 5, seed=3)
+    kw = dict(num_return_sequences=2, do_sample=True, temperature=1.0, top_p=0.95, max_new_tokens=20, seed=11)
+    wide = engine.generate(model, tok, prompts, batch_size=10, **kw)
+    narrow = engine.generate(model, tok, prompts, batch_size=2, **kw)
+    alone = engine.generate(model, tok, prompts[3:4], batch_size=4, **kw)
+    assert wide.texts == narrow.texts and alone.texts[0] == wide.texts[3]
+    assert len({t for ts in wide.texts for t in ts}) > 5          # they are samples, not one text
+    twice = engine.generate(model, tok, prompts[3:4] * 2, batch_size=4, **kw)
+    assert twice.texts[0] == wide.texts[3] and twice.texts[1] != twice.texts[0]   # a repeat samples anew
+    other_seed = engine.generate(model, tok, prompts, batch_size=10, **{**kw, "seed": 12})
+    assert other_seed.texts != wide.texts
 
 
 def test_engine_calculator_overrides_wrong_arithmetic(tiny, monkeypatch):

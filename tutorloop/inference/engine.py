@@ -22,7 +22,8 @@ This engine removes each of those:
 - **Exact top-p without a full sort.** Temperature, then the nucleus (HF's rule: keep a token
   while the mass ranked strictly above it is < top_p) from the top 64 tokens; a row whose top 64
   hold less than top_p of the mass falls back to a full sort. Sampling is an inverse-CDF draw
-  from one seeded `torch.Generator`, so a re-run gives identical samples. The fp32 work runs in
+  at a uniform hashed from (seed, sample, token position): a re-run gives identical samples,
+  and so does a run with another batch size or other prompts beside it. The fp32 work runs in
   one scratch buffer per run: fresh [rows, vocab] temporaries were page-faulted in every step.
 - **The calculator** (`calculator=True`): a row whose text ends in `<<expr=` gets `value>>`
   written for it (tutorloop/inference/calculator.py); only rows whose last token ends in `=` are looked
@@ -36,6 +37,7 @@ sampling draws from the same distribution (same test file, chi-square against HF
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import time
@@ -95,7 +97,38 @@ def warp(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor
     return kept / kept.sum(-1, keepdim=True)
 
 
-def sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator,
+_MIX = 0x45D9F3B   # below 2^31: every product of a 32-bit value fits an int64 (no overflow)
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (two multiply-xorshift rounds) on int64 tensors holding [0, 2^32)."""
+    x = (((x >> 16) ^ x) * _MIX) & 0xFFFFFFFF
+    x = (((x >> 16) ^ x) * _MIX) & 0xFFFFFFFF
+    return (x >> 16) ^ x
+
+
+def prompt_keys(prompts: list[str]) -> list[int]:
+    """A 32-bit key per prompt from its text (and, for a repeated prompt, which repeat it is), so
+    a prompt samples the same whatever other prompts share its call, and repeats still differ."""
+    seen: dict[str, int] = {}
+    keys = []
+    for p in prompts:
+        seen[p] = seen.get(p, -1) + 1
+        keys.append(int.from_bytes(hashlib.sha256(f"{seen[p]}\0{p}".encode()).digest()[:4], "little"))
+    return keys
+
+
+def draws(seed: int, prompt: torch.Tensor, sample: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """One uniform in [0, 1) per row, a pure function of (seed, prompt key, sample index, token
+    position): a sample's tokens do not depend on which rows or prompts it shared a batch with,
+    so `batch_size` (and `auto` resolving it differently elsewhere) never changes what a seed samples."""
+    h = _mix32(torch.full_like(prompt, seed & 0xFFFFFFFF))
+    for part in (prompt, sample, step):
+        h = _mix32(h ^ (part & 0xFFFFFFFF))
+    return (h >> 8).float() / float(1 << 24)   # 24 bits: exact in fp32
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor,
            scratch: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row from HF's temperature + top-p distribution, without a full-vocabulary
     sort when the nucleus fits in the top `TOPK_PREFILTER` tokens (it nearly always does).
@@ -106,6 +139,7 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Ge
     logsumexp's shifted copy, 25 MB each at 128 rows) were page-faulted in anew most steps:
     measured up to 38 ms each, a third of a decode step."""
     rows, vocab = logits.shape
+    # `u`: one uniform per row (`draws`), the inverse-CDF draw's position.
     x = scratch[:rows] if scratch is not None else torch.empty(rows, vocab, device=logits.device)
     x.copy_(logits).div_(temperature)                          # fp32, as HF's warpers see them
     if top_p >= 1.0:   # no truncation: the full distribution
@@ -129,8 +163,7 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Ge
             tp[wide], ti[wide], keep[wide] = wp, wi, wp > 0
         tp = tp.masked_fill(~keep, 0.0)
     cdf = tp.cumsum(-1)
-    u = torch.rand(tp.shape[0], 1, generator=gen, device=cdf.device) * cdf[:, -1:]
-    pick = torch.searchsorted(cdf, u, right=True).clamp_(max=tp.shape[1] - 1)
+    pick = torch.searchsorted(cdf, u.to(cdf.device)[:, None] * cdf[:, -1:], right=True).clamp_(max=tp.shape[1] - 1)
     return pick.squeeze(1) if ti is None else ti.gather(1, pick).squeeze(1)
 
 
@@ -190,7 +223,7 @@ class _Run:
     row writes its next key/value at the one shared column `col`; a row's prompt sits right-aligned
     left of the column it was prefilled at, and first[r] is the earliest column it uses. The loop
     (`generate`) is: `admit` prompts into free rows, then `step` / `record` / `refill_or_compact`
-    until no row is live. The only RNG is `gen`, drawn from in `choose` (prefill, then each step)."""
+    until no row is live. The only randomness is `draws`, used in `choose` (prefill, then each step)."""
 
     def __init__(self, model, tok, prompts: list[str], *, K: int, batch_size: int, do_sample: bool,
                  temperature: float, top_p: float, max_new_tokens: int, seed: int, calculator: bool,
@@ -202,7 +235,7 @@ class _Run:
         self.ckw = _cache_kwarg(model)
         self.rows = max(K, batch_size - batch_size % K)
         self._tokenize(prompts)
-        self.gen = torch.Generator(device=self.dev).manual_seed(seed)
+        self.seed, self.keys = seed, torch.tensor(prompt_keys(prompts), dtype=torch.long, device=self.dev)
         self.eq_tokens = _equals_tokens(tok, model.config.vocab_size, self.dev) if calculator else None
         self._allocate_cache(fused, attention)
         self._allocate_rows()
@@ -267,11 +300,15 @@ class _Run:
     def free_rows(self) -> torch.Tensor:
         return (~self.live).nonzero().squeeze(1)
 
-    def choose(self, logits: torch.Tensor) -> torch.Tensor:
-        """The next token of each row: the argmax, or a draw from the run's seeded generator."""
+    def choose(self, logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The next token of `rows` (default: every row): the argmax, or a draw keyed by the run's
+        seed, the row's prompt and sample index, and its token position (`draws`)."""
         if not self.do_sample:
             return logits.argmax(-1)   # on the model's dtype: the fp32 upcast is exact, the argmax the same
-        return sample(logits, self.temperature, self.top_p, self.gen, self.scratch)
+        owner, step = (self.owner, self.n_gen) if rows is None else (self.owner[rows], self.n_gen[rows])
+        owner = owner.clamp(min=0)   # a free row (-1) draws too; its token is never kept
+        u = draws(self.seed, self.keys[owner // self.K], owner % self.K, step)
+        return sample(logits, self.temperature, self.top_p, u, self.scratch)
 
     def admit(self, slots: torch.Tensor) -> None:
         """Prefill as many queued prompts as the free `slots` hold (K rows each), in one forward."""
@@ -296,7 +333,7 @@ class _Run:
         self.owner[take] = prompt_ids * K + torch.arange(K, device=self.dev).repeat(n)
         self.live[take] = True
         self.n_gen[take] = 0
-        self.nxt[take] = self.choose(logits.repeat_interleave(K, 0))
+        self.nxt[take] = self.choose(logits.repeat_interleave(K, 0), take)
         self.record(take)
 
     def _prefill(self, ids: list[int]) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
