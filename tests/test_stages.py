@@ -175,6 +175,42 @@ def test_killed_sft_resumes_from_its_last_checkpoint(params_factory, workdir, tm
         work_dir("sft", params.sft.model_dump(), params.prompt.model_dump(), base, data)
 
 
+def test_a_kill_during_a_checkpoint_save_resumes_from_the_last_complete_one(params_factory, workdir, tmp_path,
+                                                                           monkeypatch):
+    """Killed while checkpoint-2 is half written (weights and optimizer on disk, RNG and trainer
+    state not): the retry resumes from checkpoint-1, removes the torn one, and ends where an
+    unkilled run ends. (Resuming the torn one failed or restarted the schedule at step 2.)"""
+    from transformers import Trainer
+
+    from tutorloop.train.resume import COMPLETE
+
+    monkeypatch.setenv("TUTORLOOP_TRAIN_DIR", str(tmp_path / "train"))
+    raw_sft = dict(params_factory().sft.model_dump(), save_steps=1)
+    params = params_factory(sft=raw_sft)
+    real = Trainer._save_rng_state
+
+    def killed_mid_save(self, output_dir):
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt("SIGKILL mid-save")
+        return real(self, output_dir)
+
+    base, data = workdir / "models/base", workdir / "data/sft.jsonl"
+    monkeypatch.setattr(Trainer, "_save_rng_state", killed_mid_save)
+    with pytest.raises(KeyboardInterrupt):
+        sft.train_sft(params, base, data, tmp_path / "killed")
+    monkeypatch.setattr(Trainer, "_save_rng_state", real)
+    left = {p.name: (p / COMPLETE).exists() for p in (tmp_path / "train").glob("sft-*/checkpoint-*")}
+    assert left == {"checkpoint-1": True, "checkpoint-2": False}
+    resumed = sft.train_sft(params, base, data, tmp_path / "resumed")
+    assert resumed["resumed_from_step"] == 1
+    fresh = sft.train_sft(params, base, data, tmp_path / "fresh")
+    a, _ = load(tmp_path / "resumed")
+    b, _ = load(tmp_path / "fresh")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(p, q, atol=1e-5), name
+    assert fresh["resumed_from_step"] == 0
+
+
 def test_sft_completion_only_labels(params_factory, workdir, tmp_path):
     """The stage's own trainer masks the prompt: exactly the solution (and its end token) carry loss."""
     params = params_factory()

@@ -4,14 +4,19 @@ Resume: a stage trains in a working folder keyed by a hash of everything that de
 (its params and the bytes of its inputs), under `.tutorloop-cache/train/` (or
 $TUTORLOOP_TRAIN_DIR), saving a Trainer checkpoint every `save_steps` updates. A stage killed
 mid-training (SIGTERM, OOM, a reboot) finds its folder on the next `dvc repro` and resumes from
-the last checkpoint — model, optimizer, scheduler and RNG states — instead of starting over; a
-changed knob or input gives a new key, so nothing stale is ever resumed. The folder is removed
+the last *complete* checkpoint — model, optimizer, scheduler and RNG states — instead of starting
+over; a changed knob or input gives a new key, so nothing stale is ever resumed. A checkpoint is
+complete once a marker file is renamed into it after the Trainer saved everything; one killed
+mid-save has no marker and is removed, so a retry never loads half-written weights or a
+truncated optimizer file. The folder is removed
 once the merged model is saved.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -30,18 +35,68 @@ def work_dir(stage: str, *parts) -> Path:
     return root / f"{stage}-{digest(*parts, length=16)}"
 
 
+COMPLETE = "tutorloop-complete.json"   # written last, atomically, into a checkpoint fully saved
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
 def checkpointing(save_steps: int) -> dict:
-    """Trainer arguments: keep the newest checkpoint every `save_steps` updates (0 = never)."""
+    """Trainer arguments: a checkpoint every `save_steps` updates (0 = never). No save_total_limit:
+    the Trainer would delete the previous checkpoint before ours is marked complete, and a kill
+    in between would leave nothing to resume from; `CompleteCheckpoints` rotates instead."""
     if not save_steps:
         return {"save_strategy": "no"}
-    return {"save_strategy": "steps", "save_steps": save_steps, "save_total_limit": 1}
+    return {"save_strategy": "steps", "save_steps": save_steps}
+
+
+def _checkpoints(work: Path) -> list[tuple[int, Path]]:
+    found = [(int(m.group(1)), p) for p in work.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
+    return sorted(found)
+
+
+def mark_complete(checkpoint: Path, step: int) -> None:
+    """Mark a fully written checkpoint: its files flushed to disk, then the marker written to a
+    temporary name and renamed (a kill leaves either no marker or a whole one)."""
+    for f in checkpoint.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    tmp = checkpoint / (COMPLETE + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump({"step": step, "files": sorted(f.name for f in checkpoint.iterdir() if f.name != tmp.name)}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, checkpoint / COMPLETE)
+
+
+def complete_checkpoints_callback(work: Path):
+    """A TrainerCallback that marks each checkpoint complete once the Trainer has saved all of it
+    (weights, optimizer, scheduler, RNG, state: `on_save` comes after), then removes the older ones."""
+    from transformers import TrainerCallback
+
+    class CompleteCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            newest = work / f"checkpoint-{state.global_step}"
+            if newest.is_dir():
+                mark_complete(newest, state.global_step)
+                for step, path in _checkpoints(work):
+                    if step != state.global_step:
+                        shutil.rmtree(path, ignore_errors=True)
+
+    return CompleteCheckpoints()
 
 
 def last_checkpoint(work: Path) -> str | None:
-    """The checkpoint a killed run left in `work`, to resume from; None = start fresh."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(work)) if work.is_dir() else None
+    """The newest *complete* checkpoint a killed run left in `work`, to resume from; None = start
+    fresh. A checkpoint without its marker (killed mid-save) is removed, never resumed."""
+    if not work.is_dir():
+        return None
+    found = _checkpoints(work)
+    complete = [(step, path) for step, path in found if (path / COMPLETE).is_file()]
+    best = complete[-1][1] if complete else None
+    for _, path in found:
+        if path != best and not (path / COMPLETE).is_file():
+            shutil.rmtree(path, ignore_errors=True)
+    return str(best) if best else None
 
 
 def trainer_args(work: Path, *, learning_rate: float, epochs: float, batch: int, grad_accum: int,
@@ -70,6 +125,8 @@ def train_and_merge(trainer, work: Path, tok, out: Path, base: Path) -> Trained:
     `work`; merge the adapter (into `base`'s fp32 weights where training ran in a half dtype),
     save the checkpoint to `out`, then remove `work` (kept on failure: the next attempt resumes)."""
     resume = last_checkpoint(work)
+    # first, so a callback that stops training in on_save (a test's "kill") finds the save marked
+    trainer.callback_handler.callbacks.insert(0, complete_checkpoints_callback(work))
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
