@@ -76,20 +76,33 @@ def test_auto_train_batch_on_cuda_keeps_the_effective_batch():
 
 
 def test_precision_and_dtype_per_device():
+    """What the resolved precision does, not what the table says: the Trainer built from these
+    arguments computes a LoRA layer's forward in bf16 only where bf16 resolved (native bf16),
+    in plain fp32 elsewhere (bf16 without native kernels is 35-50x slower on an AVX2 CPU)."""
+    import tempfile
+
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+
     from tutorloop.hardware import Precision
 
     bf16, fp32, fp16_amp = Precision("bfloat16", "bf16", ""), Precision("float32", None, ""), Precision("float32", "fp16", "")
-    # CPU: fp32 weights always; bf16 autocast only where bf16 resolved (native bf16), else plain fp32
-    assert precision.trainer_precision(CPU, bf16) == {"use_cpu": True, "bf16": True}
-    assert precision.trainer_precision(CPU, fp32) == {"use_cpu": True, "bf16": False}
-    assert precision.train_dtype(CPU, bf16) == precision.train_dtype(CPU, fp32) == "float32"
-    # CUDA: a bf16 base with bf16 AMP; a GPU without bf16 keeps fp32 weights with fp16 AMP
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1)
+    for resolved, computes_in in ((bf16, torch.bfloat16), (fp32, torch.float32)):
+        model = LlamaForCausalLM(cfg)
+        assert precision.train_dtype(CPU, resolved) == "float32"      # fp32 master weights on CPU
+        args = TrainingArguments(output_dir=tempfile.mkdtemp(), report_to="none",
+                                 **precision.trainer_precision(CPU, resolved))
+        prepared = Trainer(model=model, args=args).accelerator.prepare_model(model)
+        seen = []
+        prepared.model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        prepared(input_ids=torch.tensor([[1, 2, 3]]))
+        assert seen == [computes_in], (resolved, seen)
+    # CUDA (no GPU here: the arguments): a bf16 base with bf16 AMP; without bf16, fp32 weights + fp16 AMP
     assert precision.trainer_precision(CUDA, bf16) == {"bf16": True, "fp16": False}
     assert precision.train_dtype(CUDA, bf16) == "bfloat16"
     assert precision.trainer_precision(CUDA, fp16_amp) == {"bf16": False, "fp16": True}
     assert precision.train_dtype(CUDA, fp16_amp) == "float32"
-    assert precision.trainer_precision(CUDA, fp32) == {"bf16": False, "fp16": False}
-
 
 def test_the_plain_loss_override_is_for_cpu_only():
     from trl import SFTTrainer
@@ -153,7 +166,7 @@ def test_local_sampler_resolves_auto_rows_on_cpu(tiny_model_dir):
     gen = s([[{"role": "user", "content": "What is 2+3?"}]] * 3, k=2, do_sample=True, temperature=0.7,
             top_p=0.95, max_new_tokens=4, seed=0)
     assert s.rows == ENGINE_ROWS_CPU and s.metrics(gen) == {"batch_size": ENGINE_ROWS_CPU, "attention": "sdpa",
-                                                                 "precision": "float32"}
+                                                                 "precision": "float32", "device": "cpu"}
     assert [len(t) for t in gen.texts] == [2, 2, 2]
 
 

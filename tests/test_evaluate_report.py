@@ -146,3 +146,40 @@ def test_report_pairs_each_checkpoint_with_base_and_previous(tmp_path):
     assert header.endswith("won_vs_prev,lost_vs_prev,p_vs_prev")
     # without eval/ the stage still reports (the columns stay empty)
     assert report.write_report(tmp_path / "metrics", tmp_path / "r2")[1]["p_vs_base"] == ""
+
+
+class _Written:
+    """A sampler whose completions are written here (greedy: one per problem; sampled: a list),
+    so scoring's arithmetic is checked against numbers worked out by hand below."""
+
+    def __init__(self, greedy: list[str], sampled: list[list[str]]):
+        self.greedy, self.sampled = greedy, sampled
+
+    def __call__(self, conversations, *, k=1, do_sample=False, **kw):
+        from tutorloop.modeling import Generation
+
+        texts = [[t] for t in self.greedy] if not do_sample else self.sampled
+        return Generation(texts=texts, new_tokens=80, seconds=2.0)
+
+    def metrics(self, gen):
+        return {}
+
+
+def test_scoring_counts_what_the_grader_says(params_factory):
+    """8 problems, answer 10 each: 3 right with a marker, 1 right without one (lenient only),
+    4 wrong. accuracy 4/8, strict 3/8, Wilson 95% for 4/8 = (0.2152, 0.7848), maj@3 2/8."""
+    problems = [{"id": f"q{i}", "question": "?", "answer": "10"} for i in range(8)]
+    greedy = ["#### 10", "The answer is 10.", "\\boxed{10}", "so there are 10 left", "#### 9", "#### 11",
+              "no idea", "The answer is 1,0"]
+    sampled = [["#### 10", "#### 10", "#### 3"], ["#### 3", "#### 3", "#### 10"]] + [["#### 7"] * 3] * 5 + \
+              [["10", "#### 10", "x"]]
+    params = params_factory()
+    params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"maj_k": 3})})
+    preds, stats = scoring.score(_Written(greedy, sampled), params, problems, "hand")
+    assert [p["correct"] for p in preds] == [True, True, True, True, False, False, False, False]
+    assert [p["strict_correct"] for p in preds] == [True, True, True, False, False, False, False, False]
+    assert (stats["correct"], stats["n"], stats["accuracy"], stats["strict_accuracy"]) == (4, 8, 0.5, 0.375)
+    assert (round(stats["ci95_low"], 4), round(stats["ci95_high"], 4)) == (0.2152, 0.7848)
+    assert stats["unparsed_rate"] == 1 / 8 and stats["tokens_per_second"] == 40.0
+    assert [p["majority_correct"] for p in preds] == [True, False] + [False] * 5 + [True]
+    assert stats["maj_at_3"] == 2 / 8

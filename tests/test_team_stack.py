@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -438,11 +439,27 @@ def test_prefect_on_postgres_deploys_nightly_and_a_process_worker_runs_a_flow(po
     assert sorted(postgres.psql("prefect", "SELECT name FROM deployment")) == [["nightly"], ["smoke"]]
 
 
-def test_only_a_tracking_server_chooses_the_artifact_root():
-    """ensure_store leaves the artifact root to a server; a local store keeps <project>/mlartifacts."""
+def test_only_a_tracking_server_chooses_the_artifact_root(mlflow_server, tmp_path, monkeypatch):
+    """ensure_store leaves the artifact root to a server (teammates and register's paired-evidence
+    download must reach the artifacts), and a local store keeps <project>/mlartifacts."""
+    from mlflow import MlflowClient
+
     assert tracking.is_server("http://mlflow:5000") and tracking.is_server("HTTPS://team.example:443")
     assert not any(map(tracking.is_server, ["sqlite:///mlflow.db", "postgresql://u:p@db/mlflow",
                                             "file:///tmp/mlruns", "databricks", "/abs/mlruns"]))
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", f"artifact-root-{uuid.uuid4().hex[:8]}")
+    for uri, project in ((mlflow_server.url, tmp_path / "on-server"), (None, tmp_path / "local")):
+        project.mkdir()
+        if uri:
+            monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        else:
+            monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        exp_id = tracking.ensure_store(project)
+        location = MlflowClient(tracking.tracking_uri(project)).get_experiment(exp_id).artifact_location
+        if uri:
+            assert location.startswith("mlflow-artifacts:"), location     # the server's own root
+        else:
+            assert location == (project / "mlartifacts").as_uri()
 
 
 def test_compose_file_agrees_with_the_project():
