@@ -199,13 +199,32 @@ def doctor(project: Path = typer.Option(Path("."), help="project root")) -> None
     kernel = runtime.attention == "auto" and attention.usable(dtype, device)
     rows.append(("decode attention", "tutorloop's C kernel" if kernel else
                  f"torch SDPA ({'runtime.attention: sdpa' if runtime.attention == 'sdpa' else 'the C kernel covers bf16 on x86-64 CPUs with a C compiler'})"))
-    rows += [("MLflow store", tracking.tracking_uri(project)),
+    rows += [("MLflow store", tracking.tracking_uri(project)), ("stale runs", _reap(project)),
              ("Prefect home", os.environ.get("PREFECT_HOME", "~/.prefect (PREFECT_HOME unset)")),
              ("DVC cache", str((project / ".dvc" / "cache").resolve()))]
     table = Table(title="tutorloop doctor", show_header=False)
     for what, value in rows:
         table.add_row(what, value)
     Console().print(table)
+
+
+def _reap(project: Path) -> str:
+    """End the RUNNING runs of this host whose process is gone (a SIGKILL, the OOM killer); a
+    line saying how many. Only an existing store is opened: doctor creates nothing."""
+    from tutorloop.runtime import tracking
+
+    uri = tracking.tracking_uri(project)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return "none (no MLflow store yet)"
+    try:
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        exp = mlflow.get_experiment_by_name(tracking.experiment_name())
+        reaped = tracking.reap_stale_runs(exp.experiment_id) if exp else []
+    except Exception as err:  # noqa: BLE001 - doctor reports, it does not fail on a store
+        return f"not checked ({type(err).__name__}: {' '.join(str(err).split())[:120]})"
+    return f"{len(reaped)} run(s) of dead processes marked KILLED" if reaped else "none"
 
 
 @app.command()

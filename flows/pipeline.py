@@ -128,7 +128,7 @@ def round_flow(round_key: str, project: str = ".") -> list[dict]:
     client = MlflowClient(tracking.tracking_uri(root))
     parent = client.create_run(exp_id, run_name=f"round-{round_key}", tags={
         "tutorloop.round": round_key, "tutorloop.kind": "round",
-        "tutorloop.git_commit": tracking.git_commit(root)}).info.run_id
+        "tutorloop.git_commit": tracking.git_commit(root), **tracking.process_tags()}).info.run_id
     stages = plan(root, load_params(root / "params.yaml").rounds)[round_key]
     results: list[dict] = []
     try:

@@ -8,6 +8,8 @@ that a stop leaves neither the output nor its temp file.
     python -m tests.fault_stage sleep OUT    # print "ready", then block until a signal
     python -m tests.fault_stage raise OUT    # a bug: RuntimeError (traceback, run FAILED)
     python -m tests.fault_stage bad-data OUT # bad input inside the run: DataError (one line, exit 2)
+    SPIN_LIB=spin.so python -m tests.fault_stage spin OUT  # "ready", then 120 s inside one C call
+                                                            # (a long torch op: no bytecode runs)
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ def main() -> None:
                 print("ready", flush=True)
                 while True:  # a stage busy with work; only a signal ends it
                     time.sleep(0.1)
+            if mode == "spin":
+                import ctypes
+                import os
+
+                lib = ctypes.CDLL(os.environ["SPIN_LIB"])   # ctypes releases the GIL, as torch ops do
+                lib.spin.argtypes = [ctypes.c_double]
+                print("ready", flush=True)
+                lib.spin(120.0)
             if mode == "raise":
                 raise RuntimeError("a bug in the stage")
             if mode == "bad-data":

@@ -490,3 +490,81 @@ def test_recipe_runs_dvc_through_the_interpreter_without_an_activated_venv(tmp_p
     assert proc.returncode != 0 and "dvc" in (proc.stdout + proc.stderr).lower()
     assert "not inside of a DVC repository" in proc.stderr or "not a DVC repository" in proc.stderr.lower() \
         or "git" in proc.stderr.lower(), proc.stderr[-1000:]
+
+
+# --- stops a stage cannot act on at once, and runs whose process is gone --------------------
+
+SPIN_C = """
+#include <time.h>
+void spin(double seconds) {   /* busy for `seconds` of wall time, never returning early */
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    do { clock_gettime(CLOCK_MONOTONIC, &b); } while ((b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9 < seconds);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def spin_lib(tmp_path_factory):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the long C call")
+    folder = tmp_path_factory.mktemp("spin")
+    (folder / "spin.c").write_text(SPIN_C)
+    subprocess.run([cc, "-O1", "-shared", "-fPIC", "-o", str(folder / "spin.so"), str(folder / "spin.c")], check=True)
+    return folder / "spin.so"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_inside_a_long_call_ends_the_stage_within_the_grace_period(store, project, spin_lib, sig):
+    """Issue 22 item 1: the Python handler cannot run while the main thread is inside one long C
+    call (a bf16 backward on an AVX2 CPU: minutes). The watchdog ends the stage within the grace
+    period (here 2 s), the run KILLED, exit 128 + signum."""
+    uri, client = store
+    env, experiment = stage_env(uri)
+    env.update(SPIN_LIB=str(spin_lib), TUTORLOOP_STOP_GRACE_S="2")
+    proc = start(["-m", "tests.fault_stage", "spin", str(project / "out" / "x.json")], project, env)
+    run = running_run(client, experiment, proc, "fault@spin")
+    wait_for_line(proc, "ready")
+    time.sleep(0.5)                        # inside the C call now
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    code, _, err = finish(proc, timeout=60)
+    took = time.monotonic() - sent
+    assert code == 128 + sig, err
+    assert 1.5 < took < 10, took           # the grace period, not the 120 s call
+    final = client.get_run(run.info.run_id)
+    assert final.info.status == "KILLED"
+    assert final.data.tags["tutorloop.stopped_by"].startswith(signal.Signals(sig).name)
+    assert "inside a long call" in err
+    print(f"\n{signal.Signals(sig).name} to exit inside a 120 s C call: {took:.1f} s (grace 2 s)")
+
+
+def test_a_run_whose_process_was_killed_is_ended_by_the_next_stage(store, project):
+    """Issue 22 item 2: SIGKILL (or the OOM killer) leaves the run RUNNING; the next stage start
+    finds its process gone and ends it KILLED with the reason. A live stage's run is left alone."""
+    uri, client = store
+    env, experiment = stage_env(uri)
+    victim = start(["-m", "tests.fault_stage", "sleep", str(project / "out" / "a.json")], project, env)
+    alive = None
+    try:
+        run = running_run(client, experiment, victim, "fault@sleep")
+        assert run.data.tags["tutorloop.pid"] == str(victim.pid)
+        alive = start(["-m", "tests.fault_stage", "sleep", str(project / "out" / "b.json")], project, env)
+        wait_for_line(alive, "ready")
+        victim.kill()
+        victim.wait(30)
+        assert client.get_run(run.info.run_id).info.status == "RUNNING"     # nothing could end it
+        later = subprocess.run([PY, "-m", "tests.fault_stage", "raise", str(project / "out" / "c.json")],
+                               cwd=project, env=env, capture_output=True, text=True, timeout=120)
+        assert later.returncode == 1
+        final = client.get_run(run.info.run_id)
+        assert final.info.status == "KILLED" and f"process {victim.pid}" in final.data.tags["tutorloop.stopped_by"]
+        exp = client.get_experiment_by_name(experiment)
+        still = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
+        assert [r.data.tags["tutorloop.pid"] for r in still] == [str(alive.pid)]
+    finally:
+        for p in (victim, alive):
+            if p is not None and p.poll() is None:
+                p.kill()
+            p.communicate()

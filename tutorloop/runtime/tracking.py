@@ -25,13 +25,19 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from tutorloop.runtime.signals import Terminated, signals_deferred, sigterm_raises
+from tutorloop.runtime.signals import (
+    Terminated,
+    on_hard_stop,
+    signals_deferred,
+    sigterm_raises,
+)
 from tutorloop.secrets import redact
 
 EXPERIMENT = "tutorloop"
@@ -192,7 +198,8 @@ def stage_run(stage: str, params: dict, round_key: str | None = None) -> Iterato
         exp_id = ensure_store()
         parent = os.environ.get(PARENT_ENV) or None
         name = stage if round_key is None else f"{stage}@{round_key}"
-        tags = {"tutorloop.stage": stage, "tutorloop.git_commit": git_commit()}
+        reap_stale_runs(exp_id)
+        tags = {"tutorloop.stage": stage, "tutorloop.git_commit": git_commit(), **process_tags()}
         if round_key is not None:
             tags["tutorloop.round"] = round_key
         outer = mlflow.active_run()
@@ -200,15 +207,77 @@ def stage_run(stage: str, params: dict, round_key: str | None = None) -> Iterato
         try:
             # start_run inside the try: a signal between creating the run and entering the block
             # must still end it.
-            mlflow.start_run(experiment_id=exp_id, run_name=name, parent_run_id=parent,
-                             nested=parent is not None, tags=tags)
+            run = mlflow.start_run(experiment_id=exp_id, run_name=name, parent_run_id=parent,
+                                   nested=parent is not None, tags=tags)
             log = StageLog(mlflow)
             log.params(params)
-            yield log
+            with on_hard_stop(lambda signum: _mark_killed(run.info.run_id, signal.Signals(signum).name
+                                                          + " (hard stop inside a long call)")):
+                yield log
         except BaseException as exc:
             _end_run(mlflow, exc, outer_id)
             raise
         _end_run(mlflow, None, outer_id)
+
+
+# --- runs whose process is gone -------------------------------------------------------------
+#
+# Nothing can handle SIGKILL or the OOM killer: such a stage leaves its run RUNNING for ever. Every
+# run records the process that owns it (host, pid, the pid's start time: pids are reused), and each
+# stage start (and `tutorloop doctor`) ends the runs of this host whose process is gone as KILLED,
+# with the reason in `tutorloop.stopped_by`. Runs of other hosts are left alone: we cannot see
+# their processes.
+
+HOST_TAG, PID_TAG, STARTED_TAG = "tutorloop.host", "tutorloop.pid", "tutorloop.pid_started"
+
+
+def process_tags(pid: int | None = None) -> dict[str, str]:
+    """The tags naming the process that owns a run (default: this one)."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(proc.pid), STARTED_TAG: f"{proc.create_time():.2f}"}
+
+
+def process_alive(pid: int, started: float) -> bool:
+    """Whether process `pid` still runs and is the one that started at `started` (not a reuse)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return abs(proc.create_time() - started) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
+def _mark_killed(run_id: str, reason: str) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.set_tag(run_id, "tutorloop.stopped_by", reason)
+    client.set_terminated(run_id, status="KILLED")
+
+
+def reap_stale_runs(experiment_id: str, client=None) -> list[str]:
+    """End as KILLED the RUNNING runs of this host whose recorded process is gone; their ids."""
+    from mlflow import MlflowClient
+
+    client = client or MlflowClient()
+    host = socket.gethostname().replace("'", "")
+    runs = client.search_runs([experiment_id], max_results=1000,
+                              filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'")
+    reaped = []
+    for run in runs:
+        tags = run.data.tags
+        try:
+            pid, started = int(tags[PID_TAG]), float(tags[STARTED_TAG])
+        except (KeyError, ValueError):
+            continue
+        if not process_alive(pid, started):
+            _mark_killed(run.info.run_id, f"process {pid} on {host} gone (killed, OOM or crashed); "
+                                          f"ended by pid {os.getpid()}")
+            reaped.append(run.info.run_id)
+    return reaped
 
 
 def trainer_callback(log: StageLog):
