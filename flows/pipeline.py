@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.process import dvc, interpreter_env
+from flows.process import dvc, interpreter_env, run_group
 from tutorloop.config import load_params
 from tutorloop.runtime import tracking
 
@@ -108,11 +107,10 @@ def dvc_stage(stage: str, parent_run_id: str | None = None, project: str = ".") 
     with FileLock(str(root / LOCK)):
         before = _lock_entry(root, stage)
         start = time.perf_counter()
-        proc = subprocess.run(dvc("repro", "-s", stage), cwd=root,
-                              env=_stage_env(parent_run_id))
+        code = run_group(dvc("repro", "-s", stage), cwd=root, env=_stage_env(parent_run_id))
         seconds = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise RuntimeError(f"dvc repro -s {stage} failed with exit code {proc.returncode}")
+        if code != 0:
+            raise RuntimeError(f"dvc repro -s {stage} failed with exit code {code}")
         ran = _lock_entry(root, stage) != before
     logger.info("%s: %s in %.1f s", stage, "ran" if ran else "up to date", seconds)
     return {"stage": stage, "ran": ran, "seconds": seconds}

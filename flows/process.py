@@ -5,13 +5,22 @@ wrong `python`) on PATH: `dvc` died with FileNotFoundError, and the stages' `pyt
 components...` would find the system interpreter. So DVC runs as `python -m dvc` with the
 interpreter the command itself runs on, and its folder leads PATH for the stages DVC starts.
 
+A stop must reach the stage, not only DVC: `run_group` starts DVC in a process group of its own
+and, when the flow is stopped (Ctrl-C; SIGTERM, which Prefect raises as TerminationSignal; a
+cancel from the UI), sends the signal to the whole group — DVC and the stage it runs — and waits
+for them, so the stage marks its run KILLED and nothing outlives the flow's file lock.
+`subprocess.run` SIGKILLed `dvc` alone and left the stage running.
+
 May import: nothing of tutorloop; used by flows/cli.py and flows/pipeline.py.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -25,3 +34,52 @@ def interpreter_env(env: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if env is None else env)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
+
+
+STOP_WAIT_S = 30.0   # a stage ends within its own grace (runtime/signals.py, 5 s) plus the run's end
+
+
+def run_group(cmd: list[str], *, cwd, env: dict[str, str], stop_wait: float = STOP_WAIT_S) -> int:
+    """Run `cmd` in its own process group and return its exit code; a stop of this process is
+    passed to the whole group (SIGINT for Ctrl-C, else SIGTERM), awaited, then re-raised."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True)
+    try:
+        return proc.wait()
+    except BaseException as stop:
+        _stop_group(proc, signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM, stop_wait)
+        raise
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of group `pgid` still runs (zombies waiting to be reaped do not count:
+    in a container whose PID 1 reaps nothing they would stay for ever)."""
+    import psutil
+
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return False
+
+
+def _stop_group(proc: subprocess.Popen, sig: int, wait: float) -> None:
+    """Signal the group, give all of it (not only DVC, which exits first) `wait` seconds to end,
+    then SIGKILL what is left — at once on a second stop."""
+    def send(s: int) -> None:
+        try:
+            os.killpg(proc.pid, s)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    send(sig)
+    deadline = time.monotonic() + wait
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not _group_alive(proc.pid):
+                return
+            time.sleep(0.1)
+    finally:   # what is left after the wait (or when a second stop cuts it short) is killed
+        send(signal.SIGKILL)
+        proc.wait()

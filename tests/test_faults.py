@@ -568,3 +568,68 @@ def test_a_run_whose_process_was_killed_is_ended_by_the_next_stage(store, projec
             if p is not None and p.poll() is None:
                 p.kill()
             p.communicate()
+
+
+FLOW_SCRIPT = """
+import sys
+from prefect import flow
+from prefect.testing.utilities import prefect_test_harness
+from flows.pipeline import dvc_stage
+
+@flow
+def one(project):
+    return dvc_stage("slow", None, project)
+
+with prefect_test_harness(server_startup_timeout=120):
+    one(sys.argv[1])
+"""
+
+
+def test_stopping_a_prefect_flow_stops_its_dvc_stage(store, tmp_path):
+    """Issue 22 item 3, through Prefect and DVC: SIGTERM to the flow's process (a worker stopping,
+    a cancel in the UI) must stop the stage DVC runs, leave its run KILLED, and leave no process
+    behind. (subprocess.run SIGKILLed `dvc` alone; the stage ran on after the lock was released.)"""
+    import psutil
+
+    uri, client = store
+    env, experiment = stage_env(uri)
+    project = tmp_path / "flowproj"
+    project.mkdir()
+    subprocess.run([PY, "-m", "dvc", "init", "--no-scm", "-q"], cwd=project, check=True, env=env)
+    (project / "dvc.yaml").write_text("stages:\n  slow:\n    cmd: python -m tests.fault_stage sleep out/x.json\n"
+                                      "    outs: [out/x.json]\n")
+    (project / "flow.py").write_text(FLOW_SCRIPT)
+    # a session of its own, so the test can clean up the harness's Prefect server afterwards (it
+    # outlives a terminated flow); the stop itself goes to the flow's pid only, as a worker sends it
+    log = project / "flow.log"
+    with open(log, "w") as out_file:
+        flow_proc = subprocess.Popen([PY, "flow.py", str(project)], cwd=project, env=env, stdout=out_file,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        run = running_run(client, experiment, flow_proc, "fault@sleep")
+        stage_pid = int(run.data.tags["tutorloop.pid"])
+        assert psutil.pid_exists(stage_pid)
+        sent = time.monotonic()
+        flow_proc.send_signal(signal.SIGTERM)
+        flow_proc.wait(timeout=120)
+        took = time.monotonic() - sent
+    finally:
+        if flow_proc.poll() is None:
+            flow_proc.kill()
+        try:
+            os.killpg(flow_proc.pid, signal.SIGKILL)   # the harness's server, if left
+        except ProcessLookupError:
+            pass
+    out = log.read_text()
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(stage_pid) and psutil.Process(stage_pid).status() != psutil.STATUS_ZOMBIE \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stage_gone = not psutil.pid_exists(stage_pid) or psutil.Process(stage_pid).status() == psutil.STATUS_ZOMBIE
+    if not stage_gone:
+        os.kill(stage_pid, signal.SIGKILL)
+    assert stage_gone, f"the stage (pid {stage_pid}) outlived its flow:\n{out[-3000:]}"
+    final = client.get_run(run.info.run_id)
+    assert final.info.status == "KILLED" and final.data.tags["tutorloop.stopped_by"] == "SIGTERM"
+    assert flow_proc.returncode != 0 and took < 60, (flow_proc.returncode, took)
+    print(f"\nflow SIGTERM -> stage stopped and flow exited in {took:.1f} s")
