@@ -22,6 +22,7 @@ from tutorloop.config import Feedback, Runtime
 from tutorloop.data.jsonl import read_jsonl, write_json, write_jsonl
 from tutorloop.data.preferences import build_pairs, build_unpaired
 from tutorloop.eval.feedback import judge
+from tutorloop.eval.stats import mean_pass_at_k
 from tutorloop.runtime.stage import Arg, stage
 from tutorloop.teachers.judge import llm_judge
 
@@ -40,6 +41,12 @@ def run(cfg: Feedback, problems_file: Path, round_dir: Path, chat=None, runtime:
     stats.update(judge_stats)
     stats["practice_pass_rate_lenient"] = sum(r["correct_lenient"] for r in feedback) / max(1, len(feedback))
     stats["problems_all_wrong_share"] = stats["problems_all_wrong"] / max(1, stats["problems"])
+    # pass@k of the practice set: how many problems the student's own samples could teach from
+    per_problem: dict[str, list[bool]] = {}
+    for r in feedback:
+        per_problem.setdefault(r["problem_id"], []).append(r["correct"])
+    counts = [(len(v), sum(v)) for v in per_problem.values()]
+    stats.update({f"practice_pass_at_{k}": v for k, v in mean_pass_at_k(counts, (1, 4, 16)).items()})
     stats["unpaired_desirable"] = sum(r["label"] for r in unpaired)
     stats["unpaired_undesirable"] = len(unpaired) - stats["unpaired_desirable"]
     write_jsonl(round_dir / "feedback.jsonl", feedback)

@@ -174,7 +174,7 @@ def test_scoring_counts_what_the_grader_says(params_factory):
     sampled = [["#### 10", "#### 10", "#### 3"], ["#### 3", "#### 3", "#### 10"]] + [["#### 7"] * 3] * 5 + \
               [["10", "#### 10", "x"]]
     params = params_factory()
-    params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"maj_k": 3})})
+    params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"maj_k": 3, "pass_k": [1, 2, 3, 4]})})
     preds, stats = scoring.score(_Written(greedy, sampled), params, problems, "hand")
     assert [p["correct"] for p in preds] == [True, True, True, True, False, False, False, False]
     assert [p["strict_correct"] for p in preds] == [True, True, True, False, False, False, False, False]
@@ -183,3 +183,8 @@ def test_scoring_counts_what_the_grader_says(params_factory):
     assert stats["unparsed_rate"] == 1 / 8 and stats["tokens_per_second"] == 40.0
     assert [p["majority_correct"] for p in preds] == [True, False] + [False] * 5 + [True]
     assert stats["maj_at_3"] == 2 / 8
+    # samples right per problem: 2, 1, 0 x 5, 2 (of 3). pass@1 = mean c/n; pass@2 = mean of
+    # 1 - C(n-c,2)/C(n,2): 1, 2/3, 0.., 1; pass@3 = share with any right; pass@4 > n: not reported
+    assert [p["samples_correct"] for p in preds] == [2, 1, 0, 0, 0, 0, 0, 2]
+    assert stats["pass_at_1"] == pytest.approx(5 / 24) and stats["pass_at_2"] == pytest.approx(1 / 3)
+    assert stats["pass_at_3"] == pytest.approx(3 / 8) and "pass_at_4" not in stats

@@ -242,6 +242,9 @@ def test_practice_feedback_dpo_round(params_factory, workdir):
     stats = feedback.run(params.feedback, workdir / "data/practice.jsonl", rnd)
     assert stats["pairs"] == len(read_jsonl(rnd / "pairs.jsonl")) > 0
     assert len(read_jsonl(rnd / "feedback.jsonl")) == 12
+    labels = [r["correct"] for r in read_jsonl(rnd / "feedback.jsonl")]
+    # 2 samples per problem: pass@1 is the pass rate, pass@4 cannot be estimated from 2
+    assert stats["practice_pass_at_1"] == pytest.approx(sum(labels) / 12) and "practice_pass_at_4" not in stats
     assert len(read_jsonl(rnd / "unpaired.jsonl")) == stats["unpaired_desirable"] + stats["unpaired_undesirable"]
     metrics = preference.train_preference(params, "1", workdir / "models/round-0", rnd, workdir / "models/round-1")
     assert metrics["pairs"] == stats["pairs"] and "reward_accuracy" in metrics

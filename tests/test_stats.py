@@ -34,3 +34,14 @@ def test_wilson_edges():
     assert wilson(0, 0) == (0.0, 0.0)
     lo, hi = wilson(0, 10)
     assert lo == 0.0 and 0.25 < hi < 0.35  # no zero-width interval at 0%, unlike Wald
+
+
+def test_pass_at_k_by_hand():
+    from tutorloop.eval.stats import mean_pass_at_k, pass_at_k
+
+    assert pass_at_k(4, 1, 1) == 0.25 and pass_at_k(4, 1, 2) == 0.5         # 1 - C(3,2)/C(4,2) = 1 - 3/6
+    assert pass_at_k(5, 2, 3) == pytest.approx(0.9)                          # 1 - C(3,3)/C(5,3) = 1 - 1/10
+    assert pass_at_k(16, 0, 16) == 0.0 and pass_at_k(16, 1, 16) == 1.0 and pass_at_k(4, 2, 3) == 1.0
+    with pytest.raises(ValueError):
+        pass_at_k(4, 1, 5)
+    assert mean_pass_at_k([(4, 1), (4, 0), (8, 8)], [1, 4, 16]) == {1: pytest.approx(1.25 / 3), 4: pytest.approx(2 / 3)}

@@ -270,6 +270,7 @@ class Evaluate(Decoding):
     fewshot: int = Field(0, ge=0, description="worked examples (from the SFT set) shown before each problem; 0 = zero-shot")
     maj_k: int = Field(0, ge=0, description="also sample k solutions per problem and score the majority answer (maj@k); 0 = off")
     maj_temperature: float = Field(0.7, gt=0, description="sampling temperature for maj@k")
+    pass_k: list[Annotated[int, Field(gt=0)]] = Field([1, 4, 16], description="report pass@k (unbiased, from the maj_k samples) for each k <= maj_k: the headroom a round on the student's own samples can reach")
     gsm8k: Gsm8k = Field(default_factory=Gsm8k, description="optional real GSM8K evaluation")
 
 

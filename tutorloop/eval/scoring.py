@@ -1,6 +1,6 @@
 """Scoring a checkpoint on a problem set: greedy pass@1 graded by the one grading function
 (`grading.grade`, shared with feedback), strict accuracy (answers stated with a marker), a 95%
-Wilson interval, and majority vote over k samples (maj@k).
+Wilson interval, and, from k samples per problem, majority vote (maj@k) and pass@k.
 
 `sampler` is any of tutorloop.inference.sampler's backends (the local engine or a server).
 """
@@ -11,7 +11,7 @@ from collections import Counter
 
 from tutorloop.config import Params
 from tutorloop.eval.grading import grade
-from tutorloop.eval.stats import wilson
+from tutorloop.eval.stats import mean_pass_at_k, wilson
 from tutorloop.modeling import messages
 
 
@@ -45,10 +45,15 @@ def score(sampler, params: Params, problems: list[dict], desc: str,
         sampled = sampler(conversations, k=cfg.maj_k, do_sample=True, temperature=cfg.maj_temperature, top_p=1.0,
                           max_new_tokens=cfg.max_new_tokens, desc=f"{desc} maj@{cfg.maj_k}")
         for x, p, texts in zip(preds, problems, sampled.texts):
-            vote = majority([grade(t, p["answer"]).extracted for t in texts])
+            grades = [grade(t, p["answer"]) for t in texts]
+            vote = majority([g.extracted for g in grades])
             x["majority"] = vote
             x["majority_correct"] = vote is not None and grade(f"#### {vote}", p["answer"]).correct
+            x["samples_correct"] = sum(g.correct for g in grades)
         stats[f"maj_at_{cfg.maj_k}"] = sum(x["majority_correct"] for x in preds) / len(preds)
+        # the ceiling of what training on the student's own samples can reach (issue: rounds that pay)
+        counts = [(cfg.maj_k, x["samples_correct"]) for x in preds]
+        stats.update({f"pass_at_{k}": v for k, v in mean_pass_at_k(counts, cfg.pass_k).items()})
     return preds, stats
 
 

@@ -1,4 +1,5 @@
-"""Small statistics shared by stages: the Wilson interval (evaluate) and exact McNemar (register).
+"""Small statistics shared by stages: the Wilson interval (evaluate), exact McNemar (register)
+and the unbiased pass@k estimator (evaluate, feedback).
 
 A library module, not a stage: stages import it, so editing a stage never re-runs another one.
 Pinned against scipy/statsmodels in tests/test_stats.py.
@@ -31,3 +32,20 @@ def mcnemar_p(b: int, c: int) -> float:
     """
     n = b + c
     return 1.0 if n == 0 else sum(comb(n, k) for k in range(c, n + 1)) / 2 ** n
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimate of pass@k from n samples of which c are correct (Chen et al. 2021,
+    arXiv 2107.03374): 1 - C(n-c, k) / C(n, k), the chance that k of the n drawn without
+    replacement hold at least one correct. Needs n >= k."""
+    if not 0 < k <= n or not 0 <= c <= n:
+        raise ValueError(f"pass@{k} needs 0 < k <= n and 0 <= c <= n (n={n}, c={c})")
+    return 1.0 if n - c < k else 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def mean_pass_at_k(counts: list[tuple[int, int]], ks) -> dict[int, float]:
+    """Mean pass@k over problems, given (n samples, c correct) per problem, for each k <= every n."""
+    if not counts:
+        return {}
+    smallest = min(n for n, _ in counts)
+    return {k: sum(pass_at_k(n, c, k) for n, c in counts) / len(counts) for k in ks if k <= smallest}
