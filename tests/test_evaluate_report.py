@@ -94,8 +94,33 @@ def test_cli_report_prints_the_table(tmp_path):
     assert result.exit_code == 0, result.output
     assert "round 0 (SFT)" in result.output and "42.5%" in result.output
     assert (tmp_path / "reports/accuracy.png").exists()
+    assert "pass@1/4/16" not in result.output          # no sampled evaluation: no headroom column
     empty = CliRunner().invoke(app, ["report", "--project", str(tmp_path / "nothing")])
     assert empty.exit_code == 1
+
+
+def test_report_shows_pass_at_k_and_maj_at_k_per_checkpoint(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    write_metrics(tmp_path, "base", 0.01)
+    write_metrics(tmp_path, "0", 0.2)
+    m = json.loads((tmp_path / "metrics/0.json").read_text())
+    m.update(pass_at_1=0.18, pass_at_4=0.41, pass_at_16=0.63, maj_at_16=0.27)
+    (tmp_path / "metrics/0.json").write_text(json.dumps(m))
+    (tmp_path / "data/round-1").mkdir(parents=True)
+    write_metrics(tmp_path, "1", 0.22)
+    (tmp_path / "data/round-1/feedback_metrics.json").write_text(json.dumps(
+        {"pairs": 10, "practice_pass_rate": 0.05, "practice_pass_at_1": 0.05, "practice_pass_at_4": 0.16}))
+    data = report.rows(tmp_path / "metrics", tmp_path / "data")
+    assert (data[1]["pass_at_16"], data[1]["maj_k"], data[1]["maj_accuracy"]) == (0.63, 16, 0.27)
+    assert data[2]["practice_pass_at_4"] == 0.16 and data[0]["pass_at_1"] == ""
+    result = CliRunner().invoke(app, ["report", "--project", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "pass@1/4/16" in result.output and "18%/41%/63% · 27%@16" in result.output
+    header = (tmp_path / "reports/accuracy.csv").read_text().splitlines()[0].split(",")
+    assert {"pass_at_1", "pass_at_4", "pass_at_16", "maj_accuracy", "practice_pass_at_4"} <= set(header)
 
 
 def test_experiments_are_read_from_dvc_exp_show_json(tmp_path):
@@ -143,7 +168,7 @@ def test_report_pairs_each_checkpoint_with_base_and_previous(tmp_path):
     assert (data["1"]["won_vs_base"], data["1"]["lost_vs_base"]) == (7, 1)
     assert data["2"]["p_vs_base"] == "" and data["2"]["p_vs_prev"] == ""
     header = (tmp_path / "reports/accuracy.csv").read_text().splitlines()[0]
-    assert header.endswith("won_vs_prev,lost_vs_prev,p_vs_prev")
+    assert "won_vs_base,lost_vs_base,p_vs_base,won_vs_prev,lost_vs_prev,p_vs_prev" in header
     # without eval/ the stage still reports (the columns stay empty)
     assert report.write_report(tmp_path / "metrics", tmp_path / "r2")[1]["p_vs_base"] == ""
 

@@ -13,7 +13,9 @@ data/, and re-hashed it for a plot).
 Each checkpoint is compared with the base and with the checkpoint before it on the *same*
 problems: discordant counts (won/lost) and the exact one-sided McNemar p that it is better —
 the test a "round N >= round N-1" claim needs (two Wilson intervals overlap long before a paired
-difference stops being significant). No comparison where the problem ids differ.
+difference stops being significant). No comparison where the problem ids differ. Where
+evaluate sampled (`evaluate.maj_k`), pass@1/4/16 and maj@k sit beside greedy pass@1: pass@k is
+the ceiling a round built on the student's own samples can reach.
 
 `experiments` and `compare` read `dvc exp show --json` and plot held-out accuracy per checkpoint
 for each experiment (e.g. DPO vs KTO), for `tutorloop compare`.
@@ -30,7 +32,11 @@ from tutorloop.eval.stats import mcnemar_p
 
 COLUMNS = ["checkpoint", "accuracy", "ci95_low", "ci95_high", "n", "strict_accuracy", "gsm8k_accuracy",
            "gsm8k_strict_accuracy", "gsm8k_n", "pairs", "practice_pass_rate",
-           "won_vs_base", "lost_vs_base", "p_vs_base", "won_vs_prev", "lost_vs_prev", "p_vs_prev"]
+           "won_vs_base", "lost_vs_base", "p_vs_base", "won_vs_prev", "lost_vs_prev", "p_vs_prev",
+           # headroom (evaluate.maj_k samples): pass@k and maj@k; practice pass@k from feedback
+           "pass_at_1", "pass_at_4", "pass_at_16", "maj_k", "maj_accuracy",
+           "practice_pass_at_1", "practice_pass_at_4", "practice_pass_at_16"]
+PAIRED = COLUMNS[11:17]
 
 
 def _order(name: str) -> tuple[int, int]:
@@ -71,9 +77,12 @@ def rows(metrics_dir: Path, data_dir: Path | None = None, eval_dir: Path | None 
                     "ci95_high": m["ci95_high"], "n": m["n"], "strict_accuracy": m.get("strict_accuracy", ""),
                     "gsm8k_accuracy": g.get("accuracy", ""), "gsm8k_strict_accuracy": g.get("strict_accuracy", ""),
                     "gsm8k_n": g.get("n", ""),
-                    "pairs": fb.get("pairs", ""), "practice_pass_rate": fb.get("practice_pass_rate", "")})
+                    "pairs": fb.get("pairs", ""), "practice_pass_rate": fb.get("practice_pass_rate", ""),
+                    **{k: m.get(k, "") for k in ("pass_at_1", "pass_at_4", "pass_at_16")},
+                    **_majority(m), **{f"practice_{k}": fb.get(f"practice_{k}", "")
+                                       for k in ("pass_at_1", "pass_at_4", "pass_at_16")}})
     for r in out:
-        r.update({k: "" for k in COLUMNS[11:]})
+        r.update({k: "" for k in PAIRED})
     if eval_dir is not None:
         scored = {r["checkpoint"]: correctness(eval_dir, r["checkpoint"]) for r in out}
         for i, r in enumerate(out):
@@ -84,6 +93,12 @@ def rows(metrics_dir: Path, data_dir: Path | None = None, eval_dir: Path | None 
                 if cmp:
                     r[f"won_vs_{tag}"], r[f"lost_vs_{tag}"], r[f"p_vs_{tag}"] = cmp
     return out
+
+
+def _majority(m: dict) -> dict:
+    """maj_k and maj@k accuracy from evaluate's metrics (the key names k: maj_at_<k>)."""
+    found = [(int(k.rsplit("_", 1)[1]), v) for k, v in m.items() if k.startswith("maj_at_")]
+    return {"maj_k": found[0][0], "maj_accuracy": found[0][1]} if found else {"maj_k": "", "maj_accuracy": ""}
 
 
 def stage_minutes(project: Path) -> dict[str, float]:
@@ -141,17 +156,29 @@ def table(metrics_dir: Path, minutes: dict[str, float] | None = None, data_dir: 
 
     sizes = set()
     root = Path(metrics_dir).parent
-    for r in rows(metrics_dir, data_dir or root / "data", eval_dir or root / "eval"):
+    data = rows(metrics_dir, data_dir or root / "data", eval_dir or root / "eval")
+    headroom = any(r["maj_k"] != "" for r in data)
+    if headroom:   # only when evaluate sampled (evaluate.maj_k): pass@k is the ceiling of a round
+        t.add_column("pass@1/4/16 · maj@k", justify="right", no_wrap=True)
+    for r in data:
         m = json.loads((Path(metrics_dir) / f"{r['checkpoint']}.json").read_text())
         sizes.add(f"held-out n={m['n']}" + (f", GSM8K n={m['gsm8k']['n']}" if "gsm8k" in m else ""))
         t.add_row(label(r["checkpoint"]), pct(m), pct(m["gsm8k"]) if "gsm8k" in m else "-",
                   vs(r, "base"), vs(r, "prev"), str(r["pairs"] or "-"),
                   f"{r['practice_pass_rate']:.0%}" if r["practice_pass_rate"] != "" else "-",
-                  f"{minutes[r['checkpoint']]:.1f}" if r["checkpoint"] in minutes else "-")
+                  f"{minutes[r['checkpoint']]:.1f}" if r["checkpoint"] in minutes else "-",
+                  *([_headroom(r)] if headroom else []))
     t.caption = (f"{'; '.join(sorted(sizes))}. pass: practice samples judged right.\n"
                  "vs: held-out problems won/lost against base / the previous checkpoint, exact McNemar p (one-sided).\n"
                  "minutes: wall time of the stages that made and scored the checkpoint (MLflow).")
     return t
+
+
+def _headroom(r: dict) -> str:
+    if r["maj_k"] == "":
+        return "-"
+    ks = "/".join(f"{r[f'pass_at_{k}']:.0%}" if r[f"pass_at_{k}"] != "" else "-" for k in (1, 4, 16))
+    return f"{ks} · {r['maj_accuracy']:.0%}@{r['maj_k']}"
 
 
 def write_report(metrics_dir: Path, out_dir: Path, eval_dir: Path | None = None) -> list[dict]:
