@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tutorloop.config import Feedback, Runtime
 from tutorloop.data.jsonl import read_jsonl, write_json, write_jsonl
-from tutorloop.data.preferences import build_pairs, build_unpaired
+from tutorloop.data.preferences import build_pairs, build_rft, build_unpaired
 from tutorloop.eval.feedback import judge
 from tutorloop.eval.stats import mean_pass_at_k
 from tutorloop.runtime.stage import Arg, stage
@@ -52,6 +52,9 @@ def run(cfg: Feedback, problems_file: Path, round_dir: Path, chat=None, runtime:
     write_jsonl(round_dir / "feedback.jsonl", feedback)
     write_jsonl(round_dir / "pairs.jsonl", pairs)
     write_jsonl(round_dir / "unpaired.jsonl", unpaired)
+    rft_rows, rft_stats = build_rft(problems, feedback)
+    stats.update(rft_stats)
+    write_jsonl(round_dir / "rft.jsonl", rft_rows)
     write_json(stats, round_dir / "feedback_metrics.json")
     return stats
 
@@ -59,7 +62,7 @@ def run(cfg: Feedback, problems_file: Path, round_dir: Path, chat=None, runtime:
 @stage("feedback", Arg("round"), Arg("problems", Path), Arg("round_dir", Path), round_arg="round")
 def main(params, args, log) -> dict:
     metrics = run(params.feedback, args.problems, args.round_dir, runtime=params.runtime)
-    for name in ("feedback.jsonl", "pairs.jsonl", "unpaired.jsonl"):
+    for name in ("feedback.jsonl", "pairs.jsonl", "unpaired.jsonl", "rft.jsonl"):
         log.artifact(args.round_dir / name, "feedback")
     return metrics
 

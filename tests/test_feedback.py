@@ -218,3 +218,39 @@ def test_labels_are_strict_by_default_an_unstated_answer_is_a_negative(tmp_path)
     lenient = run(CFG.model_copy(update={"labels": "lenient"}), tmp_path / "problems.jsonl", tmp_path / "round")
     assert lenient["practice_pass_rate"] == 2 / 3
     assert "6 * 3 = 18 apples, then she" in {p["chosen"] for p in read_jsonl(tmp_path / "round" / "pairs.jsonl")}
+
+
+# --- RFT: the student's own distinct, strictly correct solutions ------------------------------
+
+def test_equations_are_the_reasoning_path():
+    from tutorloop.data.preferences import equations
+
+    a = "She buys 3*4 = <<3*4=12>>12 apples, then 12+5 = <<12+5=17>>17.\n#### 17"
+    b = "3 bags of 4: <<3 * 4 = 12>>12. With 5 more: <<12 + 5=17>>17 apples. The answer is 17."
+    assert equations(a) == equations(b) == ("3*4=12", "12+5=17")
+    assert equations("Each costs $1,200 x 2 = $2,400 so #### 2400") == ("1200*2=2400",)
+    assert equations("It is seventeen. #### 17") == ()
+    assert equations(a) != equations("<<4*3=12>>12 then <<12+5=17>>17")   # another order is another path
+
+
+def test_rft_keeps_distinct_strictly_correct_solutions_mixed_with_the_teachers():
+    from tutorloop.data.preferences import build_rft
+
+    probs = [problem("a", "17"), problem("b", "8")]
+    same_path = ["<<3*4=12>>12 then <<12+5=17>>17. #### 17", "First <<3*4=12>>12, add five: <<12+5=17>>17\n#### 17"]
+    other_path = "<<5+12=17>>17\n#### 17"
+    unstated = "<<3*4=12>>12 and <<12+5=17>>17 apples"                  # right number, no final answer
+    samples = [{"problem_id": "a", "sample": i, "completion": c}
+               for i, c in enumerate(same_path + [other_path, unstated, "#### 16"])]
+    samples += [{"problem_id": "b", "sample": 0, "completion": "#### 9"}]
+    for lenient in (False, True):   # strictness holds whatever feedback.labels says
+        rows, stats = build_rft(probs, judge(probs, samples, strict=not lenient))
+        student = [r["solution"] for r in rows if r["source"] == "student"]
+        assert student == [same_path[0], other_path]                     # one per path, in sample order
+        assert [r["problem_id"] for r in rows if r["source"] == "teacher"] == ["a", "b"]
+        assert all(r["solution"] == next(p["solution"] for p in probs if p["id"] == r["problem_id"])
+                   for r in rows if r["source"] == "teacher")
+        assert stats == {"rft_rows": 4, "rft_student_solutions": 2, "rft_strict_correct_samples": 3,
+                         "rft_problems_with_student_solution": 1, "rft_student_share": 0.5}
+    alone, _ = build_rft(probs, judge(probs, samples), mix_teacher=False)
+    assert [r["source"] for r in alone] == ["student", "student"]

@@ -233,7 +233,7 @@ def test_sft_completion_only_labels(params_factory, workdir, tmp_path):
         assert "<|im_end|>" in kept  # the student learns to stop
 
 
-def test_practice_feedback_dpo_round(params_factory, workdir):
+def test_practice_feedback_dpo_round(params_factory, workdir, tmp_path):
     params = params_factory()
     rnd = workdir / "data/round-1"
     m = practice.run(params, "1", workdir / "models/round-0", workdir / "data/practice.jsonl", rnd)
@@ -262,6 +262,23 @@ def test_practice_feedback_dpo_round(params_factory, workdir):
     assert metrics["desirable_weight"] * metrics["desirable"] == pytest.approx(
         metrics["undesirable_weight"] * (metrics["examples"] - metrics["desirable"]))
     load(workdir / "models/round-2")
+    # RFT on the same round: the feedback stage wrote its table; trained from the SFT model (ReST-EM)
+    rft_rows = read_jsonl(rnd / "rft.jsonl")
+    assert sum(r["source"] == "teacher" for r in rft_rows) == 6 and stats["rft_rows"] == len(rft_rows)
+    raw["rounds"]["2"]["preference"] = {**raw["rounds"]["1"]["preference"], "method": "rft", "start": "sft"}
+    rft_params = validate(raw)
+    metrics = preference.train_preference(rft_params, "2", workdir / "models/round-1", rnd, tmp_path / "rft-2",
+                                         sft_model=workdir / "models/round-0")
+    assert metrics["method_rft"] == 1 and metrics["start_sft"] == 1 and metrics["reference_sft"] == 0
+    assert metrics["examples"] == len(rft_rows) and metrics["student_solutions"] == stats["rft_student_solutions"]
+    # it trained from round 0, not round 1: closer to round 0's weights than round 1 is
+    rft, r0, r1 = (load(d)[0].state_dict() for d in (tmp_path / "rft-2", workdir / "models/round-0",
+                                                     workdir / "models/round-1"))
+    dist = lambda a, b: sum(float((a[k] - b[k]).abs().sum()) for k in a)  # noqa: E731
+    assert dist(rft, r0) < dist(r1, r0)
+    with pytest.raises(Exception, match="start"):
+        validate({**raw, "rounds": {**raw["rounds"], "2": {**raw["rounds"]["2"], "preference": {
+            **raw["rounds"]["1"]["preference"], "method": "dpo", "start": "sft"}}}})
 
 
 def test_fresh_adapter_disabled_is_exactly_the_previous_round(params_factory, workdir):

@@ -178,7 +178,8 @@ class PracticeRound(Section):
 
 
 class PreferenceRound(Section):
-    method: Literal["dpo", "kto"] = Field("dpo", description="preference objective: dpo (pairs) or kto (the same table as unpaired desirable/undesirable examples)")
+    method: Literal["dpo", "kto", "rft"] = Field("dpo", description="round objective: dpo (pairs), kto (the same table as unpaired desirable/undesirable examples) or rft (fine-tune on the student's distinct strictly correct solutions mixed with the teacher's: rft.jsonl)")
+    start: Literal["prev", "sft"] = Field("prev", description="rft only: fine-tune from the previous round's model (prev) or, as ReST-EM does, from the SFT model every round (sft)")
     reference: Literal["prev", "sft"] = Field("prev", description="reference model: prev = the round r-1 model the policy starts from (adapter disabled); sft = models/round-0")
     beta: float = Field(0.1, gt=0, description="beta of the DPO/KTO loss (strength of the pull toward the reference)")
     learning_rate: float = Field(gt=0, description="peak learning rate")
@@ -324,9 +325,12 @@ def _cross_checks(raw: dict) -> list[str]:
             problems.append(f"rounds.{key}.practice.offset: {offset!r} -> past the practice set "
                             f"(generate.n_practice: {n_practice})")
         dpo = rnd.get("preference") if isinstance(rnd, dict) else None
-        if isinstance(dpo, dict) and dpo.get("method") == "kto" and dpo.get("sft_weight", 0):
+        if isinstance(dpo, dict) and dpo.get("method") in ("kto", "rft") and dpo.get("sft_weight", 0):
             problems.append(f"rounds.{key}.preference.sft_weight: {dpo.get('sft_weight')!r} -> the SFT term is DPO's (RPO); "
-                            "KTO already weights desirable examples")
+                            f"{dpo.get('method').upper()} has no such term")
+        if isinstance(dpo, dict) and dpo.get("start", "prev") != "prev" and dpo.get("method") != "rft":
+            problems.append(f"rounds.{key}.preference.start: {dpo.get('start')!r} -> only an rft round can start "
+                            "elsewhere than its previous round (DPO/KTO train from and against it)")
         if isinstance(dpo, dict) and dpo.get("method") == "kto":
             pref = raw.get("preference")
             batch = (pref or {}).get("batch_size", 4) if isinstance(pref, dict) else 4

@@ -16,6 +16,12 @@ compared on one budget: the student's own correct samples first, then rows of th
 pairs train on, then the rest (seeded). Uncapped, a round of 300 problems x 4 samples is ~1,500
 rows: ~7x the DPO round's minutes.
 
+RFT (rejection-sampling fine-tuning, arXiv 2308.01825; `rounds.N.preference.method: rft`):
+the student's *strictly* correct samples (a stated final answer that is right, whatever
+`feedback.labels` says), one per distinct reasoning path — samples are the same path when they
+write the same sequence of equations (`equations`) — mixed with the teacher's solution of every
+practice problem: rft.jsonl.
+
 Pure and seeded: the same feedback and config give the same pairs.
 """
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from collections import defaultdict
 
 from tutorloop.config import Feedback
@@ -120,3 +127,48 @@ def build_unpaired(problems: list[dict], feedback: list[dict], pairs: list[dict]
         keep = sorted(sorted(range(len(rows)), key=rank.__getitem__)[:max_rows])
         rows = [rows[i] for i in keep]
     return rows
+
+
+_ANNOTATED = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
+_EQUATION = re.compile(r"(-?[\d.,]+(?:\s*[-+*/x×]\s*-?[\d.,]+)+)\s*=\s*\$?(-?[\d.,]+)")
+
+
+def equations(solution: str) -> tuple[str, ...]:
+    """The sequence of equations a solution writes, normalised (no spaces, thousands commas or
+    `$`; `x`/`×` as `*`): its calculator annotations `<<expr=value>>`, else the plain `a op b = c`
+    it writes. Two solutions with the same sequence took the same path, whatever their words."""
+    found = _ANNOTATED.findall(solution) or _EQUATION.findall(solution)
+
+    def norm(t: str) -> str:
+        return re.sub(r"[\s$,]", "", t).replace("×", "*").replace("x", "*")
+
+    return tuple(f"{norm(a)}={norm(b)}" for a, b in found)
+
+
+def build_rft(problems: list[dict], feedback: list[dict], mix_teacher: bool = True) -> tuple[list[dict], dict]:
+    """RFT's training rows: per problem, the distinct strictly correct student solutions (dedup by
+    `equations`, or by the whole text when a solution writes none) and, with `mix_teacher`, the
+    teacher's solution; (rows, stats). Pure: the same feedback gives the same rows."""
+    kept: dict[str, list[str]] = defaultdict(list)
+    paths: dict[str, set] = defaultdict(set)
+    strict_right = 0
+    for r in feedback:
+        if not r.get("correct_strict", r["correct"]):
+            continue
+        strict_right += 1
+        path = equations(r["completion"]) or (" ".join(r["completion"].split()),)
+        if path not in paths[r["problem_id"]]:
+            paths[r["problem_id"]].add(path)
+            kept[r["problem_id"]].append(r["completion"])
+    rows = []
+    for p in problems:
+        rows += [{"problem_id": p["id"], "question": p["question"], "solution": t, "source": "student"}
+                 for t in kept[p["id"]]]
+        if mix_teacher:
+            rows.append({"problem_id": p["id"], "question": p["question"], "solution": p["solution"],
+                         "source": "teacher"})
+    student = sum(len(v) for v in kept.values())
+    stats = {"rft_rows": len(rows), "rft_student_solutions": student, "rft_strict_correct_samples": strict_right,
+             "rft_problems_with_student_solution": sum(1 for v in kept.values() if v),
+             "rft_student_share": student / len(rows) if rows else 0.0}
+    return rows, stats

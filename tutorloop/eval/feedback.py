@@ -13,7 +13,8 @@ from tutorloop.eval.grading import grade
 
 def judge(problems: list[dict], samples: list[dict], strict: bool = True) -> list[dict]:
     """One feedback row per sample: extracted answer and verdict against the teacher's answer
-    (`correct` is the strict verdict unless strict=False; `correct_lenient` is always lenient)."""
+    (`correct` is the strict verdict unless strict=False; `correct_lenient` and `correct_strict`
+    are always those)."""
     by_id = {p["id"]: p for p in problems}
     rows = []
     for s in samples:
@@ -23,6 +24,6 @@ def judge(problems: list[dict], samples: list[dict], strict: bool = True) -> lis
         g = grade(s["completion"], p["answer"])
         rows.append({"problem_id": s["problem_id"], "sample": s["sample"], "completion": s["completion"],
                      "extracted": g.extracted, "correct": g.strict if strict else g.correct,
-                     "correct_lenient": g.correct, "reference": p["answer"],
+                     "correct_lenient": g.correct, "correct_strict": g.strict, "reference": p["answer"],
                      "teacher_solution": p["solution"]})
     return rows

@@ -1,4 +1,4 @@
-"""Preference learning on a round's feedback (DPO or KTO), thin over TRL's trainers.
+"""A round's learning on its feedback (DPO, KTO or RFT), thin over TRL's trainers.
 
 `rounds.r.preference.method` picks the objective, both with a *fresh* LoRA adapter on the
 merged round r-1 model:
@@ -9,6 +9,11 @@ merged round r-1 model:
   weights from the imbalance: desirable_weight * n_desirable = undesirable_weight * n_undesirable,
   the balance the KTO paper recommends (TRL warns outside [1, 4/3]); our tables are mostly
   desirable (the teacher's solution is always one), so undesirable examples get the larger weight.
+
+* `rft`: rejection-sampling fine-tuning — TRL's `SFTTrainer` (the SFT stage's, completion-only
+  loss) on rft.jsonl: the student's distinct strictly correct solutions mixed with the teacher's
+  (tutorloop/data/preferences.py). From round r-1, or (`start: sft`) from the SFT model every
+  round, as ReST-EM does. No reference model.
 
 Reference (`rounds.r.preference.reference`): `prev` (default) passes `ref_model=None`, so TRL uses
 the adapter-disabled model — exactly round r-1, because the adapter is fresh (re-using an adapter
@@ -81,9 +86,20 @@ def load_models(params: Params, round_key: str, prev_model: Path, sft_model: Pat
     return model, tok, ref_model, device, precision
 
 
-def trainer_and_data(params: Params, round_key: str, round_dir: Path, common: dict):
+def trainer_and_data(params: Params, round_key: str, round_dir: Path, common: dict, device):
     """(TRL trainer class, its config, the dataset rows, the metrics that describe them)."""
     rcfg = params.rounds[round_key].preference
+    if rcfg.method == "rft":
+        from trl import SFTConfig
+
+        from tutorloop.train.sft import make_sft_trainer_class, to_conversations
+
+        rows = read_jsonl(round_dir / "rft.jsonl", required=("question", "solution", "source"))
+        student = sum(r["source"] == "student" for r in rows)
+        args = {k: v for k, v in common.items() if k != "beta"}
+        return (make_sft_trainer_class(device), SFTConfig(**args, completion_only_loss=True),
+                to_conversations(rows, params),
+                {"examples": len(rows), "student_solutions": student, "rows": len(rows)})
     if rcfg.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
@@ -109,25 +125,34 @@ def train_preference(params: Params, round_key: str, prev_model: Path, round_dir
     from datasets import Dataset
 
     cfg, rcfg = params.preference, params.rounds[round_key].preference
-    model, tok, ref_model, device, precision = load_models(params, round_key, prev_model, sft_model)
+    start = prev_model
+    if rcfg.method == "rft" and rcfg.start == "sft":   # ReST-EM: every round from the SFT model
+        if sft_model is None:
+            raise ConfigError(f"rounds.{round_key}.preference.start: 'sft' needs the SFT model path (--sft)")
+        start = sft_model
+    model, tok, ref_model, device, precision = load_models(params, round_key, start, sft_model)
     # a DPO/KTO example is two sequences (chosen + rejected, or the completion + its KL partner)
     batch, accum = device_batch(cfg.batch_size, cfg.grad_accum, model, cfg.max_length, PREFERENCE_BATCH_CPU,
                                 pairs=True)
     split = [[batch, accum]] if cfg.batch_size == "auto" else []   # auto: part of the run (sft.py says why)
-    data_file = round_dir / ("pairs.jsonl" if rcfg.method == "dpo" else "unpaired.jsonl")
+    data_file = round_dir / {"dpo": "pairs.jsonl", "kto": "unpaired.jsonl", "rft": "rft.jsonl"}[rcfg.method]
     work = work_dir(f"{rcfg.method}-{round_key}", cfg.model_dump(), rcfg.model_dump(), params.prompt.model_dump(),
-                    prev_model, data_file, sft_model if ref_model is not None else "", precision.dtype, *split)
+                    start, data_file, sft_model if ref_model is not None else "", precision.dtype, *split)
     common = trainer_args(work, learning_rate=rcfg.learning_rate, epochs=rcfg.epochs, batch=batch, grad_accum=accum,
                           warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length, seed=rcfg.seed,
                           logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, device=device,
                           precision=precision)
     common["beta"] = rcfg.beta
-    trainer_cls, args, data, described = trainer_and_data(params, round_key, round_dir, common)
+    trainer_cls, args, data, described = trainer_and_data(params, round_key, round_dir, common, device)
     n_rows = described.pop("rows")
-    trainer = trainer_cls(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(data),
-                          processing_class=tok, peft_config=lora_config(cfg.lora), callbacks=list(callbacks))
-    run = train_and_merge(trainer, work, tok, out, prev_model)
-    metrics: dict = {"method_kto": float(rcfg.method == "kto"), "reference_sft": float(ref_model is not None),
+    # an RFT round is supervised: no reference model (the SFT trainer takes none)
+    ref = {} if rcfg.method == "rft" else {"ref_model": ref_model}
+    trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tok,
+                          peft_config=lora_config(cfg.lora), callbacks=list(callbacks), **ref)
+    run = train_and_merge(trainer, work, tok, out, start)
+    metrics: dict = {"method_kto": float(rcfg.method == "kto"), "method_rft": float(rcfg.method == "rft"),
+                     "start_sft": float(start != prev_model),
+                     "reference_sft": float(ref_model is not None and rcfg.method != "rft"),
                      "batch_size": batch, "grad_accum": accum, "precision": precision.dtype, **described,
                      "resumed_from_step": run.resumed_from_step, "train_loss": run.result.training_loss,
                      "train_seconds": run.seconds, "examples_per_second": n_rows * rcfg.epochs / run.seconds}
