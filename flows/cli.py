@@ -198,7 +198,7 @@ def doctor(project: Path = typer.Option(Path("."), help="project root")) -> None
         _bad_input(err)
     kernel = runtime.attention == "auto" and attention.usable(dtype, device)
     rows.append(("decode attention", "tutorloop's C kernel" if kernel else
-                 f"torch SDPA ({'runtime.attention: sdpa' if runtime.attention == 'sdpa' else 'the C kernel covers bf16 on x86-64 CPUs with a C compiler'})"))
+                 f"torch SDPA ({'runtime.attention: sdpa' if runtime.attention == 'sdpa' else 'the C kernel covers bf16 and fp32 on x86-64 CPUs with a C compiler'})"))
     rows += [("MLflow store", tracking.tracking_uri(project)), ("stale runs", _reap(project)),
              ("Prefect home", os.environ.get("PREFECT_HOME", "~/.prefect (PREFECT_HOME unset)")),
              ("DVC cache", str((project / ".dvc" / "cache").resolve()))]

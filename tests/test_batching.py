@@ -165,7 +165,10 @@ def test_local_sampler_resolves_auto_rows_on_cpu(tiny_model_dir):
     s = LocalSampler(tiny_model_dir, dtype="float32", device=CPU, batch_size="auto", calculator=False)
     gen = s([[{"role": "user", "content": "What is 2+3?"}]] * 3, k=2, do_sample=True, temperature=0.7,
             top_p=0.95, max_new_tokens=4, seed=0)
-    assert s.rows == ENGINE_ROWS_CPU and s.metrics(gen) == {"batch_size": ENGINE_ROWS_CPU, "attention": "sdpa",
+    from tutorloop.inference.kernels import attention as decode_attention
+
+    ran = "kernel" if decode_attention.load() is not None else "sdpa"
+    assert s.rows == ENGINE_ROWS_CPU and s.metrics(gen) == {"batch_size": ENGINE_ROWS_CPU, "attention": ran,
                                                                  "precision": "float32", "device": "cpu"}
     assert [len(t) for t in gen.texts] == [2, 2, 2]
 

@@ -170,6 +170,25 @@ KERNEL_PATHS = [("portable", "portable C loop"),
 
 
 @needs_kernel
+@pytest.mark.parametrize("groups, dim", [(3, 64), (1, 64), (4, 128), (7, 64), (8, 128), (5, 64), (3, 80)])
+@pytest.mark.parametrize("length", [1, 9, 301])
+def test_fp32_kernel_matches_float64_attention(groups, dim, length):
+    """The fp32 entry point (CPUs without native bf16 run the engine in fp32): fp32-accurate."""
+    g = torch.Generator().manual_seed(groups * 100 + dim + length)
+    rows, heads, cols, lo = 5, 2, length + 12, 4
+    kbuf, vbuf = torch.randn(rows, heads, cols, dim, generator=g) * 2, torch.randn(rows, heads, cols, dim, generator=g)
+    q = torch.randn(rows, heads, groups, dim, generator=g)
+    k, v = kbuf[:, :, lo:lo + length], vbuf[:, :, lo:lo + length]
+    mask = torch.rand(rows, length, generator=g) > 0.3
+    mask[:, -1] = True
+    mask[2] = False                                                   # a free row: zeros
+    out = decode_attention.attention(q, k, v, mask.to(torch.uint8), dim ** -0.5)
+    assert out.dtype == torch.float32 and torch.equal(out[2], torch.zeros_like(out[2]))
+    keep = [0, 1, 3, 4]
+    torch.testing.assert_close(out[keep].double(), _reference(q, k, v, mask, dim ** -0.5)[keep], rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
 @pytest.mark.parametrize("variant, isa", KERNEL_PATHS)
 @pytest.mark.parametrize("groups, dim", [(3, 64), (1, 64), (4, 128), (7, 64), (8, 128), (5, 64), (3, 80)])
 @pytest.mark.parametrize("length", [1, 9, 301])
@@ -255,8 +274,10 @@ def test_kernel_rejects_layouts_it_cannot_read():
         decode_attention.attention(q, k, k.clone()[:, :, :4], torch.ones(2, 5, dtype=torch.uint8), 0.1)
     with pytest.raises(ValueError, match="layout"):
         decode_attention.attention(q, k, k, torch.ones(2, 5, dtype=torch.long), 0.1)
-    with pytest.raises(ValueError, match="layout"):   # fp32 K would be read as bf16
+    with pytest.raises(ValueError, match="layout"):   # fp32 K with a bf16 q: one dtype for all
         decode_attention.attention(q, k.float(), k.float(), torch.ones(2, 5, dtype=torch.uint8), 0.1)
+    with pytest.raises(ValueError, match="layout"):   # fp16 has no entry point
+        decode_attention.attention(q.half(), k.half(), k.half(), torch.ones(2, 5, dtype=torch.uint8), 0.1)
     with pytest.raises(ValueError, match="layout"):   # a head dim narrower than q's
         decode_attention.attention(q, k[..., :32], k[..., :32], torch.ones(2, 5, dtype=torch.uint8), 0.1)
 
@@ -271,8 +292,8 @@ def test_engine_reports_the_kernel_and_is_seeded(tiny_model_dir):
     a, b = engine.generate(model, tok, prompts, **kw), engine.generate(model, tok, prompts, **kw)
     assert a.attention == "kernel" and a.texts == b.texts
     assert engine.generate(model, tok, prompts, attention="sdpa", **kw).attention == "sdpa"
-    m32, _ = modeling.load(tiny_model_dir, dtype="float32")   # fp32 stays exact: torch's SDPA
-    assert engine.generate(m32, tok, prompts[:2], max_new_tokens=4).attention == "sdpa"
+    m32, _ = modeling.load(tiny_model_dir, dtype="float32")   # fp32: the kernel's fp32 entry point
+    assert engine.generate(m32, tok, prompts[:2], max_new_tokens=4).attention == "kernel"
     with pytest.raises(ValueError, match="attention"):
         engine.generate(model, tok, prompts, attention="flash", **kw)
 

@@ -158,8 +158,11 @@ def test_evaluate_through_a_server_is_the_engines_greedy(tiny_model_dir, tmp_pat
     assert protocol(local, "float32") == protocol(validate({**raw, "evaluate": {
         **raw["evaluate"], "backend": "local", "server": {}}}), "float32")  # server knobs alone change nothing
     # the numerics are part of it: the resolved precision, the decode attention and the device
-    assert lm["precision"] == "float32" and lm["attention"] == "sdpa" and lm["device"] == "cpu"
-    assert lm["protocol"] == protocol(local, "float32", "sdpa", "cpu")
+    from tutorloop.inference.kernels import attention as decode_attention
+
+    ran = "kernel" if decode_attention.load() is not None else "sdpa"    # fp32 has a kernel path too
+    assert lm["precision"] == "float32" and lm["attention"] == ran and lm["device"] == "cpu"
+    assert lm["protocol"] == protocol(local, "float32", ran, "cpu")
     variants = {protocol(local, "float32", "sdpa", "cpu"), protocol(local, "bfloat16", "sdpa", "cpu"),
                 protocol(local, "bfloat16", "kernel", "cpu"), protocol(local, "bfloat16", "kernel", "cuda")}
     assert len(variants) == 4

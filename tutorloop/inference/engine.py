@@ -482,7 +482,7 @@ def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, d
     """texts[i][k]: the k-th completion of prompts[i]. `batch_size` is rows (sequences) decoded
     together; each prompt takes `num_return_sequences` of them. Deterministic for a fixed seed.
     `fused`: Llama-family models decode through tutorloop/inference/fused.py (bit-identical to the HF
-    forward); `attention` ("auto" | "sdpa"): in bf16 on CPU, auto runs decode attention in the C
+    forward); `attention` ("auto" | "sdpa"): in bf16 or fp32 on CPU, auto runs decode attention in the C
     kernel (tutorloop/inference/kernels/attention.py), sdpa in torch's. Generation.attention says which ran."""
     if attention not in ("auto", "sdpa"):
         raise ValueError(f"attention {attention!r}: expected 'auto' or 'sdpa'")

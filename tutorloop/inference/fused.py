@@ -142,7 +142,7 @@ class LlamaDecoder:
         step's key/value go to column `col` of each buffer and attention reads columns [lo, col];
         `mask` [rows, L] is the attention mask over those columns (nonzero = attend). `kernel`:
         attention in tutorloop/inference/kernels/attention.py instead of torch's SDPA; the caller decides
-        (`decode_attention.usable`: bf16 on CPU where the kernel builds)."""
+        (`decode_attention.usable`: bf16 or fp32 on CPU where the kernel builds)."""
         inner = self.inner
         x = inner.embed_tokens(ids)                                   # [rows, hidden]
         rows = x.shape[0]

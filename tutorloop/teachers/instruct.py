@@ -109,9 +109,13 @@ _MARKER = re.compile(r"####\s*\S")
 def clean_solution(text: str) -> tuple[str, str] | None:
     """(solution ending '#### N', N), or None without the '#### N' line the Solver prompt asks
     for: a truncated reply would otherwise have an intermediate number read as its answer."""
-    if not _MARKER.search(text):
+    marker = _MARKER.search(text)
+    if not marker:
         return None
-    answer = extract_answer(text)
+    # The solution ends at its first marker line and what follows is chatter (cut below), so the
+    # answer is that marker's: the one the kept text states.
+    line_end = text.find("\n", marker.start())
+    answer = extract_answer(text[:line_end] if line_end >= 0 else text)
     if answer is None:
         return None
     if "/" in answer:  # 25/2 -> 12.5; a non-terminating fraction is not a GSM8K-style answer

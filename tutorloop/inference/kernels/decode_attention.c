@@ -136,6 +136,44 @@ static inline __attribute__((always_inline)) void one_block(
 }
 
 
+/* The same block on fp32 K/V (the engine in fp32: CPUs without native bf16). Loads need no
+ * widening, so this is the portable loop on floats: with -march=native the compiler vectorises
+ * the dot products and the V accumulation with the CPU's widest FMA (AVX2 or AVX-512). */
+static inline __attribute__((always_inline)) void one_block_f32(
+        const float *restrict q, const float *restrict k, const float *restrict v,
+        const uint8_t *restrict m, float *restrict out, const int G, const int D, const int L,
+        const float scale, float *restrict s) {
+    float qf[G * D], acc[G * D], inv[G];
+    for (int i = 0; i < G * D; i++) qf[i] = q[i] * scale;
+    for (int j = 0; j < L; j++) {
+        const float *kj = k + (int64_t)j * D;
+        for (int b = 0; b < D * 4; b += 64) {
+            __builtin_prefetch((const char *)(kj + PREFETCH_ROWS * D) + b, 0, 3);
+            __builtin_prefetch((const char *)(v + (int64_t)j * D) + b, 0, 3);
+        }
+        for (int g = 0; g < G; g++) {
+            float a = 0.0f;
+            for (int d = 0; d < D; d++) a += qf[g * D + d] * kj[d];
+            s[g * L + j] = a;
+        }
+        if (!m[j])
+            for (int g = 0; g < G; g++) s[g * L + j] = -INFINITY;
+    }
+    softmax_rows(s, G, L, inv);
+    for (int i = 0; i < G * D; i++) acc[i] = 0.0f;
+    for (int j = 0; j < L; j++) {
+        if (!m[j]) continue;
+        const float *vj = v + (int64_t)j * D;
+        for (int g = 0; g < G; g++) {
+            const float p = s[g * L + j];
+            for (int d = 0; d < D; d++) acc[g * D + d] += p * vj[d];
+        }
+    }
+    for (int g = 0; g < G; g++)
+        for (int d = 0; d < D; d++) out[g * D + d] = acc[g * D + d] * inv[g];
+}
+
+
 #if defined(__AVX512F__) && defined(__AVX512BF16__) && !defined(TUTORLOOP_PORTABLE)
 #include <immintrin.h>
 #define HAVE_AVX512_BF16 1
@@ -243,58 +281,73 @@ int decode_attention_isa(void) {
 #endif
 }
 
+/* The loop over (row, kv head) blocks shared by both entry points: `BLK(GG, DD)` runs one block
+ * with head dims specialised for the common shapes (SmolLM2 3 x 64, Llama-3 4 x 128, Qwen2.5 7 x 64). */
+#define DECODE_LOOP(BLK, BLK_C)                                                                      \
+    if (G < 1 || D < 1 || L < 1 || threads < 1) return 1;                                            \
+    int failed = 0;                                                                                  \
+    _Pragma("omp parallel num_threads(threads)")                                                     \
+    {                                                                                                \
+        /* Each thread's scores (G x L floats) on the heap: long contexts would overflow a stack. */ \
+        float *s = (float *)malloc(sizeof(float) * (size_t)G * (size_t)L);                           \
+        if (s == NULL) {                                                                             \
+            _Pragma("omp atomic write")                                                              \
+            failed = 1;                                                                              \
+        }                                                                                            \
+        _Pragma("omp for collapse(2) schedule(static)")                                              \
+        for (int r = 0; r < rows; r++) {                                                             \
+            for (int h = 0; h < H; h++) {                                                            \
+                if (s == NULL) continue;                                                             \
+                const int64_t kv = (int64_t)r * row_stride + (int64_t)h * head_stride;               \
+                const int64_t qo = ((int64_t)r * H + h) * G * D;                                     \
+                const uint8_t *m = mask + (int64_t)r * mask_stride;                                  \
+                /* where this thread most likely goes next (static schedule: next head, or row) */   \
+                const int64_t next_kv = h + 1 < H ? kv + head_stride                                 \
+                    : (r + 1 < rows ? kv - (int64_t)h * head_stride + row_stride : kv);              \
+                (void)next_kv;                                                                       \
+                if (D == 64) {                                                                       \
+                    switch (G) {                                                                     \
+                    case 1: BLK(1, 64); break;                                                       \
+                    case 2: BLK(2, 64); break;                                                       \
+                    case 3: BLK(3, 64); break;                                                       \
+                    case 4: BLK(4, 64); break;                                                       \
+                    case 7: BLK(7, 64); break;                                                       \
+                    case 8: BLK(8, 64); break;                                                       \
+                    default: BLK(G, 64);                                                             \
+                    }                                                                                \
+                } else if (D == 128) {                                                               \
+                    switch (G) {                                                                     \
+                    case 1: BLK(1, 128); break;                                                      \
+                    case 2: BLK(2, 128); break;                                                      \
+                    case 4: BLK(4, 128); break;                                                      \
+                    case 8: BLK(8, 128); break;                                                      \
+                    default: BLK(G, 128);                                                            \
+                    }                                                                                \
+                } else {                                                                             \
+                    BLK_C(G, D);   /* other head dims: the portable loop */                          \
+                }                                                                                    \
+            }                                                                                        \
+        }                                                                                            \
+        free(s);                                                                                     \
+    }                                                                                                \
+    return failed ? 2 : 0;
+
 /* q, out: [rows, H, G, D] contiguous. k, v: element (r, h, j, d) at r*row_stride + h*head_stride
  * + j*D + d (the engine's slot buffers from column lo on). mask: [rows, L], nonzero = attend; a row
- * that attends no column gets zeros. threads: torch's thread count. */
+ * that attends no column gets zeros. threads: torch's thread count. Returns 0, or 1 (empty shape),
+ * 2 (out of memory). */
 int decode_attention_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
                           int64_t row_stride, int64_t head_stride, const uint8_t *mask,
                           int64_t mask_stride, uint16_t *out, int rows, int H, int G, int D, int L,
                           int threads, float scale) {
-    if (G < 1 || D < 1 || L < 1 || threads < 1) return 1;
-    int failed = 0;
-#pragma omp parallel num_threads(threads)
-    {
-        /* Each thread's scores (G x L floats) on the heap: long contexts would overflow a thread stack. */
-        float *s = (float *)malloc(sizeof(float) * (size_t)G * (size_t)L);
-        if (s == NULL) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp for collapse(2) schedule(static)
-        for (int r = 0; r < rows; r++) {
-            for (int h = 0; h < H; h++) {
-                if (s == NULL) continue;
-                const int64_t kv = (int64_t)r * row_stride + (int64_t)h * head_stride;
-                const int64_t qo = ((int64_t)r * H + h) * G * D;
-                const uint8_t *m = mask + (int64_t)r * mask_stride;
-                /* where this thread most likely goes next (static schedule: the next head, or row) */
-                const int64_t next_kv = h + 1 < H ? kv + head_stride : (r + 1 < rows ? kv - (int64_t)h * head_stride + row_stride : kv);
-                /* Copies specialised for the common shapes (SmolLM2 3 x 64, Llama-3 4 x 128, Qwen2.5 7 x 64...). */
-                if (D == 64) {
-                    switch (G) {
-                    case 1: BLOCK(1, 64); break;
-                    case 2: BLOCK(2, 64); break;
-                    case 3: BLOCK(3, 64); break;
-                    case 4: BLOCK(4, 64); break;
-                    case 7: BLOCK(7, 64); break;
-                    case 8: BLOCK(8, 64); break;
-                    default: BLOCK(G, 64);
-                    }
-                } else if (D == 128) {
-                    switch (G) {
-                    case 1: BLOCK(1, 128); break;
-                    case 2: BLOCK(2, 128); break;
-                    case 4: BLOCK(4, 128); break;
-                    case 8: BLOCK(8, 128); break;
-                    default: BLOCK(G, 128);
-                    }
-                } else {
-                    BLOCK_C(G, D);   /* other head dims: the portable loop */
-                }
-            }
-        }
-        free(s);
-    }
-    return failed ? 2 : 0;
+    DECODE_LOOP(BLOCK, BLOCK_C)
 }
 
+/* The same over fp32 q/k/v/out. */
+#define BLOCK_F32(GG, DD) one_block_f32(q + qo, k + kv, v + kv, m, out + qo, GG, DD, L, scale, s)
+int decode_attention_f32(const float *q, const float *k, const float *v,
+                         int64_t row_stride, int64_t head_stride, const uint8_t *mask,
+                         int64_t mask_stride, float *out, int rows, int H, int G, int D, int L,
+                         int threads, float scale) {
+    DECODE_LOOP(BLOCK_F32, BLOCK_F32)
+}
