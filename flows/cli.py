@@ -228,6 +228,30 @@ def _reap(project: Path) -> str:
 
 
 @app.command()
+def serve(model: str = typer.Option("models:/tutor@champion", help="a checkpoint folder or models:/<name>@<alias>"),
+          host: str = typer.Option("127.0.0.1", help="address to listen on"),
+          port: int = typer.Option(8000, help="port to listen on"),
+          calculator: Optional[bool] = typer.Option(None, "--calculator/--no-calculator",
+                                                    help="default: what the version was evaluated with (its eval.calculator tag); off for a folder"),
+          precision: str = typer.Option("auto", help="auto | float32 | bfloat16 (runtime.precision's rule)"),
+          rows: int = typer.Option(64, help="engine rows decoded together")) -> None:
+    """Serve a checkpoint over an OpenAI-compatible API (tutorloop/serving/server.py)."""
+    import uvicorn
+
+    from tutorloop.runtime.entry import BAD_INPUT
+    from tutorloop.serving.server import create_app, load_served
+
+    try:
+        served = load_served(model, calculator=calculator, precision=precision, rows=rows)
+    except BAD_INPUT as err:
+        _bad_input(err)
+    typer.echo(f"serving {served.name} (calculator {'on' if served.calculator else 'off'}) "
+               f"at http://{host}:{port}/v1", err=True)
+    # a stop (SIGTERM / Ctrl-C) finishes or drops the requests in flight within 5 s
+    uvicorn.run(create_app(served), host=host, port=port, timeout_graceful_shutdown=5, log_level="warning")
+
+
+@app.command()
 def report(project: Path = typer.Option(Path("."), help="project root")) -> None:
     """Print accuracy per checkpoint with CIs, pairs and minutes; write reports/accuracy.png."""
     from rich.console import Console

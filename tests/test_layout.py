@@ -21,7 +21,7 @@ LIB = ROOT / "tutorloop"
 
 # Bottom to top: a package may import the ones before it and itself, never one after it.
 LAYERS = ["secrets", "errors", "config", "hardware", "runtime", "data", "llm", "modeling", "inference", "eval",
-          "teachers", "train", "registry"]
+          "teachers", "train", "registry", "serving"]
 
 
 def module_name(path: Path) -> str:

@@ -18,7 +18,7 @@ import importlib.util
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -140,6 +140,9 @@ class Generation:
     calculator_calls: int = 0   # annotations the calculator completed (tutorloop/inference/engine.py)
     forced_tokens: int = 0      # tokens it wrote (counted in new_tokens too)
     attention: str = ""         # decode attention that ran: kernel / sdpa (engine) / hf (HF generate)
+    # per completion, like texts (the engine fills them): tokens generated, and why it ended
+    completion_tokens: list[list[int]] = field(default_factory=list)
+    finish_reasons: list[list[str]] = field(default_factory=list)   # "stop" (an end token) / "length" (the cap)
 
     @property
     def tokens_per_second(self) -> float:

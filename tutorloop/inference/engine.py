@@ -107,14 +107,17 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return (x >> 16) ^ x
 
 
-def prompt_keys(prompts: list[str]) -> list[int]:
-    """A 32-bit key per prompt from its text (and, for a repeated prompt, which repeat it is), so
-    a prompt samples the same whatever other prompts share its call, and repeats still differ."""
-    seen: dict[str, int] = {}
+def prompt_keys(prompts: list[str], seeds: list[int] | None = None) -> list[int]:
+    """A 32-bit key per prompt from its text (and, for a repeated prompt, which repeat it is; and
+    its own seed, where each prompt has one), so a prompt samples the same whatever other prompts
+    share its call, and repeats still differ."""
+    seen: dict[tuple, int] = {}
     keys = []
-    for p in prompts:
-        seen[p] = seen.get(p, -1) + 1
-        keys.append(int.from_bytes(hashlib.sha256(f"{seen[p]}\0{p}".encode()).digest()[:4], "little"))
+    for i, p in enumerate(prompts):
+        own = () if seeds is None else (seeds[i],)
+        seen[(p, *own)] = n = seen.get((p, *own), -1) + 1
+        text = f"{n}\0{p}" if seeds is None else f"{n}\0{seeds[i]}\0{p}"
+        keys.append(int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little"))
     return keys
 
 
@@ -227,7 +230,7 @@ class _Run:
 
     def __init__(self, model, tok, prompts: list[str], *, K: int, batch_size: int, do_sample: bool,
                  temperature: float, top_p: float, max_new_tokens: int, seed: int, calculator: bool,
-                 fused: bool, attention: str) -> None:
+                 fused: bool, attention: str, seeds: list[int] | None = None) -> None:
         self.model, self.tok, self.K, self.n_prompts = model, tok, K, len(prompts)
         self.do_sample, self.temperature, self.top_p = do_sample, temperature, top_p
         self.max_new_tokens = max_new_tokens
@@ -235,7 +238,7 @@ class _Run:
         self.ckw = _cache_kwarg(model)
         self.rows = max(K, batch_size - batch_size % K)
         self._tokenize(prompts)
-        self.seed, self.keys = seed, torch.tensor(prompt_keys(prompts), dtype=torch.long, device=self.dev)
+        self.seed, self.keys = seed, torch.tensor(prompt_keys(prompts, seeds), dtype=torch.long, device=self.dev)
         self.eq_tokens = _equals_tokens(tok, model.config.vocab_size, self.dev) if calculator else None
         self._allocate_cache(fused, attention)
         self._allocate_rows()
@@ -466,6 +469,15 @@ class _Run:
         self.forced = {remap[r]: t for r, t in self.forced.items() if r in remap}
         self.rows = n
 
+    def per_completion(self) -> tuple[list[list[int]], list[list[str]]]:
+        """(tokens generated, finish reason) of each completion, shaped like `texts`."""
+        eos = set(self.eos_ids.tolist())
+        K, res = self.K, [self.results[i] for i in range(self.n_prompts * self.K)]
+        counts = [len(t) for t in res]
+        reasons = ["stop" if t and t[-1] in eos else "length" for t in res]
+        return ([counts[i * K:(i + 1) * K] for i in range(self.n_prompts)],
+                [reasons[i * K:(i + 1) * K] for i in range(self.n_prompts)])
+
     def texts(self) -> list[list[str]]:
         """texts[i][k]: the k-th completion of prompt i, decoded."""
         K = self.K
@@ -478,9 +490,11 @@ class _Run:
 def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 256,
              batch_size: int = 64, seed: int = 0, calculator: bool = False,
-             desc: str = "generate", fused: bool = True, attention: str = "auto") -> Generation:
+             desc: str = "generate", fused: bool = True, attention: str = "auto",
+             seeds: list[int] | None = None) -> Generation:
     """texts[i][k]: the k-th completion of prompts[i]. `batch_size` is rows (sequences) decoded
-    together; each prompt takes `num_return_sequences` of them. Deterministic for a fixed seed.
+    together; each prompt takes `num_return_sequences` of them. Deterministic for a fixed seed
+    (`seeds`: one per prompt instead, so requests with their own seeds share one batch).
     `fused`: Llama-family models decode through tutorloop/inference/fused.py (bit-identical to the HF
     forward); `attention` ("auto" | "sdpa"): in bf16 or fp32 on CPU, auto runs decode attention in the C
     kernel (tutorloop/inference/kernels/attention.py), sdpa in torch's. Generation.attention says which ran."""
@@ -496,7 +510,7 @@ def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, d
         raise ValueError(f"temperature {temperature!r}: sampling needs temperature > 0 (use greedy instead)")
     K = num_return_sequences
     run = _Run(model, tok, prompts, K=K, batch_size=batch_size, do_sample=do_sample, temperature=temperature,
-               top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, calculator=calculator, fused=fused,
+               top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, calculator=calculator, fused=fused, seeds=seeds,
                attention=attention)
 
     start_t = time.perf_counter()
@@ -518,6 +532,8 @@ def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, d
     bar.update(len(run.results) - done_before)
     bar.close()
     seconds = time.perf_counter() - start_t
+    counts, reasons = run.per_completion()
     return Generation(texts=run.texts(), new_tokens=run.new_tokens, seconds=seconds,
+                      completion_tokens=counts, finish_reasons=reasons,
                       calculator_calls=run.calculator_calls, forced_tokens=run.forced_tokens,
                       attention="kernel" if run.kernel else "kernel+sdpa" if run.kernel_failed else "sdpa")

@@ -145,7 +145,8 @@ def version_tags(cfg: Register, checkpoint: str, metrics: dict, lineage_tags: di
     tags.update({f"metric.{cfg.metric}": f"{metrics[cfg.metric]:.6f}", "promotion": prom.verdict,
                  "promotion.reason": prom.deploy_reason, "promotion.scope": prom.alias,
                  "promotion.scope_reason": prom.reason, "round": checkpoint,
-                 "eval.protocol": metrics.get("protocol", ""), "eval.scope": prom.scope})
+                 "eval.protocol": metrics.get("protocol", ""), "eval.scope": prom.scope,
+                 "eval.calculator": str(bool(metrics.get("calculator", False))).lower()})
     if "p_value" in prom.stats:
         tags["promotion.p_value"] = f"{prom.stats['p_value']:.6g}"
     if "gsm8k" in metrics:

@@ -1,0 +1,178 @@
+"""`tutorloop serve` on a tiny model over loopback, driven by the `openai` SDK: chat, completions,
+streaming, n > 1, seeded sampling, concurrent requests batched, the calculator, bad requests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import torch
+
+from tutorloop.serving import server as srv
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Running:
+    """A uvicorn server in a thread of this process (so a test can watch the engine's calls)."""
+
+    def __init__(self, served: srv.Served):
+        import uvicorn
+
+        self.served, self.port = served, _free_port()
+        config = uvicorn.Config(srv.create_app(served), host="127.0.0.1", port=self.port, log_level="warning",
+                                timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+
+    def client(self):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.url, api_key="unused", max_retries=0, timeout=120)
+
+    def stop(self) -> float:
+        start = time.monotonic()
+        self.server.should_exit = True
+        self.thread.join(30)
+        return time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def running(tiny_model_dir):
+    served = srv.Served(tiny_model_dir, "tiny", rows=64)
+    r = Running(served)
+    yield r
+    r.stop()
+
+
+MSG = [{"role": "user", "content": "What is 5 times 16?"}]
+
+
+def test_models_chat_and_completions(running):
+    c = running.client()
+    assert [m.id for m in c.models.list().data] == ["tiny"]
+    chat = c.chat.completions.create(model="tiny", messages=MSG, temperature=0, max_tokens=12)
+    assert chat.object == "chat.completion" and chat.choices[0].message.role == "assistant"
+    assert chat.choices[0].finish_reason in ("stop", "length") and 0 < chat.usage.completion_tokens <= 12
+    # greedy through the server is the engine's greedy, token for token
+    from tutorloop.inference import engine
+
+    prompt = running.served.tok.apply_chat_template(MSG, tokenize=False, add_generation_prompt=True)
+    local = engine.generate(running.served.model, running.served.tok, [prompt], max_new_tokens=12)
+    assert chat.choices[0].message.content == local.texts[0][0]
+    comp = c.completions.create(model="tiny", prompt=["2 + 2 =", "The cat"], temperature=0, max_tokens=6)
+    assert [ch.index for ch in comp.choices] == [0, 1] and comp.usage.prompt_tokens > 0
+
+
+def test_streaming_n_and_seeds(running):
+    c = running.client()
+    kw = dict(model="tiny", messages=MSG, temperature=1.0, top_p=0.95, max_tokens=16)
+    a = c.chat.completions.create(n=3, seed=5, **kw)
+    b = c.chat.completions.create(n=3, seed=5, **kw)
+    other = c.chat.completions.create(n=3, seed=6, **kw)
+    texts = lambda r: [ch.message.content for ch in r.choices]  # noqa: E731
+    assert len(a.choices) == 3 and texts(a) == texts(b) and texts(a) != texts(other)
+    assert len(set(texts(a))) > 1                                   # n samples, not one text thrice
+    streamed = c.chat.completions.create(n=3, seed=5, stream=True, **kw)
+    got: dict[int, str] = {}
+    ends = {}
+    for chunk in streamed:
+        for ch in chunk.choices:
+            got[ch.index] = got.get(ch.index, "") + (ch.delta.content or "")
+            if ch.finish_reason:
+                ends[ch.index] = ch.finish_reason
+    assert [got[i] for i in range(3)] == texts(a) and set(ends) == {0, 1, 2}
+    stop = c.completions.create(model="tiny", prompt="2 + 2 =", temperature=0, max_tokens=12)
+    text = stop.choices[0].text
+    if len(text) > 3:
+        cut = c.completions.create(model="tiny", prompt="2 + 2 =", temperature=0, max_tokens=12, stop=[text[2:4]])
+        assert cut.choices[0].text == text[:text.find(text[2:4])] and cut.choices[0].finish_reason == "stop"
+
+
+def test_concurrent_requests_share_engine_calls_and_finish_sooner(running):
+    c = running.client()
+    prompts = [f"Count to {i}:" for i in range(8)]
+
+    def one(p):
+        return c.completions.create(model="tiny", prompt=p, temperature=0, max_tokens=24).choices[0].text
+
+    calls = running.served.calls
+    start = time.perf_counter()
+    sequential = [one(p) for p in prompts]
+    seq_s = time.perf_counter() - start
+    assert running.served.calls - calls == 8
+    calls = running.served.calls
+    start = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(pool.map(one, prompts))
+    conc_s = time.perf_counter() - start
+    assert concurrent == sequential                               # batching changes no greedy text
+    assert running.served.calls - calls < 8 and conc_s < seq_s, (running.served.calls - calls, conc_s, seq_s)
+    print(f"\n8 requests: sequential {seq_s:.2f} s, concurrent {conc_s:.2f} s "
+          f"({running.served.calls - calls} engine calls)")
+
+
+def test_bad_requests_are_openai_shaped_4xx_and_the_server_keeps_serving(running):
+    import openai
+
+    c = running.client()
+    with pytest.raises(openai.NotFoundError) as err:
+        c.chat.completions.create(model="gpt-9", messages=MSG)
+    assert err.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError):
+        c.chat.completions.create(model="tiny", messages=MSG, max_tokens=0)
+    with pytest.raises(openai.BadRequestError) as err:
+        c.completions.create(model="tiny", prompt="word " * 5000, max_tokens=8)
+    assert err.value.body["code"] == "context_length_exceeded"
+    raw = httpx.post(f"{running.url}/chat/completions", content=b'{"model": "tiny", "messages": [',
+                     headers={"content-type": "application/json"})
+    assert raw.status_code == 400 and "error" in raw.json()
+    assert c.chat.completions.create(model="tiny", messages=MSG, temperature=0, max_tokens=4).choices
+
+
+def test_the_calculator_writes_its_results(tiny_model_dir, monkeypatch):
+    """The served model's `<<5*16=` is completed by the calculator when it is on (the engine's
+    token choice is scripted; the model's real fused step runs)."""
+    from tutorloop.inference import engine
+
+    served_on = srv.Served(tiny_model_dir, "tiny", calculator=True)
+    tok = served_on.tok
+    script = tok("He pays <<5*16=72>>72 dollars.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    real = engine._Run.choose
+
+    def choose(self, logits, rows=None):
+        real(self, logits, rows)
+        if logits.shape[0] != self.rows:
+            return torch.full((logits.shape[0],), script[0], dtype=torch.long)
+        return torch.tensor(script)[self.n_gen.clamp(max=len(script) - 1)]
+
+    monkeypatch.setattr(engine._Run, "choose", choose)
+    on = Running(served_on)
+    off = Running(srv.Served(tiny_model_dir, "tiny", calculator=False))
+    try:
+        ask = dict(model="tiny", messages=MSG, temperature=0, max_tokens=40)
+        assert on.client().chat.completions.create(**ask).choices[0].message.content.startswith("He pays <<5*16=80>>")
+        assert off.client().chat.completions.create(**ask).choices[0].message.content == "He pays <<5*16=72>>72 dollars."
+    finally:
+        on.stop()
+        off.stop()
+
+
+def test_stopping_the_server_is_prompt(tiny_model_dir):
+    r = Running(srv.Served(tiny_model_dir, "tiny"))
+    assert r.client().completions.create(model="tiny", prompt="Hi", max_tokens=4, temperature=0).choices
+    assert r.stop() < 5
