@@ -176,3 +176,36 @@ def test_stopping_the_server_is_prompt(tiny_model_dir):
     r = Running(srv.Served(tiny_model_dir, "tiny"))
     assert r.client().completions.create(model="tiny", prompt="Hi", max_tokens=4, temperature=0).choices
     assert r.stop() < 5
+
+
+def test_evaluate_through_tutorloop_serve_is_the_local_engines_greedy(tiny_model_dir, tmp_path, monkeypatch):
+    """`evaluate.backend: openai` pointed at `tutorloop serve` scores exactly what the local engine
+    scores (issue 24 item 2): same completions, token for token, in fp32."""
+    from components import evaluate
+    from conftest import tiny_params
+
+    from tutorloop.config import validate
+    from tutorloop.data.jsonl import read_jsonl, write_jsonl
+    from tutorloop.teachers import ProceduralTeacher
+
+    monkeypatch.setenv("TUTORLOOP_TRACKING", "off")
+    monkeypatch.setenv("TUTORLOOP_TEST_SERVE_KEY", "unused")
+    rows = [{"id": f"p{i}", "question": r["question"], "answer": r["answer"], "family": r["family"]}
+            for i, r in enumerate(ProceduralTeacher().problems(6, seed=4))]
+    write_jsonl(tmp_path / "test.jsonl", rows)
+    raw = tiny_params(tiny_model_dir)
+    raw["evaluate"].update(gsm8k={"path": "", "dataset": "", "subset": "main", "split": "test", "limit": 0})
+    local = evaluate.run(validate(raw), tiny_model_dir, tmp_path / "test.jsonl", tmp_path / "local.json",
+                         tmp_path / "local")
+    served = Running(srv.Served(tiny_model_dir, tiny_model_dir.name))
+    try:
+        raw["evaluate"].update(backend="openai", server={
+            "base_url": served.url, "model": "", "api_key_env": "TUTORLOOP_TEST_SERVE_KEY", "concurrency": 4,
+            "timeout": 120, "max_retries": 1, "n": True, "cache_dir": str(tmp_path / "cache")})
+        remote = evaluate.run(validate(raw), tiny_model_dir, tmp_path / "test.jsonl", tmp_path / "remote.json",
+                              tmp_path / "remote")
+    finally:
+        served.stop()
+    completions = lambda d: [p["completion"] for p in read_jsonl(tmp_path / d / "predictions.jsonl")]  # noqa: E731
+    assert completions("remote") == completions("local") and remote["requests"] == 6
+    assert remote["accuracy"] == local["accuracy"]
