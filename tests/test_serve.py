@@ -181,9 +181,9 @@ def test_stopping_the_server_is_prompt(tiny_model_dir):
 def test_evaluate_through_tutorloop_serve_is_the_local_engines_greedy(tiny_model_dir, tmp_path, monkeypatch):
     """`evaluate.backend: openai` pointed at `tutorloop serve` scores exactly what the local engine
     scores (issue 24 item 2): same completions, token for token, in fp32."""
-    from components import evaluate
     from conftest import tiny_params
 
+    from components import evaluate
     from tutorloop.config import validate
     from tutorloop.data.jsonl import read_jsonl, write_jsonl
     from tutorloop.teachers import ProceduralTeacher
