@@ -1,9 +1,10 @@
-"""Stage `preference@r`: preference learning on the round's feedback -> models/round-r.
+"""Stage `preference@r`: the round's learning on its feedback -> models/round-r.
 
 `rounds.r.preference.method` picks the objective: `dpo` (TRL's DPOTrainer on pairs.jsonl, RPO
 with `sft_weight` > 0) or `kto` (KTOTrainer on unpaired.jsonl), each on a fresh LoRA adapter
 over the merged round r-1 model, with round r-1 (or, `reference: sft`, models/round-0) as the
-reference; the adapter is merged and saved as a plain checkpoint (tutorloop/train/preference.py).
+reference; or `rft` (the SFT trainer on rft.jsonl, from round r-1 or, `start: sft`, from
+models/round-0). The adapter is merged and saved as a plain checkpoint (tutorloop/train/preference.py).
 This stage was called `dpo@r` before 2026-12 (`dvc repro dpo@2` is now `dvc repro preference@2`).
 
     python -m components.preference 1 models/round-0 data/round-1 models/round-1 --sft models/round-0
@@ -20,7 +21,7 @@ from tutorloop.train.preference import train_preference
 
 
 @stage("preference", Arg("round"), Arg("prev_model", Path),
-       Arg("round_dir", Path, "holds pairs.jsonl (DPO) and unpaired.jsonl (KTO)"), Arg("out", Path),
+       Arg("round_dir", Path, "holds pairs.jsonl (DPO), unpaired.jsonl (KTO) and rft.jsonl (RFT)"), Arg("out", Path),
        Arg("--sft", Path, "the SFT model, for reference: sft"), round_arg="round",
        logged=lambda params, args: {"preference": params.preference.model_dump(),
                                     "round": params.rounds[args.round].preference.model_dump(),
