@@ -36,7 +36,7 @@ COLUMNS = ["checkpoint", "accuracy", "ci95_low", "ci95_high", "n", "strict_accur
            # headroom (evaluate.maj_k samples): pass@k and maj@k; practice pass@k from feedback
            "pass_at_1", "pass_at_4", "pass_at_16", "maj_k", "maj_accuracy",
            "practice_pass_at_1", "practice_pass_at_4", "practice_pass_at_16"]
-PAIRED = COLUMNS[11:17]
+PAIRED = ["won_vs_base", "lost_vs_base", "p_vs_base", "won_vs_prev", "lost_vs_prev", "p_vs_prev"]
 
 
 def _order(name: str) -> tuple[int, int]:

@@ -93,85 +93,59 @@ static inline __attribute__((always_inline)) void softmax_rows(float *restrict s
     }
 }
 
-static inline __attribute__((always_inline)) void one_block(
-        const uint16_t *restrict q, const uint16_t *restrict k, const uint16_t *restrict v,
-        const uint8_t *restrict m, uint16_t *restrict out, const int G, const int D, const int L,
-        const float scale, float *restrict s) {
-    /* G and D are compile-time constants in the dispatched copies below, so the G x D accumulators
-     * stay in registers and each K/V row is widened to fp32 once for all G query heads. */
-    float qf[G * D], acc[G * D], inv[G];
-    for (int i = 0; i < G * D; i++) qf[i] = bf2f(q[i]) * scale;
-    for (int j = 0; j < L; j++) {
-        const uint16_t *kj = k + (int64_t)j * D;
-        /* Software prefetch: K a few rows ahead (the hardware prefetcher stops at each 4 KB page,
-         * 16 rows here) and this row of V, which the second pass reads: it then comes from cache. */
-        for (int b = 0; b < D * 2; b += 64) {
-            __builtin_prefetch((const char *)(kj + PREFETCH_ROWS * D) + b, 0, 3);
-            __builtin_prefetch((const char *)(v + (int64_t)j * D) + b, 0, 3);
-        }
-        float kf[D];
-        for (int d = 0; d < D; d++) kf[d] = bf2f(kj[d]);
-        for (int g = 0; g < G; g++) {
-            float a = 0.0f;
-            for (int d = 0; d < D; d++) a += qf[g * D + d] * kf[d];
-            s[g * L + j] = a;
-        }
-        if (!m[j])
-            for (int g = 0; g < G; g++) s[g * L + j] = -INFINITY;
-    }
-    softmax_rows(s, G, L, inv);
-    for (int i = 0; i < G * D; i++) acc[i] = 0.0f;
-    for (int j = 0; j < L; j++) {
-        if (!m[j]) continue;
-        const uint16_t *vj = v + (int64_t)j * D;
-        float vf[D];
-        for (int d = 0; d < D; d++) vf[d] = bf2f(vj[d]);
-        for (int g = 0; g < G; g++) {
-            const float p = s[g * L + j];
-            for (int d = 0; d < D; d++) acc[g * D + d] += p * vf[d];
-        }
-    }
-    for (int g = 0; g < G; g++)
-        for (int d = 0; d < D; d++) out[g * D + d] = f2bf(acc[g * D + d] * inv[g]);
+/* One block, written once for both element types: T is the cache's element type, LOAD widens one
+ * element to fp32 (bf16: a shift; fp32: nothing), STORE writes one output. G and D are compile-time
+ * constants in the dispatched copies below, so the G x D accumulators stay in registers and each
+ * K/V row is widened to fp32 once for all G query heads. The fp32 copy (CPUs without native bf16
+ * run the engine in fp32) is vectorised by -march=native with the CPU's widest FMA (AVX2 here). */
+static inline float load_bf16(uint16_t h) { return bf2f(h); }
+static inline float load_f32(float x) { return x; }
+static inline uint16_t store_bf16(float x) { return f2bf(x); }
+static inline float store_f32(float x) { return x; }
+
+#define DEFINE_BLOCK(NAME, T, LOAD, STORE)                                                          \
+static inline __attribute__((always_inline)) void NAME(                                            \
+        const T *restrict q, const T *restrict k, const T *restrict v,                             \
+        const uint8_t *restrict m, T *restrict out, const int G, const int D, const int L,         \
+        const float scale, float *restrict s) {                                                    \
+    float qf[G * D], acc[G * D], inv[G];                                                           \
+    for (int i = 0; i < G * D; i++) qf[i] = LOAD(q[i]) * scale;                                    \
+    for (int j = 0; j < L; j++) {                                                                  \
+        const T *kj = k + (int64_t)j * D;                                                          \
+        /* Software prefetch: K a few rows ahead (the hardware prefetcher stops at each 4 KB       \
+         * page) and this row of V, which the second pass reads: it then comes from cache. */     \
+        for (int b = 0; b < D * (int)sizeof(T); b += 64) {                                         \
+            __builtin_prefetch((const char *)(kj + PREFETCH_ROWS * D) + b, 0, 3);                  \
+            __builtin_prefetch((const char *)(v + (int64_t)j * D) + b, 0, 3);                      \
+        }                                                                                          \
+        float kf[D];                                                                               \
+        for (int d = 0; d < D; d++) kf[d] = LOAD(kj[d]);                                           \
+        for (int g = 0; g < G; g++) {                                                              \
+            float a = 0.0f;                                                                        \
+            for (int d = 0; d < D; d++) a += qf[g * D + d] * kf[d];                                \
+            s[g * L + j] = a;                                                                      \
+        }                                                                                          \
+        if (!m[j])                                                                                 \
+            for (int g = 0; g < G; g++) s[g * L + j] = -INFINITY;                                  \
+    }                                                                                              \
+    softmax_rows(s, G, L, inv);                                                                    \
+    for (int i = 0; i < G * D; i++) acc[i] = 0.0f;                                                 \
+    for (int j = 0; j < L; j++) {                                                                  \
+        if (!m[j]) continue;                                                                       \
+        const T *vj = v + (int64_t)j * D;                                                          \
+        float vf[D];                                                                               \
+        for (int d = 0; d < D; d++) vf[d] = LOAD(vj[d]);                                           \
+        for (int g = 0; g < G; g++) {                                                              \
+            const float p = s[g * L + j];                                                          \
+            for (int d = 0; d < D; d++) acc[g * D + d] += p * vf[d];                               \
+        }                                                                                          \
+    }                                                                                              \
+    for (int g = 0; g < G; g++)                                                                    \
+        for (int d = 0; d < D; d++) out[g * D + d] = STORE(acc[g * D + d] * inv[g]);               \
 }
 
-
-/* The same block on fp32 K/V (the engine in fp32: CPUs without native bf16). Loads need no
- * widening, so this is the portable loop on floats: with -march=native the compiler vectorises
- * the dot products and the V accumulation with the CPU's widest FMA (AVX2 or AVX-512). */
-static inline __attribute__((always_inline)) void one_block_f32(
-        const float *restrict q, const float *restrict k, const float *restrict v,
-        const uint8_t *restrict m, float *restrict out, const int G, const int D, const int L,
-        const float scale, float *restrict s) {
-    float qf[G * D], acc[G * D], inv[G];
-    for (int i = 0; i < G * D; i++) qf[i] = q[i] * scale;
-    for (int j = 0; j < L; j++) {
-        const float *kj = k + (int64_t)j * D;
-        for (int b = 0; b < D * 4; b += 64) {
-            __builtin_prefetch((const char *)(kj + PREFETCH_ROWS * D) + b, 0, 3);
-            __builtin_prefetch((const char *)(v + (int64_t)j * D) + b, 0, 3);
-        }
-        for (int g = 0; g < G; g++) {
-            float a = 0.0f;
-            for (int d = 0; d < D; d++) a += qf[g * D + d] * kj[d];
-            s[g * L + j] = a;
-        }
-        if (!m[j])
-            for (int g = 0; g < G; g++) s[g * L + j] = -INFINITY;
-    }
-    softmax_rows(s, G, L, inv);
-    for (int i = 0; i < G * D; i++) acc[i] = 0.0f;
-    for (int j = 0; j < L; j++) {
-        if (!m[j]) continue;
-        const float *vj = v + (int64_t)j * D;
-        for (int g = 0; g < G; g++) {
-            const float p = s[g * L + j];
-            for (int d = 0; d < D; d++) acc[g * D + d] += p * vj[d];
-        }
-    }
-    for (int g = 0; g < G; g++)
-        for (int d = 0; d < D; d++) out[g * D + d] = acc[g * D + d] * inv[g];
-}
+DEFINE_BLOCK(one_block, uint16_t, load_bf16, store_bf16)
+DEFINE_BLOCK(one_block_f32, float, load_f32, store_f32)
 
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__) && !defined(TUTORLOOP_PORTABLE)
