@@ -29,9 +29,13 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# auto: the full loop where the machine computes in bf16 (or has a GPU); recipes/quick.yaml where
+# it computes in fp32 on the CPU (~3x slower). `make demo DEMO_SIZE=full` forces the full loop.
+DEMO_SIZE ?= auto
+
 demo: install
-	$(VENV)/bin/tutorloop doctor   # what this machine will do (precision, attention path), before the loop
-	$(VENV)/bin/tutorloop run
+	# `doctor` first (what this machine will do: precision, attention path), then the loop
+	$(VENV)/bin/tutorloop demo --size $(DEMO_SIZE)
 
 test: install
 	$(PY) -m pytest -q -ra

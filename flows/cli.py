@@ -2,6 +2,7 @@
 
     tutorloop validate                     check params.yaml (every problem, with key and value)
     tutorloop doctor                       this machine: CPU, the precision auto resolves to and why
+    tutorloop demo                         what `make demo` runs: doctor, then the loop sized for this machine
     tutorloop run                          the loop flow: round 0, every round, the report
     tutorloop run --round 2                round 2 and the rounds it builds on (its prev chain)
     tutorloop report                       the accuracy table of the evaluated checkpoints
@@ -107,6 +108,11 @@ def recipe(name: str = typer.Argument(..., help="a recipe in recipes/, e.g. gsm8
 
     `tutorloop recipe gsm8k -S evaluate.calculator=false --name gsm8k-nocalc` scores the same
     recipe without the calculator (DVC re-runs only the stages whose params changed)."""
+    raise typer.Exit(_run_recipe(name, project, dry_run=dry_run, name_as=name_as, sets=sets))
+
+
+def _run_recipe(name: str, project: Path, dry_run: bool = False, name_as: str = "", sets: list[str] = ()) -> int:
+    """Validate a recipe on params.yaml, print its `dvc exp run` command, run it: the exit code."""
     import json
     import subprocess
 
@@ -138,10 +144,11 @@ def recipe(name: str = typer.Argument(..., help="a recipe in recipes/, e.g. gsm8
         key = key if _has_key(raw, key) else "+" + key
         cmd += ["-S", f"{key}={json.dumps(value) if not isinstance(value, str) or value == '' else value}"]
     typer.echo(" ".join(cmd if not dry_run else [c if " " not in c else repr(c) for c in cmd]))
-    if not dry_run:
-        from flows.process import dvc, interpreter_env
+    if dry_run:
+        return 0
+    from flows.process import dvc, interpreter_env
 
-        raise typer.Exit(subprocess.run(dvc(*cmd[1:]), cwd=project, env=interpreter_env()).returncode)
+    return subprocess.run(dvc(*cmd[1:]), cwd=project, env=interpreter_env()).returncode
 
 
 @app.command()
@@ -172,6 +179,52 @@ def run(project: Path = typer.Option(Path("."), help="project root"),
         results = [r for key in reversed(chain) for r in round_flow(key, str(project))]
     ran = [r["stage"] for r in results if r["ran"]]
     typer.echo(f"stages run: {len(ran)} of {len(results)} ({', '.join(ran) or 'all up to date'})")
+    report(project)
+
+
+DEMO_SIZES = ("auto", "full", "quick")
+
+
+def demo_size(project: Path) -> tuple[str, str]:
+    """("full" | "quick", why): the default loop where this machine computes in bf16 (or on a GPU),
+    recipes/quick.yaml where it computes in fp32 on the CPU, where the full loop takes ~3x longer
+    (~2.5 h on 2 AVX2 cores, measured in the README) — the demo must fit an hour on any CPU."""
+    from tutorloop import hardware
+    from tutorloop.modeling import pick_device
+
+    runtime = _validate(project).runtime
+    device = pick_device(runtime.device)
+    precision = hardware.resolve(runtime.precision, device)
+    if device.type == "cpu" and precision.dtype == "float32":
+        return "quick", f"this CPU computes in fp32 ({precision.reason})"
+    return "full", f"{device.type} computes in {precision.dtype}"
+
+
+@app.command()
+def demo(project: Path = typer.Option(Path("."), help="project root"),
+         size: str = typer.Option("auto", help="auto | full (params.yaml as it is) | quick (recipes/quick.yaml)"),
+         dry_run: bool = typer.Option(False, "--dry-run", help="say what would run, run nothing")) -> None:
+    """What `make demo` runs: `doctor`, then the loop at the size this machine does in about an hour.
+
+    full = `tutorloop run` (the Prefect flow over params.yaml); quick = `tutorloop recipe quick`
+    (the same stages on a third of the problems, as the DVC experiment `quick`), then the report."""
+    if size not in DEMO_SIZES:
+        typer.secho(f"--size {size!r}: expected one of {', '.join(DEMO_SIZES)}", fg="red", err=True)
+        raise typer.Exit(2)
+    doctor(project)
+    why = f"--size {size}"
+    if size == "auto":
+        size, why = demo_size(project)
+    plan = "tutorloop run (params.yaml)" if size == "full" else "tutorloop recipe quick (recipes/quick.yaml)"
+    typer.echo(f"demo: {size} size, {why}: {plan}")
+    if dry_run:
+        return
+    if size == "full":
+        run(project, round=None)
+        return
+    code = _run_recipe("quick", project)
+    if code != 0:
+        raise typer.Exit(code)
     report(project)
 
 
