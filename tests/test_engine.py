@@ -267,3 +267,42 @@ def test_rows_that_all_end_in_their_prefill_do_not_stop_the_queue(tiny):
     prompts = _prompts(tok, 10)
     g = engine.generate(eager, tok, prompts, max_new_tokens=8, batch_size=4)
     assert [t[0] for t in g.texts] == [""] * 10 and g.new_tokens == 10   # one EOS each, nothing else
+
+
+def test_prompts_fed_mid_run_decode_as_if_given_at_the_start(tiny):
+    """`tutorloop serve`'s continuous batching: prompts added while others decode (`feed`),
+    including after the run compacted its rows (they are regrown), sample exactly what one call
+    with every prompt samples; each prompt is handed over when its last sample ends; a per-prompt
+    cap ends that prompt's rows at its own length."""
+    model, tok = tiny
+    prompts, seeds = _prompts(tok, 12, seed=8), list(range(100, 112))
+    kw = dict(num_return_sequences=2, do_sample=True, temperature=0.9, top_p=0.95, max_new_tokens=32, batch_size=8)
+    ref = engine.generate(model, tok, prompts, seeds=seeds, **kw)
+    state = {"step": 0, "next": 2, "compacted": False}
+    handed, when = {}, {}
+
+    def feed(run):
+        state["step"] += 1
+        state["regrown"] = state.get("regrown", False) or (state["compacted"] and run.rows == run.full_rows)
+        state["compacted"] |= run.rows < run.full_rows
+        lo = state["next"]
+        hi = 5 if state["step"] == 3 else 12 if state["compacted"] and lo >= 5 else lo
+        if hi > lo:
+            assert all(run.fits(len(tok(p, add_special_tokens=False)["input_ids"]), 32) for p in prompts[lo:hi])
+            assert run.extend(prompts[lo:hi], seeds[lo:hi], [32] * (hi - lo)) == lo
+            state["next"] = hi
+
+    def on_prompt(i, texts, counts, reasons):
+        handed[i], when[i] = texts, state["step"]
+
+    longest = max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    out = engine.generate(model, tok, prompts[:2], seeds=seeds[:2], feed=feed, on_prompt=on_prompt,
+                          max_prompt_tokens=longest, **kw)
+    assert state["compacted"] and state["regrown"] and state["next"] == 12, state   # compacted, then regrown
+    assert out.texts == ref.texts and [handed[i] for i in range(12)] == ref.texts
+    assert min(when.values()) < state["step"]                   # answered before the call ended
+    # caps: prompts capped at 8 tokens in a 32-token run equal a run at max_new_tokens=8
+    capped = engine.generate(model, tok, prompts[:4], max_new_tokens=32, batch_size=8, caps=[8, 32, 8, 32])
+    short = engine.generate(model, tok, prompts[:4], max_new_tokens=8, batch_size=8)
+    full = engine.generate(model, tok, prompts[:4], max_new_tokens=32, batch_size=8)
+    assert capped.texts == [short.texts[0], full.texts[1], short.texts[2], full.texts[3]]

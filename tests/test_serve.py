@@ -103,6 +103,24 @@ def test_streaming_n_and_seeds(running):
         assert cut.choices[0].text == text[:text.find(text[2:4])] and cut.choices[0].finish_reason == "stop"
 
 
+def test_streaming_sends_text_as_it_decodes(running):
+    """Token streaming: many pieces, the first long before the end, adding up to the
+    non-streamed text; a stop string is never sent, even in part."""
+    c = running.client()
+    ask = dict(model="tiny", prompt="Once upon a time", temperature=0, max_tokens=200)
+    whole = c.completions.create(**ask).choices[0].text
+    start, pieces, first = time.perf_counter(), [], None
+    for chunk in c.completions.create(stream=True, **ask):
+        if chunk.choices[0].text:
+            first = first or time.perf_counter() - start
+            pieces.append(chunk.choices[0].text)
+    total = time.perf_counter() - start
+    assert "".join(pieces) == whole and len(pieces) > 10 and first < total / 3, (len(pieces), first, total)
+    stop = whole[len(whole) // 2:len(whole) // 2 + 3]
+    cut = [ch.choices[0] for ch in c.completions.create(stream=True, stop=[stop], **ask)]
+    assert "".join(ch.text for ch in cut) == whole[:whole.find(stop)] and cut[-1].finish_reason == "stop"
+
+
 def test_concurrent_requests_share_engine_calls_and_finish_sooner(running):
     c = running.client()
     prompts = [f"Count to {i}:" for i in range(8)]
@@ -124,6 +142,32 @@ def test_concurrent_requests_share_engine_calls_and_finish_sooner(running):
     assert running.served.calls - calls < 8 and conc_s < seq_s, (running.served.calls - calls, conc_s, seq_s)
     print(f"\n8 requests: sequential {seq_s:.2f} s, concurrent {conc_s:.2f} s "
           f"({running.served.calls - calls} engine calls)")
+
+
+def test_a_request_joins_the_call_in_flight_and_is_answered_when_it_ends(running):
+    """Continuous batching across requests: a short request sent while a long one decodes takes
+    free rows of the same engine call (no second call) and is answered before the long one ends."""
+    c = running.client()
+    ask = dict(model="tiny", temperature=0, prompt="Once upon a time")
+    alone = c.completions.create(max_tokens=6, **ask).choices[0].text
+    ended: dict[str, float] = {}
+
+    def long():
+        r = c.completions.create(max_tokens=240, **ask)
+        ended["long"] = time.perf_counter()
+        return r
+
+    calls = running.served.calls
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(long)
+        while running.served.calls == calls:   # the long request's call has started
+            time.sleep(0.01)
+        time.sleep(0.2)
+        short = c.completions.create(max_tokens=6, **ask)
+        ended["short"] = time.perf_counter()
+        assert pending.result().choices[0].finish_reason == "length"
+    assert running.served.calls == calls + 1, "the short request ran in a call of its own"
+    assert ended["short"] < ended["long"] and short.choices[0].text == alone
 
 
 def test_bad_requests_are_openai_shaped_4xx_and_the_server_keeps_serving(running):

@@ -25,6 +25,11 @@ This engine removes each of those:
   at a uniform hashed from (seed, sample, token position): a re-run gives identical samples,
   and so does a run with another batch size or other prompts beside it. The fp32 work runs in
   one scratch buffer per run: fresh [rows, vocab] temporaries were page-faulted in every step.
+- **Prompts that arrive mid-run** (`feed`, for `tutorloop serve`): between steps the run asks
+  `feed` for more prompts and queues them behind the ones waiting, so a request that arrives
+  while others decode takes the next free rows instead of waiting for the whole call to end;
+  each prompt may have its own token cap, and `on_prompt` hands a prompt's K completions over
+  the moment its last one ends.
 - **The calculator** (`calculator=True`): a row whose text ends in `<<expr=` gets `value>>`
   written for it (tutorloop/inference/calculator.py); only rows whose last token ends in `=` are looked
   at, so the step loop stays vectorised.
@@ -68,6 +73,7 @@ class SlotLayer(DynamicLayer):
     def allocate(self, rows: int, heads: int, capacity: int, dim: int, dtype, device) -> None:
         self.kbuf = torch.zeros(rows, heads, capacity, dim, dtype=dtype, device=device)
         self.vbuf = torch.zeros_like(self.kbuf)
+        self.kfull, self.vfull = self.kbuf, self.vbuf   # compaction narrows kbuf to a view; regrowing widens it again
         self.device, self.is_initialized = device, True
         self.keys, self.values = self.kbuf[:, :, :0], self.vbuf[:, :, :0]
 
@@ -230,14 +236,17 @@ class _Run:
 
     def __init__(self, model, tok, prompts: list[str], *, K: int, batch_size: int, do_sample: bool,
                  temperature: float, top_p: float, max_new_tokens: int, seed: int, calculator: bool,
-                 fused: bool, attention: str, seeds: list[int] | None = None) -> None:
+                 fused: bool, attention: str, seeds: list[int] | None = None, max_prompt_tokens: int = 0,
+                 on_prompt=None, caps: list[int] | None = None) -> None:
         self.model, self.tok, self.K, self.n_prompts = model, tok, K, len(prompts)
         self.do_sample, self.temperature, self.top_p = do_sample, temperature, top_p
         self.max_new_tokens = max_new_tokens
         self.dev = model.device
         self.ckw = _cache_kwarg(model)
-        self.rows = max(K, batch_size - batch_size % K)
-        self._tokenize(prompts)
+        self.rows = self.full_rows = max(K, batch_size - batch_size % K)
+        self.on_prompt, self.ended = on_prompt, [0] * len(prompts)   # samples ended, per prompt
+        self.caps = list(caps or [max_new_tokens] * len(prompts))    # token cap, per prompt (<= max_new_tokens)
+        self._tokenize(prompts, max_prompt_tokens)
         self.seed, self.keys = seed, torch.tensor(prompt_keys(prompts, seeds), dtype=torch.long, device=self.dev)
         self.eq_tokens = _equals_tokens(tok, model.config.vocab_size, self.dev) if calculator else None
         self._allocate_cache(fused, attention)
@@ -246,8 +255,9 @@ class _Run:
         self.scratch = (torch.empty(self.rows, model.get_output_embeddings().out_features, device=self.dev)
                         if do_sample else None)
 
-    def _tokenize(self, prompts: list[str]) -> None:
-        """Token ids, the end and pad tokens, the queue (shortest prompt popped first), the buffer width."""
+    def _tokenize(self, prompts: list[str], max_prompt_tokens: int = 0) -> None:
+        """Token ids, the end and pad tokens, the queue (shortest prompt popped first), the buffer
+        width (room for prompts up to `max_prompt_tokens` long, for those `extend` adds later)."""
         tok, eos = self.tok, self.tok.eos_token_id
         # Stop on every end token the model declares (Llama-3/Qwen instruct models list several).
         declared = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
@@ -257,7 +267,7 @@ class _Run:
         enc = self.enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))   # short first: tight prefills
         self.queue = list(reversed(order))                                 # pop() takes the shortest
-        self.lmax = max((len(e) for e in enc), default=1)
+        self.lmax = max(max((len(e) for e in enc), default=1), max_prompt_tokens)
         self.capacity = buffer_columns(self.lmax, self.max_new_tokens)
 
     def _allocate_cache(self, fused: bool, attention: str) -> None:
@@ -286,6 +296,7 @@ class _Run:
         self.owner = torch.full((rows,), -1, dtype=torch.long, device=dev)
         self.out_tok = torch.full((rows, self.max_new_tokens), pad, dtype=torch.long, device=dev)
         self.n_gen = torch.zeros(rows, dtype=torch.long, device=dev)
+        self.cap = torch.full((rows,), self.max_new_tokens, dtype=torch.long, device=dev)  # the row's token cap
         self.forced: dict[int, list[int]] = {}                               # row -> calculator tokens to write
         self.first = torch.full((rows,), self.capacity, dtype=torch.long, device=dev)  # first column a row uses
         self.results: dict[int, list[int]] = {}                              # owner -> completion token ids
@@ -302,6 +313,32 @@ class _Run:
 
     def free_rows(self) -> torch.Tensor:
         return (~self.live).nonzero().squeeze(1)
+
+    def extend(self, prompts: list[str], seeds: list[int], caps: list[int]) -> int:
+        """Queue more prompts behind those waiting (each with its own seed and token cap <= the
+        run's); returns the index of the first. Prompts must fit the buffer (`fits`)."""
+        enc = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        if any(len(e) > self.lmax for e in enc) or any(not 0 < c <= self.max_new_tokens for c in caps):
+            raise ValueError("a prompt longer than the run's buffer, or a cap above its max_new_tokens")
+        first = self.n_prompts
+        self.enc += enc
+        self.keys = torch.cat([self.keys, torch.tensor(prompt_keys(prompts, seeds), dtype=torch.long, device=self.dev)])
+        self.caps += caps
+        self.ended += [0] * len(prompts)
+        self.queue[:0] = reversed(range(first, first + len(prompts)))   # pop() takes the end: first come, first served
+        self.n_prompts += len(prompts)
+        return first
+
+    def partial(self, owner: int) -> list[int]:
+        """Tokens sample `owner` (= prompt * K + k) has so far: all of them once it ended, none while queued."""
+        if owner in self.results:
+            return self.results[owner]
+        row = (self.owner == owner).nonzero()
+        return self.out_tok[int(row[0]), :int(self.n_gen[int(row[0])])].tolist() if len(row) else []
+
+    def fits(self, n_tokens: int, cap: int) -> bool:
+        """Whether a prompt of `n_tokens` with token cap `cap` can join this run (`extend`)."""
+        return n_tokens <= self.lmax and 0 < cap <= self.max_new_tokens
 
     def choose(self, logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The next token of `rows` (default: every row): the argmax, or a draw keyed by the run's
@@ -336,6 +373,7 @@ class _Run:
         self.owner[take] = prompt_ids * K + torch.arange(K, device=self.dev).repeat(n)
         self.live[take] = True
         self.n_gen[take] = 0
+        self.cap[take] = torch.tensor([self.caps[i] for i in ids], device=self.dev).repeat_interleave(K)
         self.nxt[take] = self.choose(logits.repeat_interleave(K, 0), take)
         self.record(take)
 
@@ -415,7 +453,7 @@ class _Run:
         nxt, n_gen = self.nxt, self.n_gen
         self.out_tok[idx, n_gen[idx]] = nxt[idx]
         n_gen[idx] += 1
-        done = torch.isin(nxt[idx], self.eos_ids) | (n_gen[idx] >= self.max_new_tokens)
+        done = torch.isin(nxt[idx], self.eos_ids) | (n_gen[idx] >= self.cap[idx])
         if self.eq_tokens is not None:
             self._call_calculator(idx[self.eq_tokens[nxt[idx]] & ~done])
         self._finish(idx[done])
@@ -434,18 +472,26 @@ class _Run:
     def _finish(self, rows: torch.Tensor) -> None:
         """Hand finished samples to `results` and free their rows."""
         for r in rows.tolist():  # per finished sample, once
-            n = int(self.n_gen[r])
-            self.results[int(self.owner[r])] = self.out_tok[r, :n].tolist()
+            n, owner = int(self.n_gen[r]), int(self.owner[r])
+            self.results[owner] = self.out_tok[r, :n].tolist()
             self.new_tokens += n
             self.live[r] = False
             self.owner[r] = -1
             self.forced.pop(r, None)
+            prompt = owner // self.K
+            self.ended[prompt] += 1
+            if self.on_prompt is not None and self.ended[prompt] == self.K:
+                self.on_prompt(prompt, *self.prompt_result(prompt))
 
     def refill_or_compact(self) -> None:
         """While prompts are queued, free rows take the next ones (once K and an eighth of the rows
         are free: one prefill for several prompts); after that, a batch at most 3/4 live is
-        compacted to its live rows rather than decoding the finished ones as padding."""
+        compacted to its live rows rather than decoding the finished ones as padding. Prompts
+        queued after a compaction (`extend`) get the compacted rows back (`regrow`)."""
         free = self.free_rows()
+        if self.queue and self.rows < self.full_rows and len(free) < max(self.K, self.rows // 8):
+            self.regrow()
+            free = self.free_rows()
         if self.queue and len(free) >= max(self.K, self.rows // 8):
             self.admit(free)
         elif not self.queue and 0 < self.live.sum() <= self.rows * 3 // 4 and len(free):
@@ -464,10 +510,33 @@ class _Run:
             layer.kbuf, layer.vbuf = layer.kbuf[:n], layer.vbuf[:n]
         self.mask, self.pos, self.nxt = self.mask[keepr], self.pos[keepr], self.nxt[keepr]
         self.live, self.owner, self.first = self.live[keepr], self.owner[keepr], self.first[keepr]
-        self.out_tok, self.n_gen = self.out_tok[keepr], self.n_gen[keepr]
+        self.out_tok, self.n_gen, self.cap = self.out_tok[keepr], self.n_gen[keepr], self.cap[keepr]
         remap = {int(o): i for i, o in enumerate(keepr.tolist())}
         self.forced = {remap[r]: t for r, t in self.forced.items() if r in remap}
         self.rows = n
+
+    def regrow(self) -> None:
+        """Undo compactions: back to `full_rows` rows, the new ones free. The KV buffers are views
+        of the allocation (compaction kept live rows at the front), so only per-row state grows."""
+        extra, dev, cap = self.full_rows - self.rows, self.dev, self.capacity
+
+        def grow(t: torch.Tensor, value) -> torch.Tensor:
+            return torch.cat([t, torch.full((extra, *t.shape[1:]), value, dtype=t.dtype, device=dev)])
+
+        for layer in self.cache.layers:
+            layer.kbuf, layer.vbuf = layer.kfull[:self.full_rows], layer.vfull[:self.full_rows]
+        self.mask, self.pos, self.nxt = grow(self.mask, 0), grow(self.pos, 0), grow(self.nxt, self.pad)
+        self.live, self.owner, self.first = grow(self.live, False), grow(self.owner, -1), grow(self.first, cap)
+        self.out_tok, self.n_gen = grow(self.out_tok, self.pad), grow(self.n_gen, 0)
+        self.cap = grow(self.cap, self.max_new_tokens)
+        self.rows = self.full_rows
+
+    def prompt_result(self, i: int) -> tuple[list[str], list[int], list[str]]:
+        """Prompt i's K completions: texts, tokens generated, finish reasons ("stop" / "length")."""
+        res = [self.results[i * self.K + k] for k in range(self.K)]
+        eos = set(self.eos_ids.tolist())
+        texts = [t.strip() for t in self.tok.batch_decode(res, skip_special_tokens=True)]
+        return texts, [len(t) for t in res], ["stop" if t and t[-1] in eos else "length" for t in res]
 
     def per_completion(self) -> tuple[list[list[int]], list[list[str]]]:
         """(tokens generated, finish reason) of each completion, shaped like `texts`."""
@@ -491,13 +560,19 @@ def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, d
              temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 256,
              batch_size: int = 64, seed: int = 0, calculator: bool = False,
              desc: str = "generate", fused: bool = True, attention: str = "auto",
-             seeds: list[int] | None = None) -> Generation:
+             seeds: list[int] | None = None, feed=None, on_prompt=None, max_prompt_tokens: int = 0,
+             caps: list[int] | None = None) -> Generation:
     """texts[i][k]: the k-th completion of prompts[i]. `batch_size` is rows (sequences) decoded
     together; each prompt takes `num_return_sequences` of them. Deterministic for a fixed seed
     (`seeds`: one per prompt instead, so requests with their own seeds share one batch).
     `fused`: Llama-family models decode through tutorloop/inference/fused.py (bit-identical to the HF
     forward); `attention` ("auto" | "sdpa"): in bf16 or fp32 on CPU, auto runs decode attention in the C
-    kernel (tutorloop/inference/kernels/attention.py), sdpa in torch's. Generation.attention says which ran."""
+    kernel (tutorloop/inference/kernels/attention.py), sdpa in torch's. Generation.attention says which ran.
+
+    Serving (`tutorloop serve`): `feed(run)` is called between steps and may `run.extend(...)`
+    prompts that `run.fits`; `max_prompt_tokens` sizes the buffer for them; `caps`: a token cap
+    per prompt, each <= max_new_tokens (the buffer's); `on_prompt(i, texts,
+    counts, reasons)` gets each prompt's K completions as soon as they have all ended."""
     if attention not in ("auto", "sdpa"):
         raise ValueError(f"attention {attention!r}: expected 'auto' or 'sdpa'")
     from tqdm.auto import tqdm
@@ -509,14 +584,20 @@ def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, d
     if do_sample and temperature <= 0:
         raise ValueError(f"temperature {temperature!r}: sampling needs temperature > 0 (use greedy instead)")
     K = num_return_sequences
+    if feed is not None and not supported(model):
+        raise ValueError(f"feed needs the slot-cache engine, which {type(model).__name__} does not support")
     run = _Run(model, tok, prompts, K=K, batch_size=batch_size, do_sample=do_sample, temperature=temperature,
                top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, calculator=calculator, fused=fused, seeds=seeds,
-               attention=attention)
+               attention=attention, max_prompt_tokens=max_prompt_tokens, on_prompt=on_prompt, caps=caps)
 
     start_t = time.perf_counter()
     bar = tqdm(total=len(prompts) * K, desc=desc, unit="sample", file=sys.stderr)
     done_before = 0
     while run.any_live() or run.queue:
+        if feed is not None:
+            added = run.n_prompts
+            feed(run)                        # requests that arrived meanwhile join the queue
+            bar.total += (run.n_prompts - added) * K
         if not run.any_live():
             # every row is free: the first prompts, or the next ones when every admitted row
             # ended in its prefill (EOS as the first token) while prompts were still queued

@@ -5,13 +5,17 @@ Why hand-written: vLLM and llama.cpp's servers do not run the engine's calculato
 accuracy depends on it: it writes `value>>` after the model's `<<expr=`), and they need a GPU or
 a GGUF; FastAPI/uvicorn come with Prefect and MLflow already.
 
-Batching: requests are queued and a scheduler thread runs everything waiting as one engine call
-per sampling setting (temperature, top_p, max_tokens, n): concurrent requests share decode steps,
-and the engine refills rows as completions end. A request that arrives while a call runs waits for
-the next one (slot refill *across* calls is not built). Each request keeps its own `seed`: the
-engine's draws are keyed by (seed, prompt, sample, position), so a seeded request gives the same
-text alone or batched with others. Streaming sends the completion as one chunk once it is done
-(the engine does not emit tokens one by one). `stop` cuts the text at the first stop string.
+Batching is continuous: a scheduler thread runs one engine call at a time, and between decode
+steps the call takes in every request that arrived meanwhile with the same sampling setting
+(temperature, top_p, n), a prompt that fits its buffer and max_tokens within its cap (the
+engine's `feed`): the request's prompts queue for the next free rows, and each request is
+answered the moment its last completion ends (`on_prompt`), not when the call ends. Requests
+with another setting wait for the next call. Each request keeps its own `seed`: the engine's
+draws are keyed by (seed, prompt, sample, position), so a seeded request gives the same text
+alone or batched with others. Streaming sends each sample's new text between decode steps
+(held back while it could still become a stop string, trailing whitespace or half a character),
+so the streamed pieces add up to exactly the text a non-streamed request returns. `stop` cuts
+the text at the first stop string.
 
 Errors are OpenAI-shaped (`{"error": {"message", "type", "param", "code"}}`): unknown model 404,
 a bad body 400 (malformed JSON, max_tokens < 1, a prompt longer than the context).
@@ -50,26 +54,52 @@ class Job:
     top_p: float
     max_tokens: int
     seed: int
+    prompt_tokens: list[int] = field(default_factory=list)   # each prompt's length in tokens
     future: Future = field(default_factory=Future)
+    results: dict[int, tuple] = field(default_factory=dict)  # prompt number -> (texts, counts, reasons)
+    on_tokens: object = None   # streaming: called (from the engine's thread) with {choice: token ids so far}
+    first_index: int = 0       # the engine's index of this request's first prompt
+    seen: dict[int, int] = field(default_factory=dict)       # choice -> tokens already handed to on_tokens
+
+    def progress(self, run) -> None:
+        """Streaming: hand on_tokens every sample that grew since the last step."""
+        grown = {}
+        for i in range(len(self.prompts)):
+            for k in range(self.n):
+                ids = run.partial((self.first_index + i) * self.n + k)
+                if len(ids) > self.seen.get(i * self.n + k, 0):
+                    grown[i * self.n + k] = ids
+                    self.seen[i * self.n + k] = len(ids)
+        if grown:
+            self.on_tokens(grown)
 
     @property
     def group(self) -> tuple:
-        """Requests with the same group run in one engine call."""
-        return (self.temperature > 0, self.temperature, self.top_p, self.max_tokens, self.n)
+        """Requests with the same group can share an engine call (max_tokens is a per-row cap)."""
+        return (self.temperature > 0, self.temperature, self.top_p, self.n)
+
+    def answer(self, i: int, texts: list[str], counts: list[int], reasons: list[str]) -> None:
+        """Prompt i's completions; the request is answered once every prompt has them."""
+        self.results[i] = (texts, counts, reasons)
+        if len(self.results) == len(self.prompts):
+            rows = [self.results[j] for j in range(len(self.prompts))]
+            self.future.set_result(tuple([r[f] for r in rows] for f in range(3)))
 
 
 class Served:
     """A checkpoint loaded once, answering jobs from a queue in batches (see the module docstring)."""
 
     def __init__(self, model_dir: str | Path, name: str, *, calculator: bool = False, dtype: str = "float32",
-                 device: str = "auto", rows: int = 64) -> None:
+                 device: str = "auto", rows: int = 64, prompt_room: int = 256) -> None:
         from tutorloop import modeling
 
         self.name, self.calculator, self.rows = name, calculator, rows
+        self.prompt_room = prompt_room   # a call's KV buffer fits prompts this long that join it mid-call
         self.model, self.tok = modeling.load(model_dir, dtype=dtype, device=modeling.pick_device(device))
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
         self.calls = 0      # engine calls made (tests read it: concurrent requests share calls)
         self._queue: queue.Queue[Job] = queue.Queue()
+        self._held: list[Job] = []   # taken from the queue by a call they did not fit: the next call's first
         threading.Thread(target=self._schedule, name="serve-scheduler", daemon=True).start()
 
     def submit(self, job: Job) -> Future:
@@ -81,40 +111,56 @@ class Served:
 
     def _schedule(self) -> None:
         while True:
-            jobs = [self._queue.get()]
-            while True:   # everything already waiting joins this round
-                try:
-                    jobs.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            groups: dict[tuple, list[Job]] = {}
-            for job in jobs:
-                groups.setdefault(job.group, []).append(job)
-            for group in groups.values():
-                self._run(group)
+            self._run(self._held.pop(0) if self._held else self._queue.get())
 
-    def _run(self, jobs: list[Job]) -> None:
+    def _waiting(self) -> list[Job]:
+        """Every request waiting, oldest first: those held back by the last call, then the queue."""
+        jobs, self._held = self._held, []
+        while True:
+            try:
+                jobs.append(self._queue.get_nowait())
+            except queue.Empty:
+                return jobs
+
+    def _run(self, first: Job) -> None:
+        """One engine call for `first` and every request that joins it while it decodes."""
         from tutorloop.inference import engine
 
-        first = jobs[0]
-        prompts = [p for j in jobs for p in j.prompts]
-        seeds = [j.seed for j in jobs for _ in j.prompts]
+        members: list[tuple[Job, int]] = []   # engine prompt index -> (request, its prompt number)
+        jobs = [first]
+        members += [(first, i) for i in range(len(first.prompts))]
+
+        def feed(run) -> None:
+            for job in jobs:   # streaming requests still decoding get their new tokens
+                if job.on_tokens is not None and not job.future.done():
+                    job.progress(run)
+            for job in self._waiting():
+                if job.group == first.group and all(run.fits(n, job.max_tokens) for n in job.prompt_tokens):
+                    job.first_index = run.extend(job.prompts, [job.seed] * len(job.prompts),
+                                                 [job.max_tokens] * len(job.prompts))
+                    members.extend((job, i) for i in range(len(job.prompts)))
+                    jobs.append(job)
+                else:
+                    self._held.append(job)
+
+        def on_prompt(index: int, texts, counts, reasons) -> None:
+            job, i = members[index]
+            job.answer(i, texts, counts, reasons)
+
         try:
             self.calls += 1
-            gen = engine.generate(self.model, self.tok, prompts, num_return_sequences=first.n,
-                                  do_sample=first.temperature > 0, temperature=first.temperature or 1.0,
-                                  top_p=first.top_p, max_new_tokens=first.max_tokens,
-                                  batch_size=max(self.rows, first.n), seeds=seeds, calculator=self.calculator,
-                                  desc=f"serve {len(prompts)} prompt(s)")
-        except Exception as err:  # noqa: BLE001 - handed to every waiting request
-            for j in jobs:
-                j.future.set_exception(err)
-            return
-        i = 0
-        for j in jobs:
-            k = len(j.prompts)
-            j.future.set_result((gen.texts[i:i + k], gen.completion_tokens[i:i + k], gen.finish_reasons[i:i + k]))
-            i += k
+            engine.generate(self.model, self.tok, first.prompts, num_return_sequences=first.n,
+                            do_sample=first.temperature > 0, temperature=first.temperature or 1.0,
+                            top_p=first.top_p, max_new_tokens=max(first.max_tokens, DEFAULT_MAX_TOKENS),
+                            batch_size=max(self.rows, first.n), seeds=[first.seed] * len(first.prompts),
+                            caps=[first.max_tokens] * len(first.prompts),
+                            calculator=self.calculator, feed=feed, on_prompt=on_prompt,
+                            max_prompt_tokens=max([self.prompt_room, *first.prompt_tokens]),
+                            desc=f"serve ({self.calls})")
+        except Exception as err:  # noqa: BLE001 - handed to every request of the call still waiting
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(err)
 
 
 def resolve_model(spec: str) -> tuple[Path, str, dict]:
@@ -211,18 +257,22 @@ def _job(served: Served, req: _Sampling, prompts: list[str]) -> Job:
         raise ApiError(404, f"The model `{req.model}` does not exist (serving `{served.name}`)",
                        param="model", code="model_not_found")
     max_tokens = req.max_tokens or DEFAULT_MAX_TOKENS
-    for p in prompts:
-        used = served.prompt_tokens(p)
+    lengths = [served.prompt_tokens(p) for p in prompts]
+    for used in lengths:
         if served.context and used + max_tokens > served.context:
             raise ApiError(400, f"This model's maximum context length is {served.context} tokens; the prompt has "
                                 f"{used} and max_tokens is {max_tokens}", param="messages", code="context_length_exceeded")
     seed = req.seed if req.seed is not None else int.from_bytes(os.urandom(4), "little")
-    return Job(prompts, req.n, req.temperature, req.top_p, max_tokens, seed)
+    return Job(prompts, req.n, req.temperature, req.top_p, max_tokens, seed, prompt_tokens=lengths)
 
 
 async def _answer(served: Served, job: Job, stop: list[str]):
     """Per prompt, per sample: (text, finish_reason, completion tokens)."""
-    texts, counts, reasons = await asyncio.wrap_future(served.submit(job))
+    return _final(await asyncio.wrap_future(served.submit(job)), stop)
+
+
+def _final(result, stop: list[str]):
+    texts, counts, reasons = result
     out = []
     for p_texts, p_counts, p_reasons in zip(texts, counts, reasons):
         row = []
@@ -231,6 +281,38 @@ async def _answer(served: Served, job: Job, stop: list[str]):
             row.append((text, "stop" if stopped else reason, count))
         out.append(row)
     return out
+
+
+async def _stream(served: Served, job: Job, stop: list[str]):
+    """Yield (choice, new text) while the request decodes, then (None, its final answer): the
+    pieces of each choice add up to its final text exactly (see the module docstring)."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+    job.on_tokens = lambda grown: loop.call_soon_threadsafe(events.put_nowait, grown)
+    done = asyncio.wrap_future(served.submit(job))
+    sent: dict[int, str] = {}
+    hold = max((len(x) for x in stop if x), default=1) - 1   # chars that may still become a stop string
+    while not (done.done() and events.empty()):
+        waiter = asyncio.ensure_future(events.get())
+        await asyncio.wait({waiter, done}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiter.done():
+            waiter.cancel()
+            continue
+        for choice, ids in waiter.result().items():
+            text, stopped = _cut(served.tok.decode(ids, skip_special_tokens=True).lstrip(), stop)
+            kept = text.rstrip()
+            safe = text if stopped else kept[:max(0, len(kept) - hold)].rstrip("\ufffd")
+            old = sent.get(choice, "")
+            if len(safe) > len(old) and safe.startswith(old):
+                sent[choice] = safe
+                yield choice, safe[len(old):]
+    final = _final(done.result(), stop)
+    for i, row in enumerate(final):
+        for k, (text, _, _) in enumerate(row):
+            old = sent.get(i * job.n + k, "")
+            if len(text) > len(old) and text.startswith(old):
+                yield i * job.n + k, text[len(old):]
+    yield None, final
 
 
 def _stops(stop) -> list[str]:
@@ -266,10 +348,11 @@ def create_app(served: Served):
         msgs = [m.model_dump() for m in req.messages]
         prompt = served.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         job = _job(served, req, [prompt])
-        [choices] = await _answer(served, job, _stops(req.stop))
         rid, used = f"chatcmpl-{uuid.uuid4().hex[:24]}", served.prompt_tokens(prompt)
         if req.stream:
-            return StreamingResponse(_chat_chunks(rid, served.name, choices), media_type="text/event-stream")
+            return StreamingResponse(_chat_chunks(rid, served.name, _stream(served, job, _stops(req.stop)), req.n),
+                                     media_type="text/event-stream")
+        [choices] = await _answer(served, job, _stops(req.stop))
         return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": served.name,
                 "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r,
                              "logprobs": None} for i, (t, r, _) in enumerate(choices)],
@@ -281,12 +364,13 @@ def create_app(served: Served):
         if not prompts:
             raise ApiError(400, "prompt: at least one prompt", param="prompt")
         job = _job(served, req, prompts)
-        per_prompt = await _answer(served, job, _stops(req.stop))
         rid = f"cmpl-{uuid.uuid4().hex[:24]}"
+        if req.stream:
+            return StreamingResponse(_completion_chunks(rid, served.name, _stream(served, job, _stops(req.stop)), req.n),
+                                     media_type="text/event-stream")
+        per_prompt = await _answer(served, job, _stops(req.stop))
         choices = [{"index": i * req.n + k, "text": t, "finish_reason": r, "logprobs": None}
                    for i, row in enumerate(per_prompt) for k, (t, r, _) in enumerate(row)]
-        if req.stream:
-            return StreamingResponse(_completion_chunks(rid, served.name, choices), media_type="text/event-stream")
         used = sum(served.prompt_tokens(p) for p in prompts)
         return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": served.name,
                 "choices": choices, "usage": _usage(used, sum(c for row in per_prompt for _, _, c in row))}
@@ -302,18 +386,27 @@ def _sse(obj) -> str:
     return f"data: {json.dumps(obj)}\n\n"
 
 
-async def _chat_chunks(rid: str, model: str, choices):
+async def _chat_chunks(rid: str, model: str, pieces, n: int):
     base = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
-    for i, (text, reason, _) in enumerate(choices):
+    for i in range(n):
         yield _sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-        yield _sse({**base, "choices": [{"index": i, "delta": {"content": text}, "finish_reason": None}]})
-        yield _sse({**base, "choices": [{"index": i, "delta": {}, "finish_reason": reason}]})
+    async for choice, piece in pieces:
+        if choice is None:   # the end: each choice's finish reason
+            for i, (_, reason, _) in enumerate(piece[0]):
+                yield _sse({**base, "choices": [{"index": i, "delta": {}, "finish_reason": reason}]})
+        else:
+            yield _sse({**base, "choices": [{"index": choice, "delta": {"content": piece}, "finish_reason": None}]})
     yield "data: [DONE]\n\n"
 
 
-async def _completion_chunks(rid: str, model: str, choices):
+async def _completion_chunks(rid: str, model: str, pieces, n: int):
     base = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model}
-    for c in choices:
-        yield _sse({**base, "choices": [{**c, "finish_reason": None}]})
-        yield _sse({**base, "choices": [{**c, "text": "", "finish_reason": c["finish_reason"]}]})
+    async for choice, piece in pieces:
+        if choice is None:
+            for i, row in enumerate(piece):
+                for k, (_, reason, _) in enumerate(row):
+                    yield _sse({**base, "choices": [{"index": i * n + k, "text": "", "finish_reason": reason,
+                                                     "logprobs": None}]})
+        else:
+            yield _sse({**base, "choices": [{"index": choice, "text": piece, "finish_reason": None, "logprobs": None}]})
     yield "data: [DONE]\n\n"
