@@ -119,6 +119,9 @@ def test_streaming_sends_text_as_it_decodes(running):
     stop = whole[len(whole) // 2:len(whole) // 2 + 3]
     cut = [ch.choices[0] for ch in c.completions.create(stream=True, stop=[stop], **ask)]
     assert "".join(ch.text for ch in cut) == whole[:whole.find(stop)] and cut[-1].finish_reason == "stop"
+    # the sample stops decoding at the stop string, not at max_tokens
+    early = c.completions.create(stop=[stop], **ask)
+    assert early.choices[0].text == whole[:whole.find(stop)] and early.usage.completion_tokens < 150, early.usage
 
 
 def test_concurrent_requests_share_engine_calls_and_finish_sooner(running):

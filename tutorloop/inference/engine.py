@@ -336,6 +336,12 @@ class _Run:
         row = (self.owner == owner).nonzero()
         return self.out_tok[int(row[0]), :int(self.n_gen[int(row[0])])].tolist() if len(row) else []
 
+    def end(self, owner: int) -> None:
+        """End sample `owner` after its next token (serving: its text reached a stop string)."""
+        row = (self.owner == owner).nonzero()
+        if len(row):
+            self.cap[int(row[0])] = self.n_gen[int(row[0])]
+
     def fits(self, n_tokens: int, cap: int) -> bool:
         """Whether a prompt of `n_tokens` with token cap `cap` can join this run (`extend`)."""
         return n_tokens <= self.lmax and 0 < cap <= self.max_new_tokens

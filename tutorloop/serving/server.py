@@ -57,20 +57,30 @@ class Job:
     prompt_tokens: list[int] = field(default_factory=list)   # each prompt's length in tokens
     future: Future = field(default_factory=Future)
     results: dict[int, tuple] = field(default_factory=dict)  # prompt number -> (texts, counts, reasons)
+    stop: list[str] = field(default_factory=list)            # a sample ends once its text holds one
     on_tokens: object = None   # streaming: called (from the engine's thread) with {choice: token ids so far}
     first_index: int = 0       # the engine's index of this request's first prompt
-    seen: dict[int, int] = field(default_factory=dict)       # choice -> tokens already handed to on_tokens
+    seen: dict[int, int] = field(default_factory=dict)       # choice -> tokens already looked at
 
-    def progress(self, run) -> None:
-        """Streaming: hand on_tokens every sample that grew since the last step."""
+    @property
+    def watched(self) -> bool:
+        """Whether the request's samples are looked at between steps (streaming or stop strings)."""
+        return (self.on_tokens is not None or bool(self.stop)) and not self.future.done()
+
+    def progress(self, run, tok) -> None:
+        """Between steps: end samples whose text reached a stop string (no decoding past it), and
+        hand a streaming request every sample that grew."""
         grown = {}
         for i in range(len(self.prompts)):
             for k in range(self.n):
-                ids = run.partial((self.first_index + i) * self.n + k)
-                if len(ids) > self.seen.get(i * self.n + k, 0):
-                    grown[i * self.n + k] = ids
-                    self.seen[i * self.n + k] = len(ids)
-        if grown:
+                owner, choice = (self.first_index + i) * self.n + k, i * self.n + k
+                ids = run.partial(owner)
+                if len(ids) > self.seen.get(choice, 0):
+                    grown[choice] = ids
+                    self.seen[choice] = len(ids)
+                    if self.stop and _cut(tok.decode(ids[-64:], skip_special_tokens=True), self.stop)[1]:
+                        run.end(owner)
+        if grown and self.on_tokens is not None:
             self.on_tokens(grown)
 
     @property
@@ -131,9 +141,9 @@ class Served:
         members += [(first, i) for i in range(len(first.prompts))]
 
         def feed(run) -> None:
-            for job in jobs:   # streaming requests still decoding get their new tokens
-                if job.on_tokens is not None and not job.future.done():
-                    job.progress(run)
+            for job in jobs:   # stop strings checked, streams fed, for the requests still decoding
+                if job.watched:
+                    job.progress(run, self.tok)
             for job in self._waiting():
                 if job.group == first.group and all(run.fits(n, job.max_tokens) for n in job.prompt_tokens):
                     job.first_index = run.extend(job.prompts, [job.seed] * len(job.prompts),
@@ -263,7 +273,8 @@ def _job(served: Served, req: _Sampling, prompts: list[str]) -> Job:
             raise ApiError(400, f"This model's maximum context length is {served.context} tokens; the prompt has "
                                 f"{used} and max_tokens is {max_tokens}", param="messages", code="context_length_exceeded")
     seed = req.seed if req.seed is not None else int.from_bytes(os.urandom(4), "little")
-    return Job(prompts, req.n, req.temperature, req.top_p, max_tokens, seed, prompt_tokens=lengths)
+    return Job(prompts, req.n, req.temperature, req.top_p, max_tokens, seed, prompt_tokens=lengths,
+               stop=_stops(req.stop))
 
 
 async def _answer(served: Served, job: Job, stop: list[str]):
