@@ -289,13 +289,32 @@ def serve(model: str = typer.Option("models:/tutor@champion", help="a checkpoint
           calculator: Optional[bool] = typer.Option(None, "--calculator/--no-calculator",
                                                     help="default: what the version was evaluated with (its eval.calculator tag); off for a folder"),
           precision: str = typer.Option("auto", help="auto | float32 | bfloat16 (runtime.precision's rule)"),
-          rows: int = typer.Option(64, help="engine rows decoded together")) -> None:
+          rows: int = typer.Option(64, help="engine rows decoded together"),
+          backend: str = typer.Option("engine", help="engine (tutorloop's, any CPU) | vllm (exec `vllm serve` on the folder: a GPU)")) -> None:
     """Serve a checkpoint over an OpenAI-compatible API (tutorloop/serving/server.py)."""
+    import shutil
+
     import uvicorn
 
     from tutorloop.runtime.entry import BAD_INPUT
-    from tutorloop.serving.server import create_app, load_served
+    from tutorloop.serving.server import create_app, load_served, resolve_model
 
+    if backend not in ("engine", "vllm"):
+        typer.secho(f"--backend {backend!r}: expected engine or vllm", fg="red", err=True)
+        raise typer.Exit(2)
+    if backend == "vllm":
+        # vLLM's server does not run the engine's calculator: a model evaluated with it scores lower there.
+        exe = shutil.which("vllm")
+        if exe is None:
+            typer.secho("--backend vllm: no `vllm` on PATH (pip install vllm, on a machine with a GPU)", fg="red", err=True)
+            raise typer.Exit(2)
+        try:
+            folder, name, tags = resolve_model(model)
+        except BAD_INPUT as err:
+            _bad_input(err)
+        typer.echo(f"serving {name} with vLLM at http://{host}:{port}/v1 (the calculator is off under vLLM"
+                   f"{'; this version was evaluated with it' if tags.get('eval.calculator') == 'true' else ''})", err=True)
+        os.execv(exe, [exe, "serve", str(folder), "--served-model-name", name, "--host", host, "--port", str(port)])
     try:
         served = load_served(model, calculator=calculator, precision=precision, rows=rows)
     except BAD_INPUT as err:
@@ -322,9 +341,9 @@ def harness(model: str = typer.Option("models:/tutor@champion", help="a checkpoi
     `tutorloop serve`); logs strict and flexible match to MLflow (tutorloop/serving/harness.py)."""
     import tempfile
 
-    from tutorloop.serving import harness as lm_harness
     from tutorloop.runtime import tracking
     from tutorloop.runtime.entry import BAD_INPUT
+    from tutorloop.serving import harness as lm_harness
     from tutorloop.serving.server import load_served
 
     if task not in lm_harness.TASKS:

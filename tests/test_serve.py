@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -256,3 +257,28 @@ def test_evaluate_through_tutorloop_serve_is_the_local_engines_greedy(tiny_model
     completions = lambda d: [p["completion"] for p in read_jsonl(tmp_path / d / "predictions.jsonl")]  # noqa: E731
     assert completions("remote") == completions("local") and remote["requests"] == 6
     assert remote["accuracy"] == local["accuracy"]
+
+
+def test_backend_vllm_execs_vllm_serve_on_the_folder(tiny_model_dir, tmp_path):
+    """`--backend vllm` replaces the process with `vllm serve <folder>` (a fake vllm records its
+    argv here) and says the calculator is off; without vllm it is a one-line error, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("tutorloop")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "vllm").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'argv'}\n")
+    (fake / "vllm").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:/usr/bin:/bin"}
+    proc = subprocess.run([str(exe), "serve", "--model", str(tiny_model_dir), "--backend", "vllm", "--port", "8123"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "calculator is off under vLLM" in proc.stderr
+    assert (tmp_path / "argv").read_text().split() == ["serve", str(tiny_model_dir), "--served-model-name",
+                                                       tiny_model_dir.name, "--host", "127.0.0.1", "--port", "8123"]
+    env["PATH"] = "/usr/bin:/bin"
+    proc = subprocess.run([str(exe), "serve", "--model", str(tiny_model_dir), "--backend", "vllm"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "no `vllm`" in proc.stderr
