@@ -139,6 +139,12 @@ class Served:
         members: list[tuple[Job, int]] = []   # engine prompt index -> (request, its prompt number)
         jobs = [first]
         members += [(first, i) for i in range(len(first.prompts))]
+        # Size the call's buffer for the requests already waiting that can join it, so a burst of
+        # long prompts (few-shot evaluation) shares one call instead of being held back one by one.
+        self._held = self._waiting()
+        joining = [j for j in self._held if j.group == first.group]
+        room = max([self.prompt_room, *first.prompt_tokens, *(n for j in joining for n in j.prompt_tokens)])
+        cap = max([first.max_tokens, DEFAULT_MAX_TOKENS, *(j.max_tokens for j in joining)])
 
         def feed(run) -> None:
             for job in jobs:   # stop strings checked, streams fed, for the requests still decoding
@@ -161,11 +167,11 @@ class Served:
             self.calls += 1
             engine.generate(self.model, self.tok, first.prompts, num_return_sequences=first.n,
                             do_sample=first.temperature > 0, temperature=first.temperature or 1.0,
-                            top_p=first.top_p, max_new_tokens=max(first.max_tokens, DEFAULT_MAX_TOKENS),
+                            top_p=first.top_p, max_new_tokens=cap,
                             batch_size=max(self.rows, first.n), seeds=[first.seed] * len(first.prompts),
                             caps=[first.max_tokens] * len(first.prompts),
                             calculator=self.calculator, feed=feed, on_prompt=on_prompt,
-                            max_prompt_tokens=max([self.prompt_room, *first.prompt_tokens]),
+                            max_prompt_tokens=room,
                             desc=f"serve ({self.calls})")
         except Exception as err:  # noqa: BLE001 - handed to every request of the call still waiting
             for job in jobs:
