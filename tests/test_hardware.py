@@ -94,3 +94,24 @@ def test_doctor_prints_what_auto_resolves_to_and_why(cpu, monkeypatch):
     assert "GFLOP/s" in lines["matmul 512^3, CPU"]
     assert lines["decode attention"].startswith("tutorloop's C kernel" if kernel else "torch SDPA")
     assert lines["stale runs"]
+
+
+@pytest.mark.parametrize("onednn, cuda, size", [(False, False, "quick"), (True, False, "full"), (False, True, "full")])
+def test_make_demo_is_sized_by_what_the_machine_computes_in(cpu, monkeypatch, onednn, cuda, size):
+    """`tutorloop demo` (what `make demo` runs): the full loop where the machine computes in bf16
+    or has a GPU, recipes/quick.yaml where the CPU computes in fp32 only; --size overrides."""
+    from typer.testing import CliRunner
+
+    from flows import cli
+
+    cpu(onednn=onednn)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(hardware, "_resolve_cuda", lambda setting, device: hardware.Precision("bfloat16", "bf16", "cuda bf16"))
+    monkeypatch.setattr(cli, "doctor", lambda project: None)   # its table is tested above
+    assert cli.demo_size(ROOT)[0] == size
+    result = CliRunner().invoke(cli.app, ["demo", "--project", str(ROOT), "--dry-run"])
+    assert result.exit_code == 0 and f"demo: {size} size" in result.output, result.output
+    assert ("recipes/quick.yaml" in result.output) == (size == "quick")
+    forced = CliRunner().invoke(cli.app, ["demo", "--project", str(ROOT), "--dry-run", "--size", "full"])
+    assert "demo: full size, --size full" in forced.output
+    assert CliRunner().invoke(cli.app, ["demo", "--project", str(ROOT), "--size", "huge"]).exit_code == 2
