@@ -282,3 +282,42 @@ def test_backend_vllm_execs_vllm_serve_on_the_folder(tiny_model_dir, tmp_path):
     proc = subprocess.run([str(exe), "serve", "--model", str(tiny_model_dir), "--backend", "vllm"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "no `vllm`" in proc.stderr
+
+
+def test_sigterm_stops_the_real_server_within_5_s_with_a_request_in_flight(tiny_model_dir):
+    """`tutorloop serve` as users start it: SIGTERM while a long request decodes ends the process
+    within 5 s (uvicorn's graceful timeout; the in-flight request is answered or its connection closed)."""
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    exe = Path(sys.executable).with_name("tutorloop")
+    proc = subprocess.Popen([str(exe), "serve", "--model", str(tiny_model_dir), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                httpx.get(f"{url}/models", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+        body = {"model": tiny_model_dir.name, "prompt": "Once upon a time", "max_tokens": 1000, "temperature": 0}
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(httpx.post, f"{url}/completions", json=body, timeout=60)
+            time.sleep(1.0)                                  # the request is decoding
+            start = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+            stopped = time.monotonic() - start
+            try:
+                pending.result()
+            except httpx.HTTPError:
+                pass                                         # aborted: the connection closed, not hung
+        assert stopped < 5.0, f"SIGTERM took {stopped:.1f} s"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
