@@ -11,7 +11,7 @@ no negative borrows one from each of `borrowed_negatives` others; the round is c
 Outputs: feedback.jsonl (every sample, its extracted answer and verdict(s), with the teacher's
 solution), pairs.jsonl, unpaired.jsonl, and the round's feedback metrics.
 
-    python -m components.feedback 1 data/generated/practice.jsonl data/round-1
+    python -m components.feedback 1 data/round-1/problems.jsonl data/round-1   # the problems practice@1 practised
 """
 
 from __future__ import annotations

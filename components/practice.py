@@ -5,11 +5,17 @@ gives the same samples. `practice.backend` picks the sampler (tutorloop/inferenc
 the generation engine here (tutorloop/inference/engine.py: one prompt pass per problem, continuous
 batching, optional calculator); `openai` = an OpenAI-compatible server serving models/round-(r-1)
 (e.g. vLLM on a GPU), through the teacher's retrying client and its disk cache. Output:
-one row per sample ``{problem_id, sample, completion}`` in data/round-r/samples.jsonl, and the
-run's counts (samples, tokens, tok/s; requests and cache hits for a server) in
-practice_metrics.json.
+one row per sample ``{problem_id, sample, completion}`` in data/round-r/samples.jsonl, the
+problems practised in problems.jsonl (what feedback@r judges against), and the run's counts
+(samples, tokens, tok/s; requests and cache hits for a server) in practice_metrics.json.
 
-    python -m components.practice 1 models/round-0 data/generated/practice.jsonl data/round-1
+Where the problems come from (`rounds.r.practice.source`): `fresh` = the round's slice of the
+practice set; `sft` = the same slice of the SFT problems (Orca-Math practised on its training
+set: the student has seen the teacher's solutions, so more of its samples are right); `frontier`
+= the fresh slice, then only the problems the student got right in some but not all of its K
+samples (graded as feedback grades): where its own samples carry signal both ways.
+
+    python -m components.practice 1 models/round-0 data/generated/practice.jsonl data/round-1 --sft data/clean/sft.jsonl
     # with practice.backend: openai, first:  vllm serve models/round-0 --served-model-name round-0
 """
 
@@ -19,20 +25,25 @@ from pathlib import Path
 
 from tutorloop.config import ConfigError, Params
 from tutorloop.data.jsonl import read_jsonl, write_json, write_jsonl
+from tutorloop.eval.feedback import judge
 from tutorloop.inference.sampler import make_sampler
 from tutorloop.modeling import messages
 from tutorloop.runtime.stage import Arg, stage
 
 
-def run(params: Params, round_key: str, model_dir: Path, problems_file: Path, out: Path) -> dict:
+def run(params: Params, round_key: str, model_dir: Path, problems_file: Path, out: Path,
+        sft_file: Path | None = None) -> dict:
     cfg, rcfg = params.practice, params.rounds[round_key].practice
-    problems = read_jsonl(problems_file, required=("id", "question", "answer"))
+    if rcfg.source == "sft" and sft_file is None:
+        raise ConfigError(f"rounds.{round_key}.practice.source: sft -> the stage needs --sft (the SFT problems)")
+    source = sft_file if rcfg.source == "sft" else problems_file
+    problems = read_jsonl(source, required=("id", "question", "answer"))
     # A round's slice: rounds.r.practice.offset with practice.limit gives each round fresh
     # problems (new teacher solutions as positives) instead of the same set every round.
     problems = problems[rcfg.offset:rcfg.offset + cfg.limit if cfg.limit else None]
     if not problems:
         raise ConfigError(f"rounds.{round_key}.practice.offset: {rcfg.offset} -> no practice problems left "
-                          f"(the set has {len(read_jsonl(problems_file))})")
+                          f"(the set has {len(read_jsonl(source))})")
     sampler = make_sampler(cfg, model_dir, params.runtime, "practice")
     conversations = [messages(p["question"], params.prompt.system, params.prompt.template) for p in problems]
     gen = sampler(conversations, k=rcfg.samples, do_sample=True, temperature=rcfg.temperature,
@@ -40,8 +51,16 @@ def run(params: Params, round_key: str, model_dir: Path, problems_file: Path, ou
                   desc=f"practice@{round_key}")
     rows = [{"problem_id": p["id"], "sample": k, "completion": text}
             for p, texts in zip(problems, gen.texts) for k, text in enumerate(texts)]
+    pool = len(problems)
+    if rcfg.source == "frontier":
+        problems, rows = frontier(problems, rows, strict=params.feedback.labels == "strict")
+        if not problems:
+            raise ConfigError(f"rounds.{round_key}.practice.source: frontier -> none of the {pool} problems was "
+                              f"right in some but not all of its {rcfg.samples} samples (more samples, or fresh)")
     write_jsonl(out / "samples.jsonl", rows)
-    metrics = {"problems": len(problems), "samples": len(rows), "new_tokens": gen.new_tokens,
+    write_jsonl(out / "problems.jsonl", problems)
+    metrics = {"problems": len(problems), "pool": pool, "source": rcfg.source, "samples": len(rows),
+               "new_tokens": gen.new_tokens,
                "tokens_per_second": gen.tokens_per_second, "seconds": gen.seconds,
                "calculator": cfg.calculator, "calculator_calls": gen.calculator_calls,
                "backend": sampler.backend, **sampler.metrics(gen)}
@@ -49,11 +68,22 @@ def run(params: Params, round_key: str, model_dir: Path, problems_file: Path, ou
     return metrics
 
 
-@stage("practice", Arg("round"), Arg("model", Path), Arg("problems", Path), Arg("out", Path), round_arg="round",
+def frontier(problems: list[dict], rows: list[dict], strict: bool = True) -> tuple[list[dict], list[dict]]:
+    """The problems (and their samples) right in some but not all samples, graded as feedback grades."""
+    verdicts = judge(problems, rows, strict=strict)
+    right: dict[str, list[bool]] = {}
+    for v in verdicts:
+        right.setdefault(v["problem_id"], []).append(bool(v["correct"]))
+    keep = {pid for pid, v in right.items() if 0 < sum(v) < len(v)}
+    return [p for p in problems if p["id"] in keep], [r for r in rows if r["problem_id"] in keep]
+
+
+@stage("practice", Arg("round"), Arg("model", Path), Arg("problems", Path), Arg("out", Path),
+       Arg("--sft", Path, help="the SFT problems (rounds.r.practice.source: sft)"), round_arg="round",
        logged=lambda params, args: {"practice": params.practice.model_dump(),
                                     "round": params.rounds[args.round].practice.model_dump()})
 def main(params, args, log) -> dict:
-    return run(params, args.round, args.model, args.problems, args.out)
+    return run(params, args.round, args.model, args.problems, args.out, sft_file=args.sft)
 
 
 if __name__ == "__main__":

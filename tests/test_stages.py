@@ -281,6 +281,30 @@ def test_practice_feedback_dpo_round(params_factory, workdir, tmp_path):
             **raw["rounds"]["1"]["preference"], "method": "dpo", "start": "sft"}}}})
 
 
+def test_practice_sources_fresh_sft_and_frontier(params_factory, workdir, tmp_path):
+    """rounds.N.practice.source: sft practises on the SFT problems (and feedback judges against
+    what was practised), frontier keeps only problems right in some but not all samples."""
+    raw = params_factory().model_dump(by_alias=True)
+    raw["rounds"]["1"]["practice"]["source"] = "sft"
+    sft_problems = read_jsonl(workdir / "data/sft.jsonl")
+    m = practice.run(validate(raw), "1", workdir / "models/round-0", workdir / "data/practice.jsonl",
+                     tmp_path / "sft", sft_file=workdir / "data/sft.jsonl")
+    practised = read_jsonl(tmp_path / "sft" / "problems.jsonl")
+    assert m["source"] == "sft" and [p["id"] for p in practised] == [p["id"] for p in sft_problems[:len(practised)]]
+    assert {s["problem_id"] for s in read_jsonl(tmp_path / "sft" / "samples.jsonl")} == {p["id"] for p in practised}
+    assert feedback.run(validate(raw).feedback, tmp_path / "sft" / "problems.jsonl", tmp_path / "sft")["problems"] == len(practised)
+    # frontier: graded like feedback; p1 is right in 1 of 2 samples, p0 in none, p2 in both
+    problems = [{"id": f"p{i}", "question": "q", "solution": "s", "answer": str(i + 5)} for i in range(3)]
+    rows = [{"problem_id": f"p{i}", "sample": k, "completion": f"#### {i + 5 if (i, k) in {(1, 0), (2, 0), (2, 1)} else 0}"}
+            for i in range(3) for k in range(2)]
+    kept, kept_rows = practice.frontier(problems, rows)
+    assert [p["id"] for p in kept] == ["p1"] and [r["sample"] for r in kept_rows] == [0, 1]
+    # the tiny random student is never right: an empty frontier is an error naming the key
+    raw["rounds"]["1"]["practice"]["source"] = "frontier"
+    with pytest.raises(Exception, match="rounds.1.practice.source: frontier"):
+        practice.run(validate(raw), "1", workdir / "models/round-0", workdir / "data/practice.jsonl", tmp_path / "fr")
+
+
 def test_fresh_adapter_disabled_is_exactly_the_previous_round(params_factory, workdir):
     """The reference of round r is round r-1 itself: with the fresh adapter disabled (what TRL
     uses when ref_model=None) the policy's logits equal the saved r-1 model's, before and after

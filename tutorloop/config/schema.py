@@ -175,6 +175,7 @@ class PracticeRound(Section):
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling (Orca-Math: 0.95)")
     seed: int = Field(0, description="sampling seed of this round")
     offset: int = Field(0, ge=0, description="first practice problem of this round: with practice.limit, each round practises on its own slice [offset, offset+limit) of the set")
+    source: Literal["fresh", "sft", "frontier"] = Field("fresh", description="practice problems: fresh = the practice set's slice; sft = the SFT problems themselves (as Orca-Math practised on its training set); frontier = the fresh slice, kept only where the student's pass rate over its K samples is strictly between 0 and 1")
 
 
 class PreferenceRound(Section):
