@@ -467,12 +467,18 @@ def test_ctrl_c_during_server_sampling_returns_at_once(monkeypatch):
 
     sampler = object.__new__(ServerSampler)   # the sampler as built for a server, minus its checkpoint
     sampler.chat, sampler.n_per_request, sampler.concurrency = HungServer(), True, 2
+    # Ctrl-C as a stage process has it (Python's default handler): in a full run an earlier test
+    # in this process can leave another SIGINT handler behind, and the stop then never arrives.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         timer.start()
-        sampler([[{"role": "user", "content": str(i)}] for i in range(20)], k=2, do_sample=True,
-                temperature=0.7, max_new_tokens=8)
+        try:
+            sampler([[{"role": "user", "content": str(i)}] for i in range(20)], k=2, do_sample=True,
+                    temperature=0.7, max_new_tokens=8)
+        finally:
+            signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - t0 < 2
 
 
