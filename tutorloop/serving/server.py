@@ -136,9 +136,8 @@ class Served:
         """One engine call for `first` and every request that joins it while it decodes."""
         from tutorloop.inference import engine
 
-        members: list[tuple[Job, int]] = []   # engine prompt index -> (request, its prompt number)
         jobs = [first]
-        members += [(first, i) for i in range(len(first.prompts))]
+        members = [(first, i) for i in range(len(first.prompts))]   # engine prompt index -> (request, prompt number)
         # Size the call's buffer for the requests already waiting that can join it, so a burst of
         # long prompts (few-shot evaluation) shares one call instead of being held back one by one.
         self._held = self._waiting()
