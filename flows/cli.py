@@ -430,8 +430,11 @@ def compare(project: Path = typer.Option(Path("."), help="project root"),
     t.add_column("method")
     for c in cks:
         t.add_column(label(c), justify="right")
+    t.add_column("round minutes", justify="right")   # practice + training per round: the budget each spent
     for e in exps:
-        t.add_row(e["name"], e["method"], *[f"{e['accuracy'][c][0]:.1%}" if c in e["accuracy"] else "-" for c in cks])
+        spent = " · ".join(f"{m:.1f}" for _, m in sorted(e["minutes"].items(), key=lambda kv: int(kv[0])))
+        t.add_row(e["name"], e["method"], *[f"{e['accuracy'][c][0]:.1%}" if c in e["accuracy"] else "-" for c in cks],
+                  spent or "-")
     Console().print(t)
     Console().print(f"figure: {path}")
 

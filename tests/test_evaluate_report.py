@@ -131,6 +131,8 @@ def test_experiments_are_read_from_dvc_exp_show_json(tmp_path):
     def data(method, acc):
         return {"metrics": {"metrics/0.json": {"data": {"accuracy": 0.19, "ci95_low": 0.14, "ci95_high": 0.25}},
                             "metrics/2.json": {"data": {"accuracy": acc}},
+                            "data/round-2/practice_metrics.json": {"data": {"seconds": 240.0, "pass_rate": 0.1}},
+                            "data/round-2/preference_metrics.json": {"data": {"train_seconds": 60.0 if method == "kto" else 120.0}},
                             "data/clean/decontamination.json": {"error": {"type": "FileNotFoundError"}}},
                 "params": {"params.yaml": {"data": {"rounds": {"2": {"dpo": {"method": method}}}}}}}
 
@@ -141,8 +143,12 @@ def test_experiments_are_read_from_dvc_exp_show_json(tmp_path):
     exps = experiments(shown)
     assert [(e["name"], e["method"], e["accuracy"]["2"][0]) for e in exps] == [("kto-r2", "2:kto", 0.195),
                                                                                ("dpo", "2:dpo", 0.215)]
+    # what each round cost (practice + training minutes): methods are compared on one budget
+    assert [e["minutes"] for e in exps] == [{"2": 5.0}, {"2": 6.0}]
     out = compare(exps, tmp_path / "compare.png")
-    assert out.stat().st_size > 0 and (tmp_path / "compare.csv").read_text().count("\n") == 5
+    rows = (tmp_path / "compare.csv").read_text().splitlines()
+    assert out.stat().st_size > 0 and len(rows) == 5
+    assert rows[0].endswith(",round_minutes") and rows[2] == "kto-r2,2:kto,2,0.195,0.195,0.195,5.0"
 
 
 def test_report_pairs_each_checkpoint_with_base_and_previous(tmp_path):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 from tutorloop.data.jsonl import read_jsonl
@@ -216,8 +217,12 @@ def write_report(metrics_dir: Path, out_dir: Path, eval_dir: Path | None = None)
     return data
 
 
+_ROUND_COST = re.compile(r"data/round-(\d+)/(practice|preference)_metrics\.json")
+
+
 def experiments(exp_show: list | dict) -> list[dict]:
-    """Flatten `dvc exp show --json` into [{name, method, accuracy: {checkpoint: (acc, lo, hi)}}].
+    """Flatten `dvc exp show --json` into [{name, method, accuracy: {checkpoint: (acc, lo, hi)},
+    minutes: {round: practice + training minutes}}], so methods are compared on what they cost too.
 
     Walks the output instead of indexing fixed keys: its nesting (baseline -> experiments ->
     revs) has moved between DVC releases, but every experiment is a node whose `data` holds
@@ -235,12 +240,17 @@ def experiments(exp_show: list | dict) -> list[dict]:
         name = node.get("name") or name or node.get("rev")
         data = node.get("data")
         if isinstance(data, dict) and isinstance(data.get("metrics"), dict):
-            acc = {}
+            acc, minutes = {}, {}
             for path, m in data["metrics"].items():
                 stem = Path(path).stem
                 d = (m or {}).get("data") or {}
                 if path.startswith("metrics/") and "accuracy" in d:
                     acc[stem] = (d["accuracy"], d.get("ci95_low", d["accuracy"]), d.get("ci95_high", d["accuracy"]))
+                # A round's cost: the student's sampling plus its training (a budget is compared in minutes)
+                cost = _ROUND_COST.fullmatch(path)
+                seconds = d.get("seconds" if cost and cost[2] == "practice" else "train_seconds")
+                if cost and isinstance(seconds, (int, float)):
+                    minutes[cost[1]] = minutes.get(cost[1], 0.0) + seconds / 60
             params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
             rounds = params.get("rounds") or {}
             # `rounds.k.preference` since 2026-12; experiments recorded before the rename say `dpo`
@@ -248,7 +258,7 @@ def experiments(exp_show: list | dict) -> list[dict]:
                               for k, r in sorted(rounds.items()))
             if acc:
                 found.append({"name": str(name or "workspace"), "method": method, "accuracy": acc,
-                              "is_exp": is_exp})
+                              "minutes": minutes, "is_exp": is_exp})
         for k, v in node.items():
             if k != "data":
                 walk(v, None, is_exp or k == "experiments")
@@ -291,9 +301,10 @@ def compare(exps: list[dict], out: Path) -> Path:
     plt.close(fig)
     with open(out.with_suffix(".csv"), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["experiment", "method", "checkpoint", "accuracy", "ci95_low", "ci95_high"])
+        w.writerow(["experiment", "method", "checkpoint", "accuracy", "ci95_low", "ci95_high", "round_minutes"])
         for e in exps:
             for c in checkpoints:
                 if c in e["accuracy"]:
-                    w.writerow([e["name"], e["method"], c, *e["accuracy"][c]])
+                    spent = e.get("minutes", {}).get(c)
+                    w.writerow([e["name"], e["method"], c, *e["accuracy"][c], "" if spent is None else round(spent, 2)])
     return out
