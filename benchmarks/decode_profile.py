@@ -36,11 +36,12 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from generation import practice_prompts  # noqa: E402  (the same workload as the ratio benchmark)
+
 from tutorloop import hardware, modeling  # noqa: E402
 from tutorloop.inference import engine  # noqa: E402
-from tutorloop.inference.kernels import attention as decode_attention  # noqa: E402
 from tutorloop.inference.fused import LlamaDecoder  # noqa: E402
-from generation import practice_prompts  # noqa: E402  (the same workload as the ratio benchmark)
+from tutorloop.inference.kernels import attention as decode_attention  # noqa: E402
 
 
 def timed(module, name: str, totals: dict) -> None:

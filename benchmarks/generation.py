@@ -14,6 +14,11 @@ The default workload is 128 problems (512 samples): practice runs 300 a round, a
 batch would hide what continuous batching is for (refilling rows that finished early, while HF
 keeps every row of a call running until its longest sample ends).
 
+It also prints the machine's ceiling for any sampler: every matmul of one decode step at the
+engine's rows, timed alone (`gemm_ceiling`). Where the CPU computes in fp32 only, both sides are
+bound by it, and a ratio target over HF is read against it: HF's useful tok/s x the target must
+stay below the ceiling with attention, sampling and bookkeeping still to pay.
+
 Greedy is checked twice: in fp32, where the engine must equal HF token for token, and in bf16,
 where any change of batch composition changes rounding — so the bf16 figure comes with HF
 against *itself* at another batch size, the noise floor the engine's figure is read against.
@@ -26,14 +31,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
+
+import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tutorloop import hardware, modeling  # noqa: E402
 from tutorloop.inference import engine  # noqa: E402
 from tutorloop.teachers import ProceduralTeacher  # noqa: E402
-
 
 SYSTEM = "You are a careful math tutor. Solve the problem step by step, then give the final answer on its own line as '#### <number>'."
 
@@ -42,6 +50,25 @@ def practice_prompts(tok, n: int) -> list[str]:
     """The benchmarks' workload: n practice-like problems of the embedded teacher, chat-formatted."""
     problems = ProceduralTeacher().problems(n, seed=99)
     return modeling.chat_prompts(tok, [p["question"] for p in problems], SYSTEM, "{question}")
+
+
+def gemm_ceiling(model, rows: int, reps: int = 3) -> dict:
+    """Useful tok/s the matmuls of one decode step allow at `rows` rows, nothing else counted:
+    every nn.Linear of the model (the LM head included) on a [rows, in] input at the weights' dtype,
+    the best of `reps` passes. The engine fuses q/k/v and gate/up into one matmul each (a little
+    faster than these separate shapes), so read it as the ceiling give or take a few percent."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    macs = sum(m.in_features * m.out_features for m in linears)
+    with torch.inference_mode():
+        xs = {(m.in_features, m.weight.dtype): torch.randn(rows, m.in_features, dtype=m.weight.dtype) for m in linears}
+        best = float("inf")
+        for i in range(reps + 1):   # the first pass warms the caches and MKL's buffers
+            start = time.perf_counter()
+            for m in linears:
+                F.linear(xs[(m.in_features, m.weight.dtype)], m.weight)
+            best = min(best, time.perf_counter() - start) if i else best
+    return {"flops_per_token": 2 * macs, "step_seconds": best, "tokens_per_second": rows / best,
+            "gflops": 2 * macs * rows / best / 1e9}
 
 
 def main() -> None:
@@ -73,6 +100,7 @@ def main() -> None:
                          desc="engine, torch SDPA", **sampling)
     ec = engine.generate(model, tok, practice, batch_size=args.rows, calculator=True,
                          desc="engine+calculator", **sampling)
+    ceiling = gemm_ceiling(model, args.rows)
     greedy = prompts[args.prompts:]
     g_hf = modeling.generate(model, tok, greedy, max_new_tokens=args.new_tokens, batch_size=50, desc="HF greedy")
     g_en = engine.generate(model, tok, greedy, max_new_tokens=args.new_tokens, batch_size=64, desc="engine greedy")
@@ -105,6 +133,7 @@ def main() -> None:
         "bf16_equals_fp32": to32,
         "samples": args.prompts * args.samples, "hf_tokens": hf.new_tokens, "engine_tokens": en.new_tokens,
         "machine": machine, "precision": chosen.dtype,
+        "gemm_ceiling_tokens_per_second": ceiling["tokens_per_second"], "gemm_gflops": ceiling["gflops"],
     }
     print(f"\nsampling: {args.prompts} prompts x K={args.samples}, T=0.7, top_p=0.95, {args.new_tokens} tokens, {chosen.dtype}")
     print(f"  HF generate ({args.hf_batch} prompts/call) {hf.tokens_per_second:8.1f} useful tok/s  ({hf.new_tokens} tokens, {hf.seconds:.1f} s)")
@@ -112,6 +141,9 @@ def main() -> None:
     print(f"  ratio engine / HF                  {figures['ratio']:8.2f}x")
     print(f"  engine, torch SDPA attention     {es.tokens_per_second:8.1f} useful tok/s  ({es.new_tokens} tokens, {es.seconds:.1f} s)")
     print(f"  engine + calculator              {ec.tokens_per_second:8.1f} useful tok/s  ({ec.calculator_calls} annotations computed)")
+    print(f"  ceiling: the step's matmuls alone {ceiling['tokens_per_second']:7.1f} tok/s at {args.rows} rows "
+          f"({ceiling['gflops']:.1f} GFLOP/s, {ceiling['flops_per_token'] / 1e6:.0f} MFLOP a token): engine at "
+          f"{en.tokens_per_second / ceiling['tokens_per_second']:.0%} of it, HF at {hf.tokens_per_second / ceiling['tokens_per_second']:.0%}")
     print(f"greedy {chosen.dtype}: HF {g_hf.tokens_per_second:.1f} tok/s, engine {g_en.tokens_per_second:.1f} tok/s; "
           f"identical completions engine vs HF {same}/{len(greedy)} (engine with SDPA {same_sdpa}/{len(greedy)}), "
           f"HF batch 50 vs HF batch 8 {hf_self}/{len(greedy)}")
