@@ -226,6 +226,9 @@ def test_exp_run_switches_round_two_to_kto_visible_in_exp_show_and_mlflow(projec
     exps = experiments(shown)
     assert {e["method"] for e in exps} >= {"1:dpo/2:dpo", "1:dpo/2:kto"}
     assert {"kto-r2", "dpo-r2"} <= {e["name"] for e in exps}
+    # each round's cost (practice + training minutes) is read from the stages' own metrics
+    assert all(e["minutes"].keys() == {"1", "2"} and min(e["minutes"].values()) > 0
+               for e in exps if e["name"] in ("kto-r2", "dpo-r2"))
     cli = subprocess.run([sys.executable, "-m", "flows.cli", "compare", "--project", str(project)],
                          capture_output=True, text=True, cwd=project)
     assert cli.returncode == 0, cli.stderr
