@@ -209,7 +209,7 @@ def demo(project: Path = typer.Option(Path("."), help="project root"),
     """What `make demo` runs: `doctor`, then the loop at the size this machine does in about an hour.
 
     full = `tutorloop run` (the Prefect flow over params.yaml); quick = `tutorloop recipe quick`
-    (the same stages on a third of the problems, as the DVC experiment `quick`), then the report."""
+    (the same stages on about half the problems, calculator on, as the DVC experiment `quick`), then the report."""
     if size not in DEMO_SIZES:
         typer.secho(f"--size {size!r}: expected one of {', '.join(DEMO_SIZES)}", fg="red", err=True)
         raise typer.Exit(2)
