@@ -305,6 +305,6 @@ def compare(exps: list[dict], out: Path) -> Path:
         for e in exps:
             for c in checkpoints:
                 if c in e["accuracy"]:
-                    spent = e.get("minutes", {}).get(c)
+                    spent = e["minutes"].get(c)
                     w.writerow([e["name"], e["method"], c, *e["accuracy"][c], "" if spent is None else round(spent, 2)])
     return out
