@@ -119,6 +119,18 @@ def test_round_cannot_start_from_a_later_round():
     assert "rounds.1.prev: '2'" in errors_of(raw)
 
 
+def test_practice_offset_is_checked_against_the_set_the_round_practises_on():
+    raw = raw_params()
+    n_practice, n_sft = raw["generate"]["n_practice"], raw["generate"]["n_sft"]
+    raw["rounds"]["2"]["practice"]["offset"] = n_practice
+    assert f"rounds.2.practice.offset: {n_practice} -> past the practice set" in errors_of(raw)
+    # practising on the SFT problems: the offset indexes those (more of them than practice ones)
+    raw["rounds"]["2"]["practice"]["source"] = "sft"
+    validate(raw)
+    raw["rounds"]["2"]["practice"]["offset"] = n_sft
+    assert f"rounds.2.practice.offset: {n_sft} -> past the SFT set (generate.n_sft: {n_sft})" in errors_of(raw)
+
+
 def test_checkpoints_must_match_rounds():
     raw = raw_params()
     del raw["checkpoints"]["2"]

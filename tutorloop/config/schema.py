@@ -320,11 +320,14 @@ def _cross_checks(raw: dict) -> list[str]:
         prev = str(prev)
         if prev != "0" and (prev not in rounds or not prev.isdigit() or int(prev) >= int(key)):
             problems.append(f"rounds.{key}.prev: {prev!r} -> must be '0' or an earlier round in rounds")
-        offset = (rnd.get("practice") or {}).get("offset", 0) if isinstance(rnd.get("practice"), dict) else 0
-        n_practice = (raw.get("generate") or {}).get("n_practice") if isinstance(raw.get("generate"), dict) else None
-        if isinstance(offset, int) and isinstance(n_practice, int) and offset >= n_practice:
-            problems.append(f"rounds.{key}.practice.offset: {offset!r} -> past the practice set "
-                            f"(generate.n_practice: {n_practice})")
+        practice = rnd.get("practice") if isinstance(rnd.get("practice"), dict) else {}
+        offset = practice.get("offset", 0)
+        # the offset indexes the set the round practises on: the SFT problems for source: sft
+        size_key = "n_sft" if practice.get("source") == "sft" else "n_practice"
+        size = (raw.get("generate") or {}).get(size_key) if isinstance(raw.get("generate"), dict) else None
+        if isinstance(offset, int) and isinstance(size, int) and offset >= size:
+            problems.append(f"rounds.{key}.practice.offset: {offset!r} -> past the "
+                            f"{'SFT' if size_key == 'n_sft' else 'practice'} set (generate.{size_key}: {size})")
         dpo = rnd.get("preference") if isinstance(rnd, dict) else None
         if isinstance(dpo, dict) and dpo.get("method") in ("kto", "rft") and dpo.get("sft_weight", 0):
             problems.append(f"rounds.{key}.preference.sft_weight: {dpo.get('sft_weight')!r} -> the SFT term is DPO's (RPO); "
