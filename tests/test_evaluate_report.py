@@ -83,6 +83,31 @@ def test_report_orders_checkpoints_and_writes_plot(tmp_path):
     assert (tmp_path / "reports/accuracy.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_each_round_says_what_it_trained_on(tmp_path):
+    """Feedback writes pairs for every method; a KTO or RFT round is described by its own rows."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    for key, acc in [("base", 0.02), ("0", 0.36), ("1", 0.38), ("2", 0.42), ("3", 0.40)]:
+        write_metrics(tmp_path, key, acc)
+    trained = {"1": {"method_rft": 1.0, "method_kto": 0.0, "examples": 149, "student_solutions": 49},
+               "2": {"method_rft": 0.0, "method_kto": 1.0, "examples": 96, "desirable": 40},
+               "3": {"method_rft": 0.0, "method_kto": 0.0, "pairs": 48}}
+    for key, pref in trained.items():
+        (tmp_path / f"data/round-{key}").mkdir(parents=True)
+        (tmp_path / f"data/round-{key}/feedback_metrics.json").write_text(json.dumps({"pairs": 24}))
+        (tmp_path / f"data/round-{key}/preference_metrics.json").write_text(json.dumps(pref))
+    data = report.rows(tmp_path / "metrics", tmp_path / "data")
+    assert [(r["method"], r["trained_on"], r["student_rows"]) for r in data] == [
+        ("", "", ""), ("", "", ""), ("rft", 149, 49), ("kto", 96, ""), ("dpo", 48, "")]
+    assert all(r["pairs"] == 24 for r in data[2:])    # what feedback offered, kept beside
+    result = CliRunner().invoke(app, ["report", "--project", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "149 rft rows (49 own)" in result.output and "96 kto rows" in result.output
+    assert "48 pairs" in result.output and "24 pairs" not in result.output
+
+
 def test_cli_report_prints_the_table(tmp_path):
     from typer.testing import CliRunner
 

@@ -3,7 +3,9 @@ a rich table, and the comparison of DVC experiments.
 
 `rows` reads metrics/<checkpoint>.json (from `evaluate`) and, when given, the per-problem
 predictions in eval/<checkpoint>/ for the paired tests and data/round-<r>/feedback_metrics.json
-for each round's pairs and practice pass rate. `write_report` writes accuracy.csv (a DVC plot:
+and preference_metrics.json for each round's practice pass rate and what it trained on (DPO
+pairs, KTO or RFT rows: the feedback stage writes pairs for every method, so the pairs count
+alone would misdescribe a KTO or RFT round). `write_report` writes accuracy.csv (a DVC plot:
 `dvc plots show`) and accuracy.png — what the `report` stage does, reading only its declared
 deps (metrics/ and eval/). `table()` renders the same rows for `tutorloop report`, adding the
 feedback columns and each checkpoint's stage wall time from MLflow (`stage_minutes`): the CLI is
@@ -32,7 +34,8 @@ from tutorloop.data.jsonl import read_jsonl
 from tutorloop.eval.stats import mcnemar_p
 
 COLUMNS = ["checkpoint", "accuracy", "ci95_low", "ci95_high", "n", "strict_accuracy", "gsm8k_accuracy",
-           "gsm8k_strict_accuracy", "gsm8k_n", "pairs", "practice_pass_rate",
+           "gsm8k_strict_accuracy", "gsm8k_n", "pairs", "method", "trained_on", "student_rows",
+           "practice_pass_rate",
            "won_vs_base", "lost_vs_base", "p_vs_base", "won_vs_prev", "lost_vs_prev", "p_vs_prev",
            # headroom (evaluate.maj_k samples): pass@k and maj@k; practice pass@k from feedback
            "pass_at_1", "pass_at_4", "pass_at_16", "maj_k", "maj_accuracy",
@@ -74,11 +77,14 @@ def rows(metrics_dir: Path, data_dir: Path | None = None, eval_dir: Path | None 
         g = m.get("gsm8k", {})
         fb_file = Path(data_dir) / f"round-{path.stem}" / "feedback_metrics.json" if data_dir else None
         fb = json.loads(fb_file.read_text()) if fb_file and fb_file.exists() else {}
+        pref_file = fb_file.with_name("preference_metrics.json") if fb_file else None
+        method, trained, own = _trained(json.loads(pref_file.read_text()) if pref_file and pref_file.exists() else {})
         out.append({"checkpoint": path.stem, "accuracy": m["accuracy"], "ci95_low": m["ci95_low"],
                     "ci95_high": m["ci95_high"], "n": m["n"], "strict_accuracy": m.get("strict_accuracy", ""),
                     "gsm8k_accuracy": g.get("accuracy", ""), "gsm8k_strict_accuracy": g.get("strict_accuracy", ""),
                     "gsm8k_n": g.get("n", ""),
-                    "pairs": fb.get("pairs", ""), "practice_pass_rate": fb.get("practice_pass_rate", ""),
+                    "pairs": fb.get("pairs", ""), "method": method, "trained_on": trained, "student_rows": own,
+                    "practice_pass_rate": fb.get("practice_pass_rate", ""),
                     **{k: m.get(k, "") for k in ("pass_at_1", "pass_at_4", "pass_at_16")},
                     **_majority(m), **{f"practice_{k}": fb.get(f"practice_{k}", "")
                                        for k in ("pass_at_1", "pass_at_4", "pass_at_16")}})
@@ -94,6 +100,27 @@ def rows(metrics_dir: Path, data_dir: Path | None = None, eval_dir: Path | None 
                 if cmp:
                     r[f"won_vs_{tag}"], r[f"lost_vs_{tag}"], r[f"p_vs_{tag}"] = cmp
     return out
+
+
+def _trained(pref: dict) -> tuple[str, int | str, int | str]:
+    """(method, examples it trained on, the student's own solutions among them: RFT) from a
+    round's preference_metrics.json: DPO pairs, KTO rows, RFT rows; blanks where it has not trained."""
+    if not pref:
+        return "", "", ""
+    method = "rft" if pref.get("method_rft") else "kto" if pref.get("method_kto") else "dpo"
+    return (method, pref.get("pairs" if method == "dpo" else "examples", ""),
+            pref.get("student_solutions", "") if method == "rft" else "")
+
+
+def _trained_cell(r: dict) -> str:
+    """'48 pairs' / '96 kto rows' / '149 rft rows (49 own)'; the feedback pairs where the round's
+    training metrics are not there (a round not yet trained shows what DPO would get)."""
+    if r["method"] == "dpo":
+        return f"{r['trained_on']} pairs"
+    if r["method"]:
+        own = r["student_rows"]
+        return f"{r['trained_on']} {r['method']} rows" + (f" ({own} own)" if own != "" else "")
+    return f"{r['pairs']} pairs" if r["pairs"] != "" else "-"
 
 
 def _majority(m: dict) -> dict:
@@ -146,7 +173,7 @@ def table(metrics_dir: Path, minutes: dict[str, float] | None = None, data_dir: 
     # Compact enough for an 80-column terminal (make demo's log, CI): CIs in brackets, no grid.
     t = Table(title="tutorloop: greedy pass@1 per checkpoint", box=box.SIMPLE_HEAD, padding=(0, 1))
     t.add_column("checkpoint", no_wrap=True)
-    for col in ("held-out [95% CI]", "GSM8K [95% CI]", "vs base", "vs prev", "pairs", "pass", "minutes"):
+    for col in ("held-out [95% CI]", "GSM8K [95% CI]", "vs base", "vs prev", "trained on", "pass", "minutes"):
         t.add_column(col, justify="right", no_wrap=True)
 
     def pct(m: dict) -> str:
@@ -165,11 +192,12 @@ def table(metrics_dir: Path, minutes: dict[str, float] | None = None, data_dir: 
         m = json.loads((Path(metrics_dir) / f"{r['checkpoint']}.json").read_text())
         sizes.add(f"held-out n={m['n']}" + (f", GSM8K n={m['gsm8k']['n']}" if "gsm8k" in m else ""))
         t.add_row(label(r["checkpoint"]), pct(m), pct(m["gsm8k"]) if "gsm8k" in m else "-",
-                  vs(r, "base"), vs(r, "prev"), str(r["pairs"] or "-"),
+                  vs(r, "base"), vs(r, "prev"), _trained_cell(r),
                   f"{r['practice_pass_rate']:.0%}" if r["practice_pass_rate"] != "" else "-",
                   f"{minutes[r['checkpoint']]:.1f}" if r["checkpoint"] in minutes else "-",
                   *([_headroom(r)] if headroom else []))
-    t.caption = (f"{'; '.join(sorted(sizes))}. pass: practice samples judged right.\n"
+    t.caption = (f"{'; '.join(sorted(sizes))}. pass: practice samples judged right. trained on: the round's "
+                 "examples (RFT: the student's own solutions in brackets).\n"
                  "vs: held-out problems won/lost against base / the previous checkpoint, exact McNemar p (one-sided).\n"
                  "minutes: wall time of the stages that made and scored the checkpoint (MLflow).")
     return t
