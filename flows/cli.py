@@ -406,7 +406,10 @@ def report(project: Path = typer.Option(Path("."), help="project root")) -> None
 
 @app.command()
 def compare(project: Path = typer.Option(Path("."), help="project root"),
-            out: Path = typer.Option(Path("reports/compare.png"), help="figure to write (and a .csv beside it)")) -> None:
+            out: Path = typer.Option(Path("reports/compare.png"), help="figure to write (and a .csv beside it)"),
+            all_commits: bool = typer.Option(False, "--all-commits", "-A",
+                                             help="experiments of every commit, not only those run on HEAD "
+                                                  "(DVC files an experiment under the commit it ran on)")) -> None:
     """Accuracy per round for every DVC experiment, e.g. after `dvc exp run -S rounds.2.preference.method=kto`."""
     import json
     import subprocess
@@ -418,7 +421,8 @@ def compare(project: Path = typer.Option(Path("."), help="project root"),
     from tutorloop.eval.report import compare as plot
     from tutorloop.eval.report import experiments, label
 
-    proc = subprocess.run(dvc("exp", "show", "--json"), cwd=project, capture_output=True,
+    proc = subprocess.run(dvc("exp", "show", "--json", *(["--all-commits"] if all_commits else [])), cwd=project,
+                          capture_output=True,
                           text=True)
     if proc.returncode != 0:
         raise typer.Exit(f"dvc exp show failed: {proc.stderr.strip()}")

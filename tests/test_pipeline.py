@@ -238,3 +238,11 @@ def test_exp_run_switches_round_two_to_kto_visible_in_exp_show_and_mlflow(projec
     kto_runs = client.search_runs([exp.experiment_id], "tags.method = 'kto'")
     assert kto_runs and kto_runs[0].data.metrics["method_kto"] == 1.0
     assert json.loads((project / "data/round-2/preference_metrics.json").read_text())["method_kto"] == 1.0
+    # a later commit: its HEAD has no experiments of its own; --all-commits finds those of the earlier one
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m",
+                    "later"], cwd=project, check=True)
+    for flags, listed in (([], False), (["--all-commits"], True)):
+        cli = subprocess.run([sys.executable, "-m", "flows.cli", "compare", "--project", str(project), *flags],
+                             capture_output=True, text=True, cwd=project)
+        assert cli.returncode == 0, cli.stderr
+        assert ("kto-r2" in cli.stdout) is listed, cli.stdout
