@@ -131,6 +131,16 @@ def test_practice_offset_is_checked_against_the_set_the_round_practises_on():
     assert f"rounds.2.practice.offset: {n_sft} -> past the SFT set (generate.n_sft: {n_sft})" in errors_of(raw)
 
 
+def test_rft_rows_belongs_to_rft_rounds():
+    raw = raw_params()
+    raw["rounds"]["1"]["preference"]["rft_rows"] = "teacher"
+    assert "rounds.1.preference.rft_rows: 'teacher' -> only an rft round" in errors_of(raw)
+    raw["rounds"]["1"]["preference"]["method"] = "rft"
+    assert validate(raw).rounds["1"].preference.rft_rows == "teacher"
+    raw["rounds"]["1"]["preference"]["rft_rows"] = "all"
+    assert "rounds.1.preference.rft_rows" in errors_of(raw)
+
+
 def test_checkpoints_must_match_rounds():
     raw = raw_params()
     del raw["checkpoints"]["2"]

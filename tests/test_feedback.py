@@ -254,3 +254,10 @@ def test_rft_keeps_distinct_strictly_correct_solutions_mixed_with_the_teachers()
                          "rft_problems_with_student_solution": 1, "rft_student_share": 0.5}
     alone, _ = build_rft(probs, judge(probs, samples), mix_teacher=False)
     assert [r["source"] for r in alone] == ["student", "student"]
+    # what a round trains on (rounds.N.preference.rft_rows): teacher-only is the control
+    from tutorloop.data.preferences import select_rft
+
+    assert select_rft(rows, "both") == rows
+    assert [r["solution"] for r in select_rft(rows, "student")] == [same_path[0], other_path]
+    assert [r["problem_id"] for r in select_rft(rows, "teacher")] == ["a", "b"]
+    assert all(r["source"] == "teacher" for r in select_rft(rows, "teacher"))

@@ -276,6 +276,11 @@ def test_practice_feedback_dpo_round(params_factory, workdir, tmp_path):
                                                      workdir / "models/round-1"))
     dist = lambda a, b: sum(float((a[k] - b[k]).abs().sum()) for k in a)  # noqa: E731
     assert dist(rft, r0) < dist(r1, r0)
+    # the control (rft_rows: teacher): the same round on the teacher's solutions alone
+    raw["rounds"]["2"]["preference"]["rft_rows"] = "teacher"
+    metrics = preference.train_preference(validate(raw), "2", workdir / "models/round-1", rnd, tmp_path / "rft-2t",
+                                         sft_model=workdir / "models/round-0")
+    assert metrics["examples"] == 6 and metrics["student_solutions"] == 0
     with pytest.raises(Exception, match="start"):
         validate({**raw, "rounds": {**raw["rounds"], "2": {**raw["rounds"]["2"], "preference": {
             **raw["rounds"]["1"]["preference"], "method": "dpo", "start": "sft"}}}})

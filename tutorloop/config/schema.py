@@ -181,6 +181,7 @@ class PracticeRound(Section):
 class PreferenceRound(Section):
     method: Literal["dpo", "kto", "rft"] = Field("dpo", description="round objective: dpo (pairs), kto (the same table as unpaired desirable/undesirable examples) or rft (fine-tune on the student's distinct strictly correct solutions mixed with the teacher's: rft.jsonl)")
     start: Literal["prev", "sft"] = Field("prev", description="rft only: fine-tune from the previous round's model (prev) or, as ReST-EM does, from the SFT model every round (sft)")
+    rft_rows: Literal["both", "student", "teacher"] = Field("both", description="rft only: what the round trains on from rft.jsonl: both = the student's distinct correct solutions and the teacher's; student = the student's alone (RFT as published); teacher = the teacher's alone (the control: a second pass over the teacher's solutions, no student signal)")
     reference: Literal["prev", "sft"] = Field("prev", description="reference model: prev = the round r-1 model the policy starts from (adapter disabled); sft = models/round-0")
     beta: float = Field(0.1, gt=0, description="beta of the DPO/KTO loss (strength of the pull toward the reference)")
     learning_rate: float = Field(gt=0, description="peak learning rate")
@@ -335,6 +336,9 @@ def _cross_checks(raw: dict) -> list[str]:
         if isinstance(dpo, dict) and dpo.get("start", "prev") != "prev" and dpo.get("method") != "rft":
             problems.append(f"rounds.{key}.preference.start: {dpo.get('start')!r} -> only an rft round can start "
                             "elsewhere than its previous round (DPO/KTO train from and against it)")
+        if isinstance(dpo, dict) and dpo.get("rft_rows", "both") != "both" and dpo.get("method") != "rft":
+            problems.append(f"rounds.{key}.preference.rft_rows: {dpo.get('rft_rows')!r} -> only an rft round trains "
+                            "on rft.jsonl")
         if isinstance(dpo, dict) and dpo.get("method") == "kto":
             pref = raw.get("preference")
             batch = (pref or {}).get("batch_size", 4) if isinstance(pref, dict) else 4

@@ -145,6 +145,16 @@ def equations(solution: str) -> tuple[str, ...]:
     return tuple(f"{norm(a)}={norm(b)}" for a, b in found)
 
 
+RFT_SOURCES = {"both": ("student", "teacher"), "student": ("student",), "teacher": ("teacher",)}
+
+
+def select_rft(rows: list[dict], which: str) -> list[dict]:
+    """The rft.jsonl rows a round trains on (`rounds.N.preference.rft_rows`): both sources, the
+    student's solutions alone, or the teacher's alone — the control that says how much of a gain
+    is the student's own signal rather than a second pass over the teacher's solutions."""
+    return [r for r in rows if r["source"] in RFT_SOURCES[which]]
+
+
 def build_rft(problems: list[dict], feedback: list[dict], mix_teacher: bool = True) -> tuple[list[dict], dict]:
     """RFT's training rows: per problem, the distinct strictly correct student solutions (dedup by
     `equations`, or by the whole text when a solution writes none) and, with `mix_teacher`, the

@@ -30,6 +30,7 @@ from pathlib import Path
 from tutorloop import hardware
 from tutorloop.config import PREFERENCE_BATCH_CPU, ConfigError, Params
 from tutorloop.data.jsonl import read_jsonl
+from tutorloop.data.preferences import select_rft
 from tutorloop.modeling import load, messages, pick_device, setup_runtime
 from tutorloop.train.lora import lora_config
 from tutorloop.train.precision import device_batch, train_dtype
@@ -94,7 +95,11 @@ def trainer_and_data(params: Params, round_key: str, round_dir: Path, common: di
 
         from tutorloop.train.sft import make_sft_trainer_class, to_conversations
 
-        rows = read_jsonl(round_dir / "rft.jsonl", required=("question", "solution", "source"))
+        rows = select_rft(read_jsonl(round_dir / "rft.jsonl", required=("question", "solution", "source")),
+                          rcfg.rft_rows)
+        if not rows:
+            raise ConfigError(f"rounds.{round_key}.preference.rft_rows: {rcfg.rft_rows!r} -> {round_dir / 'rft.jsonl'} "
+                              "has no such rows (no strictly correct student solution this round?)")
         student = sum(r["source"] == "student" for r in rows)
         args = {k: v for k, v in common.items() if k != "beta"}
         return (make_sft_trainer_class(device), SFTConfig(**args, completion_only_loss=True),
