@@ -303,6 +303,35 @@ class Params(Section):
     checkpoints: dict[str, str] = Field(description="every model evaluated and registered: key -> model dir")
 
 
+def _round_checks(key: str, rnd: dict, raw: dict) -> list[str]:
+    """Problems of one round that span keys: its practice slice, and knobs its method ignores."""
+    problems: list[str] = []
+    practice = rnd.get("practice") if isinstance(rnd.get("practice"), dict) else {}
+    offset = practice.get("offset", 0)
+    # the offset indexes the set the round practises on: the SFT problems for source: sft
+    size_key = "n_sft" if practice.get("source") == "sft" else "n_practice"
+    size = (raw.get("generate") or {}).get(size_key) if isinstance(raw.get("generate"), dict) else None
+    if isinstance(offset, int) and isinstance(size, int) and offset >= size:
+        problems.append(f"rounds.{key}.practice.offset: {offset!r} -> past the "
+                        f"{'SFT' if size_key == 'n_sft' else 'practice'} set (generate.{size_key}: {size})")
+    dpo = rnd.get("preference") if isinstance(rnd, dict) else None
+    if isinstance(dpo, dict) and dpo.get("method") in ("kto", "rft") and dpo.get("sft_weight", 0):
+        problems.append(f"rounds.{key}.preference.sft_weight: {dpo.get('sft_weight')!r} -> the SFT term is DPO's (RPO); "
+                        f"{dpo.get('method').upper()} has no such term")
+    if isinstance(dpo, dict) and dpo.get("start", "prev") != "prev" and dpo.get("method") != "rft":
+        problems.append(f"rounds.{key}.preference.start: {dpo.get('start')!r} -> only an rft round can start "
+                        "elsewhere than its previous round (DPO/KTO train from and against it)")
+    if isinstance(dpo, dict) and dpo.get("rft_rows", "both") != "both" and dpo.get("method") != "rft":
+        problems.append(f"rounds.{key}.preference.rft_rows: {dpo.get('rft_rows')!r} -> only an rft round trains "
+                        "on rft.jsonl")
+    if isinstance(dpo, dict) and dpo.get("method") == "kto":
+        pref = raw.get("preference")
+        batch = (pref or {}).get("batch_size", 4) if isinstance(pref, dict) else 4
+        if isinstance(batch, int) and batch < 2:
+            problems.append(f"preference.batch_size: {batch!r} -> KTO estimates its KL term across a batch; use >= 2")
+    return problems
+
+
 def _cross_checks(raw: dict) -> list[str]:
     """Problems that span keys; defensive, since field validation may have failed too."""
     problems: list[str] = []
@@ -321,29 +350,7 @@ def _cross_checks(raw: dict) -> list[str]:
         prev = str(prev)
         if prev != "0" and (prev not in rounds or not prev.isdigit() or int(prev) >= int(key)):
             problems.append(f"rounds.{key}.prev: {prev!r} -> must be '0' or an earlier round in rounds")
-        practice = rnd.get("practice") if isinstance(rnd.get("practice"), dict) else {}
-        offset = practice.get("offset", 0)
-        # the offset indexes the set the round practises on: the SFT problems for source: sft
-        size_key = "n_sft" if practice.get("source") == "sft" else "n_practice"
-        size = (raw.get("generate") or {}).get(size_key) if isinstance(raw.get("generate"), dict) else None
-        if isinstance(offset, int) and isinstance(size, int) and offset >= size:
-            problems.append(f"rounds.{key}.practice.offset: {offset!r} -> past the "
-                            f"{'SFT' if size_key == 'n_sft' else 'practice'} set (generate.{size_key}: {size})")
-        dpo = rnd.get("preference") if isinstance(rnd, dict) else None
-        if isinstance(dpo, dict) and dpo.get("method") in ("kto", "rft") and dpo.get("sft_weight", 0):
-            problems.append(f"rounds.{key}.preference.sft_weight: {dpo.get('sft_weight')!r} -> the SFT term is DPO's (RPO); "
-                            f"{dpo.get('method').upper()} has no such term")
-        if isinstance(dpo, dict) and dpo.get("start", "prev") != "prev" and dpo.get("method") != "rft":
-            problems.append(f"rounds.{key}.preference.start: {dpo.get('start')!r} -> only an rft round can start "
-                            "elsewhere than its previous round (DPO/KTO train from and against it)")
-        if isinstance(dpo, dict) and dpo.get("rft_rows", "both") != "both" and dpo.get("method") != "rft":
-            problems.append(f"rounds.{key}.preference.rft_rows: {dpo.get('rft_rows')!r} -> only an rft round trains "
-                            "on rft.jsonl")
-        if isinstance(dpo, dict) and dpo.get("method") == "kto":
-            pref = raw.get("preference")
-            batch = (pref or {}).get("batch_size", 4) if isinstance(pref, dict) else 4
-            if isinstance(batch, int) and batch < 2:
-                problems.append(f"preference.batch_size: {batch!r} -> KTO estimates its KL term across a batch; use >= 2")
+        problems += _round_checks(str(key), rnd, raw)
     gen = raw.get("generate")
     if isinstance(gen, dict):
         teacher = gen.get("teacher") if isinstance(gen.get("teacher"), dict) else {}

@@ -12,8 +12,9 @@ merged round r-1 model:
 
 * `rft`: rejection-sampling fine-tuning — TRL's `SFTTrainer` (the SFT stage's, completion-only
   loss) on rft.jsonl: the student's distinct strictly correct solutions mixed with the teacher's
-  (tutorloop/data/preferences.py). From round r-1, or (`start: sft`) from the SFT model every
-  round, as ReST-EM does. No reference model.
+  (tutorloop/data/preferences.py), or either alone (`rft_rows: student | teacher`; teacher-only
+  is the control for what the student's own solutions add). From round r-1, or (`start: sft`)
+  from the SFT model every round, as ReST-EM does. No reference model.
 
 Reference (`rounds.r.preference.reference`): `prev` (default) passes `ref_model=None`, so TRL uses
 the adapter-disabled model — exactly round r-1, because the adapter is fresh (re-using an adapter
