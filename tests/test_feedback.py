@@ -252,11 +252,11 @@ def test_rft_keeps_distinct_strictly_correct_solutions_mixed_with_the_teachers()
                    for r in rows if r["source"] == "teacher")
         assert stats == {"rft_rows": 4, "rft_student_solutions": 2, "rft_strict_correct_samples": 3,
                          "rft_problems_with_student_solution": 1, "rft_student_share": 0.5}
-    alone, _ = build_rft(probs, judge(probs, samples), mix_teacher=False)
-    assert [r["source"] for r in alone] == ["student", "student"]
     # what a round trains on (rounds.N.preference.rft_rows): teacher-only is the control
     from tutorloop.data.preferences import select_rft
 
+    alone = select_rft(build_rft(probs, judge(probs, samples))[0], "student")
+    assert [r["source"] for r in alone] == ["student", "student"]
     assert select_rft(rows, "both") == rows
     assert [r["solution"] for r in select_rft(rows, "student")] == [same_path[0], other_path]
     assert [r["problem_id"] for r in select_rft(rows, "teacher")] == ["a", "b"]

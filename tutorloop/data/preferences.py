@@ -155,10 +155,11 @@ def select_rft(rows: list[dict], which: str) -> list[dict]:
     return [r for r in rows if r["source"] in RFT_SOURCES[which]]
 
 
-def build_rft(problems: list[dict], feedback: list[dict], mix_teacher: bool = True) -> tuple[list[dict], dict]:
+def build_rft(problems: list[dict], feedback: list[dict]) -> tuple[list[dict], dict]:
     """RFT's training rows: per problem, the distinct strictly correct student solutions (dedup by
-    `equations`, or by the whole text when a solution writes none) and, with `mix_teacher`, the
-    teacher's solution; (rows, stats). Pure: the same feedback gives the same rows."""
+    `equations`, or by the whole text when a solution writes none) and the teacher's solution,
+    each row tagged with its `source` (`select_rft` picks what a round trains on); (rows, stats).
+    Pure: the same feedback gives the same rows."""
     kept: dict[str, list[str]] = defaultdict(list)
     paths: dict[str, set] = defaultdict(set)
     strict_right = 0
@@ -174,9 +175,8 @@ def build_rft(problems: list[dict], feedback: list[dict], mix_teacher: bool = Tr
     for p in problems:
         rows += [{"problem_id": p["id"], "question": p["question"], "solution": t, "source": "student"}
                  for t in kept[p["id"]]]
-        if mix_teacher:
-            rows.append({"problem_id": p["id"], "question": p["question"], "solution": p["solution"],
-                         "source": "teacher"})
+        rows.append({"problem_id": p["id"], "question": p["question"], "solution": p["solution"],
+                     "source": "teacher"})
     student = sum(len(v) for v in kept.values())
     stats = {"rft_rows": len(rows), "rft_student_solutions": student, "rft_strict_correct_samples": strict_right,
              "rft_problems_with_student_solution": sum(1 for v in kept.values() if v),
