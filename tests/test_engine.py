@@ -1,7 +1,8 @@
 """The generation engine against HF `generate`, and the calculator, on tiny models built here.
 
 - greedy: token-for-token equal to HF `generate` (fp32), through refills, tail compaction and
-  the buffer shift (more prompts than rows, more steps than the buffer has columns);
+  the buffer shift (more prompts than rows, more steps than the buffer has columns), and with
+  the prompts' shared prefix computed once;
 - sampling: the top-k-prefiltered nucleus equals HF's temperature + top-p warpers exactly, the
   sampler's draws match that distribution (chi-square), and the engine's first tokens match HF
   `generate`'s (two-sample chi-square); seeded re-runs are identical;
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 from fractions import Fraction
 
 import pytest
@@ -48,6 +50,77 @@ def test_greedy_equals_hf_generate_through_refills_compaction_and_shift(tiny):
     assert all(len(set(t)) == 1 for t in k3.texts)
     assert [t[0] for t in k3.texts] == [t[0] for t in
                                         engine.generate(model, tok, prompts[:5], max_new_tokens=24).texts]
+
+
+def test_the_shared_prompt_prefix_runs_once_and_changes_no_token(tiny, monkeypatch):
+    """Evaluation's prompts share the chat template and system prompt: the engine computes those
+    tokens once, at batch 1, and every prompt pass only the prompts' own suffixes; the greedy
+    completions stay HF's token for token, and the same with the prefix pass switched off. A
+    call whose prompts share too little (two system prompts) takes the plain pass."""
+    import os
+
+    model, tok = tiny
+    prompts = _prompts(tok, 12) + modeling.chat_prompts(tok, ["What is 2 + 2?"], "Solve.", "{question}")
+    enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    shared = len(os.path.commonprefix(enc))
+    assert shared >= engine.PREFIX_MIN_TOKENS
+    passes = []   # (rows, columns) of every multi-token forward: prefix and prompt passes
+    forward = model.forward
+
+    @functools.wraps(forward)   # the engine reads forward's signature (which cache keyword it takes)
+    def spy(*args, **kwargs):
+        if kwargs["input_ids"].shape[1] > 1:
+            passes.append(tuple(kwargs["input_ids"].shape))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    ref = modeling.generate(model, tok, prompts, max_new_tokens=24, batch_size=13)
+    passes.clear()
+    out = engine.generate(model, tok, prompts, max_new_tokens=24, batch_size=4)
+    assert out.texts == ref.texts
+    prefix_passes = [p for p in passes if p[0] == 1 and p[1] >= shared]
+    assert prefix_passes and len(prefix_passes) <= len(passes) // 2   # once per distinct prefix, not per pass
+    computed = sum(r * c for r, c in passes)
+    assert computed < sum(len(e) for e in enc)   # fewer prompt tokens computed than the prompts hold
+    with monkeypatch.context() as m:
+        m.setattr(engine, "PREFIX_MIN_TOKENS", 1 << 30)
+        passes.clear()
+        assert engine.generate(model, tok, prompts, max_new_tokens=24, batch_size=4).texts == ref.texts
+        assert sum(r * c for r, c in passes) > computed
+    mixed = [prompts[0], modeling.chat_prompts(tok, ["What is 2 + 2?"], "Answer tersely, please.", "{question}")[0]]
+    passes.clear()
+    got = engine.generate(model, tok, mixed, max_new_tokens=24, batch_size=4)
+    assert passes == [(2, max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in mixed))]
+    assert got.texts == modeling.generate(model, tok, mixed, max_new_tokens=24, batch_size=2).texts
+
+
+@torch.no_grad()
+def test_a_prompt_pass_over_the_shared_prefix_gives_the_unpadded_prompts_keys_and_logits(tiny):
+    """Each row of a prompt pass ([shared prefix | padding | suffix]) holds exactly the keys and
+    values of its prompt run alone, unpadded, and the same last-position logits: positions run
+    on from the prefix, the padding is masked. (Random tiny models barely look at positions, so
+    the greedy texts above would not notice a position off by the prefix's length; these do.)"""
+    model, tok = tiny
+    prompts = _prompts(tok, 6, seed=11)
+    run = engine._Run(model, tok, prompts, K=1, batch_size=8, do_sample=False, temperature=1.0, top_p=1.0,
+                      max_new_tokens=8, seed=0, calculator=False, fused=True, attention="auto")
+    ids = list(range(len(prompts)))
+    logits, pre, am = run._prefill(ids)
+    assert run.prefixes, "the prompts share a chat template and system prompt: the prefix pass must run"
+    for j, i in enumerate(ids):
+        alone = torch.tensor([run.enc[i]])
+        cache = engine.DynamicCache()
+        ref = model(input_ids=alone, **{run.ckw: cache}, use_cache=True).logits[0, -1].float()
+        torch.testing.assert_close(logits[j], ref, rtol=1e-4, atol=1e-5)
+        cols = am[j].bool()
+        for layer, ref_layer in zip(pre.layers, cache.layers):
+            torch.testing.assert_close(layer.keys[j][:, cols], ref_layer.keys[0], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(layer.values[j][:, cols], ref_layer.values[0], rtol=1e-4, atol=1e-5)
+    # admitted into the slot cache, a row's first column is its prefix's first: decode reads from there
+    run.admit(run.free_rows())
+    for r in range(len(prompts)):
+        first = int(run.first[r])
+        assert run.mask[r, first] == 1 and not run.mask[r, :first].any()
 
 
 def test_nucleus_equals_hf_warpers():

@@ -10,7 +10,8 @@ sorts the whole 49K vocabulary per row per step, and the KV cache is re-concaten
 This engine removes each of those:
 
 - **Prompt pass once per prompt.** New prompts are prefilled together (logits of the last
-  position only); their KV is then copied into K rows, one per sample.
+  position only); their KV is then copied into K rows, one per sample. The tokens they all
+  start with (the chat template and system prompt) are computed once and reused (`_prefix`).
 - **Continuous batching.** `batch_size` rows decode together. A row that ends (EOS or the token
   cap) frees its slot; as soon as K slots are free the next prompt is prefilled into them. When
   the queue is empty, finished rows are compacted away (in place, over the attended columns
@@ -56,6 +57,7 @@ from tutorloop.inference.kernels import attention as decode_attention
 from tutorloop.modeling import Generation
 
 TOPK_PREFILTER = 64
+PREFIX_MIN_TOKENS = 8   # a shared prompt prefix shorter than this is prefilled with each prompt
 log = logging.getLogger(__name__)
 
 
@@ -302,6 +304,7 @@ class _Run:
         self.results: dict[int, list[int]] = {}                              # owner -> completion token ids
         self.col = self.lmax                                                 # every prompt fits left of col
         self.new_tokens = self.calculator_calls = self.forced_tokens = 0
+        self.prefixes: dict[tuple, list] = {}                               # shared prompt prefix -> its KV (`_prefix`)
 
     # --- the loop's steps ---------------------------------------------------------------------
 
@@ -374,7 +377,8 @@ class _Run:
         self.mask[take, col - width:col] = am.repeat_interleave(K, 0)
         lens = am.sum(-1).repeat_interleave(K, 0)
         self.pos[take] = lens
-        self.first[take] = col - lens
+        # the earliest column the row uses: its first unmasked one (left padding is never read)
+        self.first[take] = col - width + (am.cumsum(-1) == 0).sum(-1).repeat_interleave(K, 0)
         prompt_ids = torch.tensor(ids, device=self.dev).repeat_interleave(K)
         self.owner[take] = prompt_ids * K + torch.arange(K, device=self.dev).repeat(n)
         self.live[take] = True
@@ -384,21 +388,51 @@ class _Run:
         self.record(take)
 
     def _prefill(self, ids: list[int]) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
-        """The prompt pass of prompts `ids`, left-padded to the longest: fp32 logits of the last
-        position only, the prompts' KV (a fresh cache) and their attention mask [n, width]."""
+        """The prompt pass of prompts `ids`: fp32 logits of the last position only, the prompts'
+        KV (a fresh cache) and their attention mask [n, width].
+
+        The tokens every prompt of the pass starts with (the chat template and system prompt: 38
+        of a GSM8K prompt's ~106) run once, at batch 1, and are kept for later passes
+        (`_prefix`); each row then computes only its own suffix, left-padded to the longest.
+        A row's columns are [shared prefix | padding | suffix]: the mask hides the padding, and
+        position ids run on from the prefix, so the keys are those of the unpadded prompt."""
         enc, n = self.enc, len(ids)
-        width = max(len(enc[i]) for i in ids)
+        prefix = self._prefix([enc[i] for i in ids])
+        skip = prefix[0][0].shape[2] if prefix else 0
+        width = max(len(enc[i]) for i in ids) - skip
         batch = torch.full((n, width), self.pad, dtype=torch.long)
         am = torch.zeros(n, width, dtype=torch.long)
         for j, i in enumerate(ids):   # per prompt, not per token or step: n <= rows / K
-            batch[j, width - len(enc[i]):] = torch.tensor(enc[i])
-            am[j, width - len(enc[i]):] = 1
+            batch[j, width - len(enc[i]) + skip:] = torch.tensor(enc[i][skip:])
+            am[j, width - len(enc[i]) + skip:] = 1
         batch, am = batch.to(self.dev), am.to(self.dev)
-        posids = (am.cumsum(-1) - 1).clamp_(min=0)
-        pre = DynamicCache()
+        posids = (am.cumsum(-1) - 1).clamp_(min=0) + skip
+        if prefix:
+            pre = DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prefix])
+            am = torch.cat([am.new_ones(n, skip), am], 1)
+        else:
+            pre = DynamicCache()
         logits = self.model(input_ids=batch, attention_mask=am, position_ids=posids, **{self.ckw: pre},
                             use_cache=True, logits_to_keep=1).logits[:, -1].float()
         return logits, pre, am
+
+    def _prefix(self, prompts: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """The KV of the longest token prefix `prompts` share, leaving each at least one token of
+        its own, computed once per distinct prefix; None when it is too short to pay for a pass."""
+        shared = min(prompts, key=len)[:-1]
+        for p in prompts:
+            shared = shared[:next((j for j, (a, b) in enumerate(zip(shared, p)) if a != b), len(shared))]
+        if len(shared) < PREFIX_MIN_TOKENS:
+            return None
+        key = tuple(shared)
+        if key not in self.prefixes:
+            if len(self.prefixes) >= 8:   # a serving run sees many system prompts: keep the recent
+                self.prefixes.pop(next(iter(self.prefixes)))
+            ids = torch.tensor([shared], device=self.dev)
+            cache = DynamicCache()
+            self.model(input_ids=ids, **{self.ckw: cache}, use_cache=True, logits_to_keep=1)
+            self.prefixes[key] = [(layer.keys, layer.values) for layer in cache.layers]
+        return self.prefixes[key]
 
     def step(self) -> None:
         """One decode step for every row (finished rows too, masked, until refilled or compacted):
