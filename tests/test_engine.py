@@ -54,9 +54,9 @@ def test_greedy_equals_hf_generate_through_refills_compaction_and_shift(tiny):
 
 def test_the_shared_prompt_prefix_runs_once_and_changes_no_token(tiny, monkeypatch):
     """Evaluation's prompts share the chat template and system prompt: the engine computes those
-    tokens once, at batch 1, and every prompt pass only the prompts' own suffixes; the greedy
-    completions stay HF's token for token, and the same with the prefix pass switched off. A
-    call whose prompts share too little (two system prompts) takes the plain pass."""
+    tokens once per run, at batch 1, and every prompt pass only the prompts' own suffixes; the
+    greedy completions stay HF's token for token, and the same with the prefix pass switched off.
+    A call whose prompts share too little (two system prompts) runs whole prompts."""
     import os
 
     model, tok = tiny
@@ -64,13 +64,14 @@ def test_the_shared_prompt_prefix_runs_once_and_changes_no_token(tiny, monkeypat
     enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     shared = len(os.path.commonprefix(enc))
     assert shared >= engine.PREFIX_MIN_TOKENS
-    passes = []   # (rows, columns) of every multi-token forward: prefix and prompt passes
+    passes = []   # (rows, columns, columns already cached) of every multi-token forward
     forward = model.forward
 
     @functools.wraps(forward)   # the engine reads forward's signature (which cache keyword it takes)
     def spy(*args, **kwargs):
         if kwargs["input_ids"].shape[1] > 1:
-            passes.append(tuple(kwargs["input_ids"].shape))
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            passes.append((*kwargs["input_ids"].shape, cache.get_seq_length() if cache is not None else 0))
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(model, "forward", spy)
@@ -78,20 +79,44 @@ def test_the_shared_prompt_prefix_runs_once_and_changes_no_token(tiny, monkeypat
     passes.clear()
     out = engine.generate(model, tok, prompts, max_new_tokens=24, batch_size=4)
     assert out.texts == ref.texts
-    prefix_passes = [p for p in passes if p[0] == 1 and p[1] >= shared]
-    assert prefix_passes and len(prefix_passes) <= len(passes) // 2   # once per distinct prefix, not per pass
-    computed = sum(r * c for r, c in passes)
+    assert passes[0] == (1, shared, 0)   # the prefix, once for the run, not once per prompt pass
+    assert len(passes) > 2 and all(cached == shared for _, _, cached in passes[1:])
+    computed = sum(r * c for r, c, _ in passes)
     assert computed < sum(len(e) for e in enc)   # fewer prompt tokens computed than the prompts hold
     with monkeypatch.context() as m:
         m.setattr(engine, "PREFIX_MIN_TOKENS", 1 << 30)
         passes.clear()
         assert engine.generate(model, tok, prompts, max_new_tokens=24, batch_size=4).texts == ref.texts
-        assert sum(r * c for r, c in passes) > computed
+        assert all(cached == 0 for _, _, cached in passes) and sum(r * c for r, c, _ in passes) > computed
     mixed = [prompts[0], modeling.chat_prompts(tok, ["What is 2 + 2?"], "Answer tersely, please.", "{question}")[0]]
     passes.clear()
     got = engine.generate(model, tok, mixed, max_new_tokens=24, batch_size=4)
-    assert passes == [(2, max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in mixed))]
+    lens = sorted(len(tok(p, add_special_tokens=False)["input_ids"]) for p in mixed)
+    assert sorted(c for _, c, _ in passes) in ([lens[-1]], lens) and sum(r for r, _, _ in passes) == 2   # whole prompts
     assert got.texts == modeling.generate(model, tok, mixed, max_new_tokens=24, batch_size=2).texts
+
+
+def test_prompts_of_very_different_lengths_are_prefilled_in_tight_passes(tiny, monkeypatch):
+    """One admission of short and long prompts runs as several prompt passes, each padded only to
+    its own longest (at most PAD_SHARE of its cells), not one pass padded to the longest of all;
+    the greedy completions stay HF's."""
+    model, tok = tiny
+    qs = [r["question"] for r in ProceduralTeacher().problems(8, seed=12)]
+    prompts = modeling.chat_prompts(tok, qs[:4] + [" ".join([q] * 4) for q in qs[4:]], "Solve.", "{question}")
+    run = engine._Run(model, tok, prompts, K=2, batch_size=16, do_sample=False, temperature=1.0, top_p=1.0,
+                      max_new_tokens=8, seed=0, calculator=False, fused=True, attention="auto")
+    passes = run._passes(sorted(range(8), key=lambda i: len(run.enc[i])))
+    assert len(passes) >= 2 and sorted(sum(passes, [])) == list(range(8))
+    for chunk in passes:
+        lens = [len(run.enc[i]) for i in chunk]
+        assert len(chunk) * max(lens) - sum(lens) <= engine.PAD_SHARE * len(chunk) * max(lens)
+    widths = []
+    prefill = engine._Run._prefill
+    monkeypatch.setattr(engine._Run, "_prefill", lambda self, ids: widths.append(len(ids)) or prefill(self, ids))
+    out = engine.generate(model, tok, prompts, num_return_sequences=2, max_new_tokens=16, batch_size=16)
+    assert widths == [len(c) for c in passes]   # every prompt admitted at once, in those passes
+    ref = modeling.generate(model, tok, prompts, max_new_tokens=16, batch_size=8)
+    assert [t[0] for t in out.texts] == [t[0] for t in ref.texts]
 
 
 @torch.no_grad()
@@ -106,7 +131,7 @@ def test_a_prompt_pass_over_the_shared_prefix_gives_the_unpadded_prompts_keys_an
                       max_new_tokens=8, seed=0, calculator=False, fused=True, attention="auto")
     ids = list(range(len(prompts)))
     logits, pre, am = run._prefill(ids)
-    assert run.prefixes, "the prompts share a chat template and system prompt: the prefix pass must run"
+    assert run.prefix_kv is not None, "the prompts share a chat template and system prompt: the prefix pass must run"
     for j, i in enumerate(ids):
         alone = torch.tensor([run.enc[i]])
         cache = engine.DynamicCache()
