@@ -1,12 +1,13 @@
-"""Evaluation's workload with and without the shared prompt prefix: what the prompt pass costs.
+"""Evaluation's workload with the engine's prompt passes and with one padded pass: what prefill costs.
 
 Evaluation decodes one greedy completion per problem, so unlike practice (K = 4 samples share
-one prompt pass) every problem pays its own prompt pass, and the first pass of a run takes up
-to `--rows` prompts at once, left-padded to the longest. The engine computes the tokens all
-prompts of a pass start with (chat template + system prompt) once (`_Run._prefix`); this script
-runs the same problems with that on and off (off = `PREFIX_MIN_TOKENS` above any prompt), A B A B
-in one process, and prints wall seconds, the seconds spent in prompt passes, useful tok/s and
-whether the completions are identical. The first line names the machine: figures are per CPU.
+one prompt pass) every problem pays its own prompt pass, and the first admission of a run takes
+up to `--rows` prompts at once. The engine computes the tokens all prompts start with (chat
+template + system prompt) once per run (`_Run._prefix`) and cuts an admission into length-sorted
+passes padded to their own longest (`_Run._passes`); the baseline is what it did before: whole
+prompts, one pass per admission padded to the longest (`PREFIX_MIN_TOKENS` and `PAD_SHARE` set
+out of reach). A B A B in one process; prints wall seconds, the seconds spent in prompt passes,
+useful tok/s and whether the completions are identical. The first line names the machine.
 
     python benchmarks/prefill.py [models/round-0] [--problems 100] [--questions data.jsonl]
 """
@@ -29,7 +30,7 @@ from tutorloop.inference import engine  # noqa: E402
 
 
 def timed_run(model, tok, prompts: list[str], args, shared: bool) -> dict:
-    """One greedy engine run; `shared`: the prefix pass on (the engine's default) or off."""
+    """One greedy engine run; `shared`: the engine's prompt passes (True) or one padded pass of whole prompts."""
     spent = {"prefill": 0.0}
     original = engine._Run._prefill
 
@@ -39,10 +40,11 @@ def timed_run(model, tok, prompts: list[str], args, shared: bool) -> dict:
         spent["prefill"] += time.perf_counter() - t
         return out
 
-    limit = engine.PREFIX_MIN_TOKENS if shared else 1 << 30
-    with mock.patch.object(engine._Run, "_prefill", prefill), mock.patch.object(engine, "PREFIX_MIN_TOKENS", limit):
+    limit, pad = (engine.PREFIX_MIN_TOKENS, engine.PAD_SHARE) if shared else (1 << 30, float("inf"))
+    with mock.patch.object(engine._Run, "_prefill", prefill), mock.patch.object(engine, "PREFIX_MIN_TOKENS", limit), \
+            mock.patch.object(engine, "PAD_SHARE", pad):
         out = engine.generate(model, tok, prompts, max_new_tokens=args.new_tokens, batch_size=args.rows,
-                              calculator=True, desc="prefix" if shared else "no prefix")
+                              calculator=True, desc="engine" if shared else "one padded pass")
     return {"seconds": out.seconds, "prefill_seconds": spent["prefill"], "tok_s": out.new_tokens / out.seconds,
             "texts": [t[0] for t in out.texts]}
 
@@ -78,10 +80,10 @@ def main() -> None:
     same = all(a["texts"] == best[False]["texts"] for a in runs[True] + runs[False])
     result = {"cpu": hardware.cpu_name(), "capability": hardware.cpu_capability(), "dtype": str(precision.dtype),
               "problems": len(prompts), "mean_prompt_tokens": sum(lens) / len(lens), "identical_texts": same}
-    for shared, label in ((False, "no_prefix"), (True, "prefix")):
+    for shared, label in ((False, "one_pass"), (True, "engine")):
         r = best[shared]
         result[label] = {k: round(r[k], 2) for k in ("seconds", "prefill_seconds", "tok_s")}
-        print(f"{label:10s} {r['seconds']:7.1f} s (prompt passes {r['prefill_seconds']:5.1f} s)  {r['tok_s']:6.1f} tok/s")
+        print(f"{label:9s} {r['seconds']:7.1f} s (prompt passes {r['prefill_seconds']:5.1f} s)  {r['tok_s']:6.1f} tok/s")
     result["speedup"] = round(best[False]["seconds"] / best[True]["seconds"], 3)
     print(f"speed-up {result['speedup']:.2f}x · completions identical: {same}")
     if args.json:

@@ -22,6 +22,6 @@ def test_prefill_benchmark_times_both_arms_on_the_same_completions(tiny_model_di
     prefill.main()
     result = json.loads(out.read_text())
     assert result["problems"] == 4 and result["identical_texts"] is True
-    for arm in ("no_prefix", "prefix"):
+    for arm in ("one_pass", "engine"):
         assert 0 < result[arm]["prefill_seconds"] < result[arm]["seconds"]
     assert "speed-up" in capsys.readouterr().out
