@@ -10,8 +10,9 @@ sorts the whole 49K vocabulary per row per step, and the KV cache is re-concaten
 This engine removes each of those:
 
 - **Prompt pass once per prompt.** New prompts are prefilled together (logits of the last
-  position only); their KV is then copied into K rows, one per sample. The tokens they all
-  start with (the chat template and system prompt) are computed once and reused (`_prefix`).
+  position only), in length-sorted passes padded to their own longest (`_passes`); their KV is
+  then copied into K rows, one per sample. The tokens every prompt starts with (the chat
+  template and system prompt) are computed once per run and reused (`_prefix`).
 - **Continuous batching.** `batch_size` rows decode together. A row that ends (EOS or the token
   cap) frees its slot; as soon as K slots are free the next prompt is prefilled into them. When
   the queue is empty, finished rows are compacted away (in place, over the attended columns
@@ -425,13 +426,13 @@ class _Run:
         """The prompt pass of prompts `ids`: fp32 logits of the last position only, the prompts'
         KV (a fresh cache) and their attention mask [n, width].
 
-        The tokens every prompt of the pass starts with (the chat template and system prompt: 38
-        of a GSM8K prompt's ~106) run once, at batch 1, and are kept for later passes
-        (`_prefix`); each row then computes only its own suffix, left-padded to the longest.
+        The tokens every prompt of the run starts with (`shared`: the chat template and system
+        prompt, 38 of a GSM8K prompt's ~106) run once per run, at batch 1 (`_prefix`); each row
+        then computes only its own suffix, left-padded to the pass's longest.
         A row's columns are [shared prefix | padding | suffix]: the mask hides the padding, and
         position ids run on from the prefix, so the keys are those of the unpadded prompt."""
         enc, n = self.enc, len(ids)
-        prefix = self._prefix([enc[i] for i in ids])
+        prefix = self._prefix()
         skip = prefix[0][0].shape[2] if prefix else 0
         width = max(len(enc[i]) for i in ids) - skip
         batch = torch.full((n, width), self.pad, dtype=torch.long)
@@ -450,14 +451,14 @@ class _Run:
                             use_cache=True, logits_to_keep=1).logits[:, -1].float()
         return logits, pre, am
 
-    def _prefix(self, prompts: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        """The KV of the run's shared prefix (`shared`: what every prompt of the run starts with,
-        leaving each at least one token of its own), computed at its first use; None when it is
-        too short to pay for a pass of its own."""
+    def _prefix(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """The KV of the run's shared prefix (`shared`: what every prompt of the run, queued or
+        added by `extend`, starts with, leaving each at least one token of its own), computed at
+        its first use and again only if `extend` shortened it; None when it is too short to pay
+        for a pass of its own."""
         shared = self.shared
         if len(shared) < PREFIX_MIN_TOKENS:
             return None
-        assert all(p[:len(shared)] == shared for p in prompts)
         if self.prefix_kv is None or self.prefix_kv[0] != shared:
             cache = DynamicCache()
             self.model(input_ids=torch.tensor([shared], device=self.dev), **{self.ckw: cache}, use_cache=True,
