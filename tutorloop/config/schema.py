@@ -314,17 +314,20 @@ def _round_checks(key: str, rnd: dict, raw: dict) -> list[str]:
     if isinstance(offset, int) and isinstance(size, int) and offset >= size:
         problems.append(f"rounds.{key}.practice.offset: {offset!r} -> past the "
                         f"{'SFT' if size_key == 'n_sft' else 'practice'} set (generate.{size_key}: {size})")
-    dpo = rnd.get("preference") if isinstance(rnd, dict) else None
-    if isinstance(dpo, dict) and dpo.get("method") in ("kto", "rft") and dpo.get("sft_weight", 0):
+    dpo = rnd.get("preference")
+    if not isinstance(dpo, dict):
+        return problems
+    method = dpo.get("method")
+    if method in ("kto", "rft") and dpo.get("sft_weight", 0):
         problems.append(f"rounds.{key}.preference.sft_weight: {dpo.get('sft_weight')!r} -> the SFT term is DPO's (RPO); "
-                        f"{dpo.get('method').upper()} has no such term")
-    if isinstance(dpo, dict) and dpo.get("start", "prev") != "prev" and dpo.get("method") != "rft":
+                        f"{method.upper()} has no such term")
+    if dpo.get("start", "prev") != "prev" and method != "rft":
         problems.append(f"rounds.{key}.preference.start: {dpo.get('start')!r} -> only an rft round can start "
                         "elsewhere than its previous round (DPO/KTO train from and against it)")
-    if isinstance(dpo, dict) and dpo.get("rft_rows", "both") != "both" and dpo.get("method") != "rft":
+    if dpo.get("rft_rows", "both") != "both" and method != "rft":
         problems.append(f"rounds.{key}.preference.rft_rows: {dpo.get('rft_rows')!r} -> only an rft round trains "
                         "on rft.jsonl")
-    if isinstance(dpo, dict) and dpo.get("method") == "kto":
+    if method == "kto":
         pref = raw.get("preference")
         batch = (pref or {}).get("batch_size", 4) if isinstance(pref, dict) else 4
         if isinstance(batch, int) and batch < 2:

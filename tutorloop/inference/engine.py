@@ -338,7 +338,7 @@ class _Run:
             raise ValueError("a prompt longer than the run's buffer, or a cap above its max_new_tokens")
         first = self.n_prompts
         self.enc += enc
-        self.shared = shared_prefix([self.shared + [-1], *enc])   # -1: keeps the old prefix's length as a bound
+        self.shared = list(os.path.commonprefix([self.shared, shared_prefix(enc)]))   # still every prompt's
         self.keys = torch.cat([self.keys, torch.tensor(prompt_keys(prompts, seeds), dtype=torch.long, device=self.dev)])
         self.caps += caps
         self.ended += [0] * len(prompts)
@@ -375,7 +375,7 @@ class _Run:
 
     def admit(self, slots: torch.Tensor) -> None:
         """Prefill as many queued prompts as the free `slots` hold (K rows each), shortest first,
-        in as few passes as keep each pass's padding under PAD_SHARE (`_passes`)."""
+        in passes that keep their padding under PAD_SHARE (`_passes`)."""
         n = min(len(self.queue), len(slots) // self.K)
         ids = sorted((self.queue.pop() for _ in range(n)), key=lambda i: len(self.enc[i]))
         start = 0
