@@ -10,6 +10,8 @@
     tutorloop recipe gsm8k                 run recipes/gsm8k.yaml's overrides as a DVC experiment
     tutorloop serve --model models:/tutor@champion   an OpenAI-compatible server over the engine
     tutorloop harness --model models/base  lm-evaluation-harness GSM8K through that server, logged to MLflow
+    tutorloop heldout --n 400               more held-out problems, disjoint from the workspace's (bigger paired tests)
+    tutorloop paired eval/1 eval/2          pass@1 and paired McNemar between scored prediction sets
 
 A bad params.yaml or recipe (YAML syntax, a bad value, a missing file) is reported as
 `tutorloop: <file>:<line>: <problem>` lines on stderr with exit code 2, as the stages do
@@ -441,6 +443,56 @@ def compare(project: Path = typer.Option(Path("."), help="project root"),
                   spent or "-")
     Console().print(t)
     Console().print(f"figure: {path}")
+
+
+@app.command()
+def heldout(n: int = typer.Option(400, help="problems to write"),
+            seed: int = typer.Option(777, help="generate's seed for the draw (not the workspace's generate.seed)"),
+            out: Path = typer.Option(Path("data/extra/heldout.jsonl"), help="jsonl to write (ids extra-0..)"),
+            project: Path = typer.Option(Path("."), help="project root")) -> None:
+    """Draw more held-out problems, disjoint from the workspace's SFT, practice and held-out sets."""
+    from tutorloop.runtime.entry import BAD_INPUT
+    from tutorloop.teachers.heldout import draw
+
+    params = _validate(project)
+    try:
+        counts = draw(params, project, n, seed, out)
+    except BAD_INPUT as err:
+        _bad_input(err)
+    typer.echo(f"{out}: {counts['written']} problems ({counts['disjoint']} of {counts['candidates']} drawn "
+               "were new to this workspace)")
+
+
+@app.command()
+def paired(predictions: list[Path] = typer.Argument(..., help="predictions.jsonl files or evaluation folders "
+                                                          "holding one; the first is the baseline")) -> None:
+    """Pass@1 with Wilson intervals, and paired exact McNemar against the first and the previous set."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tutorloop.eval.report import scored
+    from tutorloop.eval.stats import wilson
+    from tutorloop.runtime.entry import BAD_INPUT
+
+    try:
+        sets = [scored(p) for p in predictions]
+    except BAD_INPUT as err:
+        _bad_input(err)
+    t = Table(title="greedy pass@1, paired on shared problem ids")
+    for col in ("predictions", "pass@1 [95% CI]", "n", "vs first", "vs previous"):
+        t.add_column(col)
+    for i, (path, d) in enumerate(zip(predictions, sets)):
+        lo, hi = wilson(sum(d.values()), len(d))
+        vs = [_won_lost(sets[j], d) if i else "-" for j in (0, i - 1)]
+        t.add_row(str(path), f"{sum(d.values()) / max(len(d), 1):.1%} [{lo:.1%}, {hi:.1%}]", str(len(d)), *vs)
+    Console().print(t)
+
+
+def _won_lost(a: dict, b: dict) -> str:
+    from tutorloop.eval.report import paired as mcnemar
+
+    res = mcnemar(a, b)
+    return "no shared problem" if res is None else f"+{res[0]}/-{res[1]} p={res[2]:.2g}"
 
 
 @app.command()

@@ -62,8 +62,13 @@ def paired(a: dict[str, bool], b: dict[str, bool]) -> tuple[int, int, float] | N
 def correctness(eval_dir: Path, checkpoint: str) -> dict[str, bool] | None:
     """Problem id -> correct from eval_dir/<checkpoint>/predictions.jsonl (None if absent)."""
     path = Path(eval_dir) / checkpoint / "predictions.jsonl"
-    if not path.exists():
-        return None
+    return scored(path) if path.exists() else None
+
+
+def scored(path: Path) -> dict[str, bool]:
+    """Problem id -> correct from a predictions.jsonl, or from the one inside a folder."""
+    path = Path(path)
+    path = path / "predictions.jsonl" if path.is_dir() else path
     return {str(r["id"]): bool(r["correct"]) for r in read_jsonl(path, required=("id", "correct"))}
 
 
