@@ -8,11 +8,12 @@ decontaminate's n-gram rule — any SFT, practice or held-out problem of the wor
 them is the evaluate stage run by hand on the file; pairing is `tutorloop paired`.
 
     tutorloop heldout --n 400 --seed 777 --out data/extra/heldout.jsonl
-    python -m components.evaluate round-2 models/round-2 data/extra/heldout.jsonl metrics/extra-2.json eval/extra-2
+    python -m components.evaluate extra-2 models/round-2 data/extra/heldout.jsonl metrics/extra-2.json eval/extra-2 --gsm8k /dev/null
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from tutorloop.config import Params
@@ -55,9 +56,9 @@ def draw(params: Params, project: Path, n: int, seed: int, out: Path) -> dict:
     config = params.generate.model_copy(update={
         "seed": seed, "n_test": int(n * OVERDRAW) + 1, "n_practice": 0, "n_sft": 0,
         "cache_dir": str(project / params.generate.cache_dir)})
-    scratch = out.parent / f".{out.stem}-candidates"
-    generate_dataset(config, scratch, progress=False, seeds_file=_seeds_file(project))
-    candidates = read_jsonl(scratch / "test.jsonl", required=("question", "answer"))
+    with tempfile.TemporaryDirectory() as scratch:   # generate's split files: only test.jsonl is wanted
+        generate_dataset(config, Path(scratch), progress=False, seeds_file=_seeds_file(project))
+        candidates = read_jsonl(Path(scratch) / "test.jsonl", required=("question", "answer"))
     kept = disjoint(candidates, seen, params.decontaminate.ngram, params.decontaminate.min_overlap)
     if len(kept) < n:
         raise DataError(f"--n {n}: only {len(kept)} of {len(candidates)} drawn problems are new to this "
