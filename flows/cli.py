@@ -446,15 +446,17 @@ def compare(project: Path = typer.Option(Path("."), help="project root"),
 
 
 @app.command()
-def heldout(n: int = typer.Option(400, help="problems to write"),
+def heldout(n: int = typer.Option(400, min=1, help="problems to write"),
             seed: int = typer.Option(777, help="generate's seed for the draw (not the workspace's generate.seed)"),
-            out: Path = typer.Option(Path("data/extra/heldout.jsonl"), help="jsonl to write (ids extra-0..)"),
+            out: Path = typer.Option(Path("extra/heldout.jsonl"), help="jsonl to write, under the project "
+                                                                        "(ids extra-<seed>-0..)"),
             project: Path = typer.Option(Path("."), help="project root")) -> None:
     """Draw more held-out problems, disjoint from the workspace's SFT, practice and held-out sets."""
     from tutorloop.runtime.entry import BAD_INPUT
     from tutorloop.teachers.heldout import draw
 
     params = _validate(project)
+    out = project / out
     try:
         counts = draw(params, project, n, seed, out)
     except BAD_INPUT as err:
@@ -466,7 +468,8 @@ def heldout(n: int = typer.Option(400, help="problems to write"),
 @app.command()
 def paired(predictions: list[Path] = typer.Argument(..., help="predictions.jsonl files or evaluation folders "
                                                           "holding one; the first is the baseline")) -> None:
-    """Pass@1 with Wilson intervals, and paired exact McNemar against the first and the previous set."""
+    """Pass@1 of each set with Wilson intervals; won/lost on the problem ids it shares with the first
+    and the previous set, with the exact one-sided McNemar p that it is the better one."""
     from rich.console import Console
     from rich.table import Table
 
@@ -478,13 +481,13 @@ def paired(predictions: list[Path] = typer.Argument(..., help="predictions.jsonl
         sets = [scored(p) for p in predictions]
     except BAD_INPUT as err:
         _bad_input(err)
-    t = Table(title="greedy pass@1, paired on shared problem ids")
+    t = Table(title="pass@1 per set; won/lost (shared ids) and one-sided McNemar p")
     for col in ("predictions", "pass@1 [95% CI]", "n", "vs first", "vs previous"):
         t.add_column(col)
     for i, (path, d) in enumerate(zip(predictions, sets)):
         lo, hi = wilson(sum(d.values()), len(d))
         vs = [_won_lost(sets[j], d) if i else "-" for j in (0, i - 1)]
-        t.add_row(str(path), f"{sum(d.values()) / max(len(d), 1):.1%} [{lo:.1%}, {hi:.1%}]", str(len(d)), *vs)
+        t.add_row(str(path), f"{sum(d.values()) / len(d):.1%} [{lo:.1%}, {hi:.1%}]", str(len(d)), *vs)
     Console().print(t)
 
 
@@ -492,7 +495,7 @@ def _won_lost(a: dict, b: dict) -> str:
     from tutorloop.eval.report import paired as mcnemar
 
     res = mcnemar(a, b)
-    return "no shared problem" if res is None else f"+{res[0]}/-{res[1]} p={res[2]:.2g}"
+    return "no shared problem" if res is None else f"+{res[0]}/-{res[1]} of {len(a.keys() & b.keys())} p={res[2]:.2g}"
 
 
 @app.command()

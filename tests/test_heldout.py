@@ -4,14 +4,15 @@ The drawn problems must be new to the workspace — no copy and no n-gram overla
 practice or held-out problem — or a "bigger held-out set" would score memorised problems.
 """
 
+import shutil
+
 import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tutorloop.data.contamination import EvalIndex
 from tutorloop.data.jsonl import read_jsonl, write_jsonl
 from tutorloop.errors import DataError
-from tutorloop.eval.stats import mcnemar_p
+from tutorloop.eval.stats import mcnemar_p, wilson
 from tutorloop.teachers import generation
 from tutorloop.teachers.heldout import disjoint, draw
 
@@ -21,12 +22,17 @@ SEEN = [{"question": "Ann has 3 apples and buys 4 more apples at the market on a
                      "How many apples does Ann have now?"}]
 
 
-def test_disjoint_drops_copies_and_overlaps_and_keeps_new_problems():
+def test_disjoint_drops_shared_seeds_copies_near_copies_and_overlaps_and_keeps_new_problems():
     copy = {"question": "  Ann has 3 apples and buys 4 more apples at the market on a sunny Tuesday\nmorning. "
                         "How many apples does Ann have now?"}
+    near = {"question": SEEN[0]["question"].replace("buys 4", "buys 5")}   # one number: 13-grams differ
     embedded = {"question": "Before lunch: " + SEEN[0]["question"] + " Then she eats one. How many are left?"}
-    new = {"question": "A train travels 60 km in one hour and then 45 km in the next hour. How far did it go?"}
-    assert disjoint([copy, embedded, new], SEEN, ngram=13, min_overlap=0.5) == [new]
+    same_seed = {"question": "A shop sells 7 pens a day for 9 days. How many pens does it sell?",
+                 "provenance": {"seed_id": "gsm8k:12"}}
+    new = {"question": "A train travels 60 km in one hour and then 45 km in the next hour. How far did it go?",
+           "provenance": {"seed_id": "gsm8k:13"}}
+    seen = SEEN + [{"question": "Unrelated text about a cat.", "provenance": {"seed_id": "gsm8k:12"}}]
+    assert disjoint([copy, near, embedded, same_seed, new], seen, ngram=13, min_overlap=0.5, near_dup=0.5) == [new]
 
 
 def workspace(params, tmp_path):
@@ -41,31 +47,37 @@ def workspace(params, tmp_path):
 
 def test_draw_writes_problems_new_to_the_workspace(params_factory, tmp_path):
     params = params_factory()
-    project = workspace(params, tmp_path)
-    seen = [r for f in ("data/clean/sft.jsonl", "data/clean/practice.jsonl", "data/generated/test.jsonl")
-            for r in read_jsonl(project / f)]
-    out = project / "data" / "extra" / "heldout.jsonl"
+    params = params.model_copy(update={"generate": params.generate.model_copy(update={"cache_dir": "cache"})})
+    project = workspace(params, tmp_path / "ws")
+    # plant two problems of the same draw in the workspace: one in SFT, one in a follow-up practice set
+    draw(params, project, 20, 777, project / "first.jsonl")
+    first = read_jsonl(project / "first.jsonl")
+    sft = read_jsonl(project / "data/clean/sft.jsonl") + [first[0]]
+    write_jsonl(project / "data/clean/sft.jsonl", sft)
+    (project / "data/practice-sets").mkdir(parents=True)
+    write_jsonl(project / "data/practice-sets/after-1.jsonl", [first[1]])
+    out = project / "extra" / "heldout.jsonl"
     counts = draw(params, project, n=20, seed=777, out=out)
     rows = read_jsonl(out)
-    assert counts["written"] == len(rows) == 20
-    assert [r["id"] for r in rows] == [f"extra-{i}" for i in range(20)]
-    assert all(r["answer"] not in ("", None) for r in rows)
-    index = EvalIndex(seen, params.decontaminate.ngram)
-    questions = {" ".join(r["question"].split()) for r in seen}
-    for r in rows:
-        assert " ".join(r["question"].split()) not in questions
-        assert index.overlap(r["question"]) < params.decontaminate.min_overlap
-    # the same draw again writes the same file: a paired comparison can be re-run from the command
+    assert counts["written"] == len(rows) == 20 and counts["disjoint"] == counts["candidates"] - 2
+    assert [r["id"] for r in rows] == [f"extra-777-{i}" for i in range(20)]
+    planted = {first[0]["question"], first[1]["question"]}
+    assert not planted & {r["question"] for r in rows}
+    assert [r["question"] for r in rows[:18]] == [r["question"] for r in first[2:]]   # the rest, in order
+    # a fresh workspace (no teacher journal in its cache) draws the same problems: re-runnable by command
+    shutil.rmtree(project / "cache")
     draw(params, project, n=20, seed=777, out=project / "again.jsonl")
     assert read_jsonl(project / "again.jsonl") == rows
 
 
-def test_draw_refuses_the_workspace_seed_and_a_workspace_without_its_sets(params_factory, tmp_path):
+def test_draw_refuses_bad_requests(params_factory, tmp_path):
     params = params_factory()
     with pytest.raises(DataError, match="data/clean/sft.jsonl"):
         draw(params, tmp_path, n=5, seed=777, out=tmp_path / "x.jsonl")
     with pytest.raises(DataError, match="generate.seed"):
         draw(params, tmp_path, n=5, seed=params.generate.seed, out=tmp_path / "x.jsonl")
+    with pytest.raises(DataError, match="at least one"):
+        draw(params, tmp_path, n=0, seed=777, out=tmp_path / "x.jsonl")
 
 
 def test_paired_prints_pass_at_1_and_mcnemar_against_the_first_and_previous(tmp_path, monkeypatch):
@@ -79,14 +91,23 @@ def test_paired_prints_pass_at_1_and_mcnemar_against_the_first_and_previous(tmp_
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["paired", "a", "b/predictions.jsonl", "c"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    rows = {line.split()[1].split("/")[0]: line for line in result.output.splitlines()
-            if line.split()[1:2] and line.split()[1].split("/")[0] in ("a", "b", "c")}
-    assert "30.0%" in rows["a"] and "50.0%" in rows["b"] and "70.0%" in rows["c"]
-    assert f"+3/-1 p={mcnemar_p(1, 3):.2g}" in rows["b"]
-    assert f"+5/-1 p={mcnemar_p(1, 5):.2g}" in rows["c"] and f"+2/-0 p={mcnemar_p(0, 2):.2g}" in rows["c"]
+    cells = {c[0].split("/")[0]: c for c in ([x.strip() for x in line.split("│")[1:-1]]
+                                              for line in result.output.splitlines() if line.startswith("│"))}
+    for name, right in (("a", 3), ("b", 5), ("c", 7)):
+        lo, hi = wilson(right, 10)
+        assert cells[name][1:3] == [f"{right / 10:.1%} [{lo:.1%}, {hi:.1%}]", "10"]
+    assert cells["a"][3:] == ["-", "-"]
+    assert cells["b"][3:] == [f"+3/-1 of 10 p={mcnemar_p(1, 3):.2g}"] * 2
+    assert cells["c"][3:] == [f"+5/-1 of 10 p={mcnemar_p(1, 5):.2g}", f"+2/-0 of 10 p={mcnemar_p(0, 2):.2g}"]
 
 
 def test_paired_reports_a_missing_file_as_bad_input(tmp_path):
     result = CliRunner().invoke(app, ["paired", str(tmp_path / "nope.jsonl")])
     assert result.exit_code == 2
     assert "no such file" in result.output
+
+
+def test_paired_reports_an_empty_predictions_file_as_bad_input(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    result = CliRunner().invoke(app, ["paired", str(tmp_path / "empty.jsonl")])
+    assert result.exit_code == 2

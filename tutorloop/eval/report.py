@@ -96,11 +96,11 @@ def rows(metrics_dir: Path, data_dir: Path | None = None, eval_dir: Path | None 
     for r in out:
         r.update({k: "" for k in PAIRED})
     if eval_dir is not None:
-        scored = {r["checkpoint"]: correctness(eval_dir, r["checkpoint"]) for r in out}
+        by_checkpoint = {r["checkpoint"]: correctness(eval_dir, r["checkpoint"]) for r in out}
         for i, r in enumerate(out):
-            mine = scored[r["checkpoint"]]
+            mine = by_checkpoint[r["checkpoint"]]
             for tag, other in (("base", "base"), ("prev", out[i - 1]["checkpoint"] if i else None)):
-                theirs = scored.get(other) if other and other != r["checkpoint"] else None
+                theirs = by_checkpoint.get(other) if other and other != r["checkpoint"] else None
                 cmp = paired(theirs, mine) if mine is not None and theirs is not None else None
                 if cmp:
                     r[f"won_vs_{tag}"], r[f"lost_vs_{tag}"], r[f"p_vs_{tag}"] = cmp
