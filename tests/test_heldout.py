@@ -4,6 +4,7 @@ The drawn problems must be new to the workspace — no copy and no n-gram overla
 practice or held-out problem — or a "bigger held-out set" would score memorised problems.
 """
 
+import json
 import shutil
 
 import pytest
@@ -111,3 +112,33 @@ def test_paired_reports_an_empty_predictions_file_as_bad_input(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     result = CliRunner().invoke(app, ["paired", str(tmp_path / "empty.jsonl")])
     assert result.exit_code == 2
+
+
+def test_draw_from_row_seeds_takes_only_rows_the_workspace_never_used(tmp_path):
+    """jsonl/dataset seeds at another seed are the same pool reshuffled: a drawn problem must be a
+    row that no split of the workspace used (GSM8K recipe: the dataset teacher passes rows through)."""
+    import yaml
+
+    from tests.conftest import ROOT
+    from tutorloop.config import validate
+
+    rows = [{"question": f"{name} packs {i + 3} crates of {fruit} with {2 * i + 5} in each crate. "
+                         f"How many {fruit} does {name} pack?", "answer": f"#### {(i + 3) * (2 * i + 5)}"}
+            for i, (name, fruit) in enumerate((n, f) for n in ("Ann", "Bo", "Cy", "Di", "Ed", "Flo")
+                                              for f in ("pears", "plums", "limes", "figs", "kiwis"))]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["generate"]["teacher"]["kind"] = "dataset"
+    raw["generate"]["seeds"].update(source="jsonl", path=str(tmp_path / "rows.jsonl"), shuffle=True)
+    raw["generate"].update(n_test=5, n_practice=5, n_sft=10, cache_dir=str(tmp_path / "cache"))
+    raw["evaluate"]["gsm8k"]["path"] = ""
+    params = validate(raw)
+    project = workspace(params, tmp_path / "ws")
+    used = {r["question"] for f in ("data/clean/sft.jsonl", "data/clean/practice.jsonl", "data/generated/test.jsonl")
+            for r in read_jsonl(project / f)}
+    assert len(used) == 20
+    draw(params, project, n=10, seed=777, out=project / "extra.jsonl")
+    drawn = {r["question"] for r in read_jsonl(project / "extra.jsonl")}
+    assert len(drawn) == 10 and not drawn & used
+    with pytest.raises(DataError, match="--n 11"):   # 30 rows, 20 used: 10 is all there is
+        draw(params, project, n=11, seed=778, out=project / "more.jsonl")
