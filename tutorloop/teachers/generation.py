@@ -45,6 +45,11 @@ TEACHERS_DIR = Path(__file__).parent
 
 # --- seeds ----------------------------------------------------------------------------------
 
+class SeedsExhausted(RuntimeError):
+    """The seed stream ended before a split was full (a RuntimeError, as it always was, for the
+    generate stage; `tutorloop heldout` reports it as bad input: the draw asked past the seeds)."""
+
+
 class SeedSource:
     """Seed i of the stream as {seed_id, question, solution?, family?}; None past the end."""
 
@@ -265,7 +270,7 @@ def _fill(split: str, n: int, config: Generate, seeds: SeedSource, expander, cur
         _expand_all(expander, todo, agents, journal)
         for j in range(i, i + chunk):
             if j not in journal.done:
-                raise RuntimeError(f"{split}: the seed source ran out at seed {j} with {len(kept)} of "
+                raise SeedsExhausted(f"{split}: the seed source ran out at seed {j} with {len(kept)} of "
                                    f"{n} problems; add seeds or lower generate.n_{split}")
             b = journal.done[j]
             if b["seed_id"] != seeds(j)["seed_id"]:

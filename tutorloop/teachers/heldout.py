@@ -24,7 +24,7 @@ from tutorloop.data.contamination import EvalIndex
 from tutorloop.data.dedup import Dedup
 from tutorloop.data.jsonl import read_jsonl, write_jsonl
 from tutorloop.errors import DataError
-from tutorloop.teachers.generation import generate_dataset
+from tutorloop.teachers.generation import SeedsExhausted, generate_dataset
 
 # The workspace files a drawn problem must be disjoint from (relative to the project root), and
 # the practice sets that follow-up rounds grew (after-0 is the clean practice set itself).
@@ -90,10 +90,8 @@ def _candidates(params: Params, project: Path, n: int, seed: int, n_seen: int) -
         try:
             generate_dataset(config, Path(scratch), runtime=params.runtime, progress=False,
                              seeds_file=_seeds_file(project))
-        except RuntimeError as err:
-            if "ran out" not in str(err):
-                raise
-            raise DataError(f"--n {n}: {err}") from err   # fewer seeds than the draw needs: bad input
+        except SeedsExhausted as err:   # fewer seeds than the draw needs: bad input, not a bug
+            raise DataError(f"--n {n}: {err}") from err
         return read_jsonl(Path(scratch) / "test.jsonl", required=("question", "answer"))
 
 
