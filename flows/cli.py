@@ -466,19 +466,20 @@ def heldout(n: int = typer.Option(400, min=1, help="problems to write"),
 
 
 @app.command()
-def paired(predictions: list[Path] = typer.Argument(..., help="predictions.jsonl files or evaluation folders "
-                                                          "holding one; the first is the baseline")) -> None:
+def paired(predictions: list[str] = typer.Argument(..., help="predictions.jsonl files or evaluation folders "
+                                                         "holding one, the first the baseline; join parts of one "
+                                                         "set with commas: eval/2,extra/eval/2")) -> None:
     """Pass@1 of each set with Wilson intervals; won/lost on the problem ids it shares with the first
     and the previous set, with the exact one-sided McNemar p that it is the better one."""
     from rich.console import Console
     from rich.table import Table
 
-    from tutorloop.eval.report import scored
+    from tutorloop.eval.report import scored_joined
     from tutorloop.eval.stats import wilson
     from tutorloop.runtime.entry import BAD_INPUT
 
     try:
-        sets = [scored(p) for p in predictions]
+        sets = [scored_joined(p) for p in predictions]
     except BAD_INPUT as err:
         _bad_input(err)
     t = Table(title="pass@1 per set; won/lost (shared ids) and one-sided McNemar p")
@@ -487,7 +488,7 @@ def paired(predictions: list[Path] = typer.Argument(..., help="predictions.jsonl
     for i, (path, d) in enumerate(zip(predictions, sets)):
         lo, hi = wilson(sum(d.values()), len(d))
         vs = [_won_lost(sets[j], d) if i else "-" for j in (0, i - 1)]
-        t.add_row(str(path), f"{sum(d.values()) / len(d):.1%} [{lo:.1%}, {hi:.1%}]", str(len(d)), *vs)
+        t.add_row(path, f"{sum(d.values()) / len(d):.1%} [{lo:.1%}, {hi:.1%}]", str(len(d)), *vs)
     Console().print(t)
 
 

@@ -89,10 +89,15 @@ def test_paired_prints_pass_at_1_and_mcnemar_against_the_first_and_previous(tmp_
     for name, marks in (("a", a), ("b", b), ("c", c)):
         (tmp_path / name).mkdir()
         write_jsonl(tmp_path / name / "predictions.jsonl", [{"id": i, "correct": m} for i, m in zip(ids, marks)])
+    # c as two parts (the held-out set + problems drawn after it), joined into one set by a comma
+    (tmp_path / "c" / "predictions.jsonl").unlink()
+    for part, sl in (("c", slice(0, 4)), ("c-extra", slice(4, 10))):
+        (tmp_path / part).mkdir(exist_ok=True)
+        write_jsonl(tmp_path / part / "predictions.jsonl", [{"id": i, "correct": m} for i, m in zip(ids[sl], c[sl])])
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["paired", "a", "b/predictions.jsonl", "c"], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, ["paired", "a", "b/predictions.jsonl", "c,c-extra"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    cells = {c[0].split("/")[0]: c for c in ([x.strip() for x in line.split("│")[1:-1]]
+    cells = {c[0].split("/")[0].split(",")[0]: c for c in ([x.strip() for x in line.split("│")[1:-1]]
                                               for line in result.output.splitlines() if line.startswith("│"))}
     for name, right in (("a", 3), ("b", 5), ("c", 7)):
         lo, hi = wilson(right, 10)
@@ -100,6 +105,14 @@ def test_paired_prints_pass_at_1_and_mcnemar_against_the_first_and_previous(tmp_
     assert cells["a"][3:] == ["-", "-"]
     assert cells["b"][3:] == [f"+3/-1 of 10 p={mcnemar_p(1, 3):.2g}"] * 2
     assert cells["c"][3:] == [f"+5/-1 of 10 p={mcnemar_p(1, 5):.2g}", f"+2/-0 of 10 p={mcnemar_p(0, 2):.2g}"]
+
+
+def test_paired_refuses_joined_parts_that_share_a_problem(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [{"id": "p0", "correct": True}, {"id": "p1", "correct": False}])
+    write_jsonl(tmp_path / "b.jsonl", [{"id": "p1", "correct": True}])
+    result = CliRunner().invoke(app, ["paired", f"{tmp_path}/a.jsonl,{tmp_path}/b.jsonl"])
+    assert result.exit_code == 2
+    assert "'p1'" in result.output and "different problems" in result.output
 
 
 def test_paired_reports_a_missing_file_as_bad_input(tmp_path):

@@ -31,6 +31,7 @@ import re
 from pathlib import Path
 
 from tutorloop.data.jsonl import read_jsonl
+from tutorloop.errors import DataError
 from tutorloop.eval.stats import mcnemar_p
 
 COLUMNS = ["checkpoint", "accuracy", "ci95_low", "ci95_high", "n", "strict_accuracy", "gsm8k_accuracy",
@@ -70,6 +71,20 @@ def scored(path: Path) -> dict[str, bool]:
     path = Path(path)
     path = path / "predictions.jsonl" if path.is_dir() else path
     return {str(r["id"]): bool(r["correct"]) for r in read_jsonl(path, required=("id", "correct"))}
+
+
+def scored_joined(spec: str) -> dict[str, bool]:
+    """`scored` over one set made of several: "eval/2,extra/eval/2" is a checkpoint scored on the
+    held-out set and on more problems drawn after it (`tutorloop heldout`), paired as one set. An
+    id in two parts is refused: it would count one problem twice, or two problems as one."""
+    joined: dict[str, bool] = {}
+    for part in spec.split(","):
+        marks = scored(Path(part))
+        if clash := sorted(joined.keys() & marks.keys()):
+            raise DataError(f"{part}: problem id {clash[0]!r} is in an earlier part of {spec!r} too "
+                            f"({len(clash)} shared ids): joined sets must hold different problems")
+        joined.update(marks)
+    return joined
 
 
 def rows(metrics_dir: Path, data_dir: Path | None = None, eval_dir: Path | None = None) -> list[dict]:
