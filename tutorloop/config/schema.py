@@ -57,7 +57,7 @@ class Runtime(Section):
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per core (never more: oversubscription is 12x slower)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where models run; auto = cuda if available")
     precision: Literal["auto", "float32", "bfloat16"] = Field("auto", description="compute precision of every stage that runs a model (practice, evaluate, training, local teacher and judge): auto = bf16 only where the device computes it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX; tutorloop/hardware.py), else fp32; `tutorloop doctor` says what it resolves to here")
-    attention: Literal["auto", "sdpa"] = Field("auto", description="practice/evaluation decode attention in bf16 on CPU: auto = tutorloop's C kernel (tutorloop/inference/kernels/attention.py, fp32 accumulation; torch's SDPA where no C compiler), sdpa = torch's kernel")
+    attention: Literal["auto", "sdpa"] = Field("auto", description="practice/evaluation decode attention on CPU (bf16 and fp32): auto = tutorloop's C kernel (tutorloop/inference/kernels/attention.py, fp32 accumulation; torch's SDPA where no C compiler), sdpa = torch's kernel")
 
 
 class Prompt(Section):
