@@ -271,7 +271,7 @@ def _fill(split: str, n: int, config: Generate, seeds: SeedSource, expander, cur
         for j in range(i, i + chunk):
             if j not in journal.done:
                 raise SeedsExhausted(f"{split}: the seed source ran out at seed {j} with {len(kept)} of "
-                                   f"{n} problems; add seeds or lower generate.n_{split}")
+                                     f"{n} problems; add seeds or lower generate.n_{split}")
             b = journal.done[j]
             if b["seed_id"] != seeds(j)["seed_id"]:
                 raise RuntimeError(f"journal {journal.path} holds seed {b['seed_id']!r} at {j}, expected "
