@@ -125,7 +125,10 @@ def test_streaming_sends_text_as_it_decodes(running):
     assert early.choices[0].text == whole[:whole.find(stop)] and early.usage.completion_tokens < 150, early.usage
 
 
-def test_concurrent_requests_share_engine_calls_and_finish_sooner(running):
+def test_concurrent_requests_share_engine_calls(running):
+    """Eight requests at once are answered by fewer than eight engine calls, with the texts they
+    get one at a time. Wall-clock speed under concurrency is benchmarks/serving.py's target (a
+    ratio in one process): a timed assertion here failed CI on a loaded 2-core machine."""
     c = running.client()
     prompts = [f"Count to {i}:" for i in range(8)]
 
@@ -133,43 +136,41 @@ def test_concurrent_requests_share_engine_calls_and_finish_sooner(running):
         return c.completions.create(model="tiny", prompt=p, temperature=0, max_tokens=24).choices[0].text
 
     calls = running.served.calls
-    start = time.perf_counter()
     sequential = [one(p) for p in prompts]
-    seq_s = time.perf_counter() - start
     assert running.served.calls - calls == 8
     calls = running.served.calls
-    start = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         concurrent = list(pool.map(one, prompts))
-    conc_s = time.perf_counter() - start
     assert concurrent == sequential                               # batching changes no greedy text
-    assert running.served.calls - calls < 8 and conc_s < seq_s, (running.served.calls - calls, conc_s, seq_s)
-    print(f"\n8 requests: sequential {seq_s:.2f} s, concurrent {conc_s:.2f} s "
-          f"({running.served.calls - calls} engine calls)")
+    assert running.served.calls - calls < 8, running.served.calls - calls
 
 
 def test_a_request_joins_the_call_in_flight_and_is_answered_when_it_ends(running):
     """Continuous batching across requests: a short request sent while a long one decodes takes
-    free rows of the same engine call (no second call) and is answered before the long one ends."""
+    free rows of the same engine call (no second call) and is answered before the long one ends.
+    The long request streams, so the short one is sent once tokens flow (the call is in flight)
+    rather than after a fixed sleep: a fast CPU finished 240 tokens inside a 0.2 s sleep."""
     c = running.client()
     ask = dict(model="tiny", temperature=0, prompt="Once upon a time")
     alone = c.completions.create(max_tokens=6, **ask).choices[0].text
     ended: dict[str, float] = {}
+    decoding = threading.Event()
 
     def long():
-        r = c.completions.create(max_tokens=240, **ask)
+        finish = None
+        for chunk in c.completions.create(stream=True, max_tokens=800, **ask):
+            decoding.set()
+            finish = chunk.choices[0].finish_reason or finish
         ended["long"] = time.perf_counter()
-        return r
+        return finish
 
     calls = running.served.calls
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(long)
-        while running.served.calls == calls:   # the long request's call has started
-            time.sleep(0.01)
-        time.sleep(0.2)
+        assert decoding.wait(60), "the long request sent no tokens"
         short = c.completions.create(max_tokens=6, **ask)
         ended["short"] = time.perf_counter()
-        assert pending.result().choices[0].finish_reason == "length"
+        assert pending.result() == "length"
     assert running.served.calls == calls + 1, "the short request ran in a call of its own"
     assert ended["short"] < ended["long"] and short.choices[0].text == alone
 
