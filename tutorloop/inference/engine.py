@@ -25,7 +25,9 @@ This engine removes each of those:
   while the mass ranked strictly above it is < top_p) from the top 64 tokens; a row whose top 64
   hold less than top_p of the mass falls back to a full sort. Sampling is an inverse-CDF draw
   at a uniform hashed from (seed, sample, token position): a re-run gives identical samples,
-  and so does a run with another batch size or other prompts beside it. The fp32 work runs in
+  and so does a run with another batch size or other prompts beside it — up to the BLAS: where
+  a GEMM rounds by its row count (MKL's AVX-512 kernels, ~1e-7 in fp32), a near-tie can still
+  flip a draw (tests/test_engine.py checks the engine's part in float64). The fp32 work runs in
   one scratch buffer per run: fresh [rows, vocab] temporaries were page-faulted in every step.
 - **Prompts that arrive mid-run** (`feed`, for `tutorloop serve`): between steps the run asks
   `feed` for more prompts and queues them behind the ones waiting, so a request that arrives
@@ -135,7 +137,8 @@ def prompt_keys(prompts: list[str], seeds: list[int] | None = None) -> list[int]
 def draws(seed: int, prompt: torch.Tensor, sample: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     """One uniform in [0, 1) per row, a pure function of (seed, prompt key, sample index, token
     position): a sample's tokens do not depend on which rows or prompts it shared a batch with,
-    so `batch_size` (and `auto` resolving it differently elsewhere) never changes what a seed samples."""
+    so `batch_size` (and `auto` resolving it differently elsewhere) never changes what a seed samples
+    (bar a GEMM that rounds by its row count flipping a near-tie: the module docstring)."""
     h = _mix32(torch.full_like(prompt, seed & 0xFFFFFFFF))
     for part in (prompt, sample, step):
         h = _mix32(h ^ (part & 0xFFFFFFFF))
