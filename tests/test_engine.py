@@ -299,7 +299,7 @@ def _scripted(monkeypatch, script: list[int]) -> list[int]:
 def test_seeded_samples_do_not_depend_on_the_batch(tiny):
     """A sample is a function of (seed, prompt, sample index): alone or beside other prompts, in 2
     rows or 12, it is the same text (batch_size: auto resolves differently on other machines).
-    In float64: fp32 GEMMs on some CPUs (MKL's AVX-512 kernels, AMD EPYC Zen 4) round by the
+    In float64: fp32 GEMMs on some CPUs (the AVX-512 kernels on an AMD EPYC Zen 4) round by the
     batch's row count (~1e-7 on these logits), and on a random model's flat distribution such a
     near-tie flips a sorted inverse-CDF draw; at 1e-16 it cannot, so this checks the engine's own
     batch independence (per-row seeded draws, per-row passes), not the BLAS's."""
