@@ -6,8 +6,10 @@ practice or held-out problem — or a "bigger held-out set" would score memorise
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -15,6 +17,7 @@ from tutorloop.data.jsonl import read_jsonl, write_jsonl
 from tutorloop.errors import DataError
 from tutorloop.eval.stats import mcnemar_p, wilson
 from tutorloop.teachers import generation
+from tutorloop.teachers import heldout
 from tutorloop.teachers.heldout import disjoint, draw
 
 pytestmark = pytest.mark.usefixtures("no_tracking")
@@ -155,3 +158,16 @@ def test_draw_from_row_seeds_takes_only_rows_the_workspace_never_used(tmp_path):
     assert len(drawn) == 10 and not drawn & used
     with pytest.raises(DataError, match="--n 11"):   # 30 rows, 20 used: 10 is all there is
         draw(params, project, n=11, seed=778, out=project / "more.jsonl")
+
+
+def test_the_workspace_paths_heldout_reads_are_outputs_of_dvc_yaml_stages():
+    """heldout reads stage outputs by path; a path renamed in dvc.yaml alone would make it read nothing."""
+    root = Path(__file__).resolve().parents[1]
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    outs = set()
+    for stage in stages.values():
+        for out in stage.get("outs", []):
+            outs.add(next(iter(out)) if isinstance(out, dict) else out)
+    assert heldout.SEEDS in outs
+    for path in heldout.SEEN:   # files inside a stage's output folder
+        assert any(path == o or path.startswith(o.rstrip("/") + "/") for o in outs), path

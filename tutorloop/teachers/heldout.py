@@ -30,6 +30,8 @@ from tutorloop.teachers.generation import SeedsExhausted, generate_dataset
 # the practice sets that follow-up rounds grew (after-0 is the clean practice set itself).
 SEEN = ("data/clean/sft.jsonl", "data/clean/practice.jsonl", "data/generated/test.jsonl")
 FOLLOWUP_SETS = "data/practice-sets/after-*.jsonl"
+# The inputs stage's seed rows (dvc.yaml: inputs' out, generate's --seeds); empty = procedural seeds.
+SEEDS = "data/inputs/seeds.jsonl"
 # Procedural seeds are fresh at a new seed (~5% of the quick workspace's were dropped): draw 1.3x.
 # Row seeds (jsonl, dataset) are the same pool reshuffled: draw past every seed the workspace used.
 OVERDRAW = 1.3
@@ -97,5 +99,5 @@ def _candidates(params: Params, project: Path, n: int, seed: int, n_seen: int) -
 
 def _seeds_file(project: Path) -> Path | None:
     """The inputs stage's seed rows (jsonl/dataset seeds), as generate reads them; None = procedural."""
-    path = project / "data" / "inputs" / "seeds.jsonl"
+    path = project / SEEDS
     return path if path.exists() and path.stat().st_size else None
