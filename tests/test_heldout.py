@@ -16,8 +16,7 @@ from flows.cli import app
 from tutorloop.data.jsonl import read_jsonl, write_jsonl
 from tutorloop.errors import DataError
 from tutorloop.eval.stats import mcnemar_p, wilson
-from tutorloop.teachers import generation
-from tutorloop.teachers import heldout
+from tutorloop.teachers import generation, heldout
 from tutorloop.teachers.heldout import disjoint, draw
 
 pytestmark = pytest.mark.usefixtures("no_tracking")
