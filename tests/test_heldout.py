@@ -6,10 +6,11 @@ practice or held-out problem — or a "bigger held-out set" would score memorise
 
 import json
 import shutil
-from pathlib import Path
+from fnmatch import fnmatch
 
 import pytest
 import yaml
+from conftest import ROOT
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -161,12 +162,11 @@ def test_draw_from_row_seeds_takes_only_rows_the_workspace_never_used(tmp_path):
 
 def test_the_workspace_paths_heldout_reads_are_outputs_of_dvc_yaml_stages():
     """heldout reads stage outputs by path; a path renamed in dvc.yaml alone would make it read nothing."""
-    root = Path(__file__).resolve().parents[1]
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    outs = set()
-    for stage in stages.values():
-        for out in stage.get("outs", []):
-            outs.add(next(iter(out)) if isinstance(out, dict) else out)
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    # round stages are foreach templates (body under `do`); round 1 stands for every round
+    outs = {(next(iter(out)) if isinstance(out, dict) else out).replace("${key}", "1")
+            for stage in stages.values() for out in stage.get("do", stage).get("outs", [])}
     assert heldout.SEEDS in outs
     for path in heldout.SEEN:   # files inside a stage's output folder
         assert any(path == o or path.startswith(o.rstrip("/") + "/") for o in outs), path
+    assert any(fnmatch(o, heldout.FOLLOWUP_SETS) for o in outs)

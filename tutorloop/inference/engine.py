@@ -26,8 +26,8 @@ This engine removes each of those:
   hold less than top_p of the mass falls back to a full sort. Sampling is an inverse-CDF draw
   at a uniform hashed from (seed, sample, token position): a re-run gives identical samples,
   and so does a run with another batch size or other prompts beside it — up to the BLAS: where
-  a GEMM rounds by its row count (measured ~1e-7 in fp32 with AVX-512 on an AMD EPYC Zen 4), a near-tie can still
-  flip a draw (tests/test_engine.py checks the engine's part in float64). The fp32 work runs in
+  a GEMM rounds by its row count (measured ~1e-7 in fp32 with AVX-512 on an AMD EPYC Zen 4), a
+  near-tie can still flip a draw (tests/test_engine.py checks the engine's part in float64). The fp32 work runs in
   one scratch buffer per run: fresh [rows, vocab] temporaries were page-faulted in every step.
 - **Prompts that arrive mid-run** (`feed`, for `tutorloop serve`): between steps the run asks
   `feed` for more prompts and queues them behind the ones waiting, so a request that arrives
