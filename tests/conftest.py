@@ -23,6 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the hub
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 GSM8K_TRAIN = SHARED / "data" / "gsm8k" / "train.jsonl"
+ASDIV = SHARED / "data" / "asdiv" / "asdiv.jsonl"   # CC BY-NC 4.0: read from ../shared, never committed
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"

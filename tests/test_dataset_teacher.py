@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from tests.conftest import GSM8K_TRAIN, ROOT
+from tests.conftest import ASDIV, GSM8K_TRAIN, ROOT
 from tutorloop.config import ConfigError, validate
 from tutorloop.data.jsonl import read_jsonl
 from tutorloop.teachers import generation as generate
@@ -147,3 +147,66 @@ def test_inputs_stage_snapshots_gsm8k_and_seeds_and_empties_what_is_absent(param
     assert m["gsm8k"]["rows"] == 0 and m["seeds"]["rows"] == 0
     assert (tmp_path / "inputs/gsm8k.jsonl").read_text() == ""
     assert gsm8k_problems(params.evaluate.gsm8k, tmp_path / "inputs/gsm8k.jsonl") is None
+
+
+def _asdiv_rows() -> list[dict]:
+    """ASDiv-shaped rows: a bare-answer label, a formula, a grade and a type."""
+    rows = [{"question": f"Tom has {i + 2} red and {i + 5} blue marbles. How many marbles does he have?",
+             "answer": f"{2 * i + 7}\n#### {2 * i + 7}", "formula": f"{i + 2}+{i + 5}={2 * i + 7}",
+             "grade": 1, "type": "Addition"} for i in range(12)]
+    rows += [{"question": f"The ratio of cats to dogs is 3:{i + 4}. There are {3 * (i + 1)} cats. How many dogs?",
+              "answer": f"{(i + 4) * (i + 1)}\n#### {(i + 4) * (i + 1)}",
+              "formula": f"3:{i + 4}={3 * (i + 1)}:{(i + 4) * (i + 1)}", "grade": 5, "type": "Ratio"}
+             for i in range(6)]
+    rows.append({"question": "Sue has 4 pens and buys 3 more. How many pens does she have now?",
+                 "answer": "8\n#### 8", "formula": "4+3=7", "grade": 1, "type": "Addition"})   # a wrong label
+    return rows
+
+
+def test_formula_solutions_are_written_and_checked_against_the_label():
+    assert generate.formula_solution("(7-5)*5=10", "10") == "(7-5)*5 = <<(7-5)*5=10>>10\n#### 10"
+    assert generate.formula_solution("7 + 2 = 9", "9") == "7+2 = <<7+2=9>>9\n#### 9"
+    assert generate.formula_solution("10/4=2.5", "2.5").endswith("#### 2.5")
+    for formula, answer in [("4+3=7", "8"), ("2:3=12:18", "18"), ("94/8=11 r6", "6"), ("LCM[20,10,8]=40", "40"),
+                            ("60 + 30 = 90; 90/3=30", "30"), ("10/3=3.333", "3.333")]:
+        assert generate.formula_solution(formula, answer) is None, formula
+
+
+def test_dataset_teacher_writes_asdiv_solutions_and_keeps_bare_answers_out_of_training(tmp_path):
+    rows = _asdiv_rows()
+    add, ratio, wrong = rows[:12], rows[12:18], rows[18]
+    # in stream order: the dev split meets both kinds, the training splits a ratio and the wrong label
+    rows = add[:4] + ratio[:3] + add[4:6] + [wrong] + add[6:8] + ratio[3:4] + add[8:]
+    _, _, counts, sets = _generate(tmp_path, rows, n_test=8, n_practice=3, n_sft=4)
+    for split in ("sft", "practice"):
+        for r in sets[split]:
+            assert r["provenance"]["solution"] == "formula" and r["meta"] == {"grade": 1, "type": "Addition"}
+            assert "<<" in r["solution"] and r["solution"].endswith(f"#### {r['answer']}")
+            assert generate._rederives(r)                   # its arithmetic reads back to the label
+    assert counts["drop/answer_only"] == 2                  # the wrong label and the ratio row
+    # the dev split is ASDiv as it is: a ratio problem stays, with its bare label as the solution
+    kinds = {r["provenance"]["solution"] for r in sets["test"]}
+    assert kinds <= {"formula", "answer_only"}
+    test_ratio = [r for r in sets["test"] if r["meta"]["type"] == "Ratio"]
+    assert all(r["provenance"]["solution"] == "answer_only" for r in test_ratio)
+    # the mislabelled row is never trained on: its formula does not give its label
+    assert all("Sue has 4 pens" not in r["question"] for s in ("sft", "practice") for r in sets[s])
+
+
+@pytest.mark.skipif(not ASDIV.exists(), reason="../shared/data/asdiv/asdiv.jsonl not present")
+def test_asdiv_recipe_generates_its_splits_from_the_real_file(tmp_path):
+    from flows.cli import apply_overrides, recipe_overrides
+
+    raw = apply_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()), recipe_overrides("asdiv"))
+    raw["generate"]["seeds"]["path"] = str(ASDIV)          # the recipe's path is relative to the project
+    cfg = validate(raw).generate
+    counts = generate.generate_dataset(cfg, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    sets = {s: read_jsonl(tmp_path / "out" / f"{s}.jsonl") for s in generate.SPLITS}
+    assert {s: len(v) for s, v in sets.items()} == {"test": cfg.n_test, "practice": cfg.n_practice, "sft": cfg.n_sft}
+    assert {r["family"] for v in sets.values() for r in v} == {"asdiv"}
+    assert all(r["provenance"]["solution"] == "formula" for s in ("sft", "practice") for r in sets[s])
+    assert all(generate._rederives(r) for r in sets["sft"])
+    # the dev split keeps the problem types the formulas cannot write (ASDiv has ~27% of them)
+    share = sum(r["provenance"]["solution"] == "answer_only" for r in sets["test"]) / len(sets["test"])
+    assert 0.15 < share < 0.40
+    assert counts["drop/answer_only"] > 0 and counts.get("drop/unparseable", 0) == 0

@@ -47,14 +47,26 @@ def gsm8k_problems(cfg: Gsm8k, snapshot: Path | None = None) -> list[dict] | Non
     return read_jsonl(snapshot, required=("id", "question", "answer"), allow_empty=True) or None
 
 
+# Optional seed columns kept beside question and answer: ASDiv's `formula` (the dataset teacher
+# writes a solution from it), and the labels frontier practice predicts pass rates by.
+SEED_EXTRAS = ("formula", "grade", "type")
+
+
+def _seed_row(r: dict) -> dict:
+    row = {"question": r["question"], "answer": r.get("answer", "")}
+    row.update({k: r[k] for k in SEED_EXTRAS if r.get(k) not in (None, "")})
+    return row
+
+
 def seed_rows(cfg: Seeds) -> tuple[list[dict], str]:
-    """(rows, source) of jsonl/dataset seeds as {question, answer}; ([], "") for procedural."""
+    """(rows, source) of jsonl/dataset seeds as {question, answer, formula?, grade?, type?};
+    ([], "") for procedural."""
     if cfg.source == "jsonl":
         rows = read_jsonl(cfg.path, required=("question",))
-        return [{"question": r["question"], "answer": r.get("answer", "")} for r in rows], cfg.path
+        return [_seed_row(r) for r in rows], cfg.path
     if cfg.source == "dataset":
         from datasets import load_dataset
 
         ds = load_dataset(cfg.dataset, cfg.subset or None, split=cfg.split)
-        return [{"question": r["question"], "answer": r.get("answer", "")} for r in ds], f"{cfg.dataset}/{cfg.split}"
+        return [_seed_row(r) for r in ds], f"{cfg.dataset}/{cfg.split}"
     return [], ""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import sys
 import threading
 import time
@@ -63,8 +64,7 @@ class SeedSource:
         if s.source in ("jsonl", "dataset"):
             prefix = Path(s.path).name if s.source == "jsonl" else f"{s.dataset}/{s.split}"
             rows = read_jsonl(seeds_file, required=("question",)) if seeds_file is not None else seed_rows(s)[0]
-            self.rows = [{"seed_id": f"{prefix}:{i}", "question": r["question"],
-                          "solution": r.get("answer", "")} for i, r in enumerate(rows)]
+            self.rows = [_seed(f"{prefix}:{i}", r) for i, r in enumerate(rows)]
         if self.rows is not None:
             self.rows = self.rows[config.seeds.offset:]
             if config.seeds.shuffle:
@@ -78,6 +78,18 @@ class SeedSource:
                 seed["question"], seed["solution"], _ = ProceduralTeacher.graph(sid).render()
             return seed
         return self.rows[i] if i < len(self.rows) else None
+
+
+def _seed(seed_id: str, row: dict) -> dict:
+    """A jsonl/dataset row as a seed: its label is the seed's solution; ASDiv-style `formula`,
+    `grade` and `type` ride along (the dataset teacher and frontier practice read them)."""
+    seed = {"seed_id": seed_id, "question": row["question"], "solution": row.get("answer", "")}
+    if row.get("formula"):
+        seed["formula"] = row["formula"]
+    meta = {k: row[k] for k in ("grade", "type") if row.get(k) not in (None, "")}
+    if meta:
+        seed["meta"] = meta
+    return seed
 
 
 # --- expansion (one seed -> its records) ----------------------------------------------------
@@ -141,7 +153,13 @@ class LLMExpander:
 class DatasetExpander:
     """`teacher.kind: dataset`: each labelled seed (GSM8K format: a solution ending `#### N`)
     passes through as the teacher's record, with the same filters and provenance as generated
-    ones. It invents no text, so the agents do not run (an LLM teacher expands such seeds)."""
+    ones. It invents no text, so the agents do not run (an LLM teacher expands such seeds).
+
+    A seed with a `formula` (ASDiv: `7+2=9`) whose expression evaluates exactly to its labelled
+    answer gets a GSM8K-style solution written from it (`7+2 = <<7+2=9>>9` then `#### 9`); one
+    whose label is the bare answer and whose formula is no plain expression (ratios, remainders,
+    unit words) is marked `answer_only`: a fine problem to evaluate on, but a solution with no
+    steps teaches nothing, so the training splits drop it (`_fill`)."""
 
     concurrency = 1
 
@@ -158,12 +176,57 @@ class DatasetExpander:
         answer = marked_answer(solution) if "####" in solution else None
         if answer is None:
             return [], Counter(unparseable=1)
+        written = formula_solution(seed["formula"], answer) if seed.get("formula") else None
+        kind = "formula" if written else ("answer_only" if _answer_only(solution, answer) else "label")
+        solution = written or solution
         if len(solution) > self.cfg.max_answer_chars:
             return [], Counter(too_long=1)
-        return [{"question": seed["question"].strip(), "solution": solution, "answer": answer,
-                 "family": self.family,
-                 "provenance": {"teacher": "dataset", "model": self.source, "seed_id": seed["seed_id"],
-                                "agent_path": "seed"}}], Counter()
+        record = {"question": seed["question"].strip(), "solution": solution, "answer": answer,
+                  "family": self.family,
+                  "provenance": {"teacher": "dataset", "model": self.source, "seed_id": seed["seed_id"],
+                                 "agent_path": "seed"}}
+        if kind != "label":   # a label passed through verbatim (GSM8K) keeps its records as they were
+            record["provenance"]["solution"] = kind
+        if seed.get("meta"):
+            record["meta"] = seed["meta"]
+        return [record], Counter()
+
+
+_PLAIN = re.compile(r"^[0-9.+\-*/() ]+$")
+
+
+def formula_solution(formula: str, answer: str) -> str | None:
+    """A GSM8K-style solution from a formula `expr=value` whose expr evaluates exactly to
+    `answer`; None for anything else (several equations, ratios, `r` remainders, unit words)."""
+    from fractions import Fraction
+
+    from tutorloop.teachers.arith import evaluate, fmt
+
+    expr, _, _stated = formula.rpartition("=")
+    expr = " ".join(expr.split())
+    if not expr or ";" in formula or not _PLAIN.match(expr):
+        return None
+    try:
+        value = evaluate(expr.replace(" ", ""))
+        shown = fmt(value)
+    except (ArithmeticError, ValueError):   # CalcError and NotRepresentable are ValueErrors
+        return None
+    if value != Fraction(answer):
+        return None
+    compact = expr.replace(" ", "")
+    return f"{compact} = <<{compact}={shown}>>{shown}\n#### {shown}"
+
+
+def _answer_only(solution: str, answer: str) -> bool:
+    """A label that states only its answer (`9\n#### 9`): no step to learn from."""
+    from fractions import Fraction
+
+    body = [ln.strip().replace(",", "") for ln in solution.splitlines()
+            if ln.strip() and not ln.strip().startswith("####")]
+    try:   # the grader's answers are canonical (`0.59` reads back as `59/100`): compare values
+        return all(Fraction(ln) == Fraction(answer) for ln in body)
+    except (ValueError, ZeroDivisionError):
+        return False
 
 
 def make_expander(config: Generate, cache_dir: Path, runtime: Runtime | None):
@@ -281,7 +344,9 @@ def _fill(split: str, n: int, config: Generate, seeds: SeedSource, expander, cur
             counts.update({k if k.startswith("agent_calls/") else f"drop/{k}": v for k, v in b["drops"].items()})
             counts["seeds"] += 1
             for r in b["records"]:
-                why = dedup.verdict(r["question"], r["answer"])
+                # a bare-answer label serves evaluation; SFT and practice need a solution to learn from
+                why = "answer_only" if split != "test" and r["provenance"].get("solution") == "answer_only" \
+                    else dedup.verdict(r["question"], r["answer"])
                 if why:
                     counts[f"drop/{why}"] += 1
                     continue
