@@ -22,6 +22,7 @@ from tutorloop.config import Feedback, Runtime
 from tutorloop.data.jsonl import read_jsonl, write_json, write_jsonl
 from tutorloop.data.preferences import build_pairs, build_rft, build_unpaired
 from tutorloop.eval.feedback import judge
+from tutorloop.eval.signal import signal_stats
 from tutorloop.eval.stats import mean_pass_at_k
 from tutorloop.runtime.stage import Arg, stage
 from tutorloop.teachers.judge import llm_judge
@@ -47,6 +48,7 @@ def run(cfg: Feedback, problems_file: Path, round_dir: Path, chat=None, runtime:
         per_problem.setdefault(r["problem_id"], []).append(r["correct"])
     counts = [(len(v), sum(v)) for v in per_problem.values()]
     stats.update({f"practice_pass_at_{k}": v for k, v in mean_pass_at_k(counts, (1, 4, 16)).items()})
+    stats.update(signal_stats(feedback))   # the share of groups that teach both ways
     stats["unpaired_desirable"] = sum(r["label"] for r in unpaired)
     stats["unpaired_undesirable"] = len(unpaired) - stats["unpaired_desirable"]
     write_jsonl(round_dir / "feedback.jsonl", feedback)

@@ -28,7 +28,8 @@ from tutorloop.train.preference import train_preference
                                     "prev": params.rounds[args.round].prev})
 def main(params, args, log) -> dict:
     rcfg = params.rounds[args.round].preference
-    log.tags({"method": rcfg.method, "reference": rcfg.reference})
+    # an rft round has no reference model (RftRound has no such key): its tag says none
+    log.tags({"method": rcfg.method, "reference": "none" if rcfg.method == "rft" else rcfg.reference})
     metrics = train_preference(params, args.round, args.prev_model, args.round_dir, args.out,
                                [trainer_callback(log)], args.sft)
     write_json(metrics, args.round_dir / "preference_metrics.json")  # a DVC metric beside MLflow's copy

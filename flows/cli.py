@@ -12,6 +12,7 @@
     tutorloop harness --model models/base  lm-evaluation-harness GSM8K through that server, logged to MLflow
     tutorloop heldout --n 400               more held-out problems, disjoint from the workspace's (bigger paired tests)
     tutorloop paired eval/1 eval/2          pass@1 and paired McNemar between scored prediction sets
+    tutorloop seeds asdiv --round 1 --seeds 3   one round (and its control) under 3 seeds, the paired test pooled
 
 A bad params.yaml or recipe (YAML syntax, a bad value, a missing file) is reported as
 `tutorloop: <file>:<line>: <problem>` lines on stderr with exit code 2, as the stages do
@@ -117,9 +118,21 @@ def recipe(name: str = typer.Argument(..., help="a recipe in recipes/, e.g. gsm8
 
 def _run_recipe(name: str, project: Path, dry_run: bool = False, name_as: str = "", sets: list[str] = ()) -> int:
     """Validate a recipe on params.yaml, print its `dvc exp run` command, run it: the exit code."""
-    import json
     import subprocess
 
+    overrides, raw = _recipe_params(name, project, sets)
+    cmd = exp_command(name_as or name, overrides, raw)
+    typer.echo(" ".join(cmd if not dry_run else [c if " " not in c else repr(c) for c in cmd]))
+    if dry_run:
+        return 0
+    from flows.process import dvc, interpreter_env
+
+    return subprocess.run(dvc(*cmd[1:]), cwd=project, env=interpreter_env()).returncode
+
+
+def _recipe_params(name: str, project: Path, sets: list[str] = (), extra: dict | None = None) -> tuple[dict, dict]:
+    """(the recipe's dotted overrides with `sets` and `extra` on top, params.yaml's mapping),
+    validated together as `dvc exp run` will write them; bad input exits 2 with one line each."""
     import yaml
 
     from tutorloop.config import ConfigError, read_yaml
@@ -136,23 +149,26 @@ def _run_recipe(name: str, project: Path, dry_run: bool = False, name_as: str = 
                 overrides[key] = yaml.safe_load(value)
             except yaml.YAMLError as err:
                 raise ConfigError(f"--set {item!r} -> not a YAML value ({getattr(err, 'problem', None) or err})") from None
+        overrides.update(extra or {})
         raw = read_yaml(project / "params.yaml")
         if not isinstance(raw, dict):
             raise ConfigError(f"{project / 'params.yaml'}: top level must be a mapping, got {type(raw).__name__}")
         validate_raw(apply_overrides(raw, overrides))
     except BAD_INPUT as err:
         _bad_input(err, context=f"recipe {name}: ")
-    cmd = ["dvc", "exp", "run", "-n", name_as or name]
+    return overrides, raw
+
+
+def exp_command(name: str, overrides: dict, raw: dict, targets: tuple[str, ...] = ()) -> list[str]:
+    """`dvc exp run -n NAME -S key=value ... [targets]` for overrides on params.yaml's `raw`."""
+    import json
+
+    cmd = ["dvc", "exp", "run", "-n", name]
     for key, value in overrides.items():   # JSON keeps '' and booleans intact through DVC's parser
         # DVC's Hydra-style -S only overrides keys params.yaml has; a new one needs `+key=`.
         key = key if _has_key(raw, key) else "+" + key
         cmd += ["-S", f"{key}={json.dumps(value) if not isinstance(value, str) or value == '' else value}"]
-    typer.echo(" ".join(cmd if not dry_run else [c if " " not in c else repr(c) for c in cmd]))
-    if dry_run:
-        return 0
-    from flows.process import dvc, interpreter_env
-
-    return subprocess.run(dvc(*cmd[1:]), cwd=project, env=interpreter_env()).returncode
+    return cmd + list(targets)
 
 
 @app.command()
@@ -497,6 +513,75 @@ def _won_lost(a: dict, b: dict) -> str:
 
     res = mcnemar(a, b)
     return "no shared problem" if res is None else f"+{res[0]}/-{res[1]} of {len(a.keys() & b.keys())} p={res[2]:.2g}"
+
+
+SEED_STEP = 1000   # seed i of an arm adds i x this to the round's practice and training seeds
+
+
+@app.command()
+def seeds(recipe_name: str = typer.Argument(..., metavar="RECIPE", help="a recipe in recipes/, e.g. asdiv"),
+          round_key: str = typer.Option("1", "--round", help="the round whose arm is repeated"),
+          n: int = typer.Option(3, "--seeds", min=1, help="seeds: the recipe's own, then +1000, +2000, ..."),
+          name_as: str = typer.Option("", "--name", help="experiment name prefix (default: RECIPE-rROUND)"),
+          sets: list[str] = typer.Option([], "--set", "-S", help="one more override, KEY=VALUE (YAML value)"),
+          dry_run: bool = typer.Option(False, "--dry-run", help="print the commands, run nothing"),
+          project: Path = typer.Option(Path("."), help="project root")) -> None:
+    """Run one round (and its control) under N seeds from the same checkpoint; pool the paired test.
+
+    Each seed is a DVC experiment that re-runs only the round's practice, training and evaluation
+    (and the control's): the checkpoint it starts from is restored from DVC's cache. The decision
+    rule is fixed before the runs: the round beats a baseline when the exact one-sided sign test
+    over problems, each problem's difference averaged over the seeds, gives p < 0.05."""
+    import shutil
+    import subprocess
+
+    from flows.process import dvc, interpreter_env
+    from tutorloop.config import validate as validate_raw
+
+    overrides, raw = _recipe_params(recipe_name, project, sets)
+    params = validate_raw(apply_overrides(raw, overrides))
+    if round_key not in params.rounds:
+        _bad_input(ValueError(f"--round {round_key!r}: not a round of recipe {recipe_name} ({sorted(params.rounds)})"))
+    rnd, name = params.rounds[round_key], name_as or f"{recipe_name}-r{round_key}"
+    checkpoints = [rnd.prev, round_key] + ([f"control-{round_key}"] if round_key in params.controls else [])
+    out = project / "extra" / "seeds" / name
+    typer.echo(f"decision rule (fixed before the runs): round {round_key} beats a baseline when the pooled "
+               f"one-sided sign test over problems gives p < 0.05 ({n} seeds)")
+    for i in range(n):
+        extra = {f"rounds.{round_key}.practice.seed": rnd.practice.seed + SEED_STEP * i,
+                 f"rounds.{round_key}.preference.seed": rnd.preference.seed + SEED_STEP * i}
+        over, _ = _recipe_params(recipe_name, project, sets, extra)
+        cmd = exp_command(f"{name}-seed{i}", over, raw, tuple(f"evaluate@{c}" for c in checkpoints))
+        typer.echo(" ".join(cmd))
+        if dry_run:
+            continue
+        if subprocess.run(dvc(*cmd[1:]), cwd=project, env=interpreter_env()).returncode != 0:
+            raise typer.Exit(1)
+        for c in checkpoints:   # the workspace holds this experiment's evaluations until the next one
+            (out / f"seed{i}").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(project / "eval" / c / "predictions.jsonl", out / f"seed{i}" / f"{c}.jsonl")
+    if not dry_run:
+        _print_pooled(out, n, checkpoints)
+
+
+def _print_pooled(out: Path, n: int, checkpoints: list[str]) -> None:
+    """The pooled comparisons of an arm's seeds (`tutorloop seeds`), printed and saved as pooled.json."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tutorloop.data.jsonl import write_json
+    from tutorloop.eval.report import pooled_comparisons
+
+    results = pooled_comparisons(out, n, checkpoints)
+    write_json(results, out / "pooled.json")
+    t = Table(title=f"pooled over {n} seeds: one-sided sign test over problems (seed-averaged difference)")
+    for col in ("arm", "vs", "arm pass@1", "baseline", "ahead/behind", "p"):
+        t.add_column(col)
+    for r in results:
+        t.add_row(r["arm"], r["baseline"], f"{r['arm_accuracy']:.1%}", f"{r['baseline_accuracy']:.1%}",
+                  f"+{r['ahead']}/-{r['behind']} of {r['n']}", f"{r['p']:.2g}")
+    Console(width=120).print(t)
+    Console(width=120).print(f"saved: {out / 'pooled.json'}")
 
 
 @app.command()

@@ -134,11 +134,107 @@ def test_practice_offset_is_checked_against_the_set_the_round_practises_on():
 def test_rft_rows_belongs_to_rft_rounds():
     raw = raw_params()
     raw["rounds"]["1"]["preference"]["rft_rows"] = "teacher"
-    assert "rounds.1.preference.rft_rows: 'teacher' -> only an rft round" in errors_of(raw)
+    assert "rounds.1.preference.rft_rows: 'teacher' -> not a key of method 'dpo' (dpo takes: " in errors_of(raw)
     raw["rounds"]["1"]["preference"]["method"] = "rft"
     assert validate(raw).rounds["1"].preference.rft_rows == "teacher"
     raw["rounds"]["1"]["preference"]["rft_rows"] = "all"
     assert "rounds.1.preference.rft_rows" in errors_of(raw)
+
+
+def test_each_method_takes_only_its_own_keys():
+    """One model per method: a key of another method is an error naming the key and the method
+    (not pydantic's tagged-union key `rounds.1.preference.kto.sft_weight`), every one reported."""
+    from tutorloop.config import DpoRound, KtoRound, RftRound
+
+    raw = raw_params()
+    raw["rounds"]["1"]["preference"].update(method="kto", sft_weight=1.0)
+    raw["rounds"]["2"]["preference"].update(method="rft", reference="sft", beta=0.2, start="sft")
+    msg = errors_of(raw)
+    assert ("rounds.1.preference.sft_weight: 1.0 -> not a key of method 'kto' "
+            "(kto takes: method, learning_rate, epochs, seed, reference, beta)") in msg
+    assert "rounds.2.preference.reference: 'sft' -> not a key of method 'rft'" in msg
+    assert "rounds.2.preference.beta: 0.2 -> not a key of method 'rft'" in msg
+    assert ".kto." not in msg and ".rft." not in msg and "rounds.2.preference.start" not in msg
+    raw = raw_params()
+    raw["rounds"]["1"]["preference"].update(method="ppo")
+    raw["rounds"]["2"]["preference"]["beta"] = -0.1
+    msg = errors_of(raw)
+    assert "rounds.1.preference.method: 'ppo' -> must be one of 'dpo', 'kto', 'rft'" in msg
+    assert "rounds.2.preference.beta: -0.1 -> Input should be greater than 0" in msg
+    # no method: dpo, as before the union
+    raw = raw_params()
+    del raw["rounds"]["1"]["preference"]["method"]
+    assert isinstance(validate(raw).rounds["1"].preference, DpoRound)
+    assert set(DpoRound.model_fields) - set(KtoRound.model_fields) == {"sft_weight"}
+    assert not {"reference", "beta", "sft_weight"} & set(RftRound.model_fields)
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto", "rft"])
+def test_a_method_switch_by_dvc_set_validates(method):
+    """`dvc exp run -S rounds.N.preference.method=...` cannot delete keys: another method's keys
+    left at their defaults are inert and let through (on params.yaml and on every recipe)."""
+    from flows.cli import RECIPES, apply_overrides, recipe_overrides
+
+    for recipe in [None] + sorted(p.stem for p in RECIPES.glob("*.yaml")):
+        raw = apply_overrides(raw_params(), recipe_overrides(recipe) if recipe else {})
+        if recipe == "gsm8k" and method != "dpo":   # its RPO term is DPO's: set back with -S too
+            raw = apply_overrides(raw, {f"rounds.{k}.preference.sft_weight": 0.0 for k in raw["rounds"]})
+        switched = apply_overrides(raw, {f"rounds.{k}.preference.method": method for k in raw["rounds"]})
+        params = validate(switched)
+        assert {r.preference.method for r in params.rounds.values()} == {method}, recipe
+
+
+def _schema_default(info):
+    """A field's default (its factory's value), or None where the field is required."""
+    from pydantic_core import PydanticUndefined
+
+    if info.default is not PydanticUndefined:
+        return info.default
+    return info.default_factory() if info.default_factory is not None else None
+
+
+def _agree(default, value) -> bool:
+    # 1 and 1.0 agree (YAML writes epochs: 1 for a float field); True and 1 do not
+    return isinstance(default, bool) == isinstance(value, bool) and default == value
+
+
+def test_schema_defaults_are_params_yaml_values():
+    """One source of defaults: wherever params.yaml sets a key whose field has a default, the two
+    agree, so the schema never tells a different story (change one side only and this fails)."""
+    from pydantic import BaseModel
+
+    from tutorloop.config import METHOD_ROUNDS, Round
+    from tutorloop.config.schema import _method_of
+
+    checked, wrong = [], []
+
+    def walk(node: dict, model: type[BaseModel], path: str) -> None:
+        for key, value in node.items():
+            name = "register_" if model is Params and key == "register" else key
+            info = model.model_fields[name]
+            sub = info.annotation
+            if model is Round and key == "preference":   # the union: the round's method's model
+                sub = METHOD_ROUNDS[_method_of(value)]
+            elif model is Params and key == "rounds":
+                for rkey, rnd in value.items():
+                    walk(rnd, Round, f"rounds.{rkey}.")
+                continue
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                walk(value, sub, f"{path}{key}.")
+                continue
+            default = _schema_default(info)
+            if default is None or model is Params and key == "checkpoints":
+                continue
+            checked.append(path + key)
+            if not _agree(default, value):
+                wrong.append(f"{path}{key}: schema {default!r}, params.yaml {value!r}")
+
+    walk(raw_params(), Params, "")
+    assert not wrong, wrong
+    # the walk reached every section, the rounds' methods and both adapters
+    assert {"sft.lora.r", "preference.lora.r", "evaluate.gsm8k.limit", "practice.server.timeout",
+            "rounds.2.preference.beta", "rounds.1.practice.offset", "register.alpha"} <= set(checked)
+    assert len(checked) > 120
 
 
 def test_checkpoints_must_match_rounds():

@@ -45,3 +45,25 @@ def test_pass_at_k_by_hand():
     with pytest.raises(ValueError):
         pass_at_k(4, 1, 5)
     assert mean_pass_at_k([(4, 1), (4, 0), (8, 8)], [1, 4, 16]) == {1: pytest.approx(1.25 / 3), 4: pytest.approx(2 / 3)}
+
+
+def test_pooled_sign_test_averages_seeds_per_problem_and_counts_problems():
+    from tutorloop.eval.stats import mcnemar_p, pooled_sign_test
+
+    sft = {f"q{i}": i < 40 for i in range(100)}
+    # three seeds of a round: each solves SFT's 40 plus 10 more, the extra ten overlapping in part
+    arm = [{f"q{i}": i < 40 or 40 + 5 * s <= i < 50 + 5 * s for i in range(100)} for s in range(3)]
+    res = pooled_sign_test([sft] * 3, arm)
+    assert res["n"] == 100 and res["seeds"] == 3
+    assert res["ahead"] == 20 and res["behind"] == 0          # q40..q59 ahead in at least one seed
+    assert res["arm_accuracy"] == pytest.approx(0.5) and res["baseline_accuracy"] == pytest.approx(0.4)
+    assert res["mean_difference"] == pytest.approx(0.1)
+    assert res["p"] == pytest.approx(mcnemar_p(0, 20))
+    # a problem won in one seed and lost in two counts once, behind
+    a = [{"x": True, "y": True}, {"x": False, "y": True}, {"x": False, "y": True}]
+    b = [{"x": False, "y": True}, {"x": True, "y": True}, {"x": True, "y": True}]
+    assert pooled_sign_test(b, a)["behind"] == 1 and pooled_sign_test(b, a)["ahead"] == 0
+    with pytest.raises(ValueError, match="one baseline run per arm run"):
+        pooled_sign_test([sft], arm)
+    with pytest.raises(ValueError, match="share no problem"):
+        pooled_sign_test([{"a": True}], [{"b": True}])

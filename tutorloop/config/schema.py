@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator, Tag, ValidationError, model_validator
 
 from tutorloop.errors import ConfigError
 from tutorloop.secrets import redact
@@ -31,10 +31,11 @@ def _shown(key: str, value: Any) -> str:
 
 # Batch sizes that may be `auto`: resolved per device when the stage starts (tutorloop/inference/batching.py).
 # On CPU `auto` is the measured default below; on CUDA it is sized from free GPU memory. These
-# constants are the only CPU defaults: the fields' defaults and `auto` on CPU both read them.
+# constants are the only CPU sizes `auto` resolves to; a field's default is params.yaml's value
+# (auto for practice/evaluate, PREFERENCE_BATCH_CPU for preference: tests/test_config.py checks).
 ENGINE_ROWS_CPU = 128   # engine rows on 2 CPU cores (README's engine measurements)
 SFT_BATCH_CPU = 8       # SFT examples per device step on CPU
-PREFERENCE_BATCH_CPU = 4   # DPO pairs (KTO rows) per device step on CPU
+PREFERENCE_BATCH_CPU = 4   # DPO pairs (KTO rows, RFT examples) per device step on CPU
 
 
 def _batch_size(value: Any) -> int | str:
@@ -49,6 +50,9 @@ BatchSize = Annotated[Union[int, Literal["auto"]], PlainValidator(_batch_size, j
 
 
 class Section(BaseModel):
+    """A params.yaml section. Every field's default is params.yaml's value for that key (one story:
+    tests/test_config.py walks params.yaml and checks); a default only fills a key left out."""
+
     # extra="forbid": a typo'd key is an error, not a silently ignored default.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -155,14 +159,21 @@ class Lora(Section):
     target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="modules that get adapters")
 
 
+class SftLora(Lora):
+    """The SFT adapter: twice the rank (and alpha) of a round's, as params.yaml sets it."""
+
+    r: int = Field(32, gt=0, description="LoRA rank")
+    alpha: int = Field(64, gt=0, description="LoRA alpha (scale = alpha / r)")
+
+
 class Sft(Section):
-    lora: Lora = Field(default_factory=Lora, description="adapter shape; merged into models/round-0 at the end")
+    lora: SftLora = Field(default_factory=SftLora, description="adapter shape; merged into models/round-0 at the end")
     learning_rate: float = Field(gt=0, description="peak learning rate (cosine schedule)")
     epochs: float = Field(gt=0, description="passes over the SFT set")
     batch_size: BatchSize = Field(description="examples per device step; auto = 8 on CPU, on CUDA the largest that fits free memory with grad_accum adjusted so batch_size x grad_accum stays 8 x grad_accum (the same optimisation on every device)")
-    grad_accum: int = Field(1, gt=0, description="steps accumulated per optimizer update")
+    grad_accum: int = Field(2, gt=0, description="steps accumulated per optimizer update")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of updates spent warming up")
-    max_length: int = Field(512, gt=0, description="tokens per example (prompt + solution); longer ones are truncated")
+    max_length: int = Field(384, gt=0, description="tokens per example (prompt + solution); longer ones are truncated")
     seed: int = Field(0, description="training seed (data order, adapter init)")
     logging_steps: int = Field(5, gt=0, description="log loss every N updates")
     save_steps: int = Field(20, ge=0, description="checkpoint every N updates so a killed run resumes there (0 = never)")
@@ -173,27 +184,92 @@ class PracticeRound(Section):
     samples: int = Field(4, gt=0, description="K: solutions sampled per practice problem (Orca-Math: 4)")
     temperature: float = Field(0.7, gt=0, description="sampling temperature (Orca-Math: 0.7)")
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling (Orca-Math: 0.95)")
-    seed: int = Field(0, description="sampling seed of this round")
+    # No default: each round states its own (params.yaml: round r samples with seed r), and no
+    # single default could equal every round's value.
+    seed: int = Field(description="sampling seed of this round")
     offset: int = Field(0, ge=0, description="first practice problem of this round: with practice.limit, each round practises on its own slice [offset, offset+limit) of the set")
     source: Literal["fresh", "sft", "frontier"] = Field("fresh", description="practice problems: fresh = the practice set's slice; sft = the SFT problems themselves (as Orca-Math practised on its training set); frontier = the fresh slice, kept only where the student's pass rate over its K samples is strictly between 0 and 1")
 
 
-class PreferenceRound(Section):
-    method: Literal["dpo", "kto", "rft"] = Field("dpo", description="round objective: dpo (pairs), kto (the same table as unpaired desirable/undesirable examples) or rft (fine-tune on the student's distinct strictly correct solutions mixed with the teacher's: rft.jsonl)")
-    start: Literal["prev", "sft"] = Field("prev", description="rft only: fine-tune from the previous round's model (prev) or, as ReST-EM does, from the SFT model every round (sft)")
-    rft_rows: Literal["both", "student", "teacher"] = Field("both", description="rft only: what the round trains on from rft.jsonl: both = the student's distinct correct solutions and the teacher's; student = the student's alone (RFT as published); teacher = the teacher's alone (the control: a second pass over the teacher's solutions, no student signal)")
-    reference: Literal["prev", "sft"] = Field("prev", description="reference model: prev = the round r-1 model the policy starts from (adapter disabled); sft = models/round-0")
-    beta: float = Field(0.1, gt=0, description="beta of the DPO/KTO loss (strength of the pull toward the reference)")
+class MethodRound(Section):
+    """What every round method takes: its step, passes and seed. Each method's model adds only
+    the knobs it reads (a key of another method is an error naming both; `_drop_inert_keys` says
+    which ones are let through)."""
+
+    method: Literal["dpo", "kto", "rft"] = Field(description="round objective (the discriminator: see PreferenceRound)")
     learning_rate: float = Field(gt=0, description="peak learning rate")
-    sft_weight: float = Field(0.0, ge=0, description="DPO only: weight of an SFT (NLL) term on the chosen solution beside the DPO loss (RPO, TRL loss_type [sigmoid, sft]); 0 = plain DPO")
-    epochs: float = Field(1.0, gt=0, description="passes over the pairs")
-    seed: int = Field(0, description="training seed")
+    epochs: float = Field(1.0, gt=0, description="passes over the round's training rows (pairs, KTO rows or RFT examples)")
+    # No default: each round states its own (params.yaml: round r trains with seed r).
+    seed: int = Field(description="training seed of this round (data order, adapter init; KTO: its row shuffle)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_inert_keys(cls, data: Any) -> Any:
+        """Drop another method's keys that hold that method's default: inert here.
+
+        `dvc exp run -S rounds.1.preference.method=rft` cannot delete keys, so switching a
+        params.yaml dpo round ({reference: prev, beta: 0.1, sft_weight: 0.0}) must validate; a
+        foreign key set to anything else would be silently ignored, so it stays an error."""
+        if not isinstance(data, dict):
+            return data
+        return {k: v for k, v in data.items() if k in cls.model_fields or not _inert(k, v)}
+
+
+class DpoRound(MethodRound):
+    """DPO on the round's pairs (pairs.jsonl) against a frozen reference; RPO with sft_weight > 0."""
+
+    method: Literal["dpo"] = Field("dpo", description="dpo: positives x negatives pairs from the round's feedback (the default when a round names no method)")
+    reference: Literal["prev", "sft"] = Field("prev", description="reference model: prev = the round r-1 model the policy starts from (adapter disabled); sft = models/round-0")
+    beta: float = Field(0.1, gt=0, description="beta of the DPO loss (strength of the pull toward the reference)")
+    sft_weight: float = Field(0.0, ge=0, description="weight of an SFT (NLL) term on the chosen solution beside the DPO loss (RPO, TRL loss_type [sigmoid, sft]); 0 = plain DPO")
+
+
+class KtoRound(MethodRound):
+    """KTO on the same table as unpaired desirable/undesirable rows (unpaired.jsonl)."""
+
+    method: Literal["kto"] = Field(description="kto: the round's table as unpaired desirable/undesirable examples")
+    reference: Literal["prev", "sft"] = Field("prev", description="reference model: prev = the round r-1 model the policy starts from (adapter disabled); sft = models/round-0")
+    beta: float = Field(0.1, gt=0, description="beta of the KTO loss (strength of the pull toward the reference)")
+
+
+class RftRound(MethodRound):
+    """Rejection-sampling fine-tuning on rft.jsonl: supervised, so no reference and no beta."""
+
+    method: Literal["rft"] = Field(description="rft: fine-tune on the student's distinct strictly correct solutions mixed with the teacher's (rft.jsonl)")
+    start: Literal["prev", "sft"] = Field("prev", description="fine-tune from the previous round's model (prev) or, as ReST-EM does, from the SFT model every round (sft)")
+    rft_rows: Literal["both", "student", "teacher"] = Field("both", description="what the round trains on from rft.jsonl: both = the student's distinct correct solutions and the teacher's; student = the student's alone (RFT as published); teacher = the teacher's alone (the control: a second pass over the teacher's solutions, no student signal)")
+
+
+METHOD_ROUNDS: dict[str, type[MethodRound]] = {"dpo": DpoRound, "kto": KtoRound, "rft": RftRound}
+
+
+def _inert(key: str, value: Any) -> bool:
+    """`key` is another method's knob and `value` its default there (dpo and kto share theirs)."""
+    for model in METHOD_ROUNDS.values():
+        info = model.model_fields.get(key)
+        if info is not None and not info.is_required():
+            return isinstance(value, bool) == isinstance(info.default, bool) and value == info.default
+    return False
+
+
+def _method_of(value: Any) -> str:
+    """The round's method: its tag in the union; no `method` key = dpo, as before the union."""
+    method = value.get("method", "dpo") if isinstance(value, dict) else getattr(value, "method", "dpo")
+    # a non-string never matches a tag: pydantic reports it (validate() rewrites that error)
+    return method if isinstance(method, str) else repr(method)
+
+
+# One model per method, picked by `method`: a round holds only the knobs its method reads.
+PreferenceRound = Annotated[
+    Union[Annotated[DpoRound, Tag("dpo")], Annotated[KtoRound, Tag("kto")], Annotated[RftRound, Tag("rft")]],
+    Discriminator(_method_of),
+]
 
 
 class Round(Section):
     prev: str = Field(description="checkpoint this round starts from and uses as reference: '0' (SFT) or an earlier round")
-    practice: PracticeRound = Field(default_factory=PracticeRound, description="sampling knobs of this round")
-    preference: PreferenceRound = Field(description="preference-learning knobs of this round (DPO or KTO)")
+    practice: PracticeRound = Field(description="sampling knobs of this round (its seed has no default, so the section is required)")
+    preference: PreferenceRound = Field(description="learning knobs of this round: one method's (dpo, kto or rft) and only its")
 
 
 class StudentEndpoint(Endpoint):
@@ -214,8 +290,8 @@ class Decoding(Section):
 
     backend: Literal["local", "openai"] = Field("local", description="who decodes: local = the generation engine in this process; openai = an OpenAI-compatible server serving the checkpoint (`server`), e.g. vLLM on a GPU; greedy is temperature 0 there")
     server: StudentEndpoint = Field(default_factory=StudentEndpoint, description="backend openai: the server and its client settings")
-    batch_size: BatchSize = Field(ENGINE_ROWS_CPU, description="local: sequences decoded together by the engine (finished ones are refilled); auto = 128 on CPU, on CUDA as many as free memory holds")
-    max_new_tokens: int = Field(256, gt=0, description="tokens per solution at most")
+    batch_size: BatchSize = Field("auto", description="local: sequences decoded together by the engine (finished ones are refilled); auto = 128 on CPU, on CUDA as many as free memory holds")
+    max_new_tokens: int = Field(160, gt=0, description="tokens per solution at most")
     limit: int = Field(0, ge=0, description="practice: N problems per round (from rounds.r.practice.offset); evaluate: the first N held-out problems; 0 = all")
     calculator: bool = Field(False, description="the engine computes every `<<expr=` the model writes and writes `value>>` for it (tutorloop/inference/calculator.py; part of the evaluation protocol)")
 
@@ -243,30 +319,30 @@ class Followup(Section):
 class Feedback(Section):
     judge: Judge = Field(default_factory=Judge, description="optional LLM judge beside the deterministic one")
     labels: Literal["strict", "lenient"] = Field("strict", description="strict = a sample is correct only if it states its answer with a marker (#### N, \\boxed{N}, 'The answer is N'); lenient also accepts the last number written")
-    max_pairs_per_problem: int = Field(4, gt=0, description="cap on positives x negatives pairs from one problem")
-    max_pairs: int = Field(0, ge=0, description="cap on the round's pairs (DPO time grows with them); student-chosen pairs kept first; 0 = no cap")
+    max_pairs_per_problem: int = Field(2, gt=0, description="cap on positives x negatives pairs from one problem")
+    max_pairs: int = Field(160, ge=0, description="cap on the round's pairs (DPO time grows with them); student-chosen pairs kept first; 0 = no cap")
     borrowed_negatives: int = Field(4, ge=0, description="problems with no wrong sample borrow one negative from each of this many others (Orca-Math: 4)")
     seed: int = Field(0, description="seed for choosing pairs and borrowed negatives")
 
 
 class Preference(Section):
-    """preference@r: DPO or KTO (rounds.r.preference.method) on a fresh LoRA adapter."""
+    """preference@r: DPO, KTO or RFT (rounds.r.preference.method) on a fresh LoRA adapter."""
 
     lora: Lora = Field(default_factory=Lora, description="fresh adapter trained each round, then merged")
-    batch_size: BatchSize = Field(PREFERENCE_BATCH_CPU, description="pairs per device step; auto = 4 on CPU, on CUDA the largest that fits free memory with grad_accum adjusted so batch_size x grad_accum stays 4 x grad_accum")
+    batch_size: BatchSize = Field(PREFERENCE_BATCH_CPU, description="pairs (KTO rows, RFT examples) per device step; auto = 4 on CPU, on CUDA the largest that fits free memory with grad_accum adjusted so batch_size x grad_accum stays 4 x grad_accum")
     grad_accum: int = Field(2, gt=0, description="steps accumulated per optimizer update")
-    max_length: int = Field(512, gt=0, description="tokens per prompt + completion")
+    max_length: int = Field(384, gt=0, description="tokens per prompt + completion")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of updates spent warming up")
     logging_steps: int = Field(5, gt=0, description="log loss and rewards every N updates")
     save_steps: int = Field(20, ge=0, description="checkpoint every N updates so a killed run resumes there (0 = never)")
 
 
 class Gsm8k(Section):
-    path: str = Field("", description="local GSM8K-format jsonl (question, answer ending '#### N'); empty = none")
+    path: str = Field("../shared/data/gsm8k/train.jsonl", description="local GSM8K-format jsonl (question, answer ending '#### N'); empty = none; absent = skipped with a note")
     dataset: str = Field("", description="`datasets` id (e.g. openai/gsm8k), used when path is empty; needs the hub")
     subset: str = Field("main", description="config name of `dataset` (GSM8K: main)")
     split: str = Field("test", description="split of `dataset`")
-    limit: int = Field(0, ge=0, description="evaluate on the first N problems; 0 = all")
+    limit: int = Field(100, ge=0, description="evaluate on the first N problems; 0 = all")
 
 
 class Evaluate(Decoding):
@@ -295,7 +371,7 @@ class Params(Section):
     practice: Practice = Field(default_factory=Practice)
     feedback: Feedback = Field(default_factory=Feedback)
     followup: Followup = Field(default_factory=Followup, description="closing the loop: failures become next round's practice")
-    preference: Preference = Field(default_factory=Preference, description="preference learning shared by every round (DPO or KTO: rounds.r.preference)")
+    preference: Preference = Field(default_factory=Preference, description="preference learning shared by every round (DPO, KTO or RFT: rounds.r.preference)")
     evaluate: Evaluate = Field(default_factory=Evaluate)
     # `register` would shadow BaseModel.register (ABC); the alias keeps the YAML key.
     register_: Register = Field(default_factory=Register, alias="register")
@@ -304,7 +380,8 @@ class Params(Section):
 
 
 def _round_checks(key: str, rnd: dict, raw: dict) -> list[str]:
-    """Problems of one round that span keys: its practice slice, and knobs its method ignores."""
+    """Problems of one round that span sections: its practice slice, and KTO's batch. (Which keys
+    a method takes is the schema's: one model per method, `PreferenceRound`.)"""
     problems: list[str] = []
     practice = rnd.get("practice") if isinstance(rnd.get("practice"), dict) else {}
     offset = practice.get("offset", 0)
@@ -314,22 +391,10 @@ def _round_checks(key: str, rnd: dict, raw: dict) -> list[str]:
     if isinstance(offset, int) and isinstance(size, int) and offset >= size:
         problems.append(f"rounds.{key}.practice.offset: {offset!r} -> past the "
                         f"{'SFT' if size_key == 'n_sft' else 'practice'} set (generate.{size_key}: {size})")
-    dpo = rnd.get("preference")
-    if not isinstance(dpo, dict):
-        return problems
-    method = dpo.get("method")
-    if method in ("kto", "rft") and dpo.get("sft_weight", 0):
-        problems.append(f"rounds.{key}.preference.sft_weight: {dpo.get('sft_weight')!r} -> the SFT term is DPO's (RPO); "
-                        f"{method.upper()} has no such term")
-    if dpo.get("start", "prev") != "prev" and method != "rft":
-        problems.append(f"rounds.{key}.preference.start: {dpo.get('start')!r} -> only an rft round can start "
-                        "elsewhere than its previous round (DPO/KTO train from and against it)")
-    if dpo.get("rft_rows", "both") != "both" and method != "rft":
-        problems.append(f"rounds.{key}.preference.rft_rows: {dpo.get('rft_rows')!r} -> only an rft round trains "
-                        "on rft.jsonl")
-    if method == "kto":
-        pref = raw.get("preference")
-        batch = (pref or {}).get("batch_size", 4) if isinstance(pref, dict) else 4
+    pref = rnd.get("preference")
+    if isinstance(pref, dict) and pref.get("method") == "kto":
+        section = raw.get("preference")
+        batch = section.get("batch_size", PREFERENCE_BATCH_CPU) if isinstance(section, dict) else PREFERENCE_BATCH_CPU
         if isinstance(batch, int) and batch < 2:
             problems.append(f"preference.batch_size: {batch!r} -> KTO estimates its KL term across a batch; use >= 2")
     return problems
@@ -400,11 +465,11 @@ def _cross_checks(raw: dict) -> list[str]:
 
 def _renamed_keys(raw: dict) -> list[str]:
     """Keys of an older params.yaml that moved (2026-12: the `dpo` section and stage became
-    `preference`, as they also run KTO; the per-stage `dtype` keys became `runtime.precision`):
+    `preference`, as they also run KTO and RFT; the per-stage `dtype` keys became `runtime.precision`):
     say where each went, beside pydantic's "extra" error."""
     problems = []
     if "dpo" in raw:
-        problems.append("dpo: ... -> renamed to `preference` (the stage is preference@r; it runs DPO or KTO)")
+        problems.append("dpo: ... -> renamed to `preference` (the stage is preference@r; it runs DPO, KTO or RFT)")
     for path in (("practice",), ("evaluate",), ("generate", "teacher"), ("feedback", "judge")):
         node = raw
         for key in path:
@@ -435,6 +500,33 @@ def _backend_checks(stage: str, cfg: Any) -> list[str]:
     return problems
 
 
+def _foreign(key: str, method: str) -> str:
+    """Why `key` is refused in a `method` round: the keys it takes, and whose the key is."""
+    takes = ", ".join(METHOD_ROUNDS[method].model_fields)
+    owners = [m for m, model in METHOD_ROUNDS.items() if key in model.model_fields]
+    if not owners:
+        return f"not a key of method {method!r} ({method} takes: {takes})"
+    default = METHOD_ROUNDS[owners[0]].model_fields[key].default
+    return (f"not a key of method {method!r} ({method} takes: {takes}); {key} is {' and '.join(owners)}'s: "
+            f"another method lets it through only at its default {default!r}, where it changes nothing")
+
+
+def _problem(err: dict) -> str:
+    """One pydantic error as `key: value -> problem`. A round method's errors lose the union's tag
+    (`rounds.1.preference.kto.beta` -> `rounds.1.preference.beta`: the key as the YAML spells it,
+    which loading.py locates), and a key foreign to the method says so and names both."""
+    loc = [str(p) for p in err["loc"]]
+    tagged = len(loc) > 3 and loc[0] == "rounds" and loc[2] == "preference" and loc[3] in METHOD_ROUNDS
+    method = loc.pop(3) if tagged else None
+    key = ".".join(loc)
+    if err["type"] == "union_tag_invalid":   # `method` is none of the tags
+        value = err["input"].get("method") if isinstance(err.get("input"), dict) else err.get("input")
+        return f"{key}.method: {_shown('method', value)} -> must be one of {', '.join(map(repr, METHOD_ROUNDS))}"
+    if method and err["type"] == "extra_forbidden":
+        return f"{key}: {_shown(key, err.get('input'))} -> {_foreign(loc[-1], method)}"
+    return f"{key}: {_shown(key, err.get('input'))} -> {err['msg']}"
+
+
 def validate(raw: dict) -> Params:
     """Validate a parsed params.yaml; raise ConfigError listing every problem."""
     problems: list[str] = []
@@ -442,9 +534,7 @@ def validate(raw: dict) -> Params:
     try:
         params = Params.model_validate(raw)
     except ValidationError as err:
-        for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"])
-            problems.append(f"{key}: {_shown(key, e.get('input'))} -> {e['msg']}")
+        problems += [_problem(e) for e in err.errors()]
     if isinstance(raw, dict):
         problems += _cross_checks(raw) + _renamed_keys(raw)
     if problems:

@@ -122,6 +122,18 @@ def rows(metrics_dir: Path, data_dir: Path | None = None, eval_dir: Path | None 
     return out
 
 
+def pooled_comparisons(out: Path, n: int, checkpoints: list[str]) -> list[dict]:
+    """`tutorloop seeds`' comparisons from out/seed<i>/<checkpoint>.jsonl: checkpoints are [the
+    round's start, the round, its control?]; the round against its start and against its control,
+    the control against the start, each pooled over the n seeds (`stats.pooled_sign_test`)."""
+    from tutorloop.eval.stats import pooled_sign_test
+
+    runs = {c: [scored(Path(out) / f"seed{i}" / f"{c}.jsonl") for i in range(n)] for c in checkpoints}
+    start, arm, *control = checkpoints
+    pairs = [(arm, start)] + [(arm, control[0]), (control[0], start)] * bool(control)
+    return [{"arm": a, "baseline": b, **pooled_sign_test(runs[b], runs[a])} for a, b in pairs]
+
+
 def _trained(pref: dict) -> tuple[str, int | str, int | str]:
     """(method, examples it trained on, the student's own solutions among them: RFT) from a
     round's preference_metrics.json: DPO pairs, KTO rows, RFT rows; blanks where it has not trained."""

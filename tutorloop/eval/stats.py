@@ -49,3 +49,24 @@ def mean_pass_at_k(counts: list[tuple[int, int]], ks) -> dict[int, float]:
         return {}
     smallest = min(n for n, _ in counts)
     return {k: sum(pass_at_k(n, c, k) for n, c in counts) / len(counts) for k in ks if k <= smallest}
+
+
+def pooled_sign_test(baseline: list[dict[str, bool]], arm: list[dict[str, bool]]) -> dict:
+    """One arm against a baseline over several seeds, pooled: seed i of `arm` is paired with seed i
+    of `baseline` (one run repeated where the baseline is a single checkpoint, e.g. SFT), each
+    problem's difference is averaged over the seeds, and an exact one-sided sign test counts the
+    problems where the arm is ahead against those where it is behind. Problems are the independent
+    units: a seed's runs on one problem are not, so summing discordant pairs over seeds as if they
+    were would overstate the evidence. Only problems every run scored are used."""
+    if not arm or len(arm) != len(baseline):
+        raise ValueError(f"pooled_sign_test needs one baseline run per arm run (got {len(baseline)} and {len(arm)})")
+    shared = set.intersection(*(set(r) for r in arm + baseline))
+    if not shared:
+        raise ValueError("the runs share no problem id: no paired comparison")
+    diffs = {i: sum(a[i] - b[i] for a, b in zip(arm, baseline)) / len(arm) for i in shared}
+    ahead, behind = sum(d > 0 for d in diffs.values()), sum(d < 0 for d in diffs.values())
+    n = len(shared)
+    return {"seeds": len(arm), "n": n, "ahead": ahead, "behind": behind,
+            "arm_accuracy": sum(sum(r[i] for i in shared) for r in arm) / (n * len(arm)),
+            "baseline_accuracy": sum(sum(r[i] for i in shared) for r in baseline) / (n * len(baseline)),
+            "mean_difference": sum(diffs.values()) / n, "p": mcnemar_p(behind, ahead)}

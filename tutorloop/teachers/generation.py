@@ -177,7 +177,9 @@ class DatasetExpander:
         if answer is None:
             return [], Counter(unparseable=1)
         written = formula_solution(seed["formula"], answer) if seed.get("formula") else None
-        kind = "formula" if written else ("answer_only" if _answer_only(solution, answer) else "label")
+        # only a seed that came with a formula is judged by it: other labels pass through as they are
+        kind = "formula" if written else (
+            "answer_only" if seed.get("formula") and _answer_only(solution, answer) else "label")
         solution = written or solution
         if len(solution) > self.cfg.max_answer_chars:
             return [], Counter(too_long=1)

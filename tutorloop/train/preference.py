@@ -80,7 +80,8 @@ def load_models(params: Params, round_key: str, prev_model: Path, sft_model: Pat
     dtype = train_dtype(device, precision)
     model, tok = load(prev_model, dtype=dtype, device=device)
     ref_model = None
-    if rcfg.reference == "sft" and params.rounds[round_key].prev != "0":
+    # an rft round has no reference (RftRound has no such key): supervised, nothing to load
+    if rcfg.method != "rft" and rcfg.reference == "sft" and params.rounds[round_key].prev != "0":
         if sft_model is None:
             raise ConfigError("rounds.%s.preference.reference: 'sft' needs the SFT model path (--sft)" % round_key)
         ref_model, _ = load(sft_model, dtype=dtype, device=device)
@@ -102,8 +103,7 @@ def trainer_and_data(params: Params, round_key: str, round_dir: Path, common: di
             raise ConfigError(f"rounds.{round_key}.preference.rft_rows: {rcfg.rft_rows!r} -> {round_dir / 'rft.jsonl'} "
                               "has no such rows (no strictly correct student solution this round?)")
         student = sum(r["source"] == "student" for r in rows)
-        args = {k: v for k, v in common.items() if k != "beta"}
-        return (make_sft_trainer_class(device), SFTConfig(**args, completion_only_loss=True),
+        return (make_sft_trainer_class(device), SFTConfig(**common, completion_only_loss=True),
                 to_conversations(rows, params),
                 {"examples": len(rows), "student_solutions": student, "rows": len(rows)})
     if rcfg.method == "dpo":
@@ -148,7 +148,8 @@ def train_preference(params: Params, round_key: str, prev_model: Path, round_dir
                           warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length, seed=rcfg.seed,
                           logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, device=device,
                           precision=precision)
-    common["beta"] = rcfg.beta
+    if rcfg.method != "rft":   # DPO's and KTO's loss strength; an RFT round has no beta (supervised)
+        common["beta"] = rcfg.beta
     trainer_cls, args, data, described = trainer_and_data(params, round_key, round_dir, common, device)
     n_rows = described.pop("rows")
     # an RFT round is supervised: no reference model (the SFT trainer takes none)

@@ -1,0 +1,97 @@
+"""Where a round's practice carries signal: mixed groups, predicted pass rates, weighted choice.
+
+A problem's K samples teach both ways only when some are right and some wrong: with pass rate p
+that happens with probability 1 - p^K - (1 - p)^K, so a problem the student never solves (or
+always solves) gives a preference or RFT round nothing new (arXiv 2502.12272, 2504.03380:
+practise where p is intermediate, weighted by p(1 - p)). This module measures that on a round's
+verdicts (`signal_stats`), predicts each problem's pass rate for the next round from the
+verdicts so far (`predict_pass`: the problem's own samples shrunk toward its group's rate, the
+group being its family, ASDiv type and grade), and draws a round's problems with weight
+p(1 - p) (`choose`). Pure functions over rows: the followup and practice stages call them.
+
+    python -c "from tutorloop.eval.signal import mixed_probability; print(mixed_probability(0.39, 4))"
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+from tutorloop.data.preferences import equations
+
+# Pseudo-samples of the group's rate added to a problem's own K samples (and of the overall rate
+# to a group's): a problem seen 4 times keeps half its own evidence; one never seen gets its
+# group's rate, a group never seen the overall rate.
+SHRINK = 4.0
+
+
+def mixed_probability(p: float, k: int) -> float:
+    """Chance that K samples at pass rate p hold both a right and a wrong answer."""
+    return 1.0 - p ** k - (1.0 - p) ** k
+
+
+def group_key(problem: dict) -> str:
+    """The group a problem's pass rate is predicted by: family, then ASDiv's type and grade."""
+    meta = problem.get("meta") or {}
+    parts = [str(problem.get("family", "")), str(meta.get("type", "")), str(meta.get("grade", ""))]
+    return "/".join(p for p in parts if p) or "all"
+
+
+def _by_problem(feedback: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = defaultdict(list)
+    for r in feedback:
+        out[r["problem_id"]].append(r)
+    return out
+
+
+def signal_stats(feedback: list[dict]) -> dict:
+    """Of a round's verdicts: the share of problems whose K samples are mixed (both ways), all
+    right, all wrong, and the distinct correct solutions per problem (by the equations written)."""
+    groups = _by_problem(feedback)
+    n = max(1, len(groups))
+    mixed = right = distinct = 0
+    for rows in groups.values():
+        hits = [r for r in rows if r["correct"]]
+        mixed += 0 < len(hits) < len(rows)
+        right += len(hits) == len(rows)
+        distinct += len({equations(r["completion"]) or (" ".join(r["completion"].split()),) for r in hits})
+    return {"signal/mixed_group_share": mixed / n, "signal/all_right_share": right / n,
+            "signal/distinct_correct_per_problem": distinct / n}
+
+
+def predict_pass(problems: list[dict], seen: list[dict], feedback: list[dict]) -> dict[str, float]:
+    """Each of `problems`' predicted pass rate from the verdicts on `seen` (the problems practised
+    so far): its own samples if it was practised, shrunk toward its group's rate, the group's rate
+    shrunk toward the overall one."""
+    groups = _by_problem(feedback)
+    key_of = {p["id"]: group_key(p) for p in seen}
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for pid, rows in groups.items():
+        t = totals[key_of.get(pid, "all")]
+        t[0] += sum(bool(r["correct"]) for r in rows)
+        t[1] += len(rows)
+    right, n = sum(t[0] for t in totals.values()), sum(t[1] for t in totals.values())
+    overall = (right + 1) / (n + 2)   # Laplace: never exactly 0 or 1 from finite samples
+    rate = {g: (r + SHRINK * overall) / (k + SHRINK) for g, (r, k) in totals.items()}
+    out = {}
+    for p in problems:
+        prior = rate.get(group_key(p), overall)
+        own = groups.get(p["id"], [])
+        out[p["id"]] = (sum(bool(r["correct"]) for r in own) + SHRINK * prior) / (len(own) + SHRINK)
+    return out
+
+
+def choose(problems: list[dict], predicted: dict[str, float], n: int, seed: int) -> list[dict]:
+    """`n` of `problems` drawn without replacement with weight p(1 - p) (Efraimidis-Spirakis:
+    key u^(1/w), the n largest), seeded; returned in their original order. A problem with no
+    prediction weighs as one at p = 1/2."""
+    if n >= len(problems):
+        return list(problems)
+    rng = random.Random(seed)
+    keyed = []
+    for i, p in enumerate(problems):
+        q = predicted.get(p["id"], 0.5)
+        w = max(q * (1.0 - q), 1e-9)
+        keyed.append((rng.random() ** (1.0 / w), i))
+    picked = sorted(i for _, i in sorted(keyed, reverse=True)[:n])
+    return [problems[i] for i in picked]
