@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="auto: what the stages would run on this machine")
     args = parser.parse_args()
-    modeling.setup_runtime(0)
+    hardware.set_threads(0)
     chosen = hardware.resolve(args.precision, "cpu")
     print(f"machine: {hardware.cpu_name()}, torch capability {hardware.cpu_capability()}, {chosen.dtype}")
     model, tok = modeling.load(args.model, dtype=chosen.dtype)

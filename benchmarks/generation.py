@@ -85,7 +85,7 @@ def main() -> None:
                         help="sampling precision (auto: what the stages would run here)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
-    modeling.setup_runtime(0)
+    hardware.set_threads(0)
     chosen = hardware.resolve(args.precision, "cpu")
     machine = f"{hardware.cpu_name()}, torch capability {hardware.cpu_capability()}, {chosen.dtype} ({chosen.reason})"
     print(f"machine: {machine}")

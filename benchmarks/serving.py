@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.generation import SYSTEM  # noqa: E402
 from tutorloop import hardware  # noqa: E402
+from tutorloop.config import Runtime  # noqa: E402
 from tutorloop.inference import engine  # noqa: E402
 from tutorloop.serving.harness import serve_in_thread  # noqa: E402
 from tutorloop.serving.server import Served  # noqa: E402
@@ -39,10 +40,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
 
-    chosen = hardware.resolve(args.precision, "cpu")
+    runtime = hardware.resolve_runtime(Runtime(device="cpu", precision=args.precision))
+    chosen = runtime.precision
     machine = f"{hardware.cpu_name()}, torch capability {hardware.cpu_capability()}, {chosen.dtype}"
     print(f"machine: {machine}")
-    served = Served(args.model, "bench", dtype=chosen.dtype, rows=args.rows)
+    served = Served(args.model, "bench", runtime, rows=args.rows)
     questions = [p["question"] for p in ProceduralTeacher().problems(args.requests, seed=99)]
     messages = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}] for q in questions]
     prompts = [served.tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]

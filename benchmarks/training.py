@@ -85,18 +85,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     params = stage_params(args.params, args.batch, args.length)
-    modeling.setup_runtime(params.runtime.threads)
-    device = torch.device("cpu")
-    chosen = hardware.resolve(args.precision, device)
+    # the stage's runtime, on the CPU at --precision: resolved once, as components/sft.py does
+    runtime = hardware.resolve_runtime(params.runtime.model_copy(update={"device": "cpu", "precision": args.precision}))
+    device, chosen = runtime.torch_device, runtime.precision
     machine = f"{hardware.cpu_name()}, torch capability {hardware.cpu_capability()}, {chosen.dtype} ({chosen.reason})"
     print(f"machine: {machine}")
     n = (args.warmup + args.steps) * args.batch
     rows = [{"question": p["question"], "solution": p["solution"]} for p in ProceduralTeacher().problems(n, seed=7)]
     params = params.model_copy(update={"runtime": params.runtime.model_copy(update={"precision": chosen.dtype})})
 
-    model, tok = modeling.load(args.model, dtype=train_dtype(device, chosen), device=device)
+    model, tok = modeling.load(args.model, dtype=train_dtype(runtime), device=device)
     with tempfile.TemporaryDirectory() as work:
-        trainer = sft.build_trainer(params, model, tok, rows, Path(work), batch=(args.batch, 1))
+        trainer = sft.build_trainer(params, model, tok, rows, Path(work), batch=(args.batch, 1), runtime=runtime)
         # the batches the trainer will see, in its order (its sampler is seeded): the raw loop's input
         batches = [b for _, b in zip(range(args.warmup + args.steps), trainer.get_train_dataloader())]
         tokens = sum(int(b["attention_mask"][:, :].sum()) for b in batches[args.warmup:])
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from peft import get_peft_model
 
-    raw, _ = modeling.load(args.model, dtype=train_dtype(device, chosen), device=device)
+    raw, _ = modeling.load(args.model, dtype=train_dtype(runtime), device=device)
     raw = get_peft_model(raw, lora_config(params.sft.lora))
     keep = ("input_ids", "attention_mask", "labels")
     raw_s = time_raw_loop(raw, [{k: v for k, v in b.items() if k in keep} for b in batches],

@@ -28,6 +28,7 @@ from tutorloop.data.evalsets import gsm8k_problems
 from tutorloop.data.jsonl import read_jsonl, write_json, write_jsonl
 from tutorloop.eval.protocol import protocol
 from tutorloop.eval.scoring import flat_metrics, score
+from tutorloop.hardware import resolve_runtime
 from tutorloop.inference.sampler import make_sampler
 from tutorloop.runtime.stage import Arg, stage
 
@@ -45,7 +46,9 @@ def run(params: Params, model_dir: Path, test_file: Path, metrics_file: Path, ou
         shots = [(r["question"], r["solution"])
                  for r in read_jsonl(shots_file, required=("question", "solution"))[:cfg.fewshot]]
     gsm8k = gsm8k_problems(cfg.gsm8k, gsm8k_file)
-    sampler = make_sampler(cfg, model_dir, params.runtime, "evaluate")
+    # resolved once here and handed down; a server backend's numerics are its own (no runtime)
+    runtime = resolve_runtime(params.runtime) if cfg.backend == "local" else None
+    sampler = make_sampler(cfg, model_dir, runtime, "evaluate")
     preds, metrics = score(sampler, params, test, f"evaluate {model_dir.name}", shots)
     write_jsonl(out_dir / "predictions.jsonl", preds)
     by_family: dict[str, list[bool]] = defaultdict(list)
@@ -56,7 +59,9 @@ def run(params: Params, model_dir: Path, test_file: Path, metrics_file: Path, ou
         g_preds, g_stats = score(sampler, params, gsm8k, "evaluate gsm8k", shots)
         write_jsonl(out_dir / "gsm8k_predictions.jsonl", g_preds)
         metrics["gsm8k"] = g_stats
-    metrics["protocol"] = protocol(params, sampler.precision, metrics.get("attention"), metrics.get("device"))
+    # the protocol takes the resolved runtime itself (device, precision), not strings read back
+    # from the metrics; and the decode attention the held-out pass ran, as its Generation recorded it
+    metrics["protocol"] = protocol(params, runtime, metrics.get("attention"))
     metrics["precision"] = sampler.precision
     metrics["calculator"] = cfg.calculator
     metrics["backend"] = sampler.backend

@@ -18,17 +18,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tutorloop.config import Feedback, Runtime
+from tutorloop.config import Feedback
 from tutorloop.data.jsonl import read_jsonl, write_json, write_jsonl
 from tutorloop.data.preferences import build_pairs, build_rft, build_unpaired
 from tutorloop.eval.feedback import judge
 from tutorloop.eval.signal import signal_stats
 from tutorloop.eval.stats import mean_pass_at_k
+from tutorloop.hardware import ResolvedRuntime, resolve_runtime
 from tutorloop.runtime.stage import Arg, stage
 from tutorloop.teachers.judge import llm_judge
 
 
-def run(cfg: Feedback, problems_file: Path, round_dir: Path, chat=None, runtime: Runtime | None = None) -> dict:
+def run(cfg: Feedback, problems_file: Path, round_dir: Path, chat=None, runtime: ResolvedRuntime | None = None) -> dict:
     problems = read_jsonl(problems_file, required=("id", "question", "solution", "answer"))
     samples = read_jsonl(round_dir / "samples.jsonl", required=("problem_id", "sample", "completion"))
     ids = {s["problem_id"] for s in samples}
@@ -63,7 +64,8 @@ def run(cfg: Feedback, problems_file: Path, round_dir: Path, chat=None, runtime:
 
 @stage("feedback", Arg("round"), Arg("problems", Path), Arg("round_dir", Path), round_arg="round")
 def main(params, args, log) -> dict:
-    metrics = run(params.feedback, args.problems, args.round_dir, runtime=params.runtime)
+    # resolved once here and handed down: a local (transformers) judge runs on it
+    metrics = run(params.feedback, args.problems, args.round_dir, runtime=resolve_runtime(params.runtime))
     for name in ("feedback.jsonl", "pairs.jsonl", "unpaired.jsonl", "rft.jsonl"):
         log.artifact(args.round_dir / name, "feedback")
     return metrics

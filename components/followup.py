@@ -21,12 +21,14 @@ from pathlib import Path
 from tutorloop.config import Params
 from tutorloop.data.evalsets import gsm8k_problems
 from tutorloop.data.jsonl import read_jsonl, write_json, write_jsonl
+from tutorloop.hardware import ResolvedRuntime, resolve_runtime
 from tutorloop.runtime.stage import Arg, stage
 from tutorloop.teachers.followup import all_wrong, extend_practice
 
 
 def run(params: Params, round_key: str, practice_file: Path, round_dir: Path, out: Path,
-        eval_file: Path | None = None, chat=None, gsm8k_file: Path | None = None) -> dict:
+        eval_file: Path | None = None, chat=None, gsm8k_file: Path | None = None,
+        runtime: ResolvedRuntime | None = None) -> dict:
     practice = read_jsonl(practice_file, required=("id", "question", "solution", "answer"))
     feedback = read_jsonl(round_dir / "feedback.jsonl", required=("problem_id", "correct"))
     by_id = {p["id"]: p for p in practice}
@@ -38,7 +40,7 @@ def run(params: Params, round_key: str, practice_file: Path, round_dir: Path, ou
     if params.followup.enabled and failed:
         evals = read_jsonl(eval_file, required=("question",)) if eval_file else []
         evals += gsm8k_problems(params.evaluate.gsm8k, gsm8k_file) or []
-        rows, more = extend_practice(params, round_key, practice, failed, evals, chat)
+        rows, more = extend_practice(params, round_key, practice, failed, evals, chat, runtime)
         stats.update(more)
     stats["practice_next"] = len(rows)
     write_jsonl(out, rows)
@@ -51,7 +53,9 @@ def run(params: Params, round_key: str, practice_file: Path, round_dir: Path, ou
        Arg("--eval", Path, "held-out set new problems must not overlap"),
        Arg("--gsm8k", Path, "the inputs stage's GSM8K copy (default: read the config's)"), round_arg="round")
 def main(params, args, log) -> dict:
-    return run(params, args.round, args.practice, args.round_dir, args.out, args.eval, gsm8k_file=args.gsm8k)
+    # resolved once here and handed down: an LLM-written problem's variants may come from a local teacher
+    return run(params, args.round, args.practice, args.round_dir, args.out, args.eval, gsm8k_file=args.gsm8k,
+               runtime=resolve_runtime(params.runtime))
 
 
 if __name__ == "__main__":

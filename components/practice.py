@@ -26,6 +26,7 @@ from pathlib import Path
 from tutorloop.config import ConfigError, Params
 from tutorloop.data.jsonl import read_jsonl, write_json, write_jsonl
 from tutorloop.eval.feedback import judge
+from tutorloop.hardware import resolve_runtime
 from tutorloop.inference.sampler import make_sampler
 from tutorloop.modeling import messages
 from tutorloop.runtime.stage import Arg, stage
@@ -44,7 +45,9 @@ def run(params: Params, round_key: str, model_dir: Path, problems_file: Path, ou
     if not problems:
         raise ConfigError(f"rounds.{round_key}.practice.offset: {rcfg.offset} -> no practice problems left "
                           f"(the set has {len(read_jsonl(source))})")
-    sampler = make_sampler(cfg, model_dir, params.runtime, "practice")
+    # resolved once here and handed down; a server backend's numerics are its own (no runtime)
+    runtime = resolve_runtime(params.runtime) if cfg.backend == "local" else None
+    sampler = make_sampler(cfg, model_dir, runtime, "practice")
     conversations = [messages(p["question"], params.prompt.system, params.prompt.template) for p in problems]
     gen = sampler(conversations, k=rcfg.samples, do_sample=True, temperature=rcfg.temperature,
                   top_p=rcfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=rcfg.seed,

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tutorloop.data.jsonl import write_json
+from tutorloop.hardware import resolve_runtime
 from tutorloop.runtime.stage import Arg, stage
 from tutorloop.runtime.tracking import trainer_callback
 from tutorloop.train.preference import train_preference
@@ -30,8 +31,9 @@ def main(params, args, log) -> dict:
     rcfg = params.rounds[args.round].preference
     # an rft round has no reference model (RftRound has no such key): its tag says none
     log.tags({"method": rcfg.method, "reference": "none" if rcfg.method == "rft" else rcfg.reference})
+    # resolved once here (threads, device, precision) and handed down: the library never re-resolves
     metrics = train_preference(params, args.round, args.prev_model, args.round_dir, args.out,
-                               [trainer_callback(log)], args.sft)
+                               [trainer_callback(log)], args.sft, runtime=resolve_runtime(params.runtime))
     write_json(metrics, args.round_dir / "preference_metrics.json")  # a DVC metric beside MLflow's copy
     return metrics
 

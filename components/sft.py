@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tutorloop.hardware import resolve_runtime
 from tutorloop.runtime.stage import Arg, stage
 from tutorloop.runtime.tracking import trainer_callback
 from tutorloop.train.sft import train_sft
@@ -19,7 +20,9 @@ from tutorloop.train.sft import train_sft
 @stage("sft", Arg("base", Path), Arg("train", Path), Arg("out", Path), round_key="0",
        logged=lambda params, args: {"sft": params.sft.model_dump(), "prompt": params.prompt.model_dump()})
 def main(params, args, log) -> dict:
-    return train_sft(params, args.base, args.train, args.out, [trainer_callback(log)])
+    # resolved once here (threads, device, precision) and handed down: the library never re-resolves
+    return train_sft(params, args.base, args.train, args.out, [trainer_callback(log)],
+                     runtime=resolve_runtime(params.runtime))
 
 
 if __name__ == "__main__":

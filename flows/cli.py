@@ -44,6 +44,16 @@ def _bad_input(err: BaseException, context: str = "") -> NoReturn:
     raise typer.Exit(BAD_INPUT_EXIT)
 
 
+def _console():
+    """A rich console for the tables: the terminal's width, or outside a terminal (a log, CI, a
+    Prefect worker) wide enough that no cell is cut (rich would squeeze to 80 columns)."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=240)
+
+
 def _validate(project: Path):
     from tutorloop.config import load_params
     from tutorloop.runtime.entry import BAD_INPUT
@@ -164,11 +174,23 @@ def exp_command(name: str, overrides: dict, raw: dict, targets: tuple[str, ...] 
     import json
 
     cmd = ["dvc", "exp", "run", "-n", name]
-    for key, value in overrides.items():   # JSON keeps '' and booleans intact through DVC's parser
+    for key, value in overrides.items():
         # DVC's Hydra-style -S only overrides keys params.yaml has; a new one needs `+key=`.
         key = key if _has_key(raw, key) else "+" + key
-        cmd += ["-S", f"{key}={json.dumps(value) if not isinstance(value, str) or value == '' else value}"]
+        # JSON keeps '' and booleans intact through DVC's parser, and quotes a string YAML would
+        # read as something else (a checkpoint key "0" must not become the integer 0)
+        cmd += ["-S", f"{key}={value if _plain(value) else json.dumps(value)}"]
     return cmd + list(targets)
+
+
+def _plain(value) -> bool:
+    """A string that YAML (and so DVC's -S) reads back as itself."""
+    import yaml
+
+    try:
+        return isinstance(value, str) and value != "" and yaml.safe_load(value) == value
+    except yaml.YAMLError:
+        return False
 
 
 @app.command()
@@ -210,14 +232,12 @@ def demo_size(project: Path) -> tuple[str, str]:
     recipes/quick.yaml where it computes in fp32 on the CPU, where the full loop takes ~3x longer
     (~2.5 h on 2 AVX2 cores, measured in the README) — the demo must fit an hour on any CPU."""
     from tutorloop import hardware
-    from tutorloop.modeling import pick_device
 
-    runtime = _validate(project).runtime
-    device = pick_device(runtime.device)
-    precision = hardware.resolve(runtime.precision, device)
-    if device.type == "cpu" and precision.dtype == "float32":
+    resolved = hardware.resolve_runtime(_validate(project).runtime)
+    precision = resolved.precision
+    if resolved.device == "cpu" and precision.dtype == "float32":
         return "quick", f"this CPU computes in fp32 ({precision.reason})"
-    return "full", f"{device.type} computes in {precision.dtype}"
+    return "full", f"{resolved.device} computes in {precision.dtype}"
 
 
 @app.command()
@@ -257,19 +277,17 @@ def doctor(project: Path = typer.Option(Path("."), help="project root")) -> None
 
     from tutorloop import hardware
     from tutorloop.inference.kernels import attention
-    from tutorloop.modeling import pick_device, setup_runtime
     from tutorloop.runtime import tracking
     from tutorloop.runtime.entry import BAD_INPUT
 
     runtime = _validate(project).runtime
-    setup_runtime(runtime.threads)
-    device = pick_device(runtime.device)
     try:
-        rows = hardware.describe(runtime.precision, runtime.device)
-        dtype = hardware.resolve(runtime.precision, device).torch_dtype
+        resolved = hardware.resolve_runtime(runtime)   # what every stage resolves, once, here
     except BAD_INPUT as err:   # bfloat16 forced on a GPU without it
         _bad_input(err)
-    kernel = runtime.attention == "auto" and attention.usable(dtype, device)
+    rows = hardware.describe(resolved, runtime.precision)
+    # the runtime's path is the kernel's; whether it builds here is the loader's to say
+    kernel = resolved.attention == "kernel" and attention.load() is not None
     rows.append(("decode attention", "tutorloop's C kernel" if kernel else
                  f"torch SDPA ({'runtime.attention: sdpa' if runtime.attention == 'sdpa' else 'the C kernel covers bf16 and fp32 on x86-64 CPUs with a C compiler'})"))
     rows += [("MLflow store", tracking.tracking_uri(project)), ("stale runs", _reap(project)),
@@ -298,6 +316,15 @@ def _reap(project: Path) -> str:
     except Exception as err:  # noqa: BLE001 - doctor reports, it does not fail on a store
         return f"not checked ({type(err).__name__}: {' '.join(str(err).split())[:120]})"
     return f"{len(reaped)} run(s) of dead processes marked KILLED" if reaped else "none"
+
+
+def _served_runtime(precision: str):
+    """The runtime `tutorloop serve` / `harness` run a checkpoint on: `--precision` on this machine's
+    device (auto), resolved once here (a ConfigError for a precision the device cannot do)."""
+    from tutorloop.config import Runtime
+    from tutorloop.hardware import resolve_runtime
+
+    return resolve_runtime(Runtime(precision=precision))
 
 
 @app.command()
@@ -334,7 +361,7 @@ def serve(model: str = typer.Option("models:/tutor@champion", help="a checkpoint
                    f"{'; this version was evaluated with it' if tags.get('eval.calculator') == 'true' else ''})", err=True)
         os.execv(exe, [exe, "serve", str(folder), "--served-model-name", name, "--host", host, "--port", str(port)])
     try:
-        served = load_served(model, calculator=calculator, precision=precision, rows=rows)
+        served = load_served(model, _served_runtime(precision), calculator=calculator, rows=rows)
     except BAD_INPUT as err:
         _bad_input(err)
     typer.echo(f"serving {served.name} (calculator {'on' if served.calculator else 'off'}) "
@@ -374,7 +401,7 @@ def harness(model: str = typer.Option("models:/tutor@champion", help="a checkpoi
         raise typer.Exit(2)
     os.chdir(project)   # the project's MLflow store gets the run; --model folders are relative to it
     try:
-        served = load_served(model, calculator=calculator, precision=precision)
+        served = load_served(model, _served_runtime(precision), calculator=calculator)
     except BAD_INPUT as err:
         _bad_input(err)
     url, stop = (base_url, lambda: None) if base_url else lm_harness.serve_in_thread(served)
@@ -408,8 +435,6 @@ def _version(package: str) -> str:
 @app.command()
 def report(project: Path = typer.Option(Path("."), help="project root")) -> None:
     """Print accuracy per checkpoint with CIs, pairs and minutes; write reports/accuracy.png."""
-    from rich.console import Console
-
     from tutorloop.eval.report import rows, stage_minutes, table, write_report
 
     if not rows(project / "metrics"):
@@ -418,7 +443,7 @@ def report(project: Path = typer.Option(Path("."), help="project root")) -> None
     if not (project / "reports" / "accuracy.png").exists():
         # normally the `report` stage's output; never overwrite it here, or DVC would see it modified
         write_report(project / "metrics", project / "reports")
-    Console().print(table(project / "metrics", stage_minutes(project)))
+    _console().print(table(project / "metrics", stage_minutes(project)))
     typer.echo(f"plot: {project / 'reports' / 'accuracy.png'}")
 
 
@@ -432,7 +457,6 @@ def compare(project: Path = typer.Option(Path("."), help="project root"),
     import json
     import subprocess
 
-    from rich.console import Console
     from rich.table import Table
 
     from flows.process import dvc
@@ -457,8 +481,8 @@ def compare(project: Path = typer.Option(Path("."), help="project root"),
         spent = " · ".join(f"{m:.1f}" for _, m in sorted(e["minutes"].items(), key=lambda kv: int(kv[0])))
         t.add_row(e["name"], e["method"], *[f"{e['accuracy'][c][0]:.1%}" if c in e["accuracy"] else "-" for c in cks],
                   spent or "-")
-    Console().print(t)
-    Console().print(f"figure: {path}")
+    _console().print(t)
+    _console().print(f"figure: {path}")
 
 
 @app.command()
@@ -468,13 +492,15 @@ def heldout(n: int = typer.Option(400, min=1, help="problems to write"),
                                                                         "(ids extra-<seed>-0..)"),
             project: Path = typer.Option(Path("."), help="project root")) -> None:
     """Draw more held-out problems, disjoint from the workspace's SFT, practice and held-out sets."""
+    from tutorloop.hardware import resolve_runtime
     from tutorloop.runtime.entry import BAD_INPUT
     from tutorloop.teachers.heldout import draw
 
     params = _validate(project)
     out = project / out
     try:
-        counts = draw(params, project, n, seed, out)
+        # resolved once here: a local (transformers) teacher writes the draw on it
+        counts = draw(params, project, n, seed, out, resolve_runtime(params.runtime))
     except BAD_INPUT as err:
         _bad_input(err)
     typer.echo(f"{out}: {counts['written']} problems ({counts['disjoint']} of {counts['candidates']} drawn "
@@ -566,7 +592,6 @@ def seeds(recipe_name: str = typer.Argument(..., metavar="RECIPE", help="a recip
 
 def _print_pooled(out: Path, n: int, checkpoints: list[str]) -> None:
     """The pooled comparisons of an arm's seeds (`tutorloop seeds`), printed and saved as pooled.json."""
-    from rich.console import Console
     from rich.table import Table
 
     from tutorloop.data.jsonl import write_json
@@ -580,8 +605,8 @@ def _print_pooled(out: Path, n: int, checkpoints: list[str]) -> None:
     for r in results:
         t.add_row(r["arm"], r["baseline"], f"{r['arm_accuracy']:.1%}", f"{r['baseline_accuracy']:.1%}",
                   f"+{r['ahead']}/-{r['behind']} of {r['n']}", f"{r['p']:.2g}")
-    Console(width=120).print(t)
-    Console(width=120).print(f"saved: {out / 'pooled.json'}")
+    _console().print(t)
+    _console().print(f"saved: {out / 'pooled.json'}")
 
 
 @app.command()

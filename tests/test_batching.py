@@ -14,10 +14,17 @@ import torch
 from transformers import LlamaConfig
 
 from tutorloop.config import ENGINE_ROWS_CPU, PREFERENCE_BATCH_CPU, SFT_BATCH_CPU
+from tutorloop.hardware import Precision, ResolvedRuntime
 from tutorloop.inference import batching
+from tutorloop.train import batching as train_batching
 from tutorloop.train import lora, precision
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def on(device: torch.device, resolved: Precision) -> ResolvedRuntime:
+    """A resolved runtime on `device` at `resolved` precision, without touching this machine."""
+    return ResolvedRuntime(device=device.type, precision=resolved, attention="sdpa", threads=1)
 GB = 1 << 30
 # SmolLM2-135M's shape
 SMOL = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -27,14 +34,15 @@ SMOL = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, nu
 def test_integer_batch_sizes_are_used_as_given_on_every_device():
     for dev in (CPU, CUDA):
         assert batching.engine_rows(24, device=dev, cpu_default=128, row_bytes=1, sequences=4, k=4) == 24
-        assert batching.train_batch(3, 5, device=dev, cpu_default=8, example_bytes=1) == (3, 5)
+        assert train_batching.train_batch(3, 5, device=dev, cpu_default=8, example_bytes=1) == (3, 5)
 
 
 def test_auto_on_cpu_is_the_measured_default():
     assert batching.engine_rows("auto", device=CPU, cpu_default=ENGINE_ROWS_CPU, row_bytes=1,
                                 sequences=10**6, k=4) == ENGINE_ROWS_CPU == 128
-    assert batching.train_batch("auto", 2, device=CPU, cpu_default=SFT_BATCH_CPU, example_bytes=1) == (8, 2)
-    assert batching.train_batch("auto", 2, device=CPU, cpu_default=PREFERENCE_BATCH_CPU, example_bytes=1) == (4, 2)
+    assert train_batching.train_batch("auto", 2, device=CPU, cpu_default=SFT_BATCH_CPU, example_bytes=1) == (8, 2)
+    assert train_batching.train_batch("auto", 2, device=CPU, cpu_default=PREFERENCE_BATCH_CPU,
+                                      example_bytes=1) == (4, 2)
 
 
 def test_engine_row_bytes_counts_the_slot_cache_and_the_logits():
@@ -61,13 +69,13 @@ def test_auto_engine_rows_on_cuda_follow_free_memory_in_whole_prompts():
 
 
 def test_auto_train_batch_on_cuda_keeps_the_effective_batch():
-    ex = batching.train_example_bytes(SMOL, 384)
-    assert batching.train_example_bytes(SMOL, 384, pairs=True) == 2 * ex
-    go = lambda free, accum=2, cpu=8: batching.train_batch(  # noqa: E731
+    ex = train_batching.train_example_bytes(SMOL, 384)
+    assert train_batching.train_example_bytes(SMOL, 384, pairs=True) == 2 * ex
+    go = lambda free, accum=2, cpu=8: train_batching.train_batch(  # noqa: E731
         "auto", accum, device=CUDA, cpu_default=cpu, example_bytes=ex, free_bytes=free)
     assert go(80 * GB) == (16, 1)                       # 8 x 2 on CPU -> 16 x 1: the same optimisation
     assert go(80 * GB, accum=4, cpu=4) == (16, 1)
-    fit = int(4 * GB * batching.MEMORY_SHARE) // ex
+    fit = int(4 * GB * train_batching.MEMORY_SHARE) // ex
     assert 4 <= fit < 8 and go(4 * GB) == (4, 4)        # the largest divisor of 16 that fits
     assert go(0) == (1, 16)
     for free in (0, 1 * GB, 3 * GB, 8 * GB, 80 * GB):
@@ -83,26 +91,24 @@ def test_precision_and_dtype_per_device():
 
     from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
-    from tutorloop.hardware import Precision
-
     bf16, fp32, fp16_amp = Precision("bfloat16", "bf16", ""), Precision("float32", None, ""), Precision("float32", "fp16", "")
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=1)
     for resolved, computes_in in ((bf16, torch.bfloat16), (fp32, torch.float32)):
         model = LlamaForCausalLM(cfg)
-        assert precision.train_dtype(CPU, resolved) == "float32"      # fp32 master weights on CPU
+        assert precision.train_dtype(on(CPU, resolved)) == "float32"      # fp32 master weights on CPU
         args = TrainingArguments(output_dir=tempfile.mkdtemp(), report_to="none",
-                                 **precision.trainer_precision(CPU, resolved))
+                                 **precision.trainer_precision(on(CPU, resolved)))
         prepared = Trainer(model=model, args=args).accelerator.prepare_model(model)
         seen = []
         prepared.model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
         prepared(input_ids=torch.tensor([[1, 2, 3]]))
         assert seen == [computes_in], (resolved, seen)
     # CUDA (no GPU here: the arguments): a bf16 base with bf16 AMP; without bf16, fp32 weights + fp16 AMP
-    assert precision.trainer_precision(CUDA, bf16) == {"bf16": True, "fp16": False}
-    assert precision.train_dtype(CUDA, bf16) == "bfloat16"
-    assert precision.trainer_precision(CUDA, fp16_amp) == {"bf16": False, "fp16": True}
-    assert precision.train_dtype(CUDA, fp16_amp) == "float32"
+    assert precision.trainer_precision(on(CUDA, bf16)) == {"bf16": True, "fp16": False}
+    assert precision.train_dtype(on(CUDA, bf16)) == "bfloat16"
+    assert precision.trainer_precision(on(CUDA, fp16_amp)) == {"bf16": False, "fp16": True}
+    assert precision.train_dtype(on(CUDA, fp16_amp)) == "float32"
 
 def test_the_plain_loss_override_is_for_cpu_only():
     from trl import SFTTrainer
@@ -123,7 +129,7 @@ def test_sft_and_dpo_resolve_auto_on_the_models_device(params_factory, tiny_mode
     raw_sft = params_factory().sft.model_dump()
     params = params_factory(sft={**raw_sft, "batch_size": "auto", "grad_accum": 3})
     assert sft.resolve_batch(params, model) == (SFT_BATCH_CPU, 3)
-    assert precision.device_batch("auto", 2, model, 256, PREFERENCE_BATCH_CPU, pairs=True) == (PREFERENCE_BATCH_CPU, 2)
+    assert train_batching.device_batch("auto", 2, model, 256, PREFERENCE_BATCH_CPU, pairs=True) == (PREFERENCE_BATCH_CPU, 2)
 
 
 def test_a_bf16_trained_adapter_is_merged_into_the_fp32_base(tiny_model_dir, tmp_path):
@@ -162,7 +168,8 @@ def test_a_bf16_trained_adapter_is_merged_into_the_fp32_base(tiny_model_dir, tmp
 def test_local_sampler_resolves_auto_rows_on_cpu(tiny_model_dir):
     from tutorloop.inference.sampler import LocalSampler
 
-    s = LocalSampler(tiny_model_dir, dtype="float32", device=CPU, batch_size="auto", calculator=False)
+    s = LocalSampler(tiny_model_dir, ResolvedRuntime("cpu", Precision("float32", None, ""), "kernel", 1),
+                     batch_size="auto", calculator=False)
     gen = s([[{"role": "user", "content": "What is 2+3?"}]] * 3, k=2, do_sample=True, temperature=0.7,
             top_p=0.95, max_new_tokens=4, seed=0)
     from tutorloop.inference.kernels import attention as decode_attention

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from tutorloop import modeling
+from tutorloop.hardware import Precision, ResolvedRuntime, resolve_runtime
 from tutorloop.inference import batching, engine
 
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
@@ -56,7 +57,8 @@ def test_engine_greedy_equals_hf_generate_on_cuda(tiny_cuda):
 def test_auto_rows_come_from_free_gpu_memory(tiny_model_dir):
     from tutorloop.inference.sampler import LocalSampler
 
-    s = LocalSampler(tiny_model_dir, dtype="bfloat16", device=CUDA, batch_size="auto", calculator=False)
+    s = LocalSampler(tiny_model_dir, ResolvedRuntime("cuda", Precision("bfloat16", "bf16", ""), "sdpa", 1),
+                     batch_size="auto", calculator=False)
     convs = [[{"role": "user", "content": f"What is {i}+3?"}] for i in range(40)]
     gen = s(convs, k=4, do_sample=True, temperature=0.7, top_p=0.95, max_new_tokens=16, seed=0)
     assert s.rows == 160 and [len(t) for t in gen.texts] == [4] * 40   # all 40 x 4 fit: one row each
@@ -104,7 +106,7 @@ def test_a_tiny_sft_step_on_cuda_in_bf16(params_factory, tiny_model_dir, tmp_pat
 
     monkeypatch.setattr(sft, "build_trainer", build)
     metrics = sft.train_sft(params, tiny_model_dir, tmp_path / "sft.jsonl", tmp_path / "out",
-                      callbacks=[Probe()])
+                            callbacks=[Probe()], runtime=resolve_runtime(params.runtime))
     assert seen["class"] is SFTTrainer                       # TRL's own loss path, not the CPU override
     assert seen["device"] == "cuda" and seen["args"].bf16 and not seen["args"].use_cpu
     assert seen["frozen"] == {torch.bfloat16} and seen["adapter"] == {torch.float32}
@@ -126,7 +128,8 @@ def test_a_tiny_dpo_step_on_cuda_in_bf16(params_factory, tiny_model_dir, tmp_pat
     params = params_factory(runtime={"threads": 1, "device": "cuda"})
     rows = [{"question": r["question"], "chosen": r["solution"], "rejected": "#### 0"} for r in _sft_rows(8)]
     write_jsonl(tmp_path / "round" / "pairs.jsonl", rows)
-    metrics = preference.train_preference(params, "1", tiny_model_dir, tmp_path / "round", tmp_path / "out")
+    metrics = preference.train_preference(params, "1", tiny_model_dir, tmp_path / "round", tmp_path / "out",
+                                          runtime=resolve_runtime(params.runtime))
     assert metrics["pairs"] == 8 and metrics["train_loss"] == metrics["train_loss"]
     merged, _ = load(tmp_path / "out")
     assert {p.dtype for p in merged.parameters()} == {torch.float32}

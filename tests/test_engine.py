@@ -20,14 +20,14 @@ from fractions import Fraction
 import pytest
 import torch
 
-from tutorloop import modeling
+from tutorloop import hardware, modeling
 from tutorloop.inference import calculator, engine
 from tutorloop.teachers import ProceduralTeacher
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    modeling.setup_runtime(0)
+    hardware.set_threads(0)
     return modeling.load(tiny_model_dir)
 
 

@@ -204,6 +204,33 @@ def test_report_pairs_each_checkpoint_with_base_and_previous(tmp_path):
     assert report.write_report(tmp_path / "metrics", tmp_path / "r2")[1]["p_vs_base"] == ""
 
 
+def test_report_pairs_each_round_with_sft_the_previous_round_and_its_control(tmp_path):
+    """The rounds' evidence table: round k against SFT, round k-1 and control-k (its training on
+    the teacher's solutions alone); a control sits after its round, paired with SFT and with the
+    round's start, and is no round's `prev`."""
+    from tutorloop.data.jsonl import write_json, write_jsonl
+
+    right = {"base": {0}, "0": {0, 1, 2}, "1": {0, 1, 2, 3, 4, 5}, "control-1": {0, 1, 2, 3},
+             "2": {0, 1, 2, 3, 4, 5, 6, 7}, "control-2": {0, 1, 2, 3, 4, 5, 8}}
+    for key in right:
+        write_metrics(tmp_path, key, len(right[key]) / 10, n=10)
+        write_jsonl(tmp_path / f"eval/{key}/predictions.jsonl",
+                    [{"id": f"p{i}", "correct": i in right[key]} for i in range(10)])
+    write_json({"control": 1.0, "examples": 42, "method_rft": 1.0}, tmp_path / "data/round-1/control_metrics.json")
+    write_json({"practice_pass_rate": 0.4}, tmp_path / "data/round-1/feedback_metrics.json")
+    got = report.rows(tmp_path / "metrics", tmp_path / "data", tmp_path / "eval")
+    assert [r["checkpoint"] for r in got] == ["base", "0", "1", "control-1", "2", "control-2"]
+    data = {r["checkpoint"]: r for r in got}
+    cells = {k: {t: (r[f"won_vs_{t}"], r[f"lost_vs_{t}"]) for t in ("sft", "prev", "control")} for k, r in data.items()}
+    assert cells["1"] == {"sft": (3, 0), "prev": (3, 0), "control": (2, 0)}
+    assert cells["2"] == {"sft": (5, 0), "prev": (2, 0), "control": (2, 1)}      # prev is round 1, not control-1
+    assert cells["control-1"] == {"sft": (1, 0), "prev": (1, 0), "control": ("", "")}
+    assert cells["control-2"]["prev"] == (1, 0)                                  # its round's start: round 1
+    assert data["control-1"]["trained_on"] == 42 and data["control-1"]["method"] == "control"
+    assert data["control-1"]["practice_pass_rate"] == "" and data["1"]["practice_pass_rate"] == 0.4
+    assert report.label("control-1") == "control 1"
+
+
 class _Written:
     """A sampler whose completions are written here (greedy: one per problem; sampled: a list),
     so scoring's arithmetic is checked against numbers worked out by hand below."""

@@ -261,3 +261,16 @@ def test_rft_keeps_distinct_strictly_correct_solutions_mixed_with_the_teachers()
     assert [r["solution"] for r in select_rft(rows, "student")] == [same_path[0], other_path]
     assert [r["problem_id"] for r in select_rft(rows, "teacher")] == ["a", "b"]
     assert all(r["source"] == "teacher" for r in select_rft(rows, "teacher"))
+
+
+def test_control_rows_are_the_teachers_repeated_to_the_rounds_count():
+    from tutorloop.data.preferences import control_rows
+
+    rows = [{"problem_id": f"p{i}", "solution": f"s{i}", "source": "teacher"} for i in range(3)]
+    rows += [{"problem_id": "p0", "solution": "mine", "source": "student"}] * 4
+    got = control_rows(rows, 7, seed=1)
+    assert len(got) == 7 and all(r["source"] == "teacher" for r in got)
+    assert sorted(r["problem_id"] for r in got[:3]) == ["p0", "p1", "p2"]    # every solution once before any twice
+    assert got == control_rows(rows, 7, seed=1)                                # seeded
+    assert any(control_rows(rows, 3, seed=s) != control_rows(rows, 3, seed=1) for s in range(2, 9))
+    assert control_rows(rows, 0, seed=1) == [] and control_rows(rows[3:], 5, seed=1) == []

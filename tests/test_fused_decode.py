@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 from transformers.cache_utils import DynamicCache
 
-from tutorloop import modeling
+from tutorloop import hardware, modeling
 from tutorloop.inference import engine
 from tutorloop.inference.fused import LlamaDecoder
 from tutorloop.inference.kernels import attention as decode_attention
@@ -138,7 +138,7 @@ def _prompts(tok, n):
 
 
 def test_engine_gives_the_same_tokens_with_and_without_the_fused_step(tiny_model_dir):
-    modeling.setup_runtime(0)
+    hardware.set_threads(0)
     for dtype in ("float32", "bfloat16"):
         model, tok = modeling.load(tiny_model_dir, dtype=dtype)
         prompts = _prompts(tok, 10)
@@ -229,7 +229,7 @@ def test_kernel_gives_zeros_for_a_row_that_attends_nothing(variant, isa):
 
 @needs_kernel
 def test_a_kernel_failure_at_run_time_falls_back_to_sdpa(tiny_model_dir, monkeypatch):
-    modeling.setup_runtime(0)
+    hardware.set_threads(0)
     model, tok = modeling.load(tiny_model_dir, dtype="bfloat16")
     prompts = _prompts(tok, 3)
     real, calls = decode_attention.attention, []
@@ -284,7 +284,7 @@ def test_kernel_rejects_layouts_it_cannot_read():
 
 @needs_kernel
 def test_engine_reports_the_kernel_and_is_seeded(tiny_model_dir):
-    modeling.setup_runtime(0)
+    hardware.set_threads(0)
     model, tok = modeling.load(tiny_model_dir, dtype="bfloat16")
     prompts = _prompts(tok, 6)
     kw = dict(num_return_sequences=2, do_sample=True, temperature=0.8, top_p=0.9, max_new_tokens=16,
@@ -304,7 +304,7 @@ def test_without_a_compiler_the_engine_keeps_sdpa(tiny_model_dir, monkeypatch, t
     decode_attention.load.cache_clear()
     try:
         assert decode_attention.load() is None
-        modeling.setup_runtime(0)
+        hardware.set_threads(0)
         model, tok = modeling.load(tiny_model_dir, dtype="bfloat16")
         assert engine.generate(model, tok, _prompts(tok, 2), max_new_tokens=4).attention == "sdpa"
     finally:

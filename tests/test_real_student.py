@@ -9,8 +9,9 @@ import pytest
 from components import base_model
 from tutorloop.config import BaseModelCfg
 from tutorloop.eval.grading import grade
+from tutorloop.hardware import set_threads
 from tutorloop.inference import engine
-from tutorloop.modeling import chat_prompts, generate, load, setup_runtime
+from tutorloop.modeling import chat_prompts, generate, load
 from tutorloop.runtime.tracking import StageLog
 from tutorloop.teachers import ProceduralTeacher
 
@@ -27,7 +28,7 @@ def test_gguf_student_materialises_and_answers(tmp_path, no_tracking):
     metrics = base_model.main.body(params, Namespace(out=out), StageLog(None))   # the stage, minus argv and MLflow
     assert 130e6 < metrics["parameters"] < 140e6
     assert (out / "model.safetensors").exists() and not list(out.glob("*.gguf"))
-    setup_runtime(0)
+    set_threads(0)
     model, tok = load(out, dtype="bfloat16")
     # dequantised for good: neither the saved config nor the loaded model carries the GGUF quantizer
     import json

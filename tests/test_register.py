@@ -135,6 +135,33 @@ def test_register_versions_aliases_lineage_and_card(store, tiny_model_dir, param
     assert json.loads((store / "registry/2.json").read_text())["alias"] == "champion"
 
 
+def test_a_control_is_registered_with_its_lineage_but_never_promoted(store, tiny_model_dir, params_factory):
+    """control-k (round k on the teacher's solutions alone) is evidence, not a candidate: even far
+    better than the champion it gets its own alias, and `champion` stays."""
+    from mlflow import MlflowClient
+
+    params = params_factory(rounds=1)
+    params = params.model_copy(update={"register_": params.register_.model_copy(update={"log_model": False})})
+    write_lock(store, {"1": "0"})
+    lock = yaml.safe_load((store / "dvc.lock").read_text())
+    lock["stages"]["control@1"] = {"params": {"params.yaml": {"rounds.1.prev": "0", "rounds.1.preference": {"seed": 1}}},
+                                   "deps": [{"path": "data/round-1/rft.jsonl", "md5": "rft1"}],
+                                   "outs": [{"path": "models/control-1", "md5": "c1.dir"}]}
+    (store / "dvc.lock").write_text(yaml.safe_dump(lock))
+    write_eval(store, "0", "1" * 10 + "0" * 30)
+    assert do_register(params, store, "0", tiny_model_dir)["alias"] == "champion"
+    write_eval(store, "control-1", "1" * 40)           # +30 over the champion: would be promoted as a round
+    record = do_register(params, store, "control-1", tiny_model_dir)
+    client = MlflowClient(tracking.tracking_uri())
+    assert record["alias"] == "control-1" and "never" in record["reason"]
+    assert client.get_model_version_by_alias("tutor", "champion").tags["round"] == "0"
+    version = client.get_model_version_by_alias("tutor", "control-1")
+    assert version.tags["lineage.parent"] == "0" and version.tags["lineage.dvc.out.models/control-1"] == "c1.dir"
+    card = client.get_model_version("tutor", version.version).description
+    used = json.loads(card.split("## Parameters of every stage that made it")[1].split("```json")[1].split("```")[0])
+    assert list(used) == ["base_model", "sft", "practice@1", "control@1"]
+
+
 def test_champion_moves_only_on_paired_evidence_and_scopes_keep_their_best(store, tiny_model_dir, params_factory):
     """A new protocol or test set starts a scope with its own best (`champion-<scope>`), but the
     deployable `champion` never follows it to an unchecked model: register@base runs first after

@@ -13,7 +13,14 @@ import httpx
 import pytest
 import torch
 
+from tutorloop.config import Runtime
+from tutorloop.hardware import resolve_runtime
 from tutorloop.serving import server as srv
+
+
+def fp32():
+    """The runtime these tests serve on: fp32 on this machine's device (Served's old default)."""
+    return resolve_runtime(Runtime(precision="float32"))
 
 
 def _free_port() -> int:
@@ -54,7 +61,7 @@ class Running:
 
 @pytest.fixture(scope="module")
 def running(tiny_model_dir):
-    served = srv.Served(tiny_model_dir, "tiny", rows=64)
+    served = srv.Served(tiny_model_dir, "tiny", fp32(), rows=64)
     r = Running(served)
     yield r
     r.stop()
@@ -198,7 +205,7 @@ def test_the_calculator_writes_its_results(tiny_model_dir, monkeypatch):
     token choice is scripted; the model's real fused step runs)."""
     from tutorloop.inference import engine
 
-    served_on = srv.Served(tiny_model_dir, "tiny", calculator=True)
+    served_on = srv.Served(tiny_model_dir, "tiny", fp32(), calculator=True)
     tok = served_on.tok
     script = tok("He pays <<5*16=72>>72 dollars.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     real = engine._Run.choose
@@ -211,7 +218,7 @@ def test_the_calculator_writes_its_results(tiny_model_dir, monkeypatch):
 
     monkeypatch.setattr(engine._Run, "choose", choose)
     on = Running(served_on)
-    off = Running(srv.Served(tiny_model_dir, "tiny", calculator=False))
+    off = Running(srv.Served(tiny_model_dir, "tiny", fp32(), calculator=False))
     try:
         ask = dict(model="tiny", messages=MSG, temperature=0, max_tokens=40)
         assert on.client().chat.completions.create(**ask).choices[0].message.content.startswith("He pays <<5*16=80>>")
@@ -222,7 +229,7 @@ def test_the_calculator_writes_its_results(tiny_model_dir, monkeypatch):
 
 
 def test_stopping_the_server_is_prompt(tiny_model_dir):
-    r = Running(srv.Served(tiny_model_dir, "tiny"))
+    r = Running(srv.Served(tiny_model_dir, "tiny", fp32()))
     assert r.client().completions.create(model="tiny", prompt="Hi", max_tokens=4, temperature=0).choices
     assert r.stop() < 5
 
@@ -246,7 +253,7 @@ def test_evaluate_through_tutorloop_serve_is_the_local_engines_greedy(tiny_model
     raw["evaluate"].update(gsm8k={"path": "", "dataset": "", "subset": "main", "split": "test", "limit": 0})
     local = evaluate.run(validate(raw), tiny_model_dir, tmp_path / "test.jsonl", tmp_path / "local.json",
                          tmp_path / "local")
-    served = Running(srv.Served(tiny_model_dir, tiny_model_dir.name))
+    served = Running(srv.Served(tiny_model_dir, tiny_model_dir.name, fp32()))
     try:
         raw["evaluate"].update(backend="openai", server={
             "base_url": served.url, "model": "", "api_key_env": "TUTORLOOP_TEST_SERVE_KEY", "concurrency": 4,

@@ -7,7 +7,13 @@ from collections import Counter
 
 import pytest
 
-from tutorloop.eval.signal import choose, group_key, mixed_probability, predict_pass, signal_stats
+from tutorloop.eval.signal import (
+    choose,
+    group_key,
+    mixed_probability,
+    predict_pass,
+    signal_stats,
+)
 
 
 def _verdicts(pid: str, right: list[bool], texts: list[str] | None = None) -> list[dict]:

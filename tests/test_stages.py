@@ -11,6 +11,7 @@ from tutorloop.config import validate
 from tutorloop.data import dedup
 from tutorloop.data.jsonl import DataError, read_jsonl, write_jsonl
 from tutorloop.eval import stats
+from tutorloop.hardware import resolve_runtime
 from tutorloop.modeling import chat_prompts, load, resolve_source
 from tutorloop.modeling import generate as gen
 from tutorloop.runtime.tracking import StageLog
@@ -18,6 +19,11 @@ from tutorloop.teachers import generation as generate
 from tutorloop.train import preference, sft
 
 pytestmark = pytest.mark.usefixtures("no_tracking")
+
+
+def resolved(params):
+    """The runtime the sft / preference / control stages resolve once and hand down."""
+    return resolve_runtime(params.runtime)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +137,7 @@ def test_batched_generation_is_deterministic_and_ordered(params_factory, workdir
 def test_sft_trains_only_on_the_solution_and_saves_a_plain_checkpoint(params_factory, workdir):
     params = params_factory()
     metrics = sft.train_sft(params, workdir / "models/base", workdir / "data/sft.jsonl",
-                      workdir / "models/round-0")
+                      workdir / "models/round-0", runtime=resolved(params))
     assert metrics["examples"] == 24
     out = workdir / "models/round-0"
     assert not (out / "adapter_config.json").exists(), "adapter must be merged"
@@ -142,7 +148,8 @@ def test_sft_trains_only_on_the_solution_and_saves_a_plain_checkpoint(params_fac
     assert changed
     # it learned its data: the completion-only loss on the SFT rows is lower after than before
     rows = read_jsonl(workdir / "data/sft.jsonl")
-    trainer = sft.build_trainer(params, base_model_, load(out)[1], rows, workdir / "loss-probe")
+    trainer = sft.build_trainer(params, base_model_, load(out)[1], rows, workdir / "loss-probe",
+                                runtime=resolved(params))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
     with torch.no_grad():
         before = base_model_(**batch).loss.item()
@@ -165,13 +172,13 @@ def test_killed_sft_resumes_from_its_last_checkpoint(params_factory, workdir, tm
 
     base, data = workdir / "models/base", workdir / "data/sft.jsonl"
     with pytest.raises(KeyboardInterrupt):
-        sft.train_sft(params, base, data, tmp_path / "killed", callbacks=[Kill()])
+        sft.train_sft(params, base, data, tmp_path / "killed", callbacks=[Kill()], runtime=resolved(params))
     left = list((tmp_path / "train").glob("sft-*/checkpoint-*"))
     assert [p.name for p in left] == ["checkpoint-2"]
-    resumed = sft.train_sft(params, base, data, tmp_path / "resumed")
+    resumed = sft.train_sft(params, base, data, tmp_path / "resumed", runtime=resolved(params))
     assert resumed["resumed_from_step"] == 2
     assert not list((tmp_path / "train").glob("sft-*"))         # cleaned up after success
-    fresh = sft.train_sft(params, base, data, tmp_path / "fresh")
+    fresh = sft.train_sft(params, base, data, tmp_path / "fresh", runtime=resolved(params))
     assert fresh["resumed_from_step"] == 0
     a, _ = load(tmp_path / "resumed")
     b, _ = load(tmp_path / "fresh")
@@ -206,13 +213,13 @@ def test_a_kill_during_a_checkpoint_save_resumes_from_the_last_complete_one(para
     base, data = workdir / "models/base", workdir / "data/sft.jsonl"
     monkeypatch.setattr(Trainer, "_save_rng_state", killed_mid_save)
     with pytest.raises(KeyboardInterrupt):
-        sft.train_sft(params, base, data, tmp_path / "killed")
+        sft.train_sft(params, base, data, tmp_path / "killed", runtime=resolved(params))
     monkeypatch.setattr(Trainer, "_save_rng_state", real)
     left = {p.name: (p / COMPLETE).exists() for p in (tmp_path / "train").glob("sft-*/checkpoint-*")}
     assert left == {"checkpoint-1": True, "checkpoint-2": False}
-    resumed = sft.train_sft(params, base, data, tmp_path / "resumed")
+    resumed = sft.train_sft(params, base, data, tmp_path / "resumed", runtime=resolved(params))
     assert resumed["resumed_from_step"] == 1
-    fresh = sft.train_sft(params, base, data, tmp_path / "fresh")
+    fresh = sft.train_sft(params, base, data, tmp_path / "fresh", runtime=resolved(params))
     a, _ = load(tmp_path / "resumed")
     b, _ = load(tmp_path / "fresh")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
@@ -225,7 +232,7 @@ def test_sft_completion_only_labels(params_factory, workdir, tmp_path):
     params = params_factory()
     model, tok = load(workdir / "models/base")
     rows = read_jsonl(workdir / "data/sft.jsonl")[:2]
-    trainer = sft.build_trainer(params, model, tok, rows, tmp_path)
+    trainer = sft.build_trainer(params, model, tok, rows, tmp_path, runtime=resolved(params))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     for row, ids, labels in zip(rows, batch["input_ids"], batch["labels"]):
         kept = tok.decode(ids[labels != -100])
@@ -246,7 +253,8 @@ def test_practice_feedback_dpo_round(params_factory, workdir, tmp_path):
     # 2 samples per problem: pass@1 is the pass rate, pass@4 cannot be estimated from 2
     assert stats["practice_pass_at_1"] == pytest.approx(sum(labels) / 12) and "practice_pass_at_4" not in stats
     assert len(read_jsonl(rnd / "unpaired.jsonl")) == stats["unpaired_desirable"] + stats["unpaired_undesirable"]
-    metrics = preference.train_preference(params, "1", workdir / "models/round-0", rnd, workdir / "models/round-1")
+    metrics = preference.train_preference(params, "1", workdir / "models/round-0", rnd, workdir / "models/round-1",
+                                         runtime=resolved(params))
     assert metrics["pairs"] == stats["pairs"] and "reward_accuracy" in metrics
     assert not (workdir / "models/round-1/adapter_config.json").exists()
     load(workdir / "models/round-1")
@@ -257,7 +265,7 @@ def test_practice_feedback_dpo_round(params_factory, workdir, tmp_path):
     raw["checkpoints"]["2"] = "models/round-2"
     kto_params = validate(raw)
     metrics = preference.train_preference(kto_params, "2", workdir / "models/round-1", rnd, workdir / "models/round-2",
-                                         sft_model=workdir / "models/round-0")
+                                         sft_model=workdir / "models/round-0", runtime=resolved(kto_params))
     assert metrics["method_kto"] == 1 and metrics["reference_sft"] == 1
     assert metrics["desirable_weight"] * metrics["desirable"] == pytest.approx(
         metrics["undesirable_weight"] * (metrics["examples"] - metrics["desirable"]))
@@ -268,7 +276,7 @@ def test_practice_feedback_dpo_round(params_factory, workdir, tmp_path):
     raw["rounds"]["2"]["preference"] = {**raw["rounds"]["1"]["preference"], "method": "rft", "start": "sft"}
     rft_params = validate(raw)
     metrics = preference.train_preference(rft_params, "2", workdir / "models/round-1", rnd, tmp_path / "rft-2",
-                                         sft_model=workdir / "models/round-0")
+                                         sft_model=workdir / "models/round-0", runtime=resolved(rft_params))
     assert metrics["method_rft"] == 1 and metrics["start_sft"] == 1 and metrics["reference_sft"] == 0
     assert metrics["examples"] == len(rft_rows) and metrics["student_solutions"] == stats["rft_student_solutions"]
     # it trained from round 0, not round 1: closer to round 0's weights than round 1 is
@@ -279,8 +287,20 @@ def test_practice_feedback_dpo_round(params_factory, workdir, tmp_path):
     # the control (rft_rows: teacher): the same round on the teacher's solutions alone
     raw["rounds"]["2"]["preference"]["rft_rows"] = "teacher"
     metrics = preference.train_preference(validate(raw), "2", workdir / "models/round-1", rnd, tmp_path / "rft-2t",
-                                         sft_model=workdir / "models/round-0")
+                                         sft_model=workdir / "models/round-0", runtime=resolved(validate(raw)))
     assert metrics["examples"] == 6 and metrics["student_solutions"] == 0
+    # control@2 of the RFT round (both sources): as many rows and updates as the round, all the
+    # teacher's, from the round's own start (the SFT model here)
+    raw["rounds"]["2"]["preference"]["rft_rows"] = "both"
+    metrics = preference.train_preference(validate(raw), "2", workdir / "models/round-1", rnd, tmp_path / "control-2",
+                                         sft_model=workdir / "models/round-0", control=True, runtime=resolved(validate(raw)))
+    assert metrics["control"] == 1 and metrics["examples"] == len(rft_rows) and metrics["student_solutions"] == 0
+    assert metrics["start_sft"] == 1 and metrics["reference_sft"] == 0
+    # control@1 of the DPO round: a supervised pass on the teacher's solutions, one row per pair
+    metrics = preference.train_preference(params, "1", workdir / "models/round-0", rnd, tmp_path / "control-1",
+                                         control=True, runtime=resolved(params))
+    assert metrics["control"] == 1 and metrics["examples"] == stats["pairs"] and "reward_accuracy" not in metrics
+    load(tmp_path / "control-1")
     with pytest.raises(Exception, match="start"):
         validate({**raw, "rounds": {**raw["rounds"], "2": {**raw["rounds"]["2"], "preference": {
             **raw["rounds"]["1"]["preference"], "method": "dpo", "start": "sft"}}}})
@@ -392,4 +412,5 @@ def test_bad_inputs_are_clear_errors(params_factory, tmp_path, workdir):
                      tmp_path / "e")
     write_jsonl(tmp_path / "pairs.jsonl", [{"question": "q"}])
     with pytest.raises(DataError, match="missing field"):
-        preference.train_preference(params, "1", workdir / "models/round-0", tmp_path, tmp_path / "out")
+        preference.train_preference(params, "1", workdir / "models/round-0", tmp_path, tmp_path / "out",
+                                    runtime=resolved(params))

@@ -175,16 +175,20 @@ def test_identical_misses_in_flight_are_paid_for_once(tmp_path):
 def test_local_teacher_replies_are_keyed_by_the_models_content(tmp_path):
     """A model retrained into the same folder is another model: not answered from the old replies."""
     from tutorloop.config import Teacher
+    from tutorloop.hardware import Precision, ResolvedRuntime
     from tutorloop.teachers.chat import make_chat
 
     folder = tmp_path / "teacher"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"weights v1")
     cfg = Teacher(kind="transformers", model=str(folder))
-    before = make_chat(cfg, tmp_path / "cache").model
-    assert make_chat(cfg, tmp_path / "cache").model == before      # same bytes, same key
+    runtime = ResolvedRuntime("cpu", Precision("float32", None, ""), "sdpa", 1)   # the stage's, resolved
+    before = make_chat(cfg, tmp_path / "cache", runtime).model
+    assert make_chat(cfg, tmp_path / "cache", runtime).model == before      # same bytes, same key
     (folder / "model.safetensors").write_bytes(b"weights v2")
-    assert make_chat(cfg, tmp_path / "cache").model != before
+    assert make_chat(cfg, tmp_path / "cache", runtime).model != before
+    with pytest.raises(ValueError, match="resolved runtime"):               # a local model needs one
+        make_chat(cfg, tmp_path / "cache")
     assert make_chat(Teacher(kind="openai", model="gpt-x"), tmp_path / "cache").model == "gpt-x"
 
 
@@ -309,6 +313,7 @@ def test_local_transformers_teacher_runs_the_agents_batched(tiny_model_dir, tmp_
     """teacher.kind=transformers: the same agent flow on a local model, calls micro-batched."""
     from tutorloop.config import validate
     from tutorloop.data.jsonl import read_jsonl
+    from tutorloop.hardware import resolve_runtime
     from tutorloop.teachers import ProceduralTeacher
     from tutorloop.teachers.generation import generate_dataset as run
 
@@ -320,7 +325,7 @@ def test_local_transformers_teacher_runs_the_agents_batched(tiny_model_dir, tmp_
                                       batch_size=4)
     raw["generate"].update(n_test=2, n_practice=2, n_sft=6)
     params = validate(raw)
-    cfg, runtime = params.generate, params.runtime   # cpu, float32 (tiny_params)
+    cfg, runtime = params.generate, resolve_runtime(params.runtime)   # cpu, float32 (tiny_params), as a stage resolves it
     stats = run(cfg, tmp_path / "out", cache_dir=tmp_path / "cache", runtime=runtime, progress=False)
     sft = read_jsonl(tmp_path / "out" / "sft.jsonl")
     assert len(sft) == 6 and all(r["provenance"]["teacher"] == "transformers" for r in sft)

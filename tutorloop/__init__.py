@@ -5,7 +5,8 @@ Layers, each importing only those before it (tests/test_layout.py checks it):
 
     errors.py, secrets.py    the errors a user can fix, and redaction (leaves)
     config/                  typed params.yaml (pydantic), loading with file:line errors
-    hardware.py              what the machine can do: the precision `auto` resolves to, and why
+    hardware.py              what the machine can do: the precision `auto` resolves to, and why;
+                             each stage's one resolved runtime (resolve_runtime)
     runtime/                 plumbing: MLflow tracking, signals, the stage runner, thread pool
     data/                    jsonl, hashes, dedup, contamination, eval sets, preference pairs
     llm/                     the OpenAI-compatible client and its disk cache

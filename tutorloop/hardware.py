@@ -17,9 +17,18 @@ The resolved precision is what a run's numbers depend on: stages record it in th
 models scored at the same numerics. Moving to a machine that resolves differently starts a new
 evaluation scope (tutorloop/registry/promotion.py).
 
+A stage resolves its runtime once (`resolve_runtime(params.runtime)`: torch's threads set, the
+device picked, the precision resolved, the decode attention path chosen) and hands the frozen
+`ResolvedRuntime` down to the library, which never re-resolves: what a stage loads, trains,
+samples and records (metrics, the evaluation protocol) is that one value. `free_memory` and
+`MEMORY_SHARE` are what both batch sizers (engine rows: tutorloop/inference/batching.py;
+training batches: tutorloop/train/batching.py) budget from.
+
     tutorloop doctor          # this machine: capability, precision and why, matmul GFLOP/s
 
-May import: tutorloop.errors (and torch). Nothing else of tutorloop.
+May import: tutorloop.errors (and torch). Nothing else of tutorloop: not even tutorloop.config
+(`resolve_runtime` reads the section's four fields), so the stages that only load a model keep
+config/ out of their DVC deps.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from tutorloop.errors import ConfigError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 PROBE_N = 256          # a 256^3 matmul: ~1 ms in fp32 on one core, ~20 ms in scalar bf16
 PROBE_MIN_RATIO = 0.5  # bf16 must run at least this share of fp32's GFLOP/s to be chosen
+MEMORY_SHARE = 0.7     # of the free GPU memory, for a batch (engine rows or training examples)
 
 
 @dataclass(frozen=True)
@@ -141,20 +151,77 @@ def _resolve_cuda(setting: str, device: torch.device) -> Precision:
     return Precision("float32", "fp16", f"{torch.cuda.get_device_name(device)} has no bf16: fp32, fp16 AMP in training")
 
 
-def describe(setting: str = "auto", device: str = "auto") -> list[tuple[str, str]]:
+def set_threads(threads: int) -> int:
+    """Pin torch's intra-op threads (0 = one per core) and quiet the tokenizers' own pool; the count set."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Two busy threads per core made a training step 12x slower: never exceed the core count.
+    # sched_getaffinity honours cgroup/taskset limits; os.cpu_count() would count the host's cores.
+    count = threads or len(os.sched_getaffinity(0)) or 1
+    torch.set_num_threads(count)
+    return count
+
+
+def pick_device(setting: str) -> str:
+    """`runtime.device` as a torch device string: cuda when asked for, or auto with CUDA present."""
+    return "cuda" if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+@dataclass(frozen=True)
+class ResolvedRuntime:
+    """`runtime` (params.yaml) as this machine resolved it: one value per stage, resolved once
+    (`resolve_runtime`) and passed down; what the stage's numbers depend on."""
+
+    device: str            # torch device string: "cpu" | "cuda"
+    precision: Precision   # the resolved `runtime.precision`: dtype, training amp, and why
+    attention: str         # decode attention asked of the engine: "kernel" (the C kernel, where it builds and
+                           # the model decodes through the fused step) | "sdpa" (torch's kernel)
+    threads: int           # torch's intra-op threads, as set
+
+    @property
+    def dtype(self) -> str:
+        """The weights' and activations' dtype at inference ("float32" | "bfloat16")."""
+        return self.precision.dtype
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+
+def resolve_runtime(cfg) -> ResolvedRuntime:
+    """The one resolution of params.yaml's `runtime` section (a tutorloop.config.Runtime): torch's
+    threads set (once, here), the device picked, the precision resolved on it (a ConfigError for
+    one it cannot do), the decode attention path."""
+    threads = set_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    precision = resolve(cfg.precision, device)
+    # The C kernel covers decode attention on CPU, in both dtypes a CPU resolves to (bf16, fp32);
+    # on CUDA the engine always runs torch's SDPA. Whether the kernel builds here (a C compiler)
+    # is the kernel loader's call at first use; the engine records which path ran.
+    kernel = cfg.attention == "auto" and device == "cpu"
+    return ResolvedRuntime(device=device, precision=precision, attention="kernel" if kernel else "sdpa",
+                           threads=threads)
+
+
+def free_memory(device: torch.device | str) -> int:
+    """Bytes free on a CUDA device now (after the model was loaded)."""
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return int(free)
+
+
+def describe(runtime: ResolvedRuntime, setting: str = "auto") -> list[tuple[str, str]]:
     """(what, value) rows about this machine for `tutorloop doctor`: CPU, capability, threads, the
-    precision `setting` resolves to on `device` and why, and measured matmul GFLOP/s."""
+    precision `runtime.precision: setting` resolved to on the runtime's device and why, and
+    measured matmul GFLOP/s."""
     import importlib.metadata as md
 
-    dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
-    chosen = resolve(setting, dev)
+    dev, chosen = runtime.torch_device, runtime.precision
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     fp32, bf16 = matmul_gflops(torch.float32, n=512), matmul_gflops(torch.bfloat16, n=512)
     versions = ", ".join(f"{p} {md.version(p)}" for p in ("torch", "transformers", "trl", "peft"))
     return [
         ("cpu", f"{cpu_name()} ({platform.machine()})"),
         ("torch cpu capability", f"{cpu_capability()}; oneDNN bf16 kernels: {'yes' if onednn_bf16() else 'no'}"),
-        ("cores / torch threads", f"{cores} / {torch.get_num_threads()}"),
+        ("cores / torch threads", f"{cores} / {runtime.threads}"),
         ("device", dev.type + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "")),
         (f"runtime.precision: {setting}", f"{chosen.dtype}" + (f", training amp {chosen.amp}" if chosen.amp else "")
          + (" (SLOW PATH on this machine)" if chosen.slow else "")),

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,21 +23,6 @@ from pathlib import Path
 import torch
 
 from tutorloop.hardware import DTYPES
-
-
-def setup_runtime(threads: int) -> torch.device:
-    """Pin torch's thread count (0 = one per core) and quiet the libraries' noise."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Two busy threads per core made a training step 12x slower: never exceed the core count.
-    # sched_getaffinity honours cgroup/taskset limits; os.cpu_count() would count the host's cores.
-    torch.set_num_threads(threads or len(os.sched_getaffinity(0)) or 1)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def pick_device(setting: str) -> torch.device:
-    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def require_checkpoint(path: str | Path) -> Path:

@@ -14,7 +14,16 @@ from __future__ import annotations
 import copy
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator, Tag, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainValidator,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from tutorloop.errors import ConfigError
 from tutorloop.secrets import redact
@@ -29,7 +38,8 @@ def _shown(key: str, value: Any) -> str:
 
 
 
-# Batch sizes that may be `auto`: resolved per device when the stage starts (tutorloop/inference/batching.py).
+# Batch sizes that may be `auto`: resolved per device when the stage starts (engine rows:
+# tutorloop/inference/batching.py; training batches: tutorloop/train/batching.py).
 # On CPU `auto` is the measured default below; on CUDA it is sized from free GPU memory. These
 # constants are the only CPU sizes `auto` resolves to; a field's default is params.yaml's value
 # (auto for practice/evaluate, PREFERENCE_BATCH_CPU for preference: tests/test_config.py checks).
@@ -376,6 +386,7 @@ class Params(Section):
     # `register` would shadow BaseModel.register (ABC); the alias keeps the YAML key.
     register_: Register = Field(default_factory=Register, alias="register")
     rounds: dict[str, Round] = Field(description="preference rounds keyed by number ('1', '2', ...); keys quoted for DVC")
+    controls: dict[str, str] = Field(default_factory=dict, description="control@k for each round key k listed, valued the checkpoint round k starts from (rounds.k.prev, quoted): round k's training, rows and updates on the teacher's solutions alone (models/control-k), evaluated and registered as checkpoint control-k but never a champion; {} = none (each costs a round's training)")
     checkpoints: dict[str, str] = Field(description="every model evaluated and registered: key -> model dir")
 
 
@@ -457,9 +468,29 @@ def _cross_checks(raw: dict) -> list[str]:
     if isinstance(checkpoints, dict):
         want = {"base": "models/base", "0": "models/round-0"}
         want.update({str(k): f"models/round-{k}" for k in rounds})
+        controls = raw.get("controls") if isinstance(raw.get("controls"), dict) else {}
+        want.update({f"control-{k}": f"models/control-{k}" for k in controls})
         have = {str(k): v for k, v in checkpoints.items()}
         if have != want:
-            problems.append(f"checkpoints: {have!r} -> must be {want!r} (base, SFT and every round)")
+            problems.append(f"checkpoints: {have!r} -> must be {want!r} (base, SFT, every round and control)")
+    problems += _control_checks(raw, rounds)
+    return problems
+
+
+def _control_checks(raw: dict, rounds: dict) -> list[str]:
+    """A control names a round and starts where that round starts (DVC interpolates its start
+    model from the value, so the value must be the round's prev)."""
+    controls = raw.get("controls")
+    if not isinstance(controls, dict):
+        return []
+    problems = []
+    for key, start in controls.items():
+        rnd = rounds.get(str(key))
+        if not isinstance(rnd, dict):
+            problems.append(f"controls.{key}: {start!r} -> round {key!r} is not in rounds")
+        elif str(start) != str(rnd.get("prev")):
+            problems.append(f"controls.{key}: {start!r} -> must be round {key}'s start, rounds.{key}.prev "
+                            f"({rnd.get('prev')!r}): the control trains from the round's own starting checkpoint")
     return problems
 
 

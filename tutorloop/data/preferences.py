@@ -182,3 +182,16 @@ def build_rft(problems: list[dict], feedback: list[dict]) -> tuple[list[dict], d
              "rft_problems_with_student_solution": sum(1 for v in kept.values() if v),
              "rft_student_share": student / len(rows) if rows else 0.0}
     return rows, stats
+
+
+def control_rows(rft_rows: list[dict], n: int, seed: int) -> list[dict]:
+    """A control's training rows (control@k): the teacher's solutions of the round's problems
+    (rft.jsonl's `teacher` rows), shuffled (seeded) and repeated to the `n` rows the round itself
+    trains on, so the control takes as many examples and updates as the round, none of them the
+    student's. Pure: the same rows, n and seed give the same list."""
+    teacher = select_rft(rft_rows, "teacher")
+    if not teacher or n < 1:
+        return []
+    order = teacher[:]
+    random.Random(seed).shuffle(order)
+    return [order[i % len(order)] for i in range(n)]

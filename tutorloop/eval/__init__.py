@@ -4,7 +4,7 @@ evaluation protocol a score is only comparable under (protocol.py), the grader's
 practice samples (feedback.py; the optional LLM judge is tutorloop.teachers.judge, a teacher),
 and the accuracy report and experiment comparison (report.py).
 
-May import: tutorloop.errors, secrets, config, runtime (tracking: the report's stage minutes),
-data, llm, modeling, inference. Never teachers/, train/ or registry/ (they import this package,
-not the reverse), never components/ or flows/.
+May import: tutorloop.errors, secrets, config, hardware (the resolved runtime, in the protocol),
+runtime (tracking: the report's stage minutes), data, llm, modeling, inference. Never teachers/,
+train/ or registry/ (they import this package, not the reverse), never components/ or flows/.
 """

@@ -9,26 +9,31 @@ import hashlib
 import json
 
 from tutorloop.config import Params
+from tutorloop.hardware import ResolvedRuntime
 
 
-def protocol(params: Params, precision: str, attention: str | None = None, device: str | None = None) -> str:
+def protocol(params: Params, runtime: ResolvedRuntime | None, attention: str | None = None) -> str:
     """A fingerprint of how a model was evaluated: verdicts pair only under the same protocol.
 
-    The numerics are part of it, because they change greedy text: `precision`, the *resolved*
-    one the sampler ran at ("float32", "bfloat16"; "server" for a server backend), `attention`,
-    the decode attention that ran (kernel / sdpa / hf: 1.0% vs 2.2% on the same bf16 weights in
-    one A/B), and `device` ("cpu", "cuda"). Moving to a machine that decides any of them
-    differently starts a new scope, and the champion stays where it is (registry/promotion.py)."""
+    The numerics are part of it, because they change greedy text: the stage's resolved `runtime`
+    (its precision, "float32" / "bfloat16", and its device, "cpu" / "cuda"; None for a server
+    backend, whose numerics are its own) and `attention`, the decode attention that ran (kernel /
+    sdpa / hf: 1.0% vs 2.2% on the same bf16 weights in one A/B). Moving to a machine that
+    decides any of them differently starts a new scope, and the champion stays where it is
+    (registry/promotion.py)."""
     cfg = params.evaluate
+    local = cfg.backend == "local"
+    if local and runtime is None:
+        raise ValueError("evaluate.backend: local -> the protocol needs the stage's resolved runtime")
     # a server's precision is its own; "bfloat16" there keeps the fingerprint it had before
     # runtime.precision existed, so server scopes keep their champions
-    dtype = precision if cfg.backend == "local" else "bfloat16"
+    dtype = runtime.dtype if local else "bfloat16"
     key = {"prompt": params.prompt.model_dump(), "max_new_tokens": cfg.max_new_tokens, "dtype": dtype,
            "limit": cfg.limit, "fewshot": cfg.fewshot}
     if cfg.calculator:  # only when on, so calculator-free protocols keep their earlier fingerprint
         key["calculator"] = True
-    if cfg.backend == "local":
-        key["numerics"] = {"attention": attention, "device": device}
+    if local:
+        key["numerics"] = {"attention": attention, "device": runtime.torch_device.type}
     else:
         # A server decodes with its own kernels and precision (runtime.precision does not apply), so
         # its greedy text can differ from the engine's: verdicts pair within one backend only.

@@ -38,14 +38,36 @@ COLUMNS = ["checkpoint", "accuracy", "ci95_low", "ci95_high", "n", "strict_accur
            "gsm8k_strict_accuracy", "gsm8k_n", "pairs", "method", "trained_on", "student_rows",
            "practice_pass_rate",
            "won_vs_base", "lost_vs_base", "p_vs_base", "won_vs_prev", "lost_vs_prev", "p_vs_prev",
+           "won_vs_sft", "lost_vs_sft", "p_vs_sft", "won_vs_control", "lost_vs_control", "p_vs_control",
            # headroom (evaluate.maj_k samples): pass@k and maj@k; practice pass@k from feedback
            "pass_at_1", "pass_at_4", "pass_at_16", "maj_k", "maj_accuracy",
            "practice_pass_at_1", "practice_pass_at_4", "practice_pass_at_16"]
-PAIRED = ["won_vs_base", "lost_vs_base", "p_vs_base", "won_vs_prev", "lost_vs_prev", "p_vs_prev"]
+TAGS = ("base", "sft", "prev", "control")   # what each checkpoint is paired against
+PAIRED = [f"{c}_vs_{t}" for t in TAGS for c in ("won", "lost", "p")]
+CONTROL = "control-"   # checkpoint control-k: round k's control (components/control.py)
 
 
-def _order(name: str) -> tuple[int, int]:
-    return (0, 0) if name == "base" else (1, int(name)) if name.isdigit() else (2, 0)
+def _order(name: str) -> tuple[int, int, int]:
+    """Loop order: base, 0 (SFT), 1, control-1, 2, control-2, ...: a control right after its round."""
+    if name.startswith(CONTROL) and name[len(CONTROL):].isdigit():
+        return (1, int(name[len(CONTROL):]), 1)
+    return (0, 0, 0) if name == "base" else (1, int(name), 0) if name.isdigit() else (2, 0, 0)
+
+
+def _baselines(names: list[str]) -> dict[str, dict[str, str | None]]:
+    """Per checkpoint, the checkpoint it is paired with under each tag: base; SFT (round 0); prev,
+    the round before (a control's is its round's: both start there); control, round k's control."""
+    out: dict[str, dict[str, str | None]] = {}
+    last: str | None = None   # the latest round (not control) seen in loop order
+    before: dict[str, str | None] = {}
+    for name in names:
+        is_control = name.startswith(CONTROL)
+        prev = before.get(name[len(CONTROL):]) if is_control else last
+        out[name] = {"base": "base", "sft": "0", "prev": prev,
+                     "control": None if is_control or f"{CONTROL}{name}" not in names else f"{CONTROL}{name}"}
+        if not is_control:
+            before[name], last = last, name
+    return out
 
 
 def paired(a: dict[str, bool], b: dict[str, bool]) -> tuple[int, int, float] | None:
@@ -95,9 +117,13 @@ def rows(metrics_dir: Path, data_dir: Path | None = None, eval_dir: Path | None 
     for path in sorted(Path(metrics_dir).glob("*.json"), key=lambda p: _order(p.stem)):
         m = json.loads(path.read_text())
         g = m.get("gsm8k", {})
-        fb_file = Path(data_dir) / f"round-{path.stem}" / "feedback_metrics.json" if data_dir else None
-        fb = json.loads(fb_file.read_text()) if fb_file and fb_file.exists() else {}
-        pref_file = fb_file.with_name("preference_metrics.json") if fb_file else None
+        control = path.stem.startswith(CONTROL)
+        round_key = path.stem[len(CONTROL):] if control else path.stem
+        fb_file = Path(data_dir) / f"round-{round_key}" / "feedback_metrics.json" if data_dir else None
+        # a control practised nothing: the round's practice pass rate is not its own
+        fb = json.loads(fb_file.read_text()) if fb_file and fb_file.exists() and not control else {}
+        pref_file = fb_file.with_name("control_metrics.json" if control else "preference_metrics.json") \
+            if fb_file else None
         method, trained, own = _trained(json.loads(pref_file.read_text()) if pref_file and pref_file.exists() else {})
         out.append({"checkpoint": path.stem, "accuracy": m["accuracy"], "ci95_low": m["ci95_low"],
                     "ci95_high": m["ci95_high"], "n": m["n"], "strict_accuracy": m.get("strict_accuracy", ""),
@@ -111,15 +137,21 @@ def rows(metrics_dir: Path, data_dir: Path | None = None, eval_dir: Path | None 
     for r in out:
         r.update({k: "" for k in PAIRED})
     if eval_dir is not None:
-        by_checkpoint = {r["checkpoint"]: correctness(eval_dir, r["checkpoint"]) for r in out}
-        for i, r in enumerate(out):
-            mine = by_checkpoint[r["checkpoint"]]
-            for tag, other in (("base", "base"), ("prev", out[i - 1]["checkpoint"] if i else None)):
-                theirs = by_checkpoint.get(other) if other and other != r["checkpoint"] else None
-                cmp = paired(theirs, mine) if mine is not None and theirs is not None else None
-                if cmp:
-                    r[f"won_vs_{tag}"], r[f"lost_vs_{tag}"], r[f"p_vs_{tag}"] = cmp
+        _pair_all(out, eval_dir)
     return out
+
+
+def _pair_all(out: list[dict], eval_dir: Path) -> None:
+    """Fill each row's won/lost/p against its baselines (`_baselines`) on the problems both share."""
+    by_checkpoint = {r["checkpoint"]: correctness(eval_dir, r["checkpoint"]) for r in out}
+    against = _baselines([r["checkpoint"] for r in out])
+    for r in out:
+        mine = by_checkpoint[r["checkpoint"]]
+        for tag, other in against[r["checkpoint"]].items():
+            theirs = by_checkpoint.get(other) if other and other != r["checkpoint"] else None
+            cmp = paired(theirs, mine) if mine is not None and theirs is not None else None
+            if cmp:
+                r[f"won_vs_{tag}"], r[f"lost_vs_{tag}"], r[f"p_vs_{tag}"] = cmp
 
 
 def pooled_comparisons(out: Path, n: int, checkpoints: list[str]) -> list[dict]:
@@ -139,6 +171,8 @@ def _trained(pref: dict) -> tuple[str, int | str, int | str]:
     round's preference_metrics.json: DPO pairs, KTO rows, RFT rows; blanks where it has not trained."""
     if not pref:
         return "", "", ""
+    if pref.get("control"):   # control_metrics.json: the teacher's solutions, as many rows as the round's
+        return "control", pref.get("examples", ""), ""
     method = "rft" if pref.get("method_rft") else "kto" if pref.get("method_kto") else "dpo"
     return (method, pref.get("pairs" if method == "dpo" else "examples", ""),
             pref.get("student_solutions", "") if method == "rft" else "")
@@ -149,6 +183,8 @@ def _trained_cell(r: dict) -> str:
     training metrics are not there (a round not yet trained shows what DPO would get)."""
     if r["method"] == "dpo":
         return f"{r['trained_on']} pairs"
+    if r["method"] == "control":
+        return f"{r['trained_on']} teacher rows"
     if r["method"]:
         own = r["student_rows"]
         return f"{r['trained_on']} {r['method']} rows" + (f" ({own} own)" if own != "" else "")
@@ -191,6 +227,8 @@ def stage_minutes(project: Path) -> dict[str, float]:
 
 def label(checkpoint: str) -> str:
     """How a checkpoint is named in tables and plots."""
+    if checkpoint.startswith(CONTROL):
+        return f"control {checkpoint[len(CONTROL):]}"
     return {"base": "base", "0": "round 0 (SFT)"}.get(checkpoint, f"round {checkpoint}")
 
 
@@ -205,7 +243,8 @@ def table(metrics_dir: Path, minutes: dict[str, float] | None = None, data_dir: 
     # Compact enough for an 80-column terminal (make demo's log, CI): CIs in brackets, no grid.
     t = Table(title="tutorloop: greedy pass@1 per checkpoint", box=box.SIMPLE_HEAD, padding=(0, 1))
     t.add_column("checkpoint", no_wrap=True)
-    for col in ("held-out [95% CI]", "GSM8K [95% CI]", "vs base", "vs prev", "trained on", "pass", "minutes"):
+    for col in ("held-out [95% CI]", "GSM8K [95% CI]", "vs base", "vs SFT", "vs prev", "vs control", "trained on",
+                "pass", "minutes"):
         t.add_column(col, justify="right", no_wrap=True)
 
     def pct(m: dict) -> str:
@@ -224,13 +263,14 @@ def table(metrics_dir: Path, minutes: dict[str, float] | None = None, data_dir: 
         m = json.loads((Path(metrics_dir) / f"{r['checkpoint']}.json").read_text())
         sizes.add(f"held-out n={m['n']}" + (f", GSM8K n={m['gsm8k']['n']}" if "gsm8k" in m else ""))
         t.add_row(label(r["checkpoint"]), pct(m), pct(m["gsm8k"]) if "gsm8k" in m else "-",
-                  vs(r, "base"), vs(r, "prev"), _trained_cell(r),
+                  vs(r, "base"), vs(r, "sft"), vs(r, "prev"), vs(r, "control"), _trained_cell(r),
                   f"{r['practice_pass_rate']:.0%}" if r["practice_pass_rate"] != "" else "-",
                   f"{minutes[r['checkpoint']]:.1f}" if r["checkpoint"] in minutes else "-",
                   *([_headroom(r)] if headroom else []))
     t.caption = (f"{'; '.join(sorted(sizes))}. pass: practice samples judged right. trained on: the round's "
                  "examples (RFT: the student's own solutions in brackets).\n"
-                 "vs: held-out problems won/lost against base / the previous checkpoint, exact McNemar p (one-sided).\n"
+                 "vs: held-out problems won/lost against base / SFT / the previous round / the round's control "
+                 "(its training on the teacher's solutions alone), exact McNemar p (one-sided).\n"
                  "minutes: wall time of the stages that made and scored the checkpoint (MLflow).")
     return t
 

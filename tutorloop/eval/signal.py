@@ -59,26 +59,43 @@ def signal_stats(feedback: list[dict]) -> dict:
             "signal/distinct_correct_per_problem": distinct / n}
 
 
-def predict_pass(problems: list[dict], seen: list[dict], feedback: list[dict]) -> dict[str, float]:
-    """Each of `problems`' predicted pass rate from the verdicts on `seen` (the problems practised
-    so far): its own samples if it was practised, shrunk toward its group's rate, the group's rate
-    shrunk toward the overall one."""
-    groups = _by_problem(feedback)
-    key_of = {p["id"]: group_key(p) for p in seen}
-    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for pid, rows in groups.items():
-        t = totals[key_of.get(pid, "all")]
-        t[0] += sum(bool(r["correct"]) for r in rows)
-        t[1] += len(rows)
-    right, n = sum(t[0] for t in totals.values()), sum(t[1] for t in totals.values())
-    overall = (right + 1) / (n + 2)   # Laplace: never exactly 0 or 1 from finite samples
-    rate = {g: (r + SHRINK * overall) / (k + SHRINK) for g, (r, k) in totals.items()}
+def empty_history() -> dict:
+    """What the rounds so far have seen: right/total samples per problem id and per group."""
+    return {"problems": {}, "groups": {}}
+
+
+def add_round(history: dict, problems: list[dict], feedback: list[dict]) -> dict:
+    """`history` with one round's verdicts on `problems` counted in (a new dict; pure)."""
+    out = {"problems": {k: list(v) for k, v in history["problems"].items()},
+           "groups": {k: list(v) for k, v in history["groups"].items()}}
+    key_of = {p["id"]: group_key(p) for p in problems}
+    for pid, rows in _by_problem(feedback).items():
+        right = sum(bool(r["correct"]) for r in rows)
+        for table, key in ((out["problems"], pid), (out["groups"], key_of.get(pid, "all"))):
+            counts = table.setdefault(key, [0, 0])
+            counts[0] += right
+            counts[1] += len(rows)
+    return out
+
+
+def predicted(problems: list[dict], history: dict) -> dict[str, float]:
+    """Each problem's predicted pass rate: its own samples so far shrunk toward its group's rate,
+    the group's rate shrunk toward the overall one (Laplace-smoothed: never exactly 0 or 1)."""
+    groups = history["groups"]
+    right, n = sum(r for r, _ in groups.values()), sum(k for _, k in groups.values())
+    overall = (right + 1) / (n + 2)
+    rate = {g: (r + SHRINK * overall) / (k + SHRINK) for g, (r, k) in groups.items()}
     out = {}
     for p in problems:
         prior = rate.get(group_key(p), overall)
-        own = groups.get(p["id"], [])
-        out[p["id"]] = (sum(bool(r["correct"]) for r in own) + SHRINK * prior) / (len(own) + SHRINK)
+        own_right, own_n = history["problems"].get(p["id"], (0, 0))
+        out[p["id"]] = (own_right + SHRINK * prior) / (own_n + SHRINK)
     return out
+
+
+def predict_pass(problems: list[dict], seen: list[dict], feedback: list[dict]) -> dict[str, float]:
+    """`predicted` from one round's verdicts on `seen`."""
+    return predicted(problems, add_round(empty_history(), seen, feedback))
 
 
 def choose(problems: list[dict], predicted: dict[str, float], n: int, seed: int) -> list[dict]:

@@ -11,6 +11,7 @@ import threading
 import time
 from concurrent.futures import Future
 
+from tutorloop.hardware import ResolvedRuntime
 from tutorloop.llm.client import Sampling
 
 
@@ -19,13 +20,13 @@ class TransformersChat:
 
     kind = "transformers"
 
-    def __init__(self, model: str, batch_size: int = 8, dtype: str = "float32", device: str = "auto",
-                 wait_s: float = 0.05, calculator: bool = False) -> None:
+    def __init__(self, model: str, runtime: ResolvedRuntime, batch_size: int = 8, wait_s: float = 0.05,
+                 calculator: bool = False) -> None:
         from tutorloop import modeling
 
         self.model = model
-        dev = modeling.pick_device(device)
-        self._lm, self._tok = modeling.load(model, dtype=dtype, device=dev)
+        # the stage's resolved device and precision (they are in the reply cache's key: make_chat)
+        self._lm, self._tok = modeling.load(model, dtype=runtime.dtype, device=runtime.device)
         self._batch, self._wait, self._calculator = batch_size, wait_s, calculator
         self._queue: queue.Queue = queue.Queue()
         threading.Thread(target=self._worker, daemon=True, name="teacher-batcher").start()

@@ -294,7 +294,9 @@ class _Run:
         # Llama-family models decode through the fused step (bit-identical, fewer ops); others via HF.
         self.decoder = LlamaDecoder.wrap(model) if fused else None
         dtype = next(model.parameters()).dtype
-        self.kernel = attention == "auto" and self.decoder is not None and decode_attention.usable(dtype, dev)
+        # "kernel" (a resolved runtime's path) and "auto" ask the same: the C kernel where it covers
+        # the model's dtype and device and builds here; "sdpa" keeps torch's
+        self.kernel = attention != "sdpa" and self.decoder is not None and decode_attention.usable(dtype, dev)
         self.kernel_failed = False
         cfg = model.config.get_text_config(decoder=True)
         heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -641,15 +643,15 @@ def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, d
     together; each prompt takes `num_return_sequences` of them. Deterministic for a fixed seed
     (`seeds`: one per prompt instead, so requests with their own seeds share one batch).
     `fused`: Llama-family models decode through tutorloop/inference/fused.py (bit-identical to the HF
-    forward); `attention` ("auto" | "sdpa"): in bf16 or fp32 on CPU, auto runs decode attention in the C
-    kernel (tutorloop/inference/kernels/attention.py), sdpa in torch's. Generation.attention says which ran.
+    forward); `attention` ("auto" or "kernel", a resolved runtime's name for it | "sdpa"): in bf16 or fp32 on CPU,
+    the C kernel (tutorloop/inference/kernels/attention.py) or torch's SDPA. Generation.attention says which ran.
 
     Serving (`tutorloop serve`): `feed(run)` is called between steps and may `run.extend(...)`
     prompts that `run.fits`; `max_prompt_tokens` sizes the buffer for them; `caps`: a token cap
     per prompt, each <= max_new_tokens (the buffer's); `on_prompt(i, texts,
     counts, reasons)` gets each prompt's K completions as soon as they have all ended."""
-    if attention not in ("auto", "sdpa"):
-        raise ValueError(f"attention {attention!r}: expected 'auto' or 'sdpa'")
+    if attention not in ("auto", "kernel", "sdpa"):
+        raise ValueError(f"attention {attention!r}: expected 'auto', 'kernel' or 'sdpa'")
     from tqdm.auto import tqdm
 
     if not supported(model):

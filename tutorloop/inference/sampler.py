@@ -1,14 +1,16 @@
 """Samplers for practice and evaluation: the local engine, or any OpenAI-compatible server.
 
 `make_sampler(cfg, model_dir, runtime, what)` reads `practice` / `evaluate` params and returns a
-callable with one signature for both backends:
+callable with one signature for both backends (`runtime`: the stage's resolved runtime,
+tutorloop/hardware.py, for the local backend; None for a server, whose numerics are its own):
 
     sampler(conversations, k=4, do_sample=True, temperature=0.7, top_p=0.95,
             max_new_tokens=160, seed=1, desc="practice@1") -> Generation   # texts[i][k]
 
 * `backend: local` (`LocalSampler`): the checkpoint is loaded here and sampled by the generation
   engine (tutorloop/inference/engine.py) — continuous batching, seeded, the calculator hook.
-  `batch_size: auto` is resolved for the device (tutorloop/inference/batching.py).
+  `batch_size: auto` is resolved for the device (tutorloop/inference/batching.py). Device,
+  precision and decode attention are the runtime's, as resolved once by the stage.
 * `backend: openai` (`ServerSampler`): the round's checkpoint is served elsewhere, typically
   vLLM on a GPU:
 
@@ -40,19 +42,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tutorloop import hardware
-from tutorloop.config import ENGINE_ROWS_CPU, Runtime, StudentEndpoint
+from tutorloop.config import ENGINE_ROWS_CPU, StudentEndpoint
 from tutorloop.data.digest import digest
+from tutorloop.hardware import ResolvedRuntime
 from tutorloop.inference import batching, engine
 from tutorloop.llm.cache import CachedChat
 from tutorloop.llm.client import OpenAIChat, Sampling
-from tutorloop.modeling import (
-    Generation,
-    load,
-    pick_device,
-    require_checkpoint,
-    setup_runtime,
-)
+from tutorloop.modeling import Generation, load, require_checkpoint
 from tutorloop.runtime.pool import run_all
 
 
@@ -69,11 +65,14 @@ class LocalSampler:
 
     backend = "local"
 
-    def __init__(self, model_dir: str | Path, *, dtype: str, device, batch_size: int | str,
-                 calculator: bool, attention: str = "auto") -> None:
-        self.model, self.tok = load(model_dir, dtype=dtype, device=device)
-        self.precision = dtype   # what the numbers depend on: part of the evaluation protocol
-        self.batch_size, self.calculator, self.attention = batch_size, calculator, attention
+    def __init__(self, model_dir: str | Path, runtime: ResolvedRuntime, *, batch_size: int | str,
+                 calculator: bool) -> None:
+        # the runtime's numerics (device, precision, attention path) are what the evaluation
+        # protocol fingerprints: the sampler runs at exactly them
+        self.runtime = runtime
+        self.model, self.tok = load(model_dir, dtype=runtime.dtype, device=runtime.device)
+        self.precision = runtime.dtype
+        self.batch_size, self.calculator = batch_size, calculator
         self.rows = 0   # the batch size the last call used (auto resolved)
 
     def metrics(self, gen: Generation) -> dict:
@@ -81,7 +80,7 @@ class LocalSampler:
         the decode attention that ran (kernel / sdpa / hf: numerics differ in the last bf16 bit),
         and the device: all three are part of the evaluation protocol."""
         return {"batch_size": self.rows, "attention": gen.attention, "precision": self.precision,
-                "device": self.model.device.type}
+                "device": self.runtime.torch_device.type}
 
     def resolve_rows(self, prompts: list[str], k: int, max_new_tokens: int) -> int:
         if self.batch_size != "auto":
@@ -102,7 +101,7 @@ class LocalSampler:
         return engine.generate(self.model, self.tok, prompts, num_return_sequences=k, do_sample=do_sample,
                                temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                                batch_size=self.rows, seed=seed, calculator=self.calculator, desc=desc,
-                               attention=self.attention)
+                               attention=self.runtime.attention)
 
 
 def checkpoint_digest(path: str | Path) -> str:
@@ -178,11 +177,11 @@ class ServerSampler:
                                 requests=sent, cache_hits=hits)
 
 
-def make_sampler(cfg, model_dir: str | Path, runtime: Runtime, what: str):
-    """The sampler `cfg` (params.practice or params.evaluate; `what` names it) asks for."""
+def make_sampler(cfg, model_dir: str | Path, runtime: ResolvedRuntime | None, what: str):
+    """The sampler `cfg` (params.practice or params.evaluate; `what` names it) asks for; a local
+    one runs on the stage's resolved `runtime` (required for `backend: local`)."""
     if cfg.backend == "openai":
         return ServerSampler(cfg.server, model_dir, what)
-    setup_runtime(runtime.threads)
-    device = pick_device(runtime.device)
-    return LocalSampler(model_dir, dtype=hardware.resolve(runtime.precision, device).dtype, device=device,
-                        batch_size=cfg.batch_size, calculator=cfg.calculator, attention=runtime.attention)
+    if runtime is None:
+        raise ValueError(f"{what}.backend: local -> needs the stage's resolved runtime (hardware.resolve_runtime)")
+    return LocalSampler(model_dir, runtime, batch_size=cfg.batch_size, calculator=cfg.calculator)

@@ -14,6 +14,8 @@ def model_card(name: str, version: str, checkpoint: str, metrics: dict, alias: s
                lineage_tags: dict, params_used: dict, prov: dict, logged: bool = True) -> str:
     """A markdown model card: what the model is, how good, how it was made, how to load it."""
     label = {"base": "the untrained base student", "0": "round 0 (SFT)"}.get(checkpoint, f"preference round {checkpoint}")
+    if checkpoint.startswith("control-"):
+        label = f"the control of round {checkpoint.split('-', 1)[1]} (its training on the teacher's solutions alone)"
     lines = [f"# {name} v{version}: {label}", "",
              f"**Promotion:** `{alias}` — {reason}", "",
              "## Evaluation (greedy pass@1)", "",

@@ -23,9 +23,18 @@ import yaml
 from tutorloop.data.jsonl import read_jsonl
 from tutorloop.runtime import tracking
 
+CONTROL = "control-"   # checkpoint control-k: round k's control (models/control-k, stage control@k)
+
+
+def control_round(checkpoint: str) -> str | None:
+    """The round a control checkpoint (`control-k`) is the control of; None for any other."""
+    return checkpoint[len(CONTROL):] if checkpoint.startswith(CONTROL) else None
+
 
 def producing_stage(checkpoint: str) -> str:
     """The dvc.yaml stage whose output is this checkpoint's weights."""
+    if (k := control_round(checkpoint)) is not None:
+        return f"control@{k}"
     return {"base": "base_model", "0": "sft"}.get(checkpoint, f"preference@{checkpoint}")
 
 
@@ -43,7 +52,8 @@ def parent(checkpoint: str, stages: dict) -> str | None:
     """The checkpoint this one was trained from: base for SFT, rounds.k.prev as preference@k ran with."""
     if checkpoint in ("base", "0"):
         return None if checkpoint == "base" else "base"
-    prev = locked_params(stages, f"preference@{checkpoint}").get(f"rounds.{checkpoint}.prev")
+    key = control_round(checkpoint) or checkpoint   # a control starts where its round does
+    prev = locked_params(stages, producing_stage(checkpoint)).get(f"rounds.{key}.prev")
     return None if prev is None else str(prev)
 
 
@@ -72,9 +82,9 @@ def stage_params(checkpoint: str, stages: dict) -> dict:
             chain.append(key)
             key = parent(key, stages)
         for key in reversed(chain):
-            prev = parent(key, stages)
+            prev, k = parent(key, stages), control_round(key) or key
             names += ([f"followup@{prev}"] if prev not in ("0", None) else []) + \
-                [f"practice@{key}", f"feedback@{key}", f"preference@{key}"]
+                [f"practice@{k}", f"feedback@{k}", producing_stage(key)]
     return {name: locked_params(stages, name) for name in names if name in stages}
 
 

@@ -26,6 +26,8 @@ from tutorloop.errors import DataError
 from tutorloop.modeling import require_checkpoint
 from tutorloop.registry.card import model_card
 from tutorloop.registry.lineage import (
+    CONTROL,
+    control_round,
     lineage,
     lock_stages,
     provenance,
@@ -68,7 +70,10 @@ class Promotion:
 
     @property
     def verdict(self) -> str:
-        """`champion` if the deployable alias moved to this version, else `challenger`."""
+        """`champion` if the deployable alias moved to this version, a control's own alias
+        (`control-k`: never a candidate), else `challenger`."""
+        if self.alias.startswith(CONTROL):
+            return self.alias
         return CHAMPION if self.deploy else CHALLENGER
 
 
@@ -196,7 +201,14 @@ def register(params: Params, checkpoint: str, model_dir: Path, metrics_file: Pat
         raise RuntimeError("register needs MLflow tracking (TUTORLOOP_TRACKING is off)")
     client = MlflowClient()
     weights = digest(model_dir)
-    prom = promote(client, cfg, metrics, correctness(predictions), weights)
+    if control_round(checkpoint) is not None:   # evaluated and registered like a round, never promoted
+        scope = eval_scope(metrics.get("protocol", ""), correctness(predictions))
+        prom = Promotion(checkpoint, "a control is never a champion candidate", {}, scope,
+                         deploy_reason=f"{checkpoint}: round {control_round(checkpoint)}'s training on the teacher's "
+                                       "solutions alone, registered as evidence, never deployed",
+                         champion_before=version_by_alias(client, cfg.model_name, CHAMPION))
+    else:
+        prom = promote(client, cfg, metrics, correctness(predictions), weights)
     log.artifact(predictions_file, "eval")  # the paired evidence a later challenger is tested against
     version = create_version(client, cfg, model_dir, log).version
     client.set_model_version_tag(cfg.model_name, version, WEIGHTS_TAG, weights)
@@ -204,7 +216,7 @@ def register(params: Params, checkpoint: str, model_dir: Path, metrics_file: Pat
     move_aliases(client, cfg.model_name, version, prom)
     before = prom.champion_before
     record = {"name": cfg.model_name, "version": version, "alias": prom.verdict, "reason": prom.deploy_reason,
-              "champion": version if prom.deploy else before.version,
+              "champion": version if prom.deploy else before.version if before else None,
               "previous_champion": before.version if before else None,
               "scope": prom.scope, "scope_alias": scope_alias(prom.scope) if prom.alias == CHAMPION else None,
               "scope_reason": prom.reason, "previous_scope_champion": prom.previous.version if prom.previous else None,

@@ -20,7 +20,8 @@ the text at the first stop string.
 Errors are OpenAI-shaped (`{"error": {"message", "type", "param", "code"}}`): unknown model 404,
 a bad body 400 (malformed JSON, max_tokens < 1, a prompt longer than the context).
 
-    python -c "from tutorloop.serving.server import load_served; print(load_served('models/base'))"
+    python -c "from tutorloop.config import Runtime; from tutorloop.hardware import resolve_runtime
+    from tutorloop.serving.server import load_served; print(load_served('models/base', resolve_runtime(Runtime())))"
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from pathlib import Path
 from typing import Literal, Union
 
 from pydantic import BaseModel, Field
+
+from tutorloop.hardware import ResolvedRuntime
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -99,13 +102,14 @@ class Job:
 class Served:
     """A checkpoint loaded once, answering jobs from a queue in batches (see the module docstring)."""
 
-    def __init__(self, model_dir: str | Path, name: str, *, calculator: bool = False, dtype: str = "float32",
-                 device: str = "auto", rows: int = 64, prompt_room: int = 256) -> None:
+    def __init__(self, model_dir: str | Path, name: str, runtime: ResolvedRuntime, *, calculator: bool = False,
+                 rows: int = 64, prompt_room: int = 256) -> None:
         from tutorloop import modeling
 
         self.name, self.calculator, self.rows, self.folder = name, calculator, rows, Path(model_dir)
         self.prompt_room = prompt_room   # a call's KV buffer fits prompts this long that join it mid-call
-        self.model, self.tok = modeling.load(model_dir, dtype=dtype, device=modeling.pick_device(device))
+        # the caller's resolved runtime: its device and precision, never re-resolved here
+        self.model, self.tok = modeling.load(model_dir, dtype=runtime.dtype, device=runtime.device)
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
         self.calls = 0      # engine calls made (tests read it: concurrent requests share calls)
         self._queue: queue.Queue[Job] = queue.Queue()
@@ -213,17 +217,13 @@ def resolve_model(spec: str) -> tuple[Path, str, dict]:
     return folder, f"{name}-v{version.version}", dict(version.tags)
 
 
-def load_served(spec: str, *, calculator: bool | None = None, precision: str = "auto", device: str = "auto",
-                rows: int = 64) -> Served:
-    """Load what `spec` names; the calculator as the version's evaluation said unless given."""
-    from tutorloop import hardware
-    from tutorloop.modeling import pick_device
-
+def load_served(spec: str, runtime: ResolvedRuntime, *, calculator: bool | None = None, rows: int = 64) -> Served:
+    """Load what `spec` names on the caller's resolved `runtime`; the calculator as the version's
+    evaluation said unless given."""
     folder, name, tags = resolve_model(spec)
     if calculator is None:
         calculator = tags.get("eval.calculator", "false").lower() == "true"
-    dtype = hardware.resolve(precision, pick_device(device)).dtype
-    return Served(folder, name, calculator=calculator, dtype=dtype, device=device, rows=rows)
+    return Served(folder, name, runtime, calculator=calculator, rows=rows)
 
 
 # --- the API ----------------------------------------------------------------------------------

@@ -10,8 +10,8 @@
 Records carry question, solution (GSM8K style, ending ``#### N``), answer, family and
 provenance (teacher, model, seed id, agent path).
 
-May import: tutorloop.errors, secrets, config, runtime (pool), data, llm, modeling, inference,
-eval (grading). Never train/, registry/, components/ or flows/.
+May import: tutorloop.errors, secrets, config, hardware (the resolved runtime), runtime (pool), data,
+llm, modeling, inference, eval (grading). Never train/, registry/, components/ or flows/.
 
     python -c "from tutorloop.teachers import ProceduralTeacher as T; print(T().problems(2, 0))"
 """

@@ -4,33 +4,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tutorloop import hardware
-from tutorloop.config import Runtime
 from tutorloop.data.digest import digest
+from tutorloop.hardware import ResolvedRuntime
 from tutorloop.llm.cache import CachedChat
 from tutorloop.llm.client import Chat, OpenAIChat
-from tutorloop.modeling import pick_device
 
 
-def make_chat(cfg, cache_dir: str | Path, runtime: Runtime | None = None, what: str = "generate.teacher") -> CachedChat:
+def make_chat(cfg, cache_dir: str | Path, runtime: ResolvedRuntime | None = None,
+              what: str = "generate.teacher") -> CachedChat:
     """The backend `cfg` configures (params.yaml `what`: generate.teacher or feedback.judge),
-    behind the disk cache; a local model runs on `runtime`'s device at its resolved precision."""
-    runtime = runtime or Runtime()
+    behind the disk cache; a local model runs on the stage's resolved `runtime` (its device and
+    precision; required for `kind: transformers`)."""
     calc = cfg.kind == "transformers" and getattr(cfg, "calculator", False)
     kind = cfg.kind + ("+calculator" if calc else "")
     if cfg.kind == "openai":
         def factory() -> Chat:
             return OpenAIChat.of(cfg, what=what)
     elif cfg.kind == "transformers":
-        dtype = hardware.resolve(runtime.precision, pick_device(runtime.device)).dtype
-        device = runtime.device
+        if runtime is None:
+            raise ValueError(f"{what}.kind: transformers -> needs the stage's resolved runtime (hardware.resolve_runtime)")
+        dtype = runtime.dtype
         if dtype != "bfloat16":   # a local model's replies depend on its precision (bf16 keeps the old keys)
             kind += f"@{dtype}"
 
         def factory() -> Chat:
             from tutorloop.inference.chat import TransformersChat
 
-            return TransformersChat(cfg.model, cfg.batch_size, dtype, device, calculator=calc)
+            return TransformersChat(cfg.model, runtime, cfg.batch_size, calculator=calc)
     else:
         raise ValueError(f"teacher kind {cfg.kind!r} has no chat backend")
     # The calculator changes a local model's replies: it is part of the cache key (via kind).

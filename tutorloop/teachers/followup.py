@@ -18,6 +18,7 @@ from tutorloop.config import Params
 from tutorloop.data.contamination import EvalIndex
 from tutorloop.data.dedup import Dedup
 from tutorloop.data.text import normalise
+from tutorloop.hardware import ResolvedRuntime
 
 
 def all_wrong(feedback: list[dict]) -> list[str]:
@@ -58,8 +59,10 @@ def procedural_variants(problem: dict, params: Params, k: int, rng: random.Rando
     return out[:k]
 
 
-def make_variants(problems: list[dict], params: Params, round_key: str, chat=None) -> tuple[list[dict], int]:
-    """New problems from failed ones, and how many failed problems yielded none."""
+def make_variants(problems: list[dict], params: Params, round_key: str, chat=None,
+                  runtime: ResolvedRuntime | None = None) -> tuple[list[dict], int]:
+    """New problems from failed ones, and how many failed problems yielded none (`runtime`: the
+    stage's resolved runtime, which a local teacher runs on)."""
     from tutorloop.teachers import graph_record
 
     cfg = params.followup
@@ -79,7 +82,7 @@ def make_variants(problems: list[dict], params: Params, round_key: str, chat=Non
                 from tutorloop.teachers.instruct import LLMAgents
 
                 g = params.generate
-                llm = LLMAgents(chat or make_chat(g.teacher, g.cache_dir, params.runtime), g.teacher,
+                llm = LLMAgents(chat or make_chat(g.teacher, g.cache_dir, runtime), g.teacher,
                                 g.agents, g.max_answer_chars)
             made, _ = llm.expand({"seed_id": prov.get("seed_id", p["id"]), "question": p["question"],
                                   "solution": p["solution"], "family": p.get("family", "seed")})
@@ -94,7 +97,7 @@ def make_variants(problems: list[dict], params: Params, round_key: str, chat=Non
 
 
 def extend_practice(params: Params, round_key: str, practice: list[dict], failed: list[dict],
-                    evals: list[dict], chat=None) -> tuple[list[dict], dict]:
+                    evals: list[dict], chat=None, runtime: ResolvedRuntime | None = None) -> tuple[list[dict], dict]:
     """(the next round's practice set, stats): `practice` plus the variants of `failed` that pass
     the cap, the length limit, the contamination gate against `evals` and dedup."""
     index = EvalIndex(evals, params.decontaminate.ngram)
@@ -102,7 +105,7 @@ def extend_practice(params: Params, round_key: str, practice: list[dict], failed
     for p in practice:
         dedup.verdict(p["question"], p["answer"])
     rows, dropped = list(practice), defaultdict(int)
-    made, no_variants = make_variants(failed, params, round_key, chat)
+    made, no_variants = make_variants(failed, params, round_key, chat, runtime)
     for r in made:
         if len(rows) - len(practice) >= params.followup.max_new:
             dropped["cap"] += 1

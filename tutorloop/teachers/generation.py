@@ -32,11 +32,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tutorloop.config import Generate, Runtime
+from tutorloop.config import Generate
 from tutorloop.data.dedup import Dedup
 from tutorloop.data.digest import digest
 from tutorloop.data.evalsets import seed_rows
 from tutorloop.data.jsonl import read_jsonl, write_json, write_jsonl
+from tutorloop.hardware import ResolvedRuntime
 from tutorloop.runtime.pool import run_all
 from tutorloop.teachers import ProceduralTeacher, graph_record, normalise
 
@@ -138,7 +139,7 @@ def _rederives(record: dict) -> bool:
 
 
 class LLMExpander:
-    def __init__(self, config: Generate, cache_dir: Path, runtime: Runtime | None) -> None:
+    def __init__(self, config: Generate, cache_dir: Path, runtime: ResolvedRuntime | None) -> None:
         from tutorloop.teachers.chat import make_chat
         from tutorloop.teachers.instruct import LLMAgents
 
@@ -231,7 +232,7 @@ def _answer_only(solution: str, answer: str) -> bool:
         return False
 
 
-def make_expander(config: Generate, cache_dir: Path, runtime: Runtime | None):
+def make_expander(config: Generate, cache_dir: Path, runtime: ResolvedRuntime | None):
     if config.teacher.kind == "procedural":
         return ProceduralExpander(config)
     if config.teacher.kind == "dataset":
@@ -367,9 +368,11 @@ def _fill(split: str, n: int, config: Generate, seeds: SeedSource, expander, cur
     return kept, cursor
 
 
-def generate_dataset(config: Generate, out: Path, cache_dir: Path | None = None, runtime: Runtime | None = None,
-        progress: bool = True, run_stats: Path | None = None, seeds_file: Path | None = None) -> dict:
-    """Write out/{sft,practice,test}.jsonl and out/stats.json (and run_stats); return all counts."""
+def generate_dataset(config: Generate, out: Path, cache_dir: Path | None = None,
+                     runtime: ResolvedRuntime | None = None, progress: bool = True, run_stats: Path | None = None,
+                     seeds_file: Path | None = None) -> dict:
+    """Write out/{sft,practice,test}.jsonl and out/stats.json (and run_stats); return all counts.
+    `runtime`: the stage's resolved runtime, which a local (transformers) teacher runs on."""
     start = time.perf_counter()
     cache_dir = Path(cache_dir or config.cache_dir)
     sources = [(config, SeedSource(config, seeds_file), make_expander(config, cache_dir, runtime))]

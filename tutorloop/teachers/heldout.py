@@ -24,6 +24,7 @@ from tutorloop.data.contamination import EvalIndex
 from tutorloop.data.dedup import Dedup
 from tutorloop.data.jsonl import read_jsonl, write_jsonl
 from tutorloop.errors import DataError
+from tutorloop.hardware import ResolvedRuntime
 from tutorloop.teachers.generation import SeedsExhausted, generate_dataset
 
 # The workspace files a drawn problem must be disjoint from (relative to the project root), and
@@ -65,14 +66,15 @@ def disjoint(candidates: list[dict], seen: list[dict], ngram: int, min_overlap: 
             and dedup.verdict(p["question"], p.get("answer", "")) is None]
 
 
-def draw(params: Params, project: Path, n: int, seed: int, out: Path) -> dict:
-    """Write n new held-out problems (ids extra-<seed>-0..) to out; return the counts."""
+def draw(params: Params, project: Path, n: int, seed: int, out: Path, runtime: ResolvedRuntime | None = None) -> dict:
+    """Write n new held-out problems (ids extra-<seed>-0..) to out; return the counts. `runtime`:
+    the caller's resolved runtime, which a local (transformers) teacher runs on."""
     if n < 1:
         raise DataError(f"--n {n}: ask for at least one problem")
     if seed == params.generate.seed:
         raise DataError(f"--seed {seed}: that is generate.seed, the workspace's own problems -> pick another")
     seen = seen_problems(project)
-    candidates = _candidates(params, project, n, seed, len(seen))
+    candidates = _candidates(params, project, n, seed, len(seen), runtime)
     kept = disjoint(candidates, seen, params.decontaminate.ngram, params.decontaminate.min_overlap,
                     params.generate.near_dup)
     if len(kept) < n:
@@ -82,7 +84,8 @@ def draw(params: Params, project: Path, n: int, seed: int, out: Path) -> dict:
     return {"candidates": len(candidates), "disjoint": len(kept), "written": n}
 
 
-def _candidates(params: Params, project: Path, n: int, seed: int, n_seen: int) -> list[dict]:
+def _candidates(params: Params, project: Path, n: int, seed: int, n_seen: int,
+                runtime: ResolvedRuntime | None) -> list[dict]:
     """generate's test split at `seed`, large enough that n survive the disjointness checks."""
     procedural = params.generate.seeds.source == "procedural"
     config = params.generate.model_copy(update={
@@ -90,7 +93,7 @@ def _candidates(params: Params, project: Path, n: int, seed: int, n_seen: int) -
         "cache_dir": str(project / params.generate.cache_dir)})
     with tempfile.TemporaryDirectory() as scratch:   # generate's split files: only test.jsonl is wanted
         try:
-            generate_dataset(config, Path(scratch), runtime=params.runtime, progress=False,
+            generate_dataset(config, Path(scratch), runtime=runtime, progress=False,
                              seeds_file=_seeds_file(project))
         except SeedsExhausted as err:   # fewer seeds than the draw needs: bad input, not a bug
             raise DataError(f"--n {n}: {err}") from err

@@ -8,14 +8,16 @@ share of disagreements is logged (a drifting grader or a sloppy judge shows up t
 
 from __future__ import annotations
 
+from tutorloop.hardware import ResolvedRuntime
 from tutorloop.llm.client import Sampling
 from tutorloop.runtime.pool import run_all
 from tutorloop.teachers.chat import make_chat
 from tutorloop.teachers.instruct import BadReply, JudgeReply, parse_json, prompt
 
 
-def llm_judge(rows: list[dict], problems: list[dict], cfg, chat=None, runtime=None) -> dict:
-    """Consult the LLM judge per `cfg.mode`; updates rows in place, returns judge stats."""
+def llm_judge(rows: list[dict], problems: list[dict], cfg, chat=None, runtime: ResolvedRuntime | None = None) -> dict:
+    """Consult the LLM judge per `cfg.mode`; updates rows in place, returns judge stats. `runtime`:
+    the stage's resolved runtime, which a local (transformers) judge runs on."""
 
     if cfg.mode == "none":
         return {}

@@ -1,7 +1,8 @@
-"""Training, thin over TRL: the LoRA adapter and its merge (lora.py), precision and batch per
-device (precision.py), resumable working folders (resume.py), and the trainers the `sft` and
-`preference` stages run (sft.py, preference.py).
+"""Training, thin over TRL: the LoRA adapter and its merge (lora.py), precision per device
+(precision.py), what `batch_size: auto` resolves to for training (batching.py), resumable working
+folders (resume.py), and the trainers the `sft` and `preference` stages run (sft.py,
+preference.py), on the stage's resolved runtime (tutorloop/hardware.py).
 
-May import: tutorloop.errors, secrets, config, data, modeling, inference (batching), runtime
-(tracking's trainer callback); never components/ or flows/.
+May import: tutorloop.errors, secrets, config, hardware, data, modeling, runtime (tracking's
+trainer callback); never inference/ (training does not decode), components/ or flows/.
 """

@@ -20,7 +20,8 @@ Reference (`rounds.r.preference.reference`): `prev` (default) passes `ref_model=
 the adapter-disabled model — exactly round r-1, because the adapter is fresh (re-using an adapter
 trained in an earlier round would make the reference drift: the PEFT pitfall this avoids). `sft`
 loads models/round-0 as an explicit frozen reference. The adapter is merged and saved as a plain
-checkpoint. Precision and batch per device: tutorloop/train/precision.py.
+checkpoint. Precision and batch per device: tutorloop/train/precision.py and batching.py, from the
+stage's resolved runtime (tutorloop/hardware.py), never re-resolved here.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from tutorloop import hardware
 from tutorloop.config import PREFERENCE_BATCH_CPU, ConfigError, Params
 from tutorloop.data.jsonl import read_jsonl
-from tutorloop.data.preferences import select_rft
-from tutorloop.modeling import load, messages, pick_device, setup_runtime
+from tutorloop.data.preferences import control_rows, select_rft
+from tutorloop.hardware import ResolvedRuntime
+from tutorloop.modeling import load, messages
+from tutorloop.train.batching import device_batch
 from tutorloop.train.lora import lora_config
-from tutorloop.train.precision import device_batch, train_dtype
+from tutorloop.train.precision import train_dtype
 from tutorloop.train.resume import train_and_merge, trainer_args, work_dir
 
 # the trainer's last logged value of each, reported as the stage's metric of that name
@@ -71,13 +73,13 @@ def class_weights(rows: list[dict]) -> tuple[float, float]:
     return (1.0, n_pos / n_neg) if n_pos >= n_neg else (n_neg / n_pos, 1.0)
 
 
-def load_models(params: Params, round_key: str, prev_model: Path, sft_model: Path | None):
-    """(policy, tokenizer, explicit reference or None, device, resolved precision) for round `round_key`."""
+def load_models(params: Params, round_key: str, prev_model: Path, sft_model: Path | None,
+                runtime: ResolvedRuntime):
+    """(policy, tokenizer, explicit reference or None, device, resolved precision) for round
+    `round_key`, on the stage's resolved `runtime`."""
     rcfg = params.rounds[round_key].preference
-    setup_runtime(params.runtime.threads)
-    device = pick_device(params.runtime.device)
-    precision = hardware.resolve(params.runtime.precision, device)
-    dtype = train_dtype(device, precision)
+    device, precision = runtime.torch_device, runtime.precision
+    dtype = train_dtype(runtime)
     model, tok = load(prev_model, dtype=dtype, device=device)
     ref_model = None
     # an rft round has no reference (RftRound has no such key): supervised, nothing to load
@@ -89,9 +91,11 @@ def load_models(params: Params, round_key: str, prev_model: Path, sft_model: Pat
     return model, tok, ref_model, device, precision
 
 
-def trainer_and_data(params: Params, round_key: str, round_dir: Path, common: dict, device):
+def trainer_and_data(params: Params, round_key: str, round_dir: Path, common: dict, device, control: bool = False):
     """(TRL trainer class, its config, the dataset rows, the metrics that describe them)."""
     rcfg = params.rounds[round_key].preference
+    if control:
+        return _control_data(params, round_key, round_dir, common, device)
     if rcfg.method == "rft":
         from trl import SFTConfig
 
@@ -125,9 +129,41 @@ def trainer_and_data(params: Params, round_key: str, round_dir: Path, common: di
              "undesirable_weight": uw, "rows": len(rows)})
 
 
+def round_rows(round_dir: Path, method: str, rft_rows: str) -> int:
+    """How many rows a round trains on: its RFT rows, DPO pairs or KTO rows (the control's count)."""
+    if method == "rft":
+        return len(select_rft(read_jsonl(round_dir / "rft.jsonl", required=("source",)), rft_rows))
+    return len(read_jsonl(round_dir / ("pairs.jsonl" if method == "dpo" else "unpaired.jsonl")))
+
+
+def _control_data(params: Params, round_key: str, round_dir: Path, common: dict, device):
+    """control@k's trainer and rows: the SFT trainer (completion-only loss) on the teacher's
+    solutions of the round's problems, as many rows as the round trains on (`control_rows`). For
+    an RFT round that is the round without the student's solutions; a DPO/KTO round has no
+    objective without the student's negatives, so its control is the supervised pass on the
+    teacher's solutions with the round's rows, step, batch and updates."""
+    from trl import SFTConfig
+
+    from tutorloop.train.sft import make_sft_trainer_class, to_conversations
+
+    rcfg = params.rounds[round_key].preference
+    n = round_rows(round_dir, rcfg.method, getattr(rcfg, "rft_rows", "both"))
+    rows = control_rows(read_jsonl(round_dir / "rft.jsonl", required=("question", "solution", "source")), n,
+                        rcfg.seed)
+    if not rows:
+        raise ConfigError(f"controls.{round_key}: {round_dir / 'rft.jsonl'} has no teacher rows to train on")
+    args = {k: v for k, v in common.items() if k != "beta"}
+    return (make_sft_trainer_class(device), SFTConfig(**args, completion_only_loss=True),
+            to_conversations(rows, params),
+            {"examples": len(rows), "student_solutions": 0, "control": 1.0, "rows": len(rows)})
+
+
 def train_preference(params: Params, round_key: str, prev_model: Path, round_dir: Path, out: Path,
-                     callbacks=(), sft_model: Path | None = None) -> dict:
-    """Train round `round_key` on its feedback from `prev_model`, merge, save to `out`; metrics."""
+                     callbacks=(), sft_model: Path | None = None, control: bool = False, *,
+                     runtime: ResolvedRuntime) -> dict:
+    """Train round `round_key` on its feedback from `prev_model`, merge, save to `out`; metrics.
+    `control`: control@k instead (`_control_data`): the same start, step, batch, updates and seed
+    on the teacher's solutions alone."""
     from datasets import Dataset
 
     cfg, rcfg = params.preference, params.rounds[round_key].preference
@@ -136,24 +172,25 @@ def train_preference(params: Params, round_key: str, prev_model: Path, round_dir
         if sft_model is None:
             raise ConfigError(f"rounds.{round_key}.preference.start: 'sft' needs the SFT model path (--sft)")
         start = sft_model
-    model, tok, ref_model, device, precision = load_models(params, round_key, start, sft_model)
+    model, tok, ref_model, device, precision = load_models(params, round_key, start, sft_model, runtime)
     # a DPO/KTO example is two sequences (chosen + rejected, or the completion + its KL partner)
     batch, accum = device_batch(cfg.batch_size, cfg.grad_accum, model, cfg.max_length, PREFERENCE_BATCH_CPU,
                                 pairs=True)
     split = [[batch, accum]] if cfg.batch_size == "auto" else []   # auto: part of the run (sft.py says why)
     data_file = round_dir / {"dpo": "pairs.jsonl", "kto": "unpaired.jsonl", "rft": "rft.jsonl"}[rcfg.method]
-    work = work_dir(f"{rcfg.method}-{round_key}", cfg.model_dump(), rcfg.model_dump(), params.prompt.model_dump(),
-                    start, data_file, sft_model if ref_model is not None else "", precision.dtype, *split)
+    name = f"{'control-' if control else ''}{rcfg.method}-{round_key}"   # a control resumes apart from its round
+    work = work_dir(name, cfg.model_dump(), rcfg.model_dump(), params.prompt.model_dump(),
+                    start, data_file, sft_model if ref_model is not None else "", precision.dtype, *split,
+                    *([round_dir / "rft.jsonl"] if control else []))   # a control's rows come from rft.jsonl
     common = trainer_args(work, learning_rate=rcfg.learning_rate, epochs=rcfg.epochs, batch=batch, grad_accum=accum,
                           warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length, seed=rcfg.seed,
-                          logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, device=device,
-                          precision=precision)
+                          logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, runtime=runtime)
     if rcfg.method != "rft":   # DPO's and KTO's loss strength; an RFT round has no beta (supervised)
         common["beta"] = rcfg.beta
-    trainer_cls, args, data, described = trainer_and_data(params, round_key, round_dir, common, device)
+    trainer_cls, args, data, described = trainer_and_data(params, round_key, round_dir, common, device, control)
     n_rows = described.pop("rows")
-    # an RFT round is supervised: no reference model (the SFT trainer takes none)
-    ref = {} if rcfg.method == "rft" else {"ref_model": ref_model}
+    # an RFT round (and any control) is supervised: no reference model (the SFT trainer takes none)
+    ref = {} if rcfg.method == "rft" or control else {"ref_model": ref_model}
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tok,
                           peft_config=lora_config(cfg.lora), callbacks=list(callbacks), **ref)
     run = train_and_merge(trainer, work, tok, out, start)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tutorloop.data.digest import digest
-from tutorloop.hardware import Precision
+from tutorloop.hardware import ResolvedRuntime
 from tutorloop.train.lora import merge_and_save_full_precision
 from tutorloop.train.precision import trainer_precision
 
@@ -101,16 +101,16 @@ def last_checkpoint(work: Path) -> str | None:
 
 def trainer_args(work: Path, *, learning_rate: float, epochs: float, batch: int, grad_accum: int,
                  warmup_ratio: float, max_length: int, seed: int, logging_steps: int, save_steps: int,
-                 device, precision: Precision) -> dict:
+                 runtime: ResolvedRuntime) -> dict:
     """The TrainingArguments every stage's TRL trainer shares: cosine schedule, seeded data
-    order, checkpoints in `work`, the device's precision, no activation checkpointing (~25%
+    order, checkpoints in `work`, the runtime's precision, no activation checkpointing (~25%
     faster on CPU; activations fit easily), and no reporting (our callback logs to MLflow)."""
     return dict(output_dir=str(work), learning_rate=learning_rate, num_train_epochs=epochs,
                 per_device_train_batch_size=batch, gradient_accumulation_steps=grad_accum,
                 warmup_steps=warmup_ratio, lr_scheduler_type="cosine", max_length=max_length,
                 seed=seed, data_seed=seed, logging_steps=logging_steps, report_to="none",
                 **checkpointing(save_steps), activation_checkpointing=False, dataset_num_proc=1,
-                **trainer_precision(device, precision))
+                **trainer_precision(runtime))
 
 
 @dataclass(frozen=True)

@@ -9,19 +9,21 @@ later stage loads with `from_pretrained`.
 Per device (tutorloop/train/precision.py): on CPU, fp32 weights (under bf16 autocast only where
 the CPU computes bf16 natively: `runtime.precision`) and the plain-loss override below (a CPU speed trick); on CUDA, the frozen base in bf16 with bf16 mixed
 precision, TRL's own loss path, and the adapter merged into the fp32 base. `sft.batch_size: auto`
-picks the per-device batch (tutorloop/inference/batching.py).
+picks the per-device batch (tutorloop/train/batching.py). Device and precision are the stage's
+resolved runtime (`runtime`, tutorloop/hardware.py), never re-resolved here.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tutorloop import hardware
 from tutorloop.config import SFT_BATCH_CPU, Params
 from tutorloop.data.jsonl import read_jsonl
-from tutorloop.modeling import load, messages, pick_device, setup_runtime
+from tutorloop.hardware import ResolvedRuntime
+from tutorloop.modeling import load, messages
+from tutorloop.train.batching import device_batch
 from tutorloop.train.lora import lora_config
-from tutorloop.train.precision import device_batch, train_dtype
+from tutorloop.train.precision import train_dtype
 from tutorloop.train.resume import train_and_merge, trainer_args, work_dir
 
 
@@ -64,20 +66,18 @@ def resolve_batch(params: Params, model) -> tuple[int, int]:
 
 
 def build_trainer(params: Params, model, tok, rows: list[dict], work: Path, callbacks=(),
-                  batch: tuple[int, int] | None = None):
-    """The SFT trainer exactly as the stage configures it (tests inspect its collator).
-    `batch`: (per-device batch, grad_accum), resolved from params when not given."""
+                  batch: tuple[int, int] | None = None, *, runtime: ResolvedRuntime):
+    """The SFT trainer exactly as the stage configures it (tests inspect its collator), at
+    `runtime`'s precision. `batch`: (per-device batch, grad_accum), resolved from params when not given."""
     from datasets import Dataset
     from trl import SFTConfig
 
     cfg = params.sft
     per_device, accum = batch or resolve_batch(params, model)
-    precision = hardware.resolve(params.runtime.precision, model.device)
     args = SFTConfig(
         **trainer_args(work, learning_rate=cfg.learning_rate, epochs=cfg.epochs, batch=per_device, grad_accum=accum,
                        warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length, seed=cfg.seed,
-                       logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, device=model.device,
-                       precision=precision),
+                       logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, runtime=runtime),
         completion_only_loss=True,
         # padding is compute on a CPU: similar lengths per batch (still shuffled across batches)
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
@@ -86,21 +86,20 @@ def build_trainer(params: Params, model, tok, rows: list[dict], work: Path, call
         processing_class=tok, peft_config=lora_config(cfg.lora), callbacks=list(callbacks))
 
 
-def train_sft(params: Params, base: Path, train_file: Path, out: Path, callbacks=()) -> dict:
-    """Fine-tune `base` on the records of `train_file`, merge, save to `out`; the run's metrics."""
+def train_sft(params: Params, base: Path, train_file: Path, out: Path, callbacks=(), *,
+              runtime: ResolvedRuntime) -> dict:
+    """Fine-tune `base` on the records of `train_file` on the stage's resolved `runtime`, merge,
+    save to `out`; the run's metrics."""
     rows = read_jsonl(train_file, required=("question", "solution"))
-    setup_runtime(params.runtime.threads)
-    device = pick_device(params.runtime.device)
-    precision = hardware.resolve(params.runtime.precision, device)
-    model, tok = load(base, dtype=train_dtype(device, precision), device=device)
+    model, tok = load(base, dtype=train_dtype(runtime), device=runtime.device)
     batch = resolve_batch(params, model)
     # auto: the resolved split is part of the run (a resumed run must keep it)
     split = [list(batch)] if params.sft.batch_size == "auto" else []
-    work = work_dir("sft", params.sft.model_dump(), params.prompt.model_dump(), base, train_file, precision.dtype, *split)
-    trainer = build_trainer(params, model, tok, rows, work, callbacks, batch)
+    work = work_dir("sft", params.sft.model_dump(), params.prompt.model_dump(), base, train_file, runtime.dtype, *split)
+    trainer = build_trainer(params, model, tok, rows, work, callbacks, batch, runtime=runtime)
     run = train_and_merge(trainer, work, tok, out, base)
     tokens = sum(len(x) for x in trainer.train_dataset["input_ids"]) * params.sft.epochs
     return {"train_loss": run.result.training_loss, "train_seconds": run.seconds,
             "train_tokens_per_second": tokens / run.seconds, "examples": len(rows),
             "batch_size": batch[0], "grad_accum": batch[1], "resumed_from_step": run.resumed_from_step,
-            "precision": precision.dtype}
+            "precision": runtime.dtype}
