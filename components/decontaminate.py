@@ -21,6 +21,7 @@ from tutorloop.config import Params
 from tutorloop.data.contamination import EvalIndex
 from tutorloop.data.evalsets import gsm8k_problems
 from tutorloop.data.jsonl import read_jsonl, write_json, write_jsonl
+from tutorloop.eval.signal import empty_history, history_path
 from tutorloop.runtime.stage import Arg, stage
 
 TRAINING_SPLITS = ("sft", "practice")
@@ -51,6 +52,7 @@ def run(params: Params, generated: Path, out: Path, practice_next: Path | None =
     write_json(stats, out / "decontamination.json")
     if practice_next is not None:  # the practice set round 1 uses (later rounds may extend it)
         write_jsonl(practice_next, read_jsonl(out / "practice.jsonl", allow_empty=True))
+        write_json(empty_history(), history_path(practice_next))   # nothing practised yet
     if stats["dropped_share"] > cfg.max_share:
         raise RuntimeError(
             f"decontaminate: {dropped} of {total} training records ({stats['dropped_share']:.1%}) share at "

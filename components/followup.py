@@ -21,6 +21,7 @@ from pathlib import Path
 from tutorloop.config import Params
 from tutorloop.data.evalsets import gsm8k_problems
 from tutorloop.data.jsonl import read_jsonl, write_json, write_jsonl
+from tutorloop.eval.signal import add_round, history_path, read_history
 from tutorloop.hardware import ResolvedRuntime, resolve_runtime
 from tutorloop.runtime.stage import Arg, stage
 from tutorloop.teachers.followup import all_wrong, extend_practice
@@ -44,6 +45,9 @@ def run(params: Params, round_key: str, practice_file: Path, round_dir: Path, ou
         stats.update(more)
     stats["practice_next"] = len(rows)
     write_jsonl(out, rows)
+    # what the rounds so far have seen, for `select: signal` in the next round's practice
+    seen = read_jsonl(round_dir / "problems.jsonl", required=("id",))
+    write_json(add_round(read_history(history_path(practice_file)), seen, feedback), history_path(out))
     write_json(stats, round_dir / "followup_metrics.json")
     return stats
 

@@ -14,6 +14,10 @@ practice set; `sft` = the same slice of the SFT problems (Orca-Math practised on
 set: the student has seen the teacher's solutions, so more of its samples are right); `frontier`
 = the fresh slice, then only the problems the student got right in some but not all of its K
 samples (graded as feedback grades): where its own samples carry signal both ways.
+`rounds.r.practice.select: signal` draws `practice.limit` problems of the source (from the offset
+on) with weight p(1 - p) on the pass rates the earlier rounds predict (per problem, and per
+family / ASDiv type / grade: tutorloop/eval/signal.py), read from the history beside the
+practice set (data/practice-sets/after-<prev>.history.json); `all` takes the slice.
 
     python -m components.practice 1 models/round-0 data/generated/practice.jsonl data/round-1 --sft data/clean/sft.jsonl
     # with practice.backend: openai, first:  vllm serve models/round-0 --served-model-name round-0
@@ -26,6 +30,7 @@ from pathlib import Path
 from tutorloop.config import ConfigError, Params
 from tutorloop.data.jsonl import read_jsonl, write_json, write_jsonl
 from tutorloop.eval.feedback import judge
+from tutorloop.eval.signal import frontier, history_path, read_history, round_problems
 from tutorloop.hardware import resolve_runtime
 from tutorloop.inference.sampler import make_sampler
 from tutorloop.modeling import messages
@@ -38,10 +43,11 @@ def run(params: Params, round_key: str, model_dir: Path, problems_file: Path, ou
     if rcfg.source == "sft" and sft_file is None:
         raise ConfigError(f"rounds.{round_key}.practice.source: sft -> the stage needs --sft (the SFT problems)")
     source = sft_file if rcfg.source == "sft" else problems_file
-    problems = read_jsonl(source, required=("id", "question", "answer"))
-    # A round's slice: rounds.r.practice.offset with practice.limit gives each round fresh
-    # problems (new teacher solutions as positives) instead of the same set every round.
-    problems = problems[rcfg.offset:rcfg.offset + cfg.limit if cfg.limit else None]
+    # Which problems: the round's slice (rounds.r.practice.offset with practice.limit: fresh
+    # problems each round), or `select: signal`, drawn where the rounds so far predict mixed groups
+    history = read_history(history_path(problems_file))
+    problems, chosen = round_problems(read_jsonl(source, required=("id", "question", "answer")), rcfg.offset,
+                                      cfg.limit, rcfg.select, history, rcfg.seed, rcfg.samples)
     if not problems:
         raise ConfigError(f"rounds.{round_key}.practice.offset: {rcfg.offset} -> no practice problems left "
                           f"(the set has {len(read_jsonl(source))})")
@@ -54,31 +60,22 @@ def run(params: Params, round_key: str, model_dir: Path, problems_file: Path, ou
                   desc=f"practice@{round_key}")
     rows = [{"problem_id": p["id"], "sample": k, "completion": text}
             for p, texts in zip(problems, gen.texts) for k, text in enumerate(texts)]
-    pool = len(problems)
-    if rcfg.source == "frontier":
-        problems, rows = frontier(problems, rows, strict=params.feedback.labels == "strict")
+    sampled = len(problems)
+    if rcfg.source == "frontier":   # graded as feedback grades, then only the mixed groups kept
+        keep = frontier(problems, judge(problems, rows, strict=params.feedback.labels == "strict"))
+        problems, rows = [p for p in problems if p["id"] in keep], [r for r in rows if r["problem_id"] in keep]
         if not problems:
-            raise ConfigError(f"rounds.{round_key}.practice.source: frontier -> none of the {pool} problems was "
+            raise ConfigError(f"rounds.{round_key}.practice.source: frontier -> none of the {sampled} problems was "
                               f"right in some but not all of its {rcfg.samples} samples (more samples, or fresh)")
     write_jsonl(out / "samples.jsonl", rows)
     write_jsonl(out / "problems.jsonl", problems)
-    metrics = {"problems": len(problems), "pool": pool, "source": rcfg.source, "samples": len(rows),
-               "new_tokens": gen.new_tokens,
+    metrics = {"problems": len(problems), "sampled": sampled, "source": rcfg.source, **chosen,
+               "samples": len(rows), "new_tokens": gen.new_tokens,
                "tokens_per_second": gen.tokens_per_second, "seconds": gen.seconds,
                "calculator": cfg.calculator, "calculator_calls": gen.calculator_calls,
                "backend": sampler.backend, **sampler.metrics(gen)}
     write_json(metrics, out / "practice_metrics.json")  # a DVC metric beside MLflow's copy
     return metrics
-
-
-def frontier(problems: list[dict], rows: list[dict], strict: bool = True) -> tuple[list[dict], list[dict]]:
-    """The problems (and their samples) right in some but not all samples, graded as feedback grades."""
-    verdicts = judge(problems, rows, strict=strict)
-    right: dict[str, list[bool]] = {}
-    for v in verdicts:
-        right.setdefault(v["problem_id"], []).append(bool(v["correct"]))
-    keep = {pid for pid, v in right.items() if 0 < sum(v) < len(v)}
-    return [p for p in problems if p["id"] in keep], [r for r in rows if r["problem_id"] in keep]
 
 
 @stage("practice", Arg("round"), Arg("model", Path), Arg("problems", Path), Arg("out", Path),

@@ -1,6 +1,8 @@
 """Closing the loop: all-wrong problems come back as easier and harder variants, rebuilt exactly
 from provenance, deduplicated and decontaminated, appended to the next round's practice set."""
 
+import json
+
 from conftest import tiny_params
 
 from components import followup
@@ -48,12 +50,17 @@ def test_followup_appends_variants_of_failures_only(tiny_model_dir, tmp_path):
     rnd = tmp_path / "round-1"
     fb = [{"problem_id": r["id"], "correct": r["id"] != "p0" and k == 0} for r in rows for k in range(2)]
     write_jsonl(rnd / "feedback.jsonl", fb)
+    write_jsonl(rnd / "problems.jsonl", rows)   # what practice@1 practised
     test = [{"id": "t0", "question": rows[3]["question"]}]
     write_jsonl(tmp_path / "test.jsonl", test)
 
     off = followup.run(validate(raw), "1", tmp_path / "practice.jsonl", rnd, tmp_path / "next.jsonl")
     assert off["all_wrong"] == 1 and off["all_wrong_share"] == 1 / 6 and off["new_problems"] == 0
     assert read_jsonl(tmp_path / "next.jsonl") == rows
+    # the history beside the next practice set counts this round's verdicts (select: signal reads it)
+    history = json.loads((tmp_path / "next.history.json").read_text())
+    assert history["problems"]["p0"] == [0, 2] and history["problems"]["p1"] == [1, 2]
+    assert sum(n for _, n in history["groups"].values()) == 12 and sum(r for r, _ in history["groups"].values()) == 5
 
     raw["followup"] = {"enabled": True, "variants": 3, "max_new": 50}
     on = followup.run(validate(raw), "1", tmp_path / "practice.jsonl", rnd, tmp_path / "next.jsonl",
@@ -79,6 +86,7 @@ def test_followup_drops_variants_that_overlap_an_evaluation_problem(tiny_model_d
     write_jsonl(tmp_path / "practice.jsonl", rows)
     rnd = tmp_path / "round-1"
     write_jsonl(rnd / "feedback.jsonl", [{"problem_id": r["id"], "correct": r["id"] != "p0"} for r in rows])
+    write_jsonl(rnd / "problems.jsonl", rows)
     write_jsonl(tmp_path / "unrelated.jsonl", [{"id": "t0", "question": "What is the capital of France?"}])
     clean = followup.run(validate(raw), "1", tmp_path / "practice.jsonl", rnd, tmp_path / "next.jsonl",
                          tmp_path / "unrelated.jsonl")

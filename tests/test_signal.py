@@ -72,3 +72,43 @@ def test_choose_draws_by_p_times_one_minus_p_seeded_and_in_order():
     assert choose(problems, predicted, 10, 3) == choose(problems, predicted, 10, 3)
     assert choose(problems, predicted, 10, 3) != choose(problems, predicted, 10, 4)
     assert choose(problems, predicted, 50, 0) == problems
+
+
+def test_round_problems_slice_or_draw_where_the_history_predicts_mixed_groups():
+    from tutorloop.eval.signal import add_round, empty_history, round_problems
+
+    pool = [{"id": f"e{i}", "family": "asdiv", "meta": {"type": "Addition"}} for i in range(30)]
+    pool += [{"id": f"h{i}", "family": "asdiv", "meta": {"type": "GCD"}} for i in range(30)]
+    sliced, info = round_problems(pool, 5, 10, "all", empty_history(), seed=1, k=4)
+    assert sliced == pool[5:15] and info["pool"] == 55 and info["select"] == "all"
+    # nothing seen yet: a uniform draw of `limit` from the offset on, seeded
+    drawn, info = round_problems(pool, 5, 10, "signal", empty_history(), seed=1, k=4)
+    assert len(drawn) == 10 and all(p in pool[5:] for p in drawn) and info["history_samples"] == 0
+    assert drawn == round_problems(pool, 5, 10, "signal", empty_history(), seed=1, k=4)[0]
+    # the earlier round: Addition right half the time (mixed groups), GCD never (no signal)
+    seen = pool[:4] + pool[30:34]
+    feedback = [v for p in seen[:4] for v in _verdicts(p["id"], [True, False, True, False])]
+    feedback += [v for p in seen[4:] for v in _verdicts(p["id"], [False] * 4)]
+    history = add_round(empty_history(), seen, feedback)
+    picked = Counter()
+    for seed in range(30):
+        drawn, info = round_problems(pool, 0, 10, "signal", history, seed=seed, k=4)
+        picked.update(p["meta"]["type"] for p in drawn)
+    assert picked["Addition"] > 2 * picked["GCD"]
+    assert info["history_samples"] == 32
+    # the draw expects more mixed groups than the slice (which is Addition and GCD half and half)
+    _, plain = round_problems(pool[:5] + pool[30:35], 0, 10, "all", history, seed=0, k=4)
+    assert info["predicted_mixed_share"] > plain["predicted_mixed_share"] + 0.1
+
+
+def test_history_travels_beside_the_practice_set(tmp_path):
+    import json
+
+    from tutorloop.eval.signal import add_round, empty_history, history_path, read_history
+
+    assert history_path(tmp_path / "after-1.jsonl") == tmp_path / "after-1.history.json"
+    assert read_history(tmp_path / "none.json") == empty_history()
+    h = add_round(empty_history(), [{"id": "a", "family": "f"}], _verdicts("a", [True, False]))
+    (tmp_path / "h.json").write_text(json.dumps(h))
+    again = add_round(read_history(tmp_path / "h.json"), [{"id": "a", "family": "f"}], _verdicts("a", [True]))
+    assert again == {"problems": {"a": [2, 3]}, "groups": {"f": [2, 3]}} and h["problems"]["a"] == [1, 2]

@@ -322,8 +322,30 @@ def test_practice_sources_fresh_sft_and_frontier(params_factory, workdir, tmp_pa
     problems = [{"id": f"p{i}", "question": "q", "solution": "s", "answer": str(i + 5)} for i in range(3)]
     rows = [{"problem_id": f"p{i}", "sample": k, "completion": f"#### {i + 5 if (i, k) in {(1, 0), (2, 0), (2, 1)} else 0}"}
             for i in range(3) for k in range(2)]
-    kept, kept_rows = practice.frontier(problems, rows)
-    assert [p["id"] for p in kept] == ["p1"] and [r["sample"] for r in kept_rows] == [0, 1]
+    from tutorloop.eval.feedback import judge
+    from tutorloop.eval.signal import frontier
+
+    assert frontier(problems, judge(problems, rows)) == {"p1"}
+    # select: signal draws `limit` problems by the history beside the practice set (the draw's
+    # statistics are tests/test_signal.py's): the stage reads that file and draws as the library does
+    from tutorloop.eval.signal import add_round, empty_history, round_problems
+
+    fresh = read_jsonl(workdir / "data/practice.jsonl")
+    seen = [{"id": fresh[0]["id"]}] + [{"id": p["id"]} for p in fresh[1:]]
+    verdicts = [{"problem_id": p["id"], "correct": i == 0 and k % 2 == 0, "completion": "#### 1"}
+                for i, p in enumerate(seen) for k in range(8)]
+    (tmp_path / "sets").mkdir()
+    write_jsonl(tmp_path / "sets/after-0.jsonl", fresh)
+    history = add_round(empty_history(), seen, verdicts)
+    (tmp_path / "sets/after-0.history.json").write_text(json.dumps(history))
+    raw["rounds"]["1"]["practice"].update(source="fresh", select="signal")
+    raw["practice"]["limit"] = 2
+    params = validate(raw)
+    m = practice.run(params, "1", workdir / "models/round-0", tmp_path / "sets/after-0.jsonl", tmp_path / "sig")
+    assert m["select"] == "signal" and m["history_samples"] == 8 * len(fresh) and m["problems"] == 2
+    want, _ = round_problems(fresh, 0, 2, "signal", history, params.rounds["1"].practice.seed, 2)
+    assert read_jsonl(tmp_path / "sig/problems.jsonl") == want
+    raw["practice"]["limit"] = 0
     # the tiny random student is never right: an empty frontier is an error naming the key
     raw["rounds"]["1"]["practice"]["source"] = "frontier"
     with pytest.raises(Exception, match="rounds.1.practice.source: frontier"):

@@ -198,6 +198,7 @@ class PracticeRound(Section):
     # single default could equal every round's value.
     seed: int = Field(description="sampling seed of this round")
     offset: int = Field(0, ge=0, description="first practice problem of this round: with practice.limit, each round practises on its own slice [offset, offset+limit) of the set")
+    select: Literal["all", "signal"] = Field("all", description="which problems of the source: all = the slice [offset, offset+limit); signal = practice.limit of them from offset on, drawn with weight p(1-p) on the pass rate the earlier rounds' samples predict (per problem, and per family / type / grade; uniform in round 1), where K samples most often hold both a right and a wrong answer")
     source: Literal["fresh", "sft", "frontier"] = Field("fresh", description="practice problems: fresh = the practice set's slice; sft = the SFT problems themselves (as Orca-Math practised on its training set); frontier = the fresh slice, kept only where the student's pass rate over its K samples is strictly between 0 and 1")
 
 

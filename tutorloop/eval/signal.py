@@ -7,15 +7,19 @@ practise where p is intermediate, weighted by p(1 - p)). This module measures th
 verdicts (`signal_stats`), predicts each problem's pass rate for the next round from the
 verdicts so far (`predict_pass`: the problem's own samples shrunk toward its group's rate, the
 group being its family, ASDiv type and grade), and draws a round's problems with weight
-p(1 - p) (`choose`). Pure functions over rows: the followup and practice stages call them.
+p(1 - p) (`choose`). Pure functions over rows: the followup and practice stages call them; the
+counts so far travel between rounds in a history file beside each practice set (`history_path`),
+so a round's choice depends only on files DVC tracks.
 
     python -c "from tutorloop.eval.signal import mixed_probability; print(mixed_probability(0.39, 4))"
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections import defaultdict
+from pathlib import Path
 
 from tutorloop.data.preferences import equations
 
@@ -112,3 +116,45 @@ def choose(problems: list[dict], predicted: dict[str, float], n: int, seed: int)
         keyed.append((rng.random() ** (1.0 / w), i))
     picked = sorted(i for _, i in sorted(keyed, reverse=True)[:n])
     return [problems[i] for i in picked]
+
+
+# --- the practice stage's problems -------------------------------------------------------------
+
+def history_path(practice_set: Path) -> Path:
+    """Where the history travels beside a practice set (data/practice-sets/after-r.jsonl ->
+    after-r.history.json): decontaminate writes round 0's (empty), followup@r round r's."""
+    return practice_set.with_name(practice_set.stem + ".history.json")
+
+
+def read_history(path: Path | None) -> dict:
+    """A history file's counts; an empty history where there is none yet."""
+    if path is None or not path.exists():
+        return empty_history()
+    data = json.loads(path.read_text())
+    return {"problems": data.get("problems", {}), "groups": data.get("groups", {})}
+
+
+def round_problems(pool: list[dict], offset: int, limit: int, select: str, history: dict, seed: int,
+                   k: int) -> tuple[list[dict], dict]:
+    """A round's practice problems from its source's `pool`, and what describes the choice.
+    select `all`: the slice [offset, offset + limit); `signal`: `limit` problems from offset on,
+    drawn with weight p(1 - p) on the pass rates `history` predicts (uniform where it has seen
+    nothing: round 1)."""
+    rest = pool[offset:]
+    if select == "all":
+        chosen = rest[:limit] if limit else rest
+    else:
+        chosen = choose(rest, predicted(rest, history), limit or len(rest), seed)
+    p = predicted(chosen, history)
+    described = {"pool": len(rest), "select": select, "history_samples": sum(n for _, n in history["groups"].values()),
+                 "predicted_pass_mean": sum(p.values()) / max(1, len(p)),
+                 "predicted_mixed_share": sum(mixed_probability(q, k) for q in p.values()) / max(1, len(p))}
+    return chosen, described
+
+
+def frontier(problems: list[dict], verdicts: list[dict]) -> set[str]:
+    """The ids of the problems right in some but not all of their samples (`source: frontier`)."""
+    right: dict[str, list[bool]] = defaultdict(list)
+    for v in verdicts:
+        right[v["problem_id"]].append(bool(v["correct"]))
+    return {p["id"] for p in problems if 0 < sum(right[p["id"]]) < len(right[p["id"]])}
