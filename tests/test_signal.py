@@ -104,7 +104,12 @@ def test_round_problems_slice_or_draw_where_the_history_predicts_mixed_groups():
 def test_history_travels_beside_the_practice_set(tmp_path):
     import json
 
-    from tutorloop.eval.signal import add_round, empty_history, history_path, read_history
+    from tutorloop.eval.signal import (
+        add_round,
+        empty_history,
+        history_path,
+        read_history,
+    )
 
     assert history_path(tmp_path / "after-1.jsonl") == tmp_path / "after-1.history.json"
     assert read_history(tmp_path / "none.json") == empty_history()
