@@ -37,6 +37,7 @@ LOCK = ".tutorloop.lock"
 
 
 AFTER_LOOP = "after"  # plan() key of the stages downstream of the rounds (report)
+CONTROL = "control-"  # checkpoint control-k: round k's control, scored and registered in round k's flow
 
 
 def plan(project: str | Path, rounds) -> dict[str, list[str]]:
@@ -54,6 +55,8 @@ def plan(project: str | Path, rounds) -> dict[str, list[str]]:
 
     def group(s) -> str:
         key = name[s].rpartition("@")[2] if "@" in name[s] else None
+        if key is not None and key.startswith(CONTROL):   # evaluate@control-1 belongs to round 1
+            key = key[len(CONTROL):]
         if key in rounds:
             return key
         return AFTER_LOOP if any("@" in name[u] and name[u].rpartition("@")[2] in rounds

@@ -102,6 +102,7 @@ def tiny_params(model_source: str | Path, rounds: int = 1) -> dict:
                               "preference": {"method": "dpo", "beta": 0.1, "learning_rate": 1e-4, "epochs": 1,
                                       "seed": r}}
                      for r in range(1, rounds + 1)}
+    raw["controls"] = {}   # a test that wants control@k adds it (and its checkpoint)
     raw["checkpoints"] = {"base": "models/base", "0": "models/round-0",
                           **{str(r): f"models/round-{r}" for r in range(1, rounds + 1)}}
     return raw

@@ -10,15 +10,19 @@ from flows.pipeline import AFTER_LOOP, plan
 
 
 def test_plan_of_the_repo_pipeline():
-    rounds = yaml.safe_load((ROOT / "params.yaml").read_text())["rounds"]
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    rounds, controls = raw["rounds"], raw["controls"]
     got = plan(ROOT, rounds)
     assert got["0"] == ["base_model", "inputs", "generate", "decontaminate", "evaluate@base", "register@base", "sft",
                         "evaluate@0", "register@0"]
     for key in rounds:
-        assert got[key] == [f"{s}@{key}" for s in ("practice", "feedback", "followup", "preference", "evaluate", "register")]
+        # a round's control trains, is scored and registered in its round's flow, after the round
+        control = ["control@" + key, f"evaluate@control-{key}", f"register@control-{key}"] if key in controls else []
+        assert got[key] == [f"{s}@{key}" for s in ("practice", "feedback", "followup", "preference", "evaluate",
+                                                   "register")] + control
     assert got[AFTER_LOOP] == ["report"]
     planned = [s for v in got.values() for s in v]
-    assert len(planned) == len(set(planned)) == 9 + 6 * len(rounds) + 1  # every stage, once
+    assert len(planned) == len(set(planned)) == 9 + 6 * len(rounds) + 3 * len(controls) + 1  # every stage, once
 
 
 def test_a_stage_added_to_dvc_yaml_runs_in_its_round_after_what_it_needs(tmp_path):

@@ -52,7 +52,10 @@ def dvc(project, *args) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model_dir):
     root = copy_project(tmp_path_factory.mktemp("project"))
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_model_dir, rounds=2), sort_keys=False))
+    raw = tiny_params(tiny_model_dir, rounds=2)
+    raw["controls"] = {"1": "0"}          # round 1's control runs, is scored and registered in round 1's flow
+    raw["checkpoints"]["control-1"] = "models/control-1"
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     dvc(root, "init", "-q")
     dvc(root, "config", "core.analytics", "false")
@@ -74,6 +77,7 @@ def test_every_stage_ran(first_run):
                 "evaluate@0", "register@0"]
     for r in ("1", "2"):
         expected += [f"practice@{r}", f"feedback@{r}", f"followup@{r}", f"preference@{r}", f"evaluate@{r}", f"register@{r}"]
+        expected += ["control@1", "evaluate@control-1", "register@control-1"] if r == "1" else []
     assert ran == expected + ["report"]
 
 
@@ -105,7 +109,8 @@ def test_mlflow_nests_stage_runs_under_round_parents(project, first_run):
     assert children[parents["0"].info.run_id] == {"base_model", "generate", "decontaminate", "evaluate", "register",
                                                       "sft"}
     for key in ("1", "2"):
-        assert children[parents[key].info.run_id] == {"practice", "feedback", "followup", "preference", "evaluate", "register"}
+        assert children[parents[key].info.run_id] == {"practice", "feedback", "followup", "preference", "evaluate",
+                                                      "register"} | ({"control"} if key == "1" else set())
     sft_run = next(r for r in runs if r.data.tags.get("tutorloop.stage") == "sft")
     assert "train/loss" in sft_run.data.metrics and "sft.learning_rate" in sft_run.data.params
     practice_run = next(r for r in runs if r.data.tags.get("tutorloop.stage") == "practice")
@@ -117,7 +122,9 @@ def test_registry_has_versions_aliases_and_lineage(project, first_run):
 
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     versions = client.search_model_versions("name='tutor'")
-    assert {v.tags["round"] for v in versions} == {"base", "0", "1", "2"}
+    assert {v.tags["round"] for v in versions} == {"base", "0", "1", "2", "control-1"}
+    control = client.get_model_version_by_alias("tutor", "control-1")   # registered, never a candidate
+    assert control.tags["round"] == "control-1" and control.tags["lineage.parent"] == "0"
     champion = client.get_model_version_by_alias("tutor", "champion")
     assert champion.tags["promotion"] == "champion"
     v2 = next(v for v in versions if v.tags["round"] == "2")
@@ -127,7 +134,7 @@ def test_registry_has_versions_aliases_and_lineage(project, first_run):
     assert v2.tags["lineage.dvc.dep.models/round-1"]
     aliases = client.get_registered_model("tutor").aliases
     assert aliases["champion"] == champion.version
-    promotions = {v.tags["promotion"] for v in versions}
+    promotions = {v.tags["promotion"] for v in versions if v.tags["round"] != "control-1"}
     assert ("challenger" in aliases) == ("challenger" in promotions)
 
 

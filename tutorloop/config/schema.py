@@ -387,7 +387,7 @@ class Params(Section):
     # `register` would shadow BaseModel.register (ABC); the alias keeps the YAML key.
     register_: Register = Field(default_factory=Register, alias="register")
     rounds: dict[str, Round] = Field(description="preference rounds keyed by number ('1', '2', ...); keys quoted for DVC")
-    controls: dict[str, str] = Field(default_factory=dict, description="control@k for each round key k listed, valued the checkpoint round k starts from (rounds.k.prev, quoted): round k's training, rows and updates on the teacher's solutions alone (models/control-k), evaluated and registered as checkpoint control-k but never a champion; {} = none (each costs a round's training)")
+    controls: dict[str, str] = Field(description="control@k for each round key k listed, valued the checkpoint round k starts from (rounds.k.prev, quoted): round k's training, rows and updates on the teacher's solutions alone (models/control-k), evaluated and registered as checkpoint control-k but never a champion; {} = none (each costs a round's training)")
     checkpoints: dict[str, str] = Field(description="every model evaluated and registered: key -> model dir")
 
 
