@@ -13,6 +13,7 @@
     tutorloop heldout --n 400               more held-out problems, disjoint from the workspace's (bigger paired tests)
     tutorloop paired eval/1 eval/2          pass@1 and paired McNemar between scored prediction sets
     tutorloop seeds asdiv --round 1 --seeds 3   one round (and its control) under 3 seeds, the paired test pooled
+                                           (--extra extra/heldout.jsonl: also on `tutorloop heldout`'s problems)
 
 A bad params.yaml or recipe (YAML syntax, a bad value, a missing file) is reported as
 `tutorloop: <file>:<line>: <problem>` lines on stderr with exit code 2, as the stages do
@@ -550,6 +551,8 @@ def seeds(recipe_name: str = typer.Argument(..., metavar="RECIPE", help="a recip
           n: int = typer.Option(3, "--seeds", min=1, help="seeds: the recipe's own, then +1000, +2000, ..."),
           name_as: str = typer.Option("", "--name", help="experiment name prefix (default: RECIPE-rROUND)"),
           sets: list[str] = typer.Option([], "--set", "-S", help="one more override, KEY=VALUE (YAML value)"),
+          extra: Optional[Path] = typer.Option(None, "--extra", help="also score every checkpoint on these problems "
+                                               "(`tutorloop heldout --n 2000`'s file), pooled with the held-out set"),
           dry_run: bool = typer.Option(False, "--dry-run", help="print the commands, run nothing"),
           project: Path = typer.Option(Path("."), help="project root")) -> None:
     """Run one round (and its control) under N seeds from the same checkpoint; pool the paired test.
@@ -586,8 +589,33 @@ def seeds(recipe_name: str = typer.Argument(..., metavar="RECIPE", help="a recip
         for c in checkpoints:   # the workspace holds this experiment's evaluations until the next one
             (out / f"seed{i}").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(project / "eval" / c / "predictions.jsonl", out / f"seed{i}" / f"{c}.jsonl")
+            if extra is not None:
+                _score_extra(project, c, params.checkpoints[c], extra, out / f"seed{i}")
     if not dry_run:
         _print_pooled(out, n, checkpoints)
+
+
+def _score_extra(project: Path, checkpoint: str, model: str, problems: Path, seed_dir: Path) -> None:
+    """The evaluate stage by hand on `problems` (outside metrics/, so the report ignores it), its
+    predictions appended to the seed's held-out ones: one larger paired set (ids never clash:
+    `tutorloop heldout` names its problems extra-<seed>-i)."""
+    import subprocess
+    import sys
+
+    from flows.process import interpreter_env
+    from tutorloop.data.jsonl import read_jsonl, write_jsonl
+
+    work = seed_dir / f"{checkpoint}-extra"
+    cmd = [sys.executable, "-m", "components.evaluate", f"extra-{checkpoint}", model, str(problems.resolve()),
+           str((work / "metrics.json").resolve()), str(work.resolve()), "--shots", "data/clean/sft.jsonl",
+           "--gsm8k", "/dev/null"]
+    if subprocess.run(cmd, cwd=project, env=interpreter_env()).returncode != 0:
+        raise typer.Exit(1)
+    held = read_jsonl(seed_dir / f"{checkpoint}.jsonl")
+    more = read_jsonl(work / "predictions.jsonl")
+    if {str(r["id"]) for r in held} & {str(r["id"]) for r in more}:
+        raise typer.Exit(f"{problems}: shares problem ids with the held-out set; draw it with `tutorloop heldout`")
+    write_jsonl(seed_dir / f"{checkpoint}.jsonl", held + more)
 
 
 def _print_pooled(out: Path, n: int, checkpoints: list[str]) -> None:

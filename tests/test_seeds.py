@@ -1,0 +1,48 @@
+"""`tutorloop seeds`: one round (and its control) under N seeds from the same checkpoint, the
+paired test pooled over seeds with the decision rule printed before any run."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from flows import cli
+from tests.conftest import ROOT
+from tutorloop.data.jsonl import write_jsonl
+
+
+def test_seeds_dry_run_prints_one_experiment_per_seed_with_shifted_seeds():
+    result = CliRunner().invoke(cli.app, ["seeds", "quick", "--round", "1", "--seeds", "3", "--dry-run",
+                                          "--project", str(ROOT)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "p < 0.05" in lines[0] and "3 seeds" in lines[0]          # the rule, before the runs
+    runs = [ln for ln in lines if ln.startswith("dvc exp run")]
+    assert [r.split(" -n ")[1].split()[0] for r in runs] == ["quick-r1-seed0", "quick-r1-seed1", "quick-r1-seed2"]
+    for i, run in enumerate(runs):
+        assert f"rounds.1.practice.seed={1 + 1000 * i}" in run and f"rounds.1.preference.seed={1 + 1000 * i}" in run
+        assert run.endswith("evaluate@0 evaluate@1 evaluate@control-1")   # params.yaml's control of round 1
+        assert "rounds.1.preference.method=rft" in run                     # the recipe itself
+
+
+def test_seeds_refuses_a_round_the_recipe_lacks():
+    result = CliRunner().invoke(cli.app, ["seeds", "quick", "--round", "7", "--dry-run", "--project", str(ROOT)])
+    assert result.exit_code == 2 and "--round '7'" in result.output
+
+
+def test_pooled_comparisons_pair_the_round_with_its_start_and_its_control(tmp_path):
+    from tutorloop.eval.report import pooled_comparisons
+
+    for i in range(3):   # the round solves 20 more than SFT in each seed, its control 10 more
+        for name, solved in (("0", 40), ("1", 60), ("control-1", 50)):
+            write_jsonl(tmp_path / f"seed{i}" / f"{name}.jsonl",
+                        [{"id": f"q{j}", "correct": j < solved} for j in range(100)])
+    got = {(r["arm"], r["baseline"]): r for r in pooled_comparisons(tmp_path, 3, ["0", "1", "control-1"])}
+    assert set(got) == {("1", "0"), ("1", "control-1"), ("control-1", "0")}
+    assert (got[("1", "0")]["ahead"], got[("1", "0")]["behind"]) == (20, 0) and got[("1", "0")]["p"] < 1e-5
+    assert (got[("1", "control-1")]["ahead"], got[("1", "control-1")]["behind"]) == (10, 0)
+    assert got[("control-1", "0")]["arm_accuracy"] == 0.5
+    cli._print_pooled(tmp_path, 3, ["0", "1", "control-1"])
+    saved = json.loads((tmp_path / "pooled.json").read_text())
+    assert [r["arm"] for r in saved] == ["1", "1", "control-1"]
