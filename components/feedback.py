@@ -9,7 +9,9 @@ no negative borrows one from each of `borrowed_negatives` others; the round is c
 `max_pairs`, student-chosen pairs first.
 
 Outputs: feedback.jsonl (every sample, its extracted answer and verdict(s), with the teacher's
-solution), pairs.jsonl, unpaired.jsonl, and the round's feedback metrics.
+solution), pairs.jsonl, unpaired.jsonl, rft.jsonl (the student's distinct correct solutions and
+the teacher's: RFT rounds and controls), and the round's feedback metrics (pass rates, the share
+of mixed groups and distinct correct solutions per problem: tutorloop/eval/signal.py).
 
     python -m components.feedback 1 data/round-1/problems.jsonl data/round-1   # the problems practice@1 practised
 """

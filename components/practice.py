@@ -19,7 +19,7 @@ on) with weight p(1 - p) on the pass rates the earlier rounds predict (per probl
 family / ASDiv type / grade: tutorloop/eval/signal.py), read from the history beside the
 practice set (data/practice-sets/after-<prev>.history.json); `all` takes the slice.
 
-    python -m components.practice 1 models/round-0 data/generated/practice.jsonl data/round-1 --sft data/clean/sft.jsonl
+    python -m components.practice 1 models/round-0 data/practice-sets/after-0.jsonl data/round-1 --sft data/clean/sft.jsonl
     # with practice.backend: openai, first:  vllm serve models/round-0 --served-model-name round-0
 """
 

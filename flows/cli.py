@@ -577,9 +577,9 @@ def seeds(recipe_name: str = typer.Argument(..., metavar="RECIPE", help="a recip
     typer.echo(f"decision rule (fixed before the runs): round {round_key} beats a baseline when the pooled "
                f"one-sided sign test over problems gives p < 0.05 ({n} seeds)")
     for i in range(n):
-        extra = {f"rounds.{round_key}.practice.seed": rnd.practice.seed + SEED_STEP * i,
-                 f"rounds.{round_key}.preference.seed": rnd.preference.seed + SEED_STEP * i}
-        over, _ = _recipe_params(recipe_name, project, sets, extra)
+        shifted = {f"rounds.{round_key}.practice.seed": rnd.practice.seed + SEED_STEP * i,
+                   f"rounds.{round_key}.preference.seed": rnd.preference.seed + SEED_STEP * i}
+        over, _ = _recipe_params(recipe_name, project, sets, shifted)
         cmd = exp_command(f"{name}-seed{i}", over, raw, tuple(f"evaluate@{c}" for c in checkpoints))
         typer.echo(" ".join(cmd))
         if dry_run:

@@ -15,7 +15,7 @@ project's tiny random test model: a round is logged (a parent run, nested evalua
 runs), two versions are registered, the second is promoted to `champion` by the paired McNemar
 test on verdicts downloaded back through the server, and `models:/tutor@champion` loads. Checked
 through MlflowClient and, underneath, with psql in PostgreSQL. On Prefect: a process work pool,
-infra/prefect.yaml's `nightly` deployment (cron, pool, concurrency limit) deployed as the README
+infra/prefect.yaml's `nightly` deployment (cron, pool, concurrency limit) deployed as infra/README.md
 says, and a smoke flow run end to end by a process worker (`prefect worker start --run-once`).
 A third, instant test checks compose.yaml against the project (variables, pins, versions, paths).
 
@@ -404,7 +404,7 @@ def test_prefect_on_postgres_deploys_nightly_and_a_process_worker_runs_a_flow(po
 
     start = time.monotonic()
     prefect("work-pool", "create", POOL, "--type", "process")
-    # The README's deployment step, from the project root, with the real infra/prefect.yaml.
+    # infra/README.md's deployment step, from the project root, with the real infra/prefect.yaml.
     prefect("--no-prompt", "deploy", "--prefect-file", "infra/prefect.yaml", "--name", "nightly", cwd=ROOT)
     def get(path: str) -> dict:  # the REST API, as the UI and the clients read it
         return httpx.get(prefect_server.api + path, timeout=30).raise_for_status().json()

@@ -16,6 +16,8 @@ Layers, each importing only those before it (tests/test_layout.py checks it):
     teachers/                procedural and LLM teachers, the agents, generation, the judge
     train/                   LoRA, precision, resume, SFT and preference trainers (over TRL)
     registry/                MLflow registration, promotion, lineage, model card
+    serving/                 `tutorloop serve` (the engine behind an OpenAI-compatible API) and
+                             `tutorloop harness` (lm-evaluation-harness against it)
 
 May import: nothing (the package root holds no code). Never components/ or flows/, anywhere.
 """

@@ -43,7 +43,7 @@ def _shown(key: str, value: Any) -> str:
 # On CPU `auto` is the measured default below; on CUDA it is sized from free GPU memory. These
 # constants are the only CPU sizes `auto` resolves to; a field's default is params.yaml's value
 # (auto for practice/evaluate, PREFERENCE_BATCH_CPU for preference: tests/test_config.py checks).
-ENGINE_ROWS_CPU = 128   # engine rows on 2 CPU cores (README's engine measurements)
+ENGINE_ROWS_CPU = 128   # engine rows on 2 CPU cores (docs/engine.md's measurements)
 SFT_BATCH_CPU = 8       # SFT examples per device step on CPU
 PREFERENCE_BATCH_CPU = 4   # DPO pairs (KTO rows, RFT examples) per device step on CPU
 

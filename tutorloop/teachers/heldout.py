@@ -1,7 +1,7 @@
 """More held-out problems for a workspace, disjoint from everything it trained and was scored on.
 
 A 100-problem held-out set (the quick demo's) cannot separate two rounds a few points apart: the
-README's n = 500 comparisons pair it with 400 more problems drawn here. The workspace's own
+docs/experiments.md's n = 500 comparisons pair it with 400 more problems drawn here. The workspace's own
 teacher writes them (`generate` at another seed, test split only, so they are made as the
 held-out set was), and a problem is kept only when it shares no seed with, is no near-duplicate
 of (generate's word-3-gram rule) and does not overlap (decontaminate's n-gram rule) any SFT,

@@ -1,0 +1,179 @@
+"""The README and docs/ stay usable: short README, links that resolve, commands that exist, and
+no quantity stated twice with two values.
+
+Fast and offline: reads the markdown files, the Makefile and the CLI's `--help` (typer's test
+runner; no command runs).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+PAGES = [README, *DOCS, ROOT / "infra" / "README.md"]
+
+FENCE = re.compile(r"^```.*?^```[ \t]*$", re.MULTILINE | re.DOTALL)
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def prose(text: str) -> str:
+    """The text outside fenced code blocks and inline code spans (links there are not links)."""
+    return re.sub(r"`[^`\n]*`", "", FENCE.sub("", text))
+
+
+def code_lines(text: str) -> list[str]:
+    """Every line inside a fenced code block."""
+    return [line for block in FENCE.findall(text) for line in block.splitlines()[1:-1]]
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).replace("`", "")
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    found: set[str] = set()
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*\s*$", FENCE.sub("", page.read_text()), re.MULTILINE):
+        base, n = slug(heading), 0
+        name = base
+        while name in found:   # GitHub numbers repeated headings: x, x-1, x-2, ...
+            n += 1
+            name = f"{base}-{n}"
+        found.add(name)
+    return found
+
+
+# --- (a) the README is short and reaches `make demo` at once ---------------------------------
+
+def test_readme_is_short_and_reaches_make_demo_in_its_first_40_lines():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines (at most 200: details go to docs/)"
+    assert any("make demo" in line for line in lines[:40]), "README.md must reach `make demo` in its first 40 lines"
+
+
+# --- (b) every relative link resolves --------------------------------------------------------
+
+def broken_links(page: Path) -> list[str]:
+    bad = []
+    for target in LINK.findall(prose(page.read_text())):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):   # http:, https:, mailto: ...: not checked offline
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        if not dest.exists():
+            bad.append(f"{rel(page)}: {target} (no such file)")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            bad.append(f"{rel(page)}: {target} (no heading #{anchor} in {rel(dest)})")
+    return bad
+
+
+def test_the_pages_exist():
+    assert DOCS, "docs/ holds no page"
+    for page in PAGES:
+        assert page.exists(), f"{rel(page)} is missing"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=rel)
+def test_every_relative_link_points_to_an_existing_file_and_heading(page):
+    bad = broken_links(page)
+    assert not bad, "broken links:\n" + "\n".join(bad)
+
+
+# --- (c) every command in a code block exists ------------------------------------------------
+
+def cli_commands() -> set[str]:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    commands = result.output.split("Commands", 1)[1]
+    # rich's panel: "│ name   help"; plain click: "  name   help"; continuation lines start with spaces
+    names = set(re.findall(r"^(?:│ | {2})([a-z][\w-]*)(?: {2,}|\s*│?$)", commands, re.MULTILINE))
+    assert {"run", "demo", "recipe"} <= names, f"could not read the commands from --help:\n{result.output}"
+    return names
+
+
+def make_targets() -> set[str]:
+    text = (ROOT / "Makefile").read_text()
+    return set(re.findall(r"^([A-Za-z0-9_.%-]+)\s*:(?!=)", text, re.MULTILINE)) - {".PHONY"}
+
+
+def invocations(pages: list[Path], program: str) -> list[tuple[str, str]]:
+    """(page, line) for each line of a fenced block that runs `program` (a leading `$ ` allowed)."""
+    found = []
+    for page in pages:
+        for line in code_lines(page.read_text()):
+            words = line.strip().removeprefix("$ ").split()
+            if words and words[0] == program:
+                found.append((rel(page), line.strip()))
+    return found
+
+
+def first_argument(line: str) -> str | None:
+    """The subcommand or target: the first word after the program that is no option or VAR=value."""
+    for word in line.removeprefix("$ ").split()[1:]:
+        if word.startswith("#"):
+            return None
+        if not word.startswith("-") and "=" not in word:
+            return word
+    return None
+
+
+def test_every_tutorloop_command_in_a_code_block_names_a_real_subcommand():
+    commands = cli_commands()
+    uses = invocations([README, *DOCS], "tutorloop")
+    assert uses, "no `tutorloop <sub>` line in any code block: the check would check nothing"
+    bad = [f"{page}: {line}" for page, line in uses if first_argument(line) not in commands]
+    assert not bad, f"not a `tutorloop` subcommand ({sorted(commands)}):\n" + "\n".join(bad)
+
+
+def test_every_make_command_in_a_code_block_names_a_makefile_target():
+    targets = make_targets()
+    uses = invocations([README, *DOCS], "make")
+    assert uses, "no `make <target>` line in any code block: the check would check nothing"
+    bad = [f"{page}: {line}" for page, line in uses if first_argument(line) not in targets]
+    assert not bad, f"not a Makefile target ({sorted(targets)}):\n" + "\n".join(bad)
+
+
+# --- (d) one value per quantity in the README ------------------------------------------------
+
+# (quantity, what a sentence about it mentions, the value in such a sentence). A sentence that
+# mentions the quantity's subject and states a value in its unit states that quantity.
+QUANTITIES = [
+    ("the quick demo's minutes in all", r"\bquick\b", r"(\d+(?:\.\d+)?) ?min\b"),
+    ("the full demo's minutes", r"\bfull (?:loop|demo|default loop|one)\b", r"(\d+(?:\.\d+)?) ?min\b"),
+    ("the full default loop's hours on an fp32 CPU", r"\bfull (?:default )?loop\b", r"(\d+(?:\.\d+)?) ?h\b"),
+    ("the engine's speed-up over HF generate", r"HF `?generate", r"(\d+(?:\.\d+)?)x\b"),
+]
+
+
+def sentences(text: str) -> list[str]:
+    flat = re.sub(r"\s+", " ", text)
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z(*`\[])", flat)
+
+
+def stated_values(text: str) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {name: set() for name, _, _ in QUANTITIES}
+    for sentence in sentences(text):
+        for name, subject, value in QUANTITIES:
+            if re.search(subject, sentence, re.IGNORECASE):
+                found[name] |= {str(float(v)) for v in re.findall(value, sentence)}
+    return found
+
+
+def test_the_readme_states_each_quantity_once():
+    for name, values in stated_values(README.read_text()).items():
+        assert values, f"README.md no longer states {name}: update QUANTITIES in tests/test_docs.py"
+        assert len(values) == 1, f"README.md states {name} with different values: {sorted(values)}"
