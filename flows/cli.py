@@ -1,6 +1,7 @@
 """`tutorloop`: the command line over the Prefect flows.
 
     tutorloop validate                     check params.yaml (every problem, with key and value)
+    tutorloop deps --write                 rewrite dvc.yaml's tutorloop/ deps from the import graph (--check: stale?)
     tutorloop doctor                       this machine: CPU, the precision auto resolves to and why
     tutorloop demo                         what `make demo` runs: doctor, then the loop sized for this machine
     tutorloop run                          the loop flow: round 0, every round, the report
@@ -199,6 +200,26 @@ def validate(project: Path = typer.Option(Path("."), help="project root")) -> No
     """Validate params.yaml."""
     params = _validate(project)
     typer.echo(f"params.yaml is valid: {len(params.rounds)} round(s), checkpoints {list(params.checkpoints)}")
+
+
+@app.command()
+def deps(project: Path = typer.Option(Path("."), help="project root"),
+         write: bool = typer.Option(False, "--write", help="rewrite dvc.yaml's tutorloop/ deps lines in place"),
+         check: bool = typer.Option(False, "--check", help="exit 1 if they are stale (the default)")) -> None:
+    """Check (default) or --write each dvc.yaml stage's `tutorloop/...` deps from its import graph."""
+    from tutorloop.runtime import deps as stage_deps
+
+    if write and not check:
+        changed = stage_deps.write(project.resolve())
+        typer.echo("dvc.yaml: tutorloop deps rewritten" if changed else "dvc.yaml: tutorloop deps already current")
+        return
+    problems = stage_deps.stale(project.resolve())
+    for line in problems:
+        typer.secho(f"dvc.yaml: {line}", fg="red", err=True)
+    if problems:
+        typer.secho(f"run `{stage_deps.WRITE_COMMAND}` to rewrite them", fg="red", err=True)
+        raise typer.Exit(1)
+    typer.echo("dvc.yaml: tutorloop deps are current")
 
 
 @app.command()
@@ -572,7 +593,8 @@ def seeds(recipe_name: str = typer.Argument(..., metavar="RECIPE", help="a recip
     if round_key not in params.rounds:
         _bad_input(ValueError(f"--round {round_key!r}: not a round of recipe {recipe_name} ({sorted(params.rounds)})"))
     rnd, name = params.rounds[round_key], name_as or f"{recipe_name}-r{round_key}"
-    checkpoints = [rnd.prev, round_key] + ([f"control-{round_key}"] if round_key in params.controls else [])
+    checkpoints = [rnd.prev, round_key] + ([f"control-{round_key}"] if round_key in params.controls else []) \
+        + (["0"] if rnd.prev != "0" else [])   # a later round is held against SFT too
     out = project / "extra" / "seeds" / name
     typer.echo(f"decision rule (fixed before the runs): round {round_key} beats a baseline when the pooled "
                f"one-sided sign test over problems gives p < 0.05 ({n} seeds)")

@@ -2,8 +2,9 @@
 
 `.venv/bin/tutorloop recipe gsm8k` run without an activated virtualenv has no `dvc` (and the
 wrong `python`) on PATH: `dvc` died with FileNotFoundError, and the stages' `python -m
-components...` would find the system interpreter. So DVC runs as `python -m dvc` with the
-interpreter the command itself runs on, and its folder leads PATH for the stages DVC starts.
+components...` would find the system interpreter. So DVC runs as `python -m dvc` would (its
+`main`, less one warning: `dvc()` below) with the interpreter the command itself runs on, and
+its folder leads PATH for the stages DVC starts.
 
 A stop must reach the stage, not only DVC: `run_group` starts DVC in a process group of its own
 and, when the flow is stopped (Ctrl-C; SIGTERM, which Prefect raises as TerminationSignal; a
@@ -23,10 +24,25 @@ import sys
 import time
 from pathlib import Path
 
+# `dvc exp run` checks the workspace out before it reproduces (dvc/repo/experiments/executor/base.py,
+# `allow_missing=True`), and dvc_data logs "No file hash info found for '<path>'. It won't be
+# created." (dvc_data/index/checkout.py) for each output dvc.lock has no hash of yet: on a fresh
+# clone every output of every stage, ~28 lines before any work, though the stages then create
+# them. DVC runs as `python -m dvc` would, with a logging filter on exactly that record: its
+# terminal stays its own (progress bars, colours), which a pipe filtering stderr would turn off.
+NO_HASH_INFO = "No file hash info found for '%s'. It won't be created."
+_MAIN = f"""import logging, sys
+for name in ("dvc_data.index.checkout", "dvc_data.hashfile.checkout"):
+    logging.getLogger(name).addFilter(lambda record: record.msg != {NO_HASH_INFO!r})
+from dvc.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
 
 def dvc(*args: str) -> list[str]:
-    """The command line that runs `dvc <args>` on this interpreter."""
-    return [sys.executable, "-m", "dvc", *args]
+    """The command line that runs `dvc <args>` on this interpreter (without the checkout's
+    "No file hash info found" warnings, above)."""
+    return [sys.executable, "-c", _MAIN, *args]
 
 
 def interpreter_env(env: dict[str, str] | None = None) -> dict[str, str]:

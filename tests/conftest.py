@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import ROOT
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -20,7 +21,6 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the hub
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 GSM8K_TRAIN = SHARED / "data" / "gsm8k" / "train.jsonl"
 ASDIV = SHARED / "data" / "asdiv" / "asdiv.jsonl"   # CC BY-NC 4.0: read from ../shared, never committed
@@ -124,6 +124,24 @@ def params_factory(tiny_model_dir):
 @pytest.fixture
 def no_tracking(monkeypatch):
     monkeypatch.setenv("TUTORLOOP_TRACKING", "off")
+
+
+@pytest.fixture
+def tracked_cwd(tmp_path, monkeypatch):
+    """tmp_path as the cwd of a stage run by hand or by `dvc exp run`: tracking on, no parent run,
+    the default store (tmp_path/mlflow.db, created by the first stage run). MLflow's process-wide
+    tracking URI (ensure_store sets and exports it) is unset afterwards, so it never points a later
+    test at this store."""
+    import mlflow
+
+    from tutorloop.runtime import tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TUTORLOOP_TRACKING", "on")
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", tracking.PARENT_ENV):
+        monkeypatch.delenv(var, raising=False)
+    yield tmp_path
+    mlflow.set_tracking_uri(None)   # then monkeypatch puts MLFLOW_TRACKING_URI back as it was
 
 
 def copy_project(dest: Path) -> Path:

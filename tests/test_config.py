@@ -1,14 +1,12 @@
 """params.yaml validation: every problem reported at once, each with its key and bad value."""
 
 import copy
-from pathlib import Path
 
 import pytest
 import yaml
+from support import ROOT
 
 from tutorloop.config import ConfigError, Params, load_params, validate
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def raw_params() -> dict:
@@ -56,42 +54,36 @@ def test_dvc_yaml_lists_each_stage_source_and_existing_params():
                 for part in key.replace("${key}", str(round_key)).split("."):
                     assert isinstance(node, dict) and part in node, f"{name}: params key {key} not in params.yaml"
                     node = node[part]
-        # every library module the stage computes with (imports, transitively) is a dep: its file
-        # or a folder above it (tests/test_layout.py checks that no stage imports another)
-        for rel in computes_with(ROOT / "components" / f"{name}.py"):
-            assert any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in deps), \
-                f"{name} computes with {rel} but does not depend on it"
 
 
-# Plumbing, left out of deps on purpose (dvc.yaml's header says why): how a stage runs, logs and
-# ends does not change what it computes.
-PLUMBING = ("tutorloop/runtime/", "tutorloop/data/jsonl.py", "tutorloop/errors.py", "tutorloop/secrets.py",
-            "tutorloop/__init__.py", "components/__init__.py")
+def test_dvc_yaml_lists_the_library_each_stage_computes_with():
+    """Each stage's `tutorloop/...` deps are what its import graph says (tutorloop/runtime/deps.py:
+    modules imported transitively, files they read beside themselves, a folder where it uses all
+    of one, plumbing left out); tests/test_layout.py checks that no stage imports another."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from tutorloop.runtime.deps import WRITE_COMMAND
+
+    result = CliRunner().invoke(app, ["deps", "--check", "--project", str(ROOT)])
+    assert result.exit_code == 0, f"dvc.yaml's deps are stale, run `{WRITE_COMMAND}`:\n{result.output}"
 
 
-def computes_with(start: Path) -> set[str]:
-    """Every library source file `start` imports, transitively (function-level imports too, and
-    the `__init__` of each package on the way, which runs first), without the plumbing (whose own
-    imports are plumbing too) and without docstring-only `__init__` files."""
-    import ast
+def test_deps_write_puts_a_deleted_line_back_and_drops_an_unused_one():
+    from tutorloop.runtime.deps import rewrite, stale
 
-    from test_layout import imports, modules
-
-    files = {**modules(ROOT / "tutorloop"), **modules(ROOT / "components")}
-    seen: set[str] = set()
-    todo = [start]
-    while todo:
-        for mod in imports(todo.pop()):
-            parts = mod.split(".")
-            for path in filter(None, (files.get(".".join(parts[:n])) for n in range(2, len(parts) + 1))):
-                rel = path.relative_to(ROOT).as_posix()
-                if rel in seen or rel.startswith(PLUMBING):
-                    continue
-                seen.add(rel)
-                todo.append(path)
-    docs_only = {rel for rel in seen if rel.endswith("__init__.py") and all(
-        isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in ast.parse((ROOT / rel).read_text()).body)}
-    return seen - docs_only
+    text = (ROOT / "dvc.yaml").read_text()
+    assert rewrite(ROOT, text) == text
+    edited = text.replace("      - tutorloop/llm\n", "", 1).replace(
+        "      - tutorloop/train/sft.py\n", "      - tutorloop/train/sft.py\n      - tutorloop/serving/server.py\n", 1)
+    assert stale(ROOT, edited) == ["generate: missing tutorloop/llm", "sft: not used tutorloop/serving/server.py"]
+    assert rewrite(ROOT, edited) == text
+    # a folder used whole is written as the folder, unless dvc.yaml already spells it file by file
+    lines = text.splitlines(keepends=True)
+    start = lines.index("  preference:\n")
+    body = lines[start:next(i for i in range(start + 1, len(lines)) if lines[i].startswith("  control:"))]
+    no_train = "".join(ln for ln in body if "- tutorloop/train/" not in ln)
+    assert "        - tutorloop/train\n" in rewrite(ROOT, "stages:\n" + no_train)
 
 
 def test_unknown_key_wrong_type_and_impossible_values_all_reported():

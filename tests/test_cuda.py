@@ -16,6 +16,7 @@ import json
 
 import pytest
 import torch
+from support import procedural_prompts
 
 from tutorloop import modeling
 from tutorloop.hardware import Precision, ResolvedRuntime, resolve_runtime
@@ -33,17 +34,10 @@ def tiny_cuda(tiny_model_dir):
     return modeling.load(tiny_model_dir, dtype="float32", device=CUDA)
 
 
-def _prompts(tok, n: int, seed: int = 5) -> list[str]:
-    from tutorloop.teachers import ProceduralTeacher
-
-    qs = [r["question"] for r in ProceduralTeacher().problems(n, seed=seed)]
-    return modeling.chat_prompts(tok, qs, "Solve.", "{question}")
-
-
 def test_engine_greedy_equals_hf_generate_on_cuda(tiny_cuda):
     model, tok = tiny_cuda
     assert model.device.type == "cuda"
-    prompts = _prompts(tok, 24)
+    prompts = procedural_prompts(tok, 24)
     ref = modeling.generate(model, tok, prompts, max_new_tokens=48, batch_size=24)
     out = engine.generate(model, tok, prompts, max_new_tokens=48, batch_size=4)   # refills, compaction, shift
     assert out.texts == ref.texts and out.new_tokens == ref.new_tokens

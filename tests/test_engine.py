@@ -19,6 +19,7 @@ from fractions import Fraction
 
 import pytest
 import torch
+from support import procedural_prompts
 
 from tutorloop import hardware, modeling
 from tutorloop.inference import calculator, engine
@@ -31,14 +32,9 @@ def tiny(tiny_model_dir):
     return modeling.load(tiny_model_dir)
 
 
-def _prompts(tok, n: int, seed: int = 5) -> list[str]:
-    qs = [r["question"] for r in ProceduralTeacher().problems(n, seed=seed)]
-    return modeling.chat_prompts(tok, qs, "Solve.", "{question}")
-
-
 def test_greedy_equals_hf_generate_through_refills_compaction_and_shift(tiny):
     model, tok = tiny
-    prompts = _prompts(tok, 24)
+    prompts = procedural_prompts(tok, 24)
     ref = modeling.generate(model, tok, prompts, max_new_tokens=48, batch_size=24)
     # 4 rows for 24 prompts: ~24*48/4 = 288 steps, past the buffer's lmax + 2*48 + 64 columns.
     lmax = max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
@@ -61,7 +57,7 @@ def test_the_shared_prompt_prefix_runs_once_and_changes_no_token(tiny, monkeypat
     import os
 
     model, tok = tiny
-    prompts = _prompts(tok, 12) + modeling.chat_prompts(tok, ["What is 2 + 2?"], "Solve.", "{question}")
+    prompts = procedural_prompts(tok, 12) + modeling.chat_prompts(tok, ["What is 2 + 2?"], "Solve.", "{question}")
     enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     shared = len(os.path.commonprefix(enc))
     assert shared >= engine.PREFIX_MIN_TOKENS
@@ -127,7 +123,7 @@ def test_a_prompt_pass_over_the_shared_prefix_gives_the_unpadded_prompts_keys_an
     on from the prefix, the padding is masked. (Random tiny models barely look at positions, so
     the greedy texts above would not notice a position off by the prefix's length; these do.)"""
     model, tok = tiny
-    prompts = _prompts(tok, 6, seed=11)
+    prompts = procedural_prompts(tok, 6, seed=11)
     run = engine._Run(model, tok, prompts, K=1, batch_size=8, do_sample=False, temperature=1.0, top_p=1.0,
                       max_new_tokens=8, seed=0, calculator=False, fused=True, attention="auto")
     ids = list(range(len(prompts)))
@@ -216,7 +212,7 @@ def test_sampling_matches_hf_generate_and_is_seeded(tiny):
     from scipy.stats import chi2_contingency
 
     model, tok = tiny
-    prompt = _prompts(tok, 1, seed=9)
+    prompt = procedural_prompts(tok, 1, seed=9)
     n = 1200
     kw = dict(num_return_sequences=n, do_sample=True, temperature=0.7, top_p=0.95, max_new_tokens=2)
     hf = modeling.generate(model, tok, prompt, batch_size=1, seed=3, **kw)
@@ -305,7 +301,7 @@ def test_seeded_samples_do_not_depend_on_the_batch(tiny):
     batch independence (per-row seeded draws, per-row passes), not the BLAS's."""
     model, tok = tiny
     model = copy.deepcopy(model).double()      # a copy: the fixture is shared by the module
-    prompts = _prompts(tok, 5, seed=3)
+    prompts = procedural_prompts(tok, 5, seed=3)
     kw = dict(num_return_sequences=2, do_sample=True, temperature=1.0, top_p=0.95, max_new_tokens=20, seed=11)
     wide = engine.generate(model, tok, prompts, batch_size=10, **kw)
     narrow = engine.generate(model, tok, prompts, batch_size=2, **kw)
@@ -320,7 +316,7 @@ def test_seeded_samples_do_not_depend_on_the_batch(tiny):
 
 def test_engine_calculator_overrides_wrong_arithmetic(tiny, monkeypatch):
     model, tok = tiny
-    prompt = _prompts(tok, 1, seed=11)
+    prompt = procedural_prompts(tok, 1, seed=11)
     script = tok("He pays <<5*16=72>>72 dollars.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     steps = _scripted(monkeypatch, script)
     off = engine.generate(model, tok, prompt * 2, num_return_sequences=2, max_new_tokens=40)
@@ -368,7 +364,7 @@ def test_rows_that_all_end_in_their_prefill_do_not_stop_the_queue(tiny):
         bias = torch.zeros(eager.config.vocab_size)
         bias[tok.eos_token_id] = 50.0   # EOS wins every argmax
         eager.lm_head.bias = torch.nn.Parameter(bias)
-    prompts = _prompts(tok, 10)
+    prompts = procedural_prompts(tok, 10)
     g = engine.generate(eager, tok, prompts, max_new_tokens=8, batch_size=4)
     assert [t[0] for t in g.texts] == [""] * 10 and g.new_tokens == 10   # one EOS each, nothing else
 
@@ -379,7 +375,7 @@ def test_prompts_fed_mid_run_decode_as_if_given_at_the_start(tiny):
     with every prompt samples; each prompt is handed over when its last sample ends; a per-prompt
     cap ends that prompt's rows at its own length."""
     model, tok = tiny
-    prompts, seeds = _prompts(tok, 12, seed=8), list(range(100, 112))
+    prompts, seeds = procedural_prompts(tok, 12, seed=8), list(range(100, 112))
     kw = dict(num_return_sequences=2, do_sample=True, temperature=0.9, top_p=0.95, max_new_tokens=32, batch_size=8)
     ref = engine.generate(model, tok, prompts, seeds=seeds, **kw)
     state = {"step": 0, "next": 2, "compacted": False}

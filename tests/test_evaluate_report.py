@@ -124,6 +124,54 @@ def test_cli_report_prints_the_table(tmp_path):
     assert empty.exit_code == 1
 
 
+def test_an_experiments_checkpoints_get_their_stage_minutes_and_a_control_its_own(tracked_cwd, capsys):
+    """`dvc exp run` (a recipe) runs each stage alone: no round parent run, only the stage run's
+    own tags. Each checkpoint sums the latest finished run of each of its stages; control@k
+    (stage `control`, round tag k) counts for control-k, with its evaluate and register runs."""
+    from mlflow import MlflowClient
+
+    from tutorloop.runtime import tracking
+
+    tmp_path = tracked_cwd
+    with tracking.stage_run("control", {}, round_key="1") as log:   # as components/control.py opens it
+        real = log.run_id
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tags = client.get_run(real).data.tags
+    assert (tags["tutorloop.stage"], tags["tutorloop.round"]) == ("control", "1")
+    assert "mlflow.parentRunId" not in tags
+    exp_id = client.get_experiment_by_name(tracking.experiment_name()).experiment_id
+    clock = [1_800_000_000_000]   # later than the real run above: these are the latest
+
+    def ran(stage, key, minutes, status="FINISHED"):
+        run = client.create_run(exp_id, start_time=clock[0], tags={"tutorloop.stage": stage, **(
+            {"tutorloop.round": key} if key is not None else {})})
+        clock[0] += int(minutes * 60_000)
+        client.set_terminated(run.info.run_id, status=status, end_time=clock[0])
+
+    for stage, key, minutes in [("base_model", None, 1), ("generate", None, 2), ("decontaminate", None, 0.5),
+                                ("evaluate", "base", 3), ("register", "base", 0.5), ("sft", "0", 10),
+                                ("evaluate", "0", 3), ("register", "0", 0.5), ("practice", "1", 4),
+                                ("feedback", "1", 1), ("followup", "1", 0.5), ("preference", "1", 6),
+                                ("control", "1", 5), ("evaluate", "1", 3), ("register", "1", 0.5),
+                                ("evaluate", "control-1", 3), ("register", "control-1", 0.5), ("report", None, 1)]:
+        ran(stage, key, minutes)
+    ran("preference", "1", 60, status="KILLED")    # a stopped re-run made nothing
+    assert report.stage_minutes(tmp_path) == pytest.approx({"base": 3.5, "0": 17.0, "1": 15.0, "control-1": 8.5})
+    for key, acc in [("base", 0.1), ("0", 0.3), ("1", 0.35), ("control-1", 0.32)]:
+        write_metrics(tmp_path, key, acc)
+    # the table `dvc exp run` ends with is the report stage's: it has the minutes too, whole in a log
+    from argparse import Namespace
+
+    from components.report import main as report_stage
+
+    capsys.readouterr()
+    report_stage.body(None, Namespace(metrics=tmp_path / "metrics", out=tmp_path / "reports", eval=tmp_path / "eval"),
+                      tracking.StageLog(None))
+    last = {(w[0] if w[0] == "base" else " ".join(w[:2])): w[-1] for w in map(str.split, capsys.readouterr().out
+                                                                               .splitlines()) if w}
+    assert (last["base"], last["round 0"], last["round 1"], last["control 1"]) == ("3.5", "17.0", "15.0", "8.5")
+
+
 def test_report_shows_pass_at_k_and_maj_at_k_per_checkpoint(tmp_path):
     from typer.testing import CliRunner
 

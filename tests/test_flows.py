@@ -4,7 +4,8 @@ import subprocess
 import sys
 
 import yaml
-from conftest import ROOT, copy_project
+from conftest import copy_project
+from support import ROOT
 
 from flows.pipeline import AFTER_LOOP, plan
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from support import procedural_prompts
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 from transformers.cache_utils import DynamicCache
 
@@ -22,7 +23,6 @@ from tutorloop import hardware, modeling
 from tutorloop.inference import engine
 from tutorloop.inference.fused import LlamaDecoder
 from tutorloop.inference.kernels import attention as decode_attention
-from tutorloop.teachers import ProceduralTeacher
 
 SMALL = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=6,
              num_key_value_heads=2, vocab_size=300, max_position_embeddings=512, rms_norm_eps=1e-5)
@@ -132,16 +132,11 @@ def test_models_the_step_does_not_cover_keep_the_hf_forward(tiny_model_dir):
     assert LlamaDecoder.wrap(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))) is None
 
 
-def _prompts(tok, n):
-    qs = [r["question"] for r in ProceduralTeacher().problems(n, seed=3)]
-    return modeling.chat_prompts(tok, qs, "Solve.", "{question}")
-
-
 def test_engine_gives_the_same_tokens_with_and_without_the_fused_step(tiny_model_dir):
     hardware.set_threads(0)
     for dtype in ("float32", "bfloat16"):
         model, tok = modeling.load(tiny_model_dir, dtype=dtype)
-        prompts = _prompts(tok, 10)
+        prompts = procedural_prompts(tok, 10, seed=3)
         kw = dict(num_return_sequences=2, do_sample=True, temperature=0.8, top_p=0.9, max_new_tokens=24,
                   batch_size=8, seed=4, attention="sdpa")
         plain = engine.generate(model, tok, prompts, fused=False, **kw)
@@ -231,7 +226,7 @@ def test_kernel_gives_zeros_for_a_row_that_attends_nothing(variant, isa):
 def test_a_kernel_failure_at_run_time_falls_back_to_sdpa(tiny_model_dir, monkeypatch):
     hardware.set_threads(0)
     model, tok = modeling.load(tiny_model_dir, dtype="bfloat16")
-    prompts = _prompts(tok, 3)
+    prompts = procedural_prompts(tok, 3, seed=3)
     real, calls = decode_attention.attention, []
 
     def fails_later(*a, **kw):
@@ -286,7 +281,7 @@ def test_kernel_rejects_layouts_it_cannot_read():
 def test_engine_reports_the_kernel_and_is_seeded(tiny_model_dir):
     hardware.set_threads(0)
     model, tok = modeling.load(tiny_model_dir, dtype="bfloat16")
-    prompts = _prompts(tok, 6)
+    prompts = procedural_prompts(tok, 6, seed=3)
     kw = dict(num_return_sequences=2, do_sample=True, temperature=0.8, top_p=0.9, max_new_tokens=16,
               batch_size=4, seed=2)
     a, b = engine.generate(model, tok, prompts, **kw), engine.generate(model, tok, prompts, **kw)
@@ -306,7 +301,7 @@ def test_without_a_compiler_the_engine_keeps_sdpa(tiny_model_dir, monkeypatch, t
         assert decode_attention.load() is None
         hardware.set_threads(0)
         model, tok = modeling.load(tiny_model_dir, dtype="bfloat16")
-        assert engine.generate(model, tok, _prompts(tok, 2), max_new_tokens=4).attention == "sdpa"
+        assert engine.generate(model, tok, procedural_prompts(tok, 2, seed=3), max_new_tokens=4).attention == "sdpa"
     finally:
         decode_attention.load.cache_clear()
 

@@ -3,15 +3,12 @@ the probe runs for real, and a precision the device cannot do is a one-line erro
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from support import ROOT
 
 from tutorloop import hardware
 from tutorloop.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture

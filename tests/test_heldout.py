@@ -10,7 +10,7 @@ from fnmatch import fnmatch
 
 import pytest
 import yaml
-from conftest import ROOT
+from support import ROOT
 from typer.testing import CliRunner
 
 from flows.cli import app

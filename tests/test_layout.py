@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "tutorloop"
 
 # Bottom to top: a package may import the ones before it and itself, never one after it.

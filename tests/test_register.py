@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 import yaml
+from support import write_eval
 
 from tutorloop.config import Register
-from tutorloop.data.jsonl import write_jsonl
 from tutorloop.registry.promotion import decide
 from tutorloop.registry.version import register
 from tutorloop.runtime import tracking
@@ -50,26 +50,6 @@ def test_no_shared_problems_is_no_evidence():
     assert alias == "challenger" and "no problems in common" in reason
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TUTORLOOP_TRACKING", "on")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv(tracking.PARENT_ENV, raising=False)
-    return tmp_path
-
-
-def write_eval(root, key, pattern, protocol="p0", prefix="t"):
-    n = len(pattern)
-    acc = pattern.count("1") / n
-    (root / "metrics").mkdir(exist_ok=True)
-    (root / f"metrics/{key}.json").write_text(json.dumps(
-        {"accuracy": acc, "n": n, "correct": pattern.count("1"), "ci95_low": 0.0, "ci95_high": 1.0,
-         "family": {"ages": acc}, "protocol": protocol}))
-    write_jsonl(root / f"eval/{key}/predictions.jsonl",
-                [{"id": f"{prefix}{i}", "correct": ch == "1"} for i, ch in enumerate(pattern)])
-
-
 def write_lock(root, rounds: dict[str, str]):
     """A dvc.lock as DVC writes it: the stages that made each checkpoint, with their params."""
     stages = {"base_model": {"params": {"params.yaml": {"base_model": {"source": "tiny"}}},
@@ -86,34 +66,34 @@ def write_lock(root, rounds: dict[str, str]):
     (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}))
 
 
-def do_register(params, store, key, model_dir):
+def do_register(params, root, key, model_dir):
     """Register checkpoint `key`; each key gets its own copy of `model_dir` with a marker file, so
     checkpoints differ in content (as trained ones do) and one key's content stays the same."""
     if model_dir.is_dir():
-        copy = store / "checkpoints" / key
+        copy = root / "checkpoints" / key
         if not copy.exists():
             shutil.copytree(model_dir, copy)
             (copy / "checkpoint.txt").write_text(key)
         model_dir = copy
     with tracking.stage_run("register", {}, round_key=key) as log:
-        return register(params, key, model_dir, store / f"metrics/{key}.json",
-                        store / f"eval/{key}/predictions.jsonl", store / f"registry/{key}.json", log)
+        return register(params, key, model_dir, root / f"metrics/{key}.json",
+                        root / f"eval/{key}/predictions.jsonl", root / f"registry/{key}.json", log)
 
 
 
-def test_register_versions_aliases_lineage_and_card(store, tiny_model_dir, params_factory):
+def test_register_versions_aliases_lineage_and_card(tracked_cwd, tiny_model_dir, params_factory):
     from mlflow import MlflowClient
 
     params = params_factory(rounds=2)
     params = params.model_copy(update={"register_": params.register_.model_copy(update={"log_model": False})})
-    write_lock(store, {"1": "0", "2": "1"})
+    write_lock(tracked_cwd, {"1": "0", "2": "1"})
     patterns = {"base": "0" * 40,                      # champion (first)
                 "0": "1" * 20 + "0" * 20,              # 20 newly solved: promoted
                 "1": "1" * 21 + "0" * 19,              # +1: not significant -> challenger
                 "2": "1" * 34 + "0" * 6}               # +14 vs round 0: promoted
     for key, pattern in patterns.items():
-        write_eval(store, key, pattern)
-        do_register(params, store, key, tiny_model_dir)
+        write_eval(tracked_cwd, key, pattern)
+        do_register(params, tracked_cwd, key, tiny_model_dir)
     client = MlflowClient(tracking.tracking_uri())
     versions = {v.tags["round"]: v for v in client.search_model_versions("name='tutor'")}
     assert set(versions) == {"base", "0", "1", "2"}
@@ -132,26 +112,26 @@ def test_register_versions_aliases_lineage_and_card(store, tiny_model_dir, param
     used = json.loads(card.split("## Parameters of every stage that made it")[1].split("```json")[1].split("```")[0])
     assert list(used) == ["base_model", "sft", "practice@1", "preference@1", "practice@2", "preference@2"]
     assert used["preference@2"]["rounds.2.preference"] == {"beta": 0.2}
-    assert json.loads((store / "registry/2.json").read_text())["alias"] == "champion"
+    assert json.loads((tracked_cwd / "registry/2.json").read_text())["alias"] == "champion"
 
 
-def test_a_control_is_registered_with_its_lineage_but_never_promoted(store, tiny_model_dir, params_factory):
+def test_a_control_is_registered_with_its_lineage_but_never_promoted(tracked_cwd, tiny_model_dir, params_factory):
     """control-k (round k on the teacher's solutions alone) is evidence, not a candidate: even far
     better than the champion it gets its own alias, and `champion` stays."""
     from mlflow import MlflowClient
 
     params = params_factory(rounds=1)
     params = params.model_copy(update={"register_": params.register_.model_copy(update={"log_model": False})})
-    write_lock(store, {"1": "0"})
-    lock = yaml.safe_load((store / "dvc.lock").read_text())
+    write_lock(tracked_cwd, {"1": "0"})
+    lock = yaml.safe_load((tracked_cwd / "dvc.lock").read_text())
     lock["stages"]["control@1"] = {"params": {"params.yaml": {"rounds.1.prev": "0", "rounds.1.preference": {"seed": 1}}},
                                    "deps": [{"path": "data/round-1/rft.jsonl", "md5": "rft1"}],
                                    "outs": [{"path": "models/control-1", "md5": "c1.dir"}]}
-    (store / "dvc.lock").write_text(yaml.safe_dump(lock))
-    write_eval(store, "0", "1" * 10 + "0" * 30)
-    assert do_register(params, store, "0", tiny_model_dir)["alias"] == "champion"
-    write_eval(store, "control-1", "1" * 40)           # +30 over the champion: would be promoted as a round
-    record = do_register(params, store, "control-1", tiny_model_dir)
+    (tracked_cwd / "dvc.lock").write_text(yaml.safe_dump(lock))
+    write_eval(tracked_cwd, "0", "1" * 10 + "0" * 30)
+    assert do_register(params, tracked_cwd, "0", tiny_model_dir)["alias"] == "champion"
+    write_eval(tracked_cwd, "control-1", "1" * 40)           # +30 over the champion: would be promoted as a round
+    record = do_register(params, tracked_cwd, "control-1", tiny_model_dir)
     client = MlflowClient(tracking.tracking_uri())
     assert record["alias"] == "control-1" and "never" in record["reason"]
     assert client.get_model_version_by_alias("tutor", "champion").tags["round"] == "0"
@@ -162,7 +142,7 @@ def test_a_control_is_registered_with_its_lineage_but_never_promoted(store, tiny
     assert list(used) == ["base_model", "sft", "practice@1", "control@1"]
 
 
-def test_champion_moves_only_on_paired_evidence_and_scopes_keep_their_best(store, tiny_model_dir, params_factory):
+def test_champion_moves_only_on_paired_evidence_and_scopes_keep_their_best(tracked_cwd, tiny_model_dir, params_factory):
     """A new protocol or test set starts a scope with its own best (`champion-<scope>`), but the
     deployable `champion` never follows it to an unchecked model: register@base runs first after
     a protocol change, and the untrained base must not become what users deploy."""
@@ -176,39 +156,39 @@ def test_champion_moves_only_on_paired_evidence_and_scopes_keep_their_best(store
         return client.get_model_version_by_alias("tutor", alias).tags["round"]
 
 
-    write_eval(store, "base", "0" * 40, protocol="zero-shot")
-    assert do_register(params, store, "base", tiny_model_dir)["alias"] == "champion"   # the registry's first
-    write_eval(store, "0", "1" * 30 + "0" * 10, protocol="zero-shot")
-    assert do_register(params, store, "0", tiny_model_dir)["alias"] == "champion" and holder() == "0"
+    write_eval(tracked_cwd, "base", "0" * 40, protocol="zero-shot")
+    assert do_register(params, tracked_cwd, "base", tiny_model_dir)["alias"] == "champion"   # the registry's first
+    write_eval(tracked_cwd, "0", "1" * 30 + "0" * 10, protocol="zero-shot")
+    assert do_register(params, tracked_cwd, "0", tiny_model_dir)["alias"] == "champion" and holder() == "0"
     # the protocol changes (say max_new_tokens): base is registered first in the new scope
-    write_eval(store, "base", "0" * 40, protocol="fewshot-8")
-    rebased = do_register(params, store, "base", tiny_model_dir)
+    write_eval(tracked_cwd, "base", "0" * 40, protocol="fewshot-8")
+    rebased = do_register(params, tracked_cwd, "base", tiny_model_dir)
     assert rebased["alias"] == "challenger" and holder() == "0"          # champion stays: no evidence
     assert rebased["scope_alias"] and holder(rebased["scope_alias"]) == "base"   # the scope's best so far
     assert "no paired evidence" in rebased["reason"] and rebased["champion"] == rebased["previous_champion"]
     # a trained round under the new protocol beats the scope's champion, but not the deployed one:
     # it was never paired with it
-    write_eval(store, "1", "1" * 30 + "0" * 10, protocol="fewshot-8")
-    r1 = do_register(params, store, "1", tiny_model_dir)
+    write_eval(tracked_cwd, "1", "1" * 30 + "0" * 10, protocol="fewshot-8")
+    r1 = do_register(params, tracked_cwd, "1", tiny_model_dir)
     assert r1["alias"] == "challenger" and r1["scope_alias"] and holder(r1["scope_alias"]) == "1"
     assert r1["paired_n"] == 40 and r1["p_value"] < 1e-5 and holder() == "0"
     # the deployed champion's own checkpoint scored under the new protocol carries `champion` there
-    write_eval(store, "0", "1" * 30 + "0" * 10, protocol="fewshot-8")
-    rescored = do_register(params, store, "0", tiny_model_dir)
+    write_eval(tracked_cwd, "0", "1" * 30 + "0" * 10, protocol="fewshot-8")
+    rescored = do_register(params, tracked_cwd, "0", tiny_model_dir)
     assert rescored["alias"] == "champion" and "same weights" in rescored["reason"] and holder() == "0"
-    write_eval(store, "2", "1" * 40, protocol="fewshot-8")
-    r2 = do_register(params, store, "2", tiny_model_dir)
+    write_eval(tracked_cwd, "2", "1" * 40, protocol="fewshot-8")
+    r2 = do_register(params, tracked_cwd, "2", tiny_model_dir)
     # +10 vs the champion's own verdicts under this scope: p = 2^-10
     assert r2["alias"] == "champion" and holder() == "2" and "beat champion" in r2["reason"]
     # a regenerated test set: a scope of its own, and no move
-    write_eval(store, "3", "1" * 40, protocol="fewshot-8", prefix="u")
-    fresh = do_register(params, store, "3", tiny_model_dir)
+    write_eval(tracked_cwd, "3", "1" * 40, protocol="fewshot-8", prefix="u")
+    fresh = do_register(params, tracked_cwd, "3", tiny_model_dir)
     assert fresh["alias"] == "challenger" and fresh["previous_scope_champion"] is None and holder() == "2"
     scopes = {k for k in client.get_registered_model("tutor").aliases if k.startswith("champion-")}
     assert len(scopes) == 3
 
 
-def test_a_store_error_while_reading_the_champion_fails_the_stage(store, tiny_model_dir, params_factory,
+def test_a_store_error_while_reading_the_champion_fails_the_stage(tracked_cwd, tiny_model_dir, params_factory,
                                                                  monkeypatch):
     """A transient tracking error is not "no evidence": register must fail (DVC then re-runs it
     and it promotes), not record a version that can never be promoted."""
@@ -218,9 +198,9 @@ def test_a_store_error_while_reading_the_champion_fails_the_stage(store, tiny_mo
 
     params = params_factory()
     params = params.model_copy(update={"register_": params.register_.model_copy(update={"log_model": False})})
-    write_eval(store, "base", "0" * 40)
-    do_register(params, store, "base", tiny_model_dir)
-    write_eval(store, "0", "1" * 30 + "0" * 10)
+    write_eval(tracked_cwd, "base", "0" * 40)
+    do_register(params, tracked_cwd, "base", tiny_model_dir)
+    write_eval(tracked_cwd, "0", "1" * 30 + "0" * 10)
 
     def flaky(**kw):
         raise MlflowException("API request to endpoint /api/2.0/mlflow-artifacts failed with error code 503")
@@ -228,34 +208,34 @@ def test_a_store_error_while_reading_the_champion_fails_the_stage(store, tiny_mo
     real = mlflow.artifacts.download_artifacts
     monkeypatch.setattr(mlflow.artifacts, "download_artifacts", flaky)
     with pytest.raises(MlflowException, match="503"):
-        do_register(params, store, "0", tiny_model_dir)
+        do_register(params, tracked_cwd, "0", tiny_model_dir)
     client = MlflowClient(tracking.tracking_uri())
     assert len(client.search_model_versions("name='tutor'")) == 1       # nothing half-registered
     monkeypatch.setattr(mlflow.artifacts, "download_artifacts", real)
-    assert do_register(params, store, "0", tiny_model_dir)["alias"] == "champion"   # the re-run promotes
+    assert do_register(params, tracked_cwd, "0", tiny_model_dir)["alias"] == "champion"   # the re-run promotes
 
 
-def test_register_logs_a_loadable_transformers_model(store, tiny_model_dir, params_factory):
+def test_register_logs_a_loadable_transformers_model(tracked_cwd, tiny_model_dir, params_factory):
     import mlflow
 
     params = params_factory()
-    write_eval(store, "0", "0110")
-    do_register(params, store, "0", tiny_model_dir)
+    write_eval(tracked_cwd, "0", "0110")
+    do_register(params, tracked_cwd, "0", tiny_model_dir)
     components = mlflow.transformers.load_model("models:/tutor@champion", return_type="components")
     assert components["model"].config.vocab_size == len(components["tokenizer"])
 
 
-def test_register_refuses_without_evaluation(store, tiny_model_dir, params_factory):
+def test_register_refuses_without_evaluation(tracked_cwd, tiny_model_dir, params_factory):
     from mlflow import MlflowClient
 
     params = params_factory()
     with pytest.raises(FileNotFoundError, match="refusing to register"):
-        do_register(params, store, "0", tiny_model_dir)
-    write_eval(store, "0", "01")
-    (store / "metrics/0.json").write_text(json.dumps({"accuracy": 0.0, "n": 0}))
+        do_register(params, tracked_cwd, "0", tiny_model_dir)
+    write_eval(tracked_cwd, "0", "01")
+    (tracked_cwd / "metrics/0.json").write_text(json.dumps({"accuracy": 0.0, "n": 0}))
     with pytest.raises(ValueError, match="0 problems"):
-        do_register(params, store, "0", tiny_model_dir)
-    write_eval(store, "0", "01")
+        do_register(params, tracked_cwd, "0", tiny_model_dir)
+    write_eval(tracked_cwd, "0", "01")
     with pytest.raises(FileNotFoundError, match="no model checkpoint"):
-        do_register(params, store, "0", store / "nope")
+        do_register(params, tracked_cwd, "0", tracked_cwd / "nope")
     assert MlflowClient(tracking.tracking_uri()).search_model_versions("name='tutor'") == []

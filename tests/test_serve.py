@@ -3,7 +3,6 @@ streaming, n > 1, seeded sampling, concurrent requests batched, the calculator, 
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from support import free_port
 
 from tutorloop.config import Runtime
 from tutorloop.hardware import resolve_runtime
@@ -23,19 +23,13 @@ def fp32():
     return resolve_runtime(Runtime(precision="float32"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Running:
     """A uvicorn server in a thread of this process (so a test can watch the engine's calls)."""
 
     def __init__(self, served: srv.Served):
         import uvicorn
 
-        self.served, self.port = served, _free_port()
+        self.served, self.port = served, free_port()
         config = uvicorn.Config(srv.create_app(served), host="127.0.0.1", port=self.port, log_level="warning",
                                 timeout_graceful_shutdown=5)
         self.server = uvicorn.Server(config)
@@ -299,7 +293,7 @@ def test_sigterm_stops_the_real_server_within_5_s_with_a_request_in_flight(tiny_
     import subprocess
     import sys
 
-    port = _free_port()
+    port = free_port()
     exe = Path(sys.executable).with_name("tutorloop")
     proc = subprocess.Popen([str(exe), "serve", "--model", str(tiny_model_dir), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

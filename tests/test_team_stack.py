@@ -36,7 +36,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,14 +45,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support import ROOT, free_port, write_eval
 
-from tutorloop.data.jsonl import write_jsonl
 from tutorloop.eval.scoring import flat_metrics
 from tutorloop.registry.promotion import scope_alias
 from tutorloop.registry.version import register
 from tutorloop.runtime import tracking
 
-ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 INIT_SCRIPT = INFRA / "postgres" / "init-databases.sh"
 POOL = "tutorloop-process"  # the work pool infra/prefect.yaml deploys to
@@ -66,20 +64,6 @@ def _pg_bindir() -> Path | None:
         return Path(found).resolve().parent
     majors = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
     return Path(majors[-1]).parent if majors else None
-
-
-_PORTS: set[int] = set()
-
-
-def _free_port() -> int:
-    """A port free on loopback now, never one handed out before (the kernel may repeat itself)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _PORTS:
-            _PORTS.add(port)
-            return port
 
 
 def _tail(path: Path, n: int = 40) -> str:
@@ -129,7 +113,7 @@ def postgres():
     # Not pytest's tmp_path: its parent is private to root, and the server runs as `postgres`.
     base = Path(tempfile.mkdtemp(prefix="tutorloop-pg-"))
     data, log, pwfile = base / "data", base / "server.log", base / "pw"
-    pg = Postgres(port=_free_port(), superuser="tutorloop", superpass=secrets.token_urlsafe(16),
+    pg = Postgres(port=free_port(), superuser="tutorloop", superpass=secrets.token_urlsafe(16),
                   passwords={"mlflow": secrets.token_urlsafe(16), "prefect": secrets.token_urlsafe(16)})
 
     def run(args):
@@ -226,7 +210,7 @@ def servers(postgres, tmp_path_factory):
     except ImportError:
         pytest.fail("psycopg2 is missing: `make install` (the test extra) installs psycopg2-binary")
     base = tmp_path_factory.mktemp("servers")
-    mport, pport = _free_port(), _free_port()
+    mport, pport = free_port(), free_port()
     # The job runner serves MLflow's GenAI jobs (tutorloop runs none): one process fewer to start.
     mlflow = Server("mlflow server", [
         sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres.url("mlflow"),
@@ -261,18 +245,6 @@ def mlflow_server(servers):
 @pytest.fixture
 def prefect_server(servers):
     return servers["prefect"].wait()
-
-
-def write_eval(root: Path, key: str, pattern: str) -> tuple[Path, Path]:
-    """What evaluate@<key> leaves: metrics/<key>.json and eval/<key>/predictions.jsonl."""
-    n, correct = len(pattern), pattern.count("1")
-    metrics = {"accuracy": correct / n, "n": n, "correct": correct, "ci95_low": 0.0, "ci95_high": 1.0,
-               "family": {"ages": correct / n}, "protocol": "team-stack-test"}
-    (root / "metrics").mkdir(exist_ok=True)
-    (root / f"metrics/{key}.json").write_text(json.dumps(metrics))
-    write_jsonl(root / f"eval/{key}/predictions.jsonl",
-                [{"id": f"q{i}", "correct": ch == "1"} for i, ch in enumerate(pattern)])
-    return root / f"metrics/{key}.json", root / f"eval/{key}/predictions.jsonl"
 
 
 @pytest.fixture
@@ -311,7 +283,7 @@ def test_round_logged_registered_and_promoted_on_postgres(postgres, mlflow_serve
     # base gets 10 of 40 right; round 0 solves 25 more and loses none: McNemar p = 2^-25
     records = {}
     for key, pattern in {"base": "1" * 10 + "0" * 30, "0": "1" * 35 + "0" * 5}.items():
-        metrics_file, predictions = write_eval(tmp_path, key, pattern)
+        metrics_file, predictions = write_eval(tmp_path, key, pattern, protocol="team-stack-test", prefix="q")
         with tracking.stage_run("evaluate", params.evaluate.model_dump(), round_key=key) as log:
             log.metrics(flat_metrics(json.loads(metrics_file.read_text())))
             log.artifact(predictions, "eval")

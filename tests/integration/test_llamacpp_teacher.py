@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import GSM8K_TRAIN, ROOT, copy_project
+from conftest import GSM8K_TRAIN, copy_project
+from support import ROOT, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -42,18 +42,12 @@ def _gguf() -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     """`python -m llama_cpp.server` on a free loopback port; yields (base_url, log path)."""
     assert importlib.util.find_spec("llama_cpp"), \
         "llama-cpp-python is not installed: `make test-integration` builds and installs it"
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("llama") / "server.log"
     log = open(log_path, "w")
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(_gguf()), "--model_alias", ALIAS,

@@ -63,7 +63,7 @@ def _baselines(names: list[str]) -> dict[str, dict[str, str | None]]:
     for name in names:
         is_control = name.startswith(CONTROL)
         prev = before.get(name[len(CONTROL):]) if is_control else last
-        out[name] = {"base": "base", "sft": "0", "prev": prev,
+        out[name] = {"base": "base", "sft": "0" if name != "base" else None, "prev": prev,
                      "control": None if is_control or f"{CONTROL}{name}" not in names else f"{CONTROL}{name}"}
         if not is_control:
             before[name], last = last, name
@@ -156,13 +156,17 @@ def _pair_all(out: list[dict], eval_dir: Path) -> None:
 
 def pooled_comparisons(out: Path, n: int, checkpoints: list[str]) -> list[dict]:
     """`tutorloop seeds`' comparisons from out/seed<i>/<checkpoint>.jsonl: checkpoints are [the
-    round's start, the round, its control?]; the round against its start and against its control,
-    the control against the start, each pooled over the n seeds (`stats.pooled_sign_test`)."""
+    round's start, the round, its control?, SFT ("0") where the round starts later]; the round
+    against its start, its control and SFT, the control against the start and SFT, each pooled
+    over the n seeds (`stats.pooled_sign_test`)."""
     from tutorloop.eval.stats import pooled_sign_test
 
     runs = {c: [scored(Path(out) / f"seed{i}" / f"{c}.jsonl") for i in range(n)] for c in checkpoints}
-    start, arm, *control = checkpoints
+    start, arm, *rest = checkpoints
+    control = [c for c in rest if c.startswith(CONTROL)]
     pairs = [(arm, start)] + [(arm, control[0]), (control[0], start)] * bool(control)
+    if start != "0" and "0" in runs:   # a later round is also held against SFT
+        pairs += [(arm, "0")] + [(control[0], "0")] * bool(control)
     return [{"arm": a, "baseline": b, **pooled_sign_test(runs[b], runs[a])} for a, b in pairs]
 
 
@@ -200,7 +204,9 @@ def _majority(m: dict) -> dict:
 def stage_minutes(project: Path) -> dict[str, float]:
     """Wall minutes per checkpoint: the latest finished run of each stage, from MLflow.
 
-    Round 0's time includes base_model, generate and decontaminate as well as SFT.
+    Round 0's time includes base_model, generate and decontaminate as well as SFT. A control's
+    training (stage `control`, round tag k) counts for checkpoint control-k, as its evaluate and
+    register runs (round tag control-k) do, never for round k.
     """
     db = Path(project) / "mlflow.db"
     if not db.exists():
@@ -217,6 +223,7 @@ def stage_minutes(project: Path) -> dict[str, float]:
     for run in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'",
                                   order_by=["attributes.start_time DESC"], max_results=5000):
         stage, key = run.data.tags.get("tutorloop.stage"), run.data.tags.get("tutorloop.round", "0")
+        key = CONTROL + key if stage == "control" else key
         if stage and stage != "report" and run.info.end_time and (key, stage) not in latest:
             latest[(key, stage)] = (run.info.end_time - run.info.start_time) / 60000
     minutes: dict[str, float] = {}
