@@ -84,11 +84,13 @@ def test_every_stage_ran(first_run):
 def test_outputs_exist_and_load(project, first_run):
     from transformers import AutoModelForCausalLM
 
-    for key in ("base", "0", "1", "2"):
+    for key in ("base", "0", "1", "2", "control-1"):
         m = json.loads((project / f"metrics/{key}.json").read_text())
         assert m["n"] == 8
     AutoModelForCausalLM.from_pretrained(str(project / "models/round-2"))
-    assert (project / "reports/accuracy.csv").read_text().count("\n") == 5
+    AutoModelForCausalLM.from_pretrained(str(project / "models/control-1"))
+    # a header and a row per checkpoint: base, SFT, two rounds and round 1's control
+    assert (project / "reports/accuracy.csv").read_text().count("\n") == 6
     assert (project / "reports/accuracy.png").stat().st_size > 0
 
 
