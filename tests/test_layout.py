@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from support import ROOT
 
+from tutorloop.runtime import deps
+
 LIB = ROOT / "tutorloop"
 
 # Bottom to top: a package may import the ones before it and itself, never one after it.
@@ -25,30 +27,16 @@ LAYERS = ["secrets", "errors", "config", "hardware", "runtime", "data", "llm", "
 
 
 def module_name(path: Path) -> str:
-    rel = path.relative_to(ROOT).with_suffix("")
-    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
-    return ".".join(parts)
+    return deps.module_name(ROOT, path)
 
 
 def modules(folder: Path) -> dict[str, Path]:
-    return {module_name(p): p for p in sorted(folder.rglob("*.py"))}
+    return deps.modules(ROOT, folder)
 
 
 def imports(path: Path) -> set[str]:
-    """Every module of this project that `path` imports (absolute names; `from a import b` counts
-    `a.b` when that is a module, else `a`)."""
-    known = {**modules(LIB), **modules(ROOT / "components"), **modules(ROOT / "flows")}
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
-                     for a in node.names]
-        else:
-            continue
-        found |= {n for n in names if n.split(".")[0] in ("tutorloop", "components", "flows")}
-    return found
+    """Every module of this project that `path` imports: the import reader `tutorloop deps` uses."""
+    return deps.imports(path, {**modules(LIB), **modules(ROOT / "components"), **modules(ROOT / "flows")})
 
 
 def layer(name: str) -> int:
