@@ -131,20 +131,14 @@ def first_argument(line: str) -> str | None:
     return None
 
 
-def test_every_tutorloop_command_in_a_code_block_names_a_real_subcommand():
-    commands = cli_commands()
-    uses = invocations([README, *DOCS], "tutorloop")
-    assert uses, "no `tutorloop <sub>` line in any code block: the check would check nothing"
-    bad = [f"{page}: {line}" for page, line in uses if first_argument(line) not in commands]
-    assert not bad, f"not a `tutorloop` subcommand ({sorted(commands)}):\n" + "\n".join(bad)
-
-
-def test_every_make_command_in_a_code_block_names_a_makefile_target():
-    targets = make_targets()
-    uses = invocations([README, *DOCS], "make")
-    assert uses, "no `make <target>` line in any code block: the check would check nothing"
-    bad = [f"{page}: {line}" for page, line in uses if first_argument(line) not in targets]
-    assert not bad, f"not a Makefile target ({sorted(targets)}):\n" + "\n".join(bad)
+@pytest.mark.parametrize("program, known, what", [("tutorloop", cli_commands, "`tutorloop` subcommand"),
+                                                  ("make", make_targets, "Makefile target")])
+def test_every_command_in_a_code_block_is_a_real_subcommand_or_target(program, known, what):
+    names = known()
+    uses = invocations([README, *DOCS], program)
+    assert uses, f"no `{program} <...>` line in any code block: the check would check nothing"
+    bad = [f"{page}: {line}" for page, line in uses if first_argument(line) not in names]
+    assert not bad, f"not a {what} ({sorted(names)}):\n" + "\n".join(bad)
 
 
 # --- (d) one value per quantity in the README ------------------------------------------------
