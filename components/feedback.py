@@ -66,8 +66,11 @@ def run(cfg: Feedback, problems_file: Path, round_dir: Path, chat=None, runtime:
 
 @stage("feedback", Arg("round"), Arg("problems", Path), Arg("round_dir", Path), round_arg="round")
 def main(params, args, log) -> dict:
-    # resolved once here and handed down: a local (transformers) judge runs on it
-    metrics = run(params.feedback, args.problems, args.round_dir, runtime=resolve_runtime(params.runtime))
+    # resolved once here and handed down, only where a local (transformers) judge runs on it
+    judge = params.feedback.judge
+    local = judge.mode != "none" and judge.kind == "transformers"
+    metrics = run(params.feedback, args.problems, args.round_dir,
+                  runtime=resolve_runtime(params.runtime) if local else None)
     for name in ("feedback.jsonl", "pairs.jsonl", "unpaired.jsonl", "rft.jsonl"):
         log.artifact(args.round_dir / name, "feedback")
     return metrics

@@ -57,9 +57,10 @@ def run(params: Params, round_key: str, practice_file: Path, round_dir: Path, ou
        Arg("--eval", Path, "held-out set new problems must not overlap"),
        Arg("--gsm8k", Path, "the inputs stage's GSM8K copy (default: read the config's)"), round_arg="round")
 def main(params, args, log) -> dict:
-    # resolved once here and handed down: an LLM-written problem's variants may come from a local teacher
+    # resolved once here and handed down, only where variants may come from a local (transformers) teacher
+    local = params.followup.enabled and params.generate.teacher.kind == "transformers"
     return run(params, args.round, args.practice, args.round_dir, args.out, args.eval, gsm8k_file=args.gsm8k,
-               runtime=resolve_runtime(params.runtime))
+               runtime=resolve_runtime(params.runtime) if local else None)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,10 @@ from tutorloop.teachers.generation import generate_dataset
 def main(params, args, log) -> dict:
     # A TeacherError (bad key, unknown model, unreachable server) is bad input: the runner prints
     # its one line and exits 2; the run is FAILED with the reason as a tag.
-    # the runtime is resolved once here and handed down: a local (transformers) teacher runs on it
-    counts = generate_dataset(params.generate, args.out, runtime=resolve_runtime(params.runtime),
+    # the runtime is resolved once here and handed down, only where a local (transformers) teacher
+    # runs on it: a procedural or server teacher needs no device (a CPU worker may generate)
+    local = params.generate.teacher.kind == "transformers"
+    counts = generate_dataset(params.generate, args.out, runtime=resolve_runtime(params.runtime) if local else None,
                  progress=os.environ.get("TUTORLOOP_PROGRESS", "1") != "0", run_stats=args.run_stats,
                  seeds_file=args.seeds if params.generate.seeds.source != "procedural" else None)
     log.json(read_jsonl(args.out / "sft.jsonl")[:20], "sample/sft_first20.json")
