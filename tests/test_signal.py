@@ -8,10 +8,12 @@ from collections import Counter
 import pytest
 
 from tutorloop.eval.signal import (
+    add_round,
     choose,
+    empty_history,
     group_key,
     mixed_probability,
-    predict_pass,
+    predicted,
     signal_stats,
 )
 
@@ -45,7 +47,7 @@ def test_group_key_uses_family_type_and_grade():
     assert group_key({"family": "gsm8k"}) == "gsm8k" and group_key({}) == "all"
 
 
-def test_predict_pass_uses_own_samples_then_the_group_then_everything():
+def test_predicted_pass_uses_own_samples_then_the_group_then_everything():
     seen = [{"id": f"add{i}", "family": "asdiv", "meta": {"type": "Addition", "grade": 1}} for i in range(5)]
     seen += [{"id": f"gcd{i}", "family": "asdiv", "meta": {"type": "GCD", "grade": 6}} for i in range(5)]
     feedback = [v for i in range(5) for v in _verdicts(f"add{i}", [True, True, True, False])]
@@ -53,7 +55,7 @@ def test_predict_pass_uses_own_samples_then_the_group_then_everything():
     new = [{"id": "add-new", "family": "asdiv", "meta": {"type": "Addition", "grade": 1}},
            {"id": "gcd-new", "family": "asdiv", "meta": {"type": "GCD", "grade": 6}},
            {"id": "lcm-new", "family": "asdiv", "meta": {"type": "LCM", "grade": 6}}]
-    p = predict_pass(new + seen[:1], seen, feedback)
+    p = predicted(new + seen[:1], add_round(empty_history(), seen, feedback))
     assert 0.6 < p["add-new"] < 0.75                      # the Addition group's ~3/4, shrunk a little
     assert p["gcd-new"] < 0.1                             # GCD: never solved
     assert 0.3 < p["lcm-new"] < 0.45                      # unseen group: the overall rate (15/40)

@@ -145,6 +145,12 @@ def equations(solution: str) -> tuple[str, ...]:
     return tuple(f"{norm(a)}={norm(b)}" for a, b in found)
 
 
+def solution_path(solution: str) -> tuple[str, ...]:
+    """What makes two correct solutions the same one: their equations, or their whole text
+    (whitespace-normalised) when they write none."""
+    return equations(solution) or (" ".join(solution.split()),)
+
+
 RFT_SOURCES = {"both": ("student", "teacher"), "student": ("student",), "teacher": ("teacher",)}
 
 
@@ -167,7 +173,7 @@ def build_rft(problems: list[dict], feedback: list[dict]) -> tuple[list[dict], d
         if not r.get("correct_strict", r["correct"]):
             continue
         strict_right += 1
-        path = equations(r["completion"]) or (" ".join(r["completion"].split()),)
+        path = solution_path(r["completion"])
         if path not in paths[r["problem_id"]]:
             paths[r["problem_id"]].add(path)
             kept[r["problem_id"]].append(r["completion"])

@@ -5,7 +5,7 @@ that happens with probability 1 - p^K - (1 - p)^K, so a problem the student neve
 always solves) gives a preference or RFT round nothing new (arXiv 2502.12272, 2504.03380:
 practise where p is intermediate, weighted by p(1 - p)). This module measures that on a round's
 verdicts (`signal_stats`), predicts each problem's pass rate for the next round from the
-verdicts so far (`predict_pass`: the problem's own samples shrunk toward its group's rate, the
+verdicts so far (`add_round`, `predicted`: the problem's own samples shrunk toward its group's rate, the
 group being its family, ASDiv type and grade), and draws a round's problems with weight
 p(1 - p) (`choose`). Pure functions over rows: the followup and practice stages call them; the
 counts so far travel between rounds in a history file beside each practice set (`history_path`),
@@ -21,7 +21,7 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
-from tutorloop.data.preferences import equations
+from tutorloop.data.preferences import solution_path
 
 # Pseudo-samples of the group's rate added to a problem's own K samples (and of the overall rate
 # to a group's): a problem seen 4 times keeps half its own evidence; one never seen gets its
@@ -49,8 +49,8 @@ def _by_problem(feedback: list[dict]) -> dict[str, list[dict]]:
 
 
 def signal_stats(feedback: list[dict]) -> dict:
-    """Of a round's verdicts: the share of problems whose K samples are mixed (both ways), all
-    right, all wrong, and the distinct correct solutions per problem (by the equations written)."""
+    """Of a round's verdicts: the share of problems whose K samples are mixed (both ways) or all
+    right (feedback logs all wrong already), and the distinct correct solutions per problem."""
     groups = _by_problem(feedback)
     n = max(1, len(groups))
     mixed = right = distinct = 0
@@ -58,7 +58,7 @@ def signal_stats(feedback: list[dict]) -> dict:
         hits = [r for r in rows if r["correct"]]
         mixed += 0 < len(hits) < len(rows)
         right += len(hits) == len(rows)
-        distinct += len({equations(r["completion"]) or (" ".join(r["completion"].split()),) for r in hits})
+        distinct += len({solution_path(r["completion"]) for r in hits})   # as RFT dedups them
     return {"signal/mixed_group_share": mixed / n, "signal/all_right_share": right / n,
             "signal/distinct_correct_per_problem": distinct / n}
 
@@ -95,11 +95,6 @@ def predicted(problems: list[dict], history: dict) -> dict[str, float]:
         own_right, own_n = history["problems"].get(p["id"], (0, 0))
         out[p["id"]] = (own_right + SHRINK * prior) / (own_n + SHRINK)
     return out
-
-
-def predict_pass(problems: list[dict], seen: list[dict], feedback: list[dict]) -> dict[str, float]:
-    """`predicted` from one round's verdicts on `seen`."""
-    return predicted(problems, add_round(empty_history(), seen, feedback))
 
 
 def choose(problems: list[dict], predicted: dict[str, float], n: int, seed: int) -> list[dict]:
@@ -154,7 +149,6 @@ def round_problems(pool: list[dict], offset: int, limit: int, select: str, histo
 
 def frontier(problems: list[dict], verdicts: list[dict]) -> set[str]:
     """The ids of the problems right in some but not all of their samples (`source: frontier`)."""
-    right: dict[str, list[bool]] = defaultdict(list)
-    for v in verdicts:
-        right[v["problem_id"]].append(bool(v["correct"]))
-    return {p["id"] for p in problems if 0 < sum(right[p["id"]]) < len(right[p["id"]])}
+    groups = _by_problem(verdicts)
+    return {p["id"] for p in problems
+            if 0 < sum(bool(r["correct"]) for r in groups[p["id"]]) < len(groups[p["id"]])}
