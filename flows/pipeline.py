@@ -30,14 +30,13 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.process import dvc, interpreter_env, run_group
-from tutorloop.config import load_params
+from tutorloop.config import control_round, load_params
 from tutorloop.runtime import tracking
 
 LOCK = ".tutorloop.lock"
 
 
 AFTER_LOOP = "after"  # plan() key of the stages downstream of the rounds (report)
-CONTROL = "control-"  # checkpoint control-k: round k's control, scored and registered in round k's flow
 
 
 def plan(project: str | Path, rounds) -> dict[str, list[str]]:
@@ -55,8 +54,8 @@ def plan(project: str | Path, rounds) -> dict[str, list[str]]:
 
     def group(s) -> str:
         key = name[s].rpartition("@")[2] if "@" in name[s] else None
-        if key is not None and key.startswith(CONTROL):   # evaluate@control-1 belongs to round 1
-            key = key[len(CONTROL):]
+        if key is not None and control_round(key) is not None:   # evaluate@control-1 belongs to round 1
+            key = control_round(key)
         if key in rounds:
             return key
         return AFTER_LOOP if any("@" in name[u] and name[u].rpartition("@")[2] in rounds

@@ -10,6 +10,7 @@ May import: tutorloop.errors, tutorloop.secrets (and pydantic, yaml). Nothing el
 
 from tutorloop.config.loading import load_params, read_yaml, yaml_error  # noqa: F401
 from tutorloop.config.schema import (  # noqa: F401  (the schema's public names, re-exported)
+    CONTROL,
     ENGINE_ROWS_CPU,
     METHOD_ROUNDS,
     PREFERENCE_BATCH_CPU,
@@ -44,6 +45,7 @@ from tutorloop.config.schema import (  # noqa: F401  (the schema's public names,
     SftLora,
     StudentEndpoint,
     Teacher,
+    control_round,
     validate,
 )
 from tutorloop.errors import PARAMS_FILE, ConfigError  # noqa: F401

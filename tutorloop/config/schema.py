@@ -470,12 +470,20 @@ def _cross_checks(raw: dict) -> list[str]:
         want = {"base": "models/base", "0": "models/round-0"}
         want.update({str(k): f"models/round-{k}" for k in rounds})
         controls = raw.get("controls") if isinstance(raw.get("controls"), dict) else {}
-        want.update({f"control-{k}": f"models/control-{k}" for k in controls})
+        want.update({f"{CONTROL}{k}": f"models/{CONTROL}{k}" for k in controls})
         have = {str(k): v for k, v in checkpoints.items()}
         if have != want:
             problems.append(f"checkpoints: {have!r} -> must be {want!r} (base, SFT, every round and control)")
     problems += _control_checks(raw, rounds)
     return problems
+
+
+CONTROL = "control-"   # checkpoint control-k: round k's control (models/control-k, stage control@k)
+
+
+def control_round(checkpoint: str) -> str | None:
+    """The round a control checkpoint (`control-k`) is the control of; None for any other."""
+    return checkpoint[len(CONTROL):] if checkpoint.startswith(CONTROL) else None
 
 
 def _control_checks(raw: dict, rounds: dict) -> list[str]:

@@ -30,6 +30,7 @@ import json
 import re
 from pathlib import Path
 
+from tutorloop.config import CONTROL
 from tutorloop.data.jsonl import read_jsonl
 from tutorloop.errors import DataError
 from tutorloop.eval.stats import mcnemar_p
@@ -44,7 +45,6 @@ COLUMNS = ["checkpoint", "accuracy", "ci95_low", "ci95_high", "n", "strict_accur
            "practice_pass_at_1", "practice_pass_at_4", "practice_pass_at_16"]
 TAGS = ("base", "sft", "prev", "control")   # what each checkpoint is paired against
 PAIRED = [f"{c}_vs_{t}" for t in TAGS for c in ("won", "lost", "p")]
-CONTROL = "control-"   # checkpoint control-k: round k's control (components/control.py)
 
 
 def _order(name: str) -> tuple[int, int, int]:

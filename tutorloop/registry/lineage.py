@@ -20,15 +20,9 @@ from pathlib import Path
 
 import yaml
 
+from tutorloop.config import control_round
 from tutorloop.data.jsonl import read_jsonl
 from tutorloop.runtime import tracking
-
-CONTROL = "control-"   # checkpoint control-k: round k's control (models/control-k, stage control@k)
-
-
-def control_round(checkpoint: str) -> str | None:
-    """The round a control checkpoint (`control-k`) is the control of; None for any other."""
-    return checkpoint[len(CONTROL):] if checkpoint.startswith(CONTROL) else None
 
 
 def producing_stage(checkpoint: str) -> str:

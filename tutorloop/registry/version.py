@@ -19,15 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tutorloop.config import Params, Register
+from tutorloop.config import CONTROL, Params, Register, control_round
 from tutorloop.data.digest import digest
 from tutorloop.data.jsonl import read_jsonl, write_json
 from tutorloop.errors import DataError
 from tutorloop.modeling import require_checkpoint
 from tutorloop.registry.card import model_card
 from tutorloop.registry.lineage import (
-    CONTROL,
-    control_round,
     lineage,
     lock_stages,
     provenance,
