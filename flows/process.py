@@ -12,7 +12,7 @@ cancel from the UI), sends the signal to the whole group — DVC and the stage i
 for them, so the stage marks its run KILLED and nothing outlives the flow's file lock.
 `subprocess.run` SIGKILLed `dvc` alone and left the stage running.
 
-May import: nothing of tutorloop; used by flows/cli.py and flows/pipeline.py.
+May import: nothing of tutorloop; used by flows/pipeline.py and the CLI (tutorloop/cli/).
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def test_dvc_yaml_lists_the_library_each_stage_computes_with():
     of one, plumbing left out); tests/test_layout.py checks that no stage imports another."""
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from tutorloop.cli import app
     from tutorloop.runtime.deps import WRITE_COMMAND
 
     result = CliRunner().invoke(app, ["deps", "--check", "--project", str(ROOT)])
@@ -165,7 +165,7 @@ def test_each_method_takes_only_its_own_keys():
 def test_a_method_switch_by_dvc_set_validates(method):
     """`dvc exp run -S rounds.N.preference.method=...` cannot delete keys: another method's keys
     left at their defaults are inert and let through (on params.yaml and on every recipe)."""
-    from flows.cli import RECIPES, apply_overrides, recipe_overrides
+    from tutorloop.config.recipes import RECIPES, apply_overrides, recipe_overrides
 
     for recipe in [None] + sorted(p.stem for p in RECIPES.glob("*.yaml")):
         raw = apply_overrides(raw_params(), recipe_overrides(recipe) if recipe else {})
@@ -251,7 +251,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_cli_validate_reports_errors(tmp_path):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from tutorloop.cli import app
 
     raw = raw_params()
     raw["rounds"]["1"]["preference"]["beta"] = -0.1
@@ -286,7 +286,7 @@ def test_teacher_and_seed_cross_checks():
 
 
 def test_every_recipe_applies_to_params_yaml_and_validates():
-    from flows.cli import RECIPES, apply_overrides, recipe_overrides
+    from tutorloop.config.recipes import RECIPES, apply_overrides, recipe_overrides
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     recipes = sorted(RECIPES.glob("*.yaml"))
@@ -340,7 +340,7 @@ def test_a_server_backend_needs_a_url_and_cannot_run_the_calculator():
     params = validate(raw)
     assert params.practice.server.api_key_env == "VLLM_API_KEY" and params.evaluate.server.n is True
     # the GSM8K recipe turns the calculator on: with a server backend that is one clear problem
-    from flows.cli import apply_overrides, recipe_overrides
+    from tutorloop.config.recipes import apply_overrides, recipe_overrides
 
     gsm = apply_overrides(raw_params(), recipe_overrides("gsm8k"))
     gsm["evaluate"].update(backend="openai", server={"base_url": "http://localhost:8000/v1"})

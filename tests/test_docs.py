@@ -92,16 +92,13 @@ def test_every_relative_link_points_to_an_existing_file_and_heading(page):
 # --- (c) every command in a code block exists ------------------------------------------------
 
 def cli_commands() -> set[str]:
-    from typer.testing import CliRunner
+    """The subcommands `tutorloop --help` lists (click's view of the Typer app, as --help renders it)."""
+    import typer
 
-    from flows.cli import app
+    from tutorloop.cli import app
 
-    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
-    assert result.exit_code == 0, result.output
-    commands = result.output.split("Commands", 1)[1]
-    # rich's panel: "│ name   help"; plain click: "  name   help"; continuation lines start with spaces
-    names = set(re.findall(r"^(?:│ | {2})([a-z][\w-]*)(?: {2,}|\s*│?$)", commands, re.MULTILINE))
-    assert {"run", "demo", "recipe"} <= names, f"could not read the commands from --help:\n{result.output}"
+    names = set(typer.main.get_command(app).commands)
+    assert {"run", "demo", "recipe"} <= names, f"could not read the commands of the Typer app: {sorted(names)}"
     return names
 
 
@@ -171,3 +168,11 @@ def test_the_readme_states_each_quantity_once():
     for name, values in stated_values(README.read_text()).items():
         assert values, f"README.md no longer states {name}: update QUANTITIES in tests/test_docs.py"
         assert len(values) == 1, f"README.md states {name} with different values: {sorted(values)}"
+
+
+# --- (e) every results table is generated: pasted from docs/results/, never typed -----------
+
+def test_every_results_block_is_what_its_saved_run_generates():
+    from tutorloop.eval import results
+
+    assert results.stale(ROOT) == [], "run `tutorloop docs --write` (tables come from docs/results/)"

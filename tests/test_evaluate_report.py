@@ -87,7 +87,7 @@ def test_each_round_says_what_it_trained_on(tmp_path):
     """Feedback writes pairs for every method; a KTO or RFT round is described by its own rows."""
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from tutorloop.cli import app
 
     for key, acc in [("base", 0.02), ("0", 0.36), ("1", 0.38), ("2", 0.42), ("3", 0.40)]:
         write_metrics(tmp_path, key, acc)
@@ -111,7 +111,7 @@ def test_each_round_says_what_it_trained_on(tmp_path):
 def test_cli_report_prints_the_table(tmp_path):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from tutorloop.cli import app
 
     write_metrics(tmp_path, "base", 0.01)
     write_metrics(tmp_path, "0", 0.425, gsm=0.01)
@@ -175,7 +175,7 @@ def test_an_experiments_checkpoints_get_their_stage_minutes_and_a_control_its_ow
 def test_report_shows_pass_at_k_and_maj_at_k_per_checkpoint(tmp_path):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from tutorloop.cli import app
 
     write_metrics(tmp_path, "base", 0.01)
     write_metrics(tmp_path, "0", 0.2)

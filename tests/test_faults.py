@@ -360,7 +360,8 @@ def test_yaml_errors_name_file_line_and_column_and_never_echo_the_text(tmp_path)
 def test_cli_validate_and_recipe_print_one_line_per_problem(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from flows import cli
+    from tutorloop import cli
+    from tutorloop.config import recipes as recipe_config
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     line_no = break_params(tmp_path, "unclosed-bracket")
@@ -375,7 +376,7 @@ def test_cli_validate_and_recipe_print_one_line_per_problem(tmp_path, monkeypatc
     recipes = tmp_path / "recipes"
     recipes.mkdir()
     (recipes / "broken.yaml").write_text("evaluate:\n  limit: {10\n")
-    monkeypatch.setattr(cli, "RECIPES", recipes)
+    monkeypatch.setattr(recipe_config, "RECIPES", recipes)
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     result = runner.invoke(cli.app, ["recipe", "broken", "--project", str(tmp_path), "--dry-run"])
     assert result.exit_code == 2
@@ -523,8 +524,8 @@ def test_a_first_recipe_run_does_not_warn_once_per_output_it_is_about_to_make(tm
     file hash info found for '<path>'. It won't be created." for every output (~28 on a fresh
     clone): the recipe runner's DVC drops exactly that record (flows/process.py); DVC's and the
     stages' own output still reach the user."""
-    from flows import cli
     from flows.process import interpreter_env
+    from tutorloop.cli import loop as cli
 
     for var in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
         monkeypatch.setenv(var, "t")
@@ -536,7 +537,7 @@ def test_a_first_recipe_run_does_not_warn_once_per_output_it_is_about_to_make(tm
     assert proc.returncode == 0 and proc.stderr.count("No file hash info found for") == 2, proc.stderr  # the bug
 
     project = toy_dvc_project(tmp_path / "project")
-    monkeypatch.setattr(cli, "_recipe_params", lambda name, project, sets=(), extra=None: ({"a": 1}, {"a": 0}))
+    monkeypatch.setattr(cli, "recipe_params", lambda name, project, sets=(), extra=None: ({"a": 1}, {"a": 0}))
     capfd.readouterr()
     assert cli._run_recipe("toy", project) == 0
     out, err = capfd.readouterr()

@@ -75,7 +75,7 @@ def test_the_probe_measures_both_dtypes_for_real():
 def test_doctor_prints_what_auto_resolves_to_and_why(cpu, monkeypatch):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from tutorloop.cli import app
 
     cpu(onednn=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -99,7 +99,7 @@ def test_make_demo_is_sized_by_what_the_machine_computes_in(cpu, monkeypatch, on
     or has a GPU, recipes/quick.yaml where the CPU computes in fp32 only; --size overrides."""
     from typer.testing import CliRunner
 
-    from flows import cli
+    from tutorloop.cli import loop as cli
 
     cpu(onednn=onednn)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)

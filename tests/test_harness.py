@@ -39,7 +39,7 @@ def test_the_offline_task_is_the_harness_task_on_local_rows(tmp_path):
 
 
 def test_harness_scores_the_served_model_and_logs_to_mlflow(tiny_model_dir, tmp_path, monkeypatch):
-    from flows import cli
+    from tutorloop import cli
     from tutorloop.inference import engine
 
     monkeypatch.delenv("TUTORLOOP_TRACKING", raising=False)

@@ -13,7 +13,7 @@ import yaml
 from support import ROOT
 from typer.testing import CliRunner
 
-from flows.cli import app
+from tutorloop.cli import app
 from tutorloop.data.jsonl import read_jsonl, write_jsonl
 from tutorloop.errors import DataError
 from tutorloop.eval.stats import mcnemar_p, wilson

@@ -238,7 +238,7 @@ def test_exp_run_switches_round_two_to_kto_visible_in_exp_show_and_mlflow(projec
     # each round's cost (practice + training minutes) is read from the stages' own metrics
     assert all(e["minutes"].keys() == {"1", "2"} and min(e["minutes"].values()) > 0
                for e in exps if e["name"] in ("kto-r2", "dpo-r2"))
-    cli = subprocess.run([sys.executable, "-m", "flows.cli", "compare", "--project", str(project)],
+    cli = subprocess.run([sys.executable, "-m", "tutorloop.cli", "compare", "--project", str(project)],
                          capture_output=True, text=True, cwd=project)
     assert cli.returncode == 0, cli.stderr
     assert (project / "reports/compare.png").stat().st_size > 0 and "kto-r2" in cli.stdout
@@ -251,7 +251,7 @@ def test_exp_run_switches_round_two_to_kto_visible_in_exp_show_and_mlflow(projec
     subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m",
                     "later"], cwd=project, check=True)
     for flags, listed in (([], False), (["--all-commits"], True)):
-        cli = subprocess.run([sys.executable, "-m", "flows.cli", "compare", "--project", str(project), *flags],
+        cli = subprocess.run([sys.executable, "-m", "tutorloop.cli", "compare", "--project", str(project), *flags],
                              capture_output=True, text=True, cwd=project)
         assert cli.returncode == 0, cli.stderr
         assert ("kto-r2" in cli.stdout) is listed, cli.stdout

@@ -7,13 +7,14 @@ import json
 
 from typer.testing import CliRunner
 
-from flows import cli
+from tutorloop.cli import app
+from tutorloop.cli import loop as cli
 from tests.conftest import ROOT
 from tutorloop.data.jsonl import write_jsonl
 
 
 def test_seeds_dry_run_prints_one_experiment_per_seed_with_shifted_seeds():
-    result = CliRunner().invoke(cli.app, ["seeds", "quick", "--round", "1", "--seeds", "3", "--dry-run",
+    result = CliRunner().invoke(app, ["seeds", "quick", "--round", "1", "--seeds", "3", "--dry-run",
                                           "--project", str(ROOT)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -27,7 +28,7 @@ def test_seeds_dry_run_prints_one_experiment_per_seed_with_shifted_seeds():
 
 
 def test_seeds_refuses_a_round_the_recipe_lacks():
-    result = CliRunner().invoke(cli.app, ["seeds", "quick", "--round", "7", "--dry-run", "--project", str(ROOT)])
+    result = CliRunner().invoke(app, ["seeds", "quick", "--round", "7", "--dry-run", "--project", str(ROOT)])
     assert result.exit_code == 2 and "--round '7'" in result.output
 
 
@@ -46,3 +47,20 @@ def test_pooled_comparisons_pair_the_round_with_its_start_and_its_control(tmp_pa
     cli._print_pooled(tmp_path, 3, ["0", "1", "control-1"])
     saved = json.loads((tmp_path / "pooled.json").read_text())
     assert [r["arm"] for r in saved] == ["1", "1", "control-1"]
+
+
+def test_extra_scores_of_a_seed_invariant_checkpoint_are_reused_not_recomputed(tmp_path, monkeypatch):
+    import subprocess
+
+    def no_run(*a, **k):
+        raise AssertionError("scored again")
+
+    monkeypatch.setattr(subprocess, "run", no_run)
+    first, later = tmp_path / "seed0" / "0-extra", tmp_path / "seed1"
+    write_jsonl(first / "predictions.jsonl", [{"id": "extra-777-0", "correct": True}])
+    write_jsonl(later / "0.jsonl", [{"id": "q0", "correct": False}])
+    cli._score_extra(tmp_path, "0", "models/sft", tmp_path / "extra.jsonl", later, first)
+    rows = [json.loads(line) for line in (later / "0.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["q0", "extra-777-0"]          # held-out, then the reused extra set
+    with __import__("pytest").raises(AssertionError, match="scored again"):   # the arm itself is always scored
+        cli._score_extra(tmp_path, "1", "models/round-1", tmp_path / "extra.jsonl", later, None)

@@ -1,5 +1,5 @@
-"""tutorloop: the library behind the pipeline (no entry points; the stages are components/,
-the flows and CLI flows/).
+"""tutorloop: the library behind the pipeline (the stages are components/, the Prefect flows
+flows/) and, as its top layer, the `tutorloop` command (cli/).
 
 Layers, each importing only those before it (tests/test_layout.py checks it):
 
@@ -18,6 +18,8 @@ Layers, each importing only those before it (tests/test_layout.py checks it):
     registry/                MLflow registration, promotion, lineage, model card
     serving/                 `tutorloop serve` (the engine behind an OpenAI-compatible API) and
                              `tutorloop harness` (lm-evaluation-harness against it)
+    cli/                     the `tutorloop` command, by concern (loop, inspect, serve): the one
+                             part of the package that starts flows/ (lazily); flows never import it
 
-May import: nothing (the package root holds no code). Never components/ or flows/, anywhere.
+May import: nothing (the package root holds no code). Never components/; flows/ from cli/ only.
 """

@@ -76,6 +76,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_summary() -> str:
+    """The CPU as timings name it: model name, family/model (an "AMD EPYC" VM is Zen 3 or Zen 4 by
+    them), the bf16 instructions it has, and torch's capability: `AMD EPYC (family 25 model 17;
+    avx512_bf16; AVX512)`."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    bf16 = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in fields.get("flags", "").split()]
+    family = f"family {fields['cpu family']} model {fields['model']}; " if "cpu family" in fields else ""
+    return f"{cpu_name()} ({family}{', '.join(bf16) or 'no bf16 instructions'}; {cpu_capability()})"
+
+
 def cpu_capability() -> str:
     """torch's name for the widest vector ISA its CPU kernels use here (AVX2, AVX512, ...)."""
     return torch.backends.cpu.get_cpu_capability()
@@ -219,7 +236,7 @@ def describe(runtime: ResolvedRuntime, setting: str = "auto") -> list[tuple[str,
     fp32, bf16 = matmul_gflops(torch.float32, n=512), matmul_gflops(torch.bfloat16, n=512)
     versions = ", ".join(f"{p} {md.version(p)}" for p in ("torch", "transformers", "trl", "peft"))
     return [
-        ("cpu", f"{cpu_name()} ({platform.machine()})"),
+        ("cpu", f"{cpu_summary()}, {platform.machine()}"),
         ("torch cpu capability", f"{cpu_capability()}; oneDNN bf16 kernels: {'yes' if onednn_bf16() else 'no'}"),
         ("cores / torch threads", f"{cores} / {runtime.threads}"),
         ("device", dev.type + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "")),

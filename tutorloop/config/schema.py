@@ -412,6 +412,40 @@ def _round_checks(key: str, rnd: dict, raw: dict) -> list[str]:
     return problems
 
 
+def _generate_checks(gen, evaluate) -> list[str]:
+    """The teacher, its seeds and the GSM8K side check agree (defensive: raw values)."""
+    problems: list[str] = []
+    if not isinstance(gen, dict):
+        return problems
+    teacher = gen.get("teacher") if isinstance(gen.get("teacher"), dict) else {}
+    seeds = gen.get("seeds") if isinstance(gen.get("seeds"), dict) else {}
+    kind, source = teacher.get("kind", "procedural"), seeds.get("source", "procedural")
+    if kind == "dataset" and source == "procedural":
+        problems.append("generate.seeds.source: 'procedural' -> the dataset teacher passes labelled problems "
+                        "through; give it seeds from jsonl or a dataset")
+    if kind == "procedural" and gen.get("procedural_share", 0):
+        problems.append(f"generate.procedural_share: {gen.get('procedural_share')!r} -> the teacher is already "
+                        "procedural; the share mixes procedural problems into a dataset/LLM teacher's data")
+    if kind == "procedural" and source != "procedural":
+        problems.append(f"generate.seeds.source: {source!r} -> the procedural teacher's agents work on its own "
+                        "graphs; use an LLM teacher (openai/transformers) to expand text seeds")
+    if kind not in ("procedural", "dataset") and teacher.get("verify", True) and teacher.get("temperature", 0.7) == 0:
+        problems.append("generate.teacher.verify: True -> two solves at temperature 0 always agree; "
+                        "set temperature > 0 or verify: false")
+    if kind not in ("procedural", "dataset") and not teacher.get("model"):
+        problems.append(f"generate.teacher.model: {teacher.get('model', '')!r} -> required for teacher {kind!r}")
+    if source == "jsonl" and not seeds.get("path"):
+        problems.append("generate.seeds.path: '' -> required for seeds from jsonl")
+    if source == "dataset" and not seeds.get("dataset"):
+        problems.append("generate.seeds.dataset: '' -> required for seeds from a dataset")
+    gsm = ((evaluate or {}).get("gsm8k") or {}) if isinstance(evaluate, dict) else {}
+    if (source == "jsonl" and seeds.get("path") and seeds.get("path") == gsm.get("path")
+            and seeds.get("offset", 0) < (gsm.get("limit") or 10**9)):
+        problems.append(f"generate.seeds.offset: {seeds.get('offset', 0)!r} -> seeds and evaluate.gsm8k read the same "
+                        f"file; skip the {gsm.get('limit')} evaluated rows (offset >= evaluate.gsm8k.limit)")
+    return problems
+
+
 def _cross_checks(raw: dict) -> list[str]:
     """Problems that span keys; defensive, since field validation may have failed too."""
     problems: list[str] = []
@@ -431,34 +465,7 @@ def _cross_checks(raw: dict) -> list[str]:
         if prev != "0" and (prev not in rounds or not prev.isdigit() or int(prev) >= int(key)):
             problems.append(f"rounds.{key}.prev: {prev!r} -> must be '0' or an earlier round in rounds")
         problems += _round_checks(str(key), rnd, raw)
-    gen = raw.get("generate")
-    if isinstance(gen, dict):
-        teacher = gen.get("teacher") if isinstance(gen.get("teacher"), dict) else {}
-        seeds = gen.get("seeds") if isinstance(gen.get("seeds"), dict) else {}
-        kind, source = teacher.get("kind", "procedural"), seeds.get("source", "procedural")
-        if kind == "dataset" and source == "procedural":
-            problems.append("generate.seeds.source: 'procedural' -> the dataset teacher passes labelled problems "
-                            "through; give it seeds from jsonl or a dataset")
-        if kind == "procedural" and gen.get("procedural_share", 0):
-            problems.append(f"generate.procedural_share: {gen.get('procedural_share')!r} -> the teacher is already "
-                            "procedural; the share mixes procedural problems into a dataset/LLM teacher's data")
-        if kind == "procedural" and source != "procedural":
-            problems.append(f"generate.seeds.source: {source!r} -> the procedural teacher's agents work on its own "
-                            "graphs; use an LLM teacher (openai/transformers) to expand text seeds")
-        if kind not in ("procedural", "dataset") and teacher.get("verify", True) and teacher.get("temperature", 0.7) == 0:
-            problems.append("generate.teacher.verify: True -> two solves at temperature 0 always agree; "
-                            "set temperature > 0 or verify: false")
-        if kind not in ("procedural", "dataset") and not teacher.get("model"):
-            problems.append(f"generate.teacher.model: {teacher.get('model', '')!r} -> required for teacher {kind!r}")
-        if source == "jsonl" and not seeds.get("path"):
-            problems.append("generate.seeds.path: '' -> required for seeds from jsonl")
-        if source == "dataset" and not seeds.get("dataset"):
-            problems.append("generate.seeds.dataset: '' -> required for seeds from a dataset")
-        gsm = ((raw.get("evaluate") or {}).get("gsm8k") or {}) if isinstance(raw.get("evaluate"), dict) else {}
-        if (source == "jsonl" and seeds.get("path") and seeds.get("path") == gsm.get("path")
-                and seeds.get("offset", 0) < (gsm.get("limit") or 10**9)):
-            problems.append(f"generate.seeds.offset: {seeds.get('offset', 0)!r} -> seeds and evaluate.gsm8k read the same "
-                            f"file; skip the {gsm.get('limit')} evaluated rows (offset >= evaluate.gsm8k.limit)")
+    problems += _generate_checks(raw.get("generate"), raw.get("evaluate"))
     for stage in ("practice", "evaluate"):
         problems += _backend_checks(stage, raw.get(stage))
     fb = raw.get("feedback")

@@ -632,43 +632,13 @@ class _Run:
         return [[t.strip() for t in texts[i * K:(i + 1) * K]] for i in range(self.n_prompts)]
 
 
-@torch.inference_mode()
-def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, do_sample: bool = False,
-             temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 256,
-             batch_size: int = 64, seed: int = 0, calculator: bool = False,
-             desc: str = "generate", fused: bool = True, attention: str = "auto",
-             seeds: list[int] | None = None, feed=None, on_prompt=None, max_prompt_tokens: int = 0,
-             caps: list[int] | None = None) -> Generation:
-    """texts[i][k]: the k-th completion of prompts[i]. `batch_size` is rows (sequences) decoded
-    together; each prompt takes `num_return_sequences` of them. Deterministic for a fixed seed
-    (`seeds`: one per prompt instead, so requests with their own seeds share one batch).
-    `fused`: Llama-family models decode through tutorloop/inference/fused.py (bit-identical to the HF
-    forward); `attention` ("auto" or "kernel", a resolved runtime's name for it | "sdpa"): in bf16 or fp32 on CPU,
-    the C kernel (tutorloop/inference/kernels/attention.py) or torch's SDPA. Generation.attention says which ran.
-
-    Serving (`tutorloop serve`): `feed(run)` is called between steps and may `run.extend(...)`
-    prompts that `run.fits`; `max_prompt_tokens` sizes the buffer for them; `caps`: a token cap
-    per prompt, each <= max_new_tokens (the buffer's); `on_prompt(i, texts,
-    counts, reasons)` gets each prompt's K completions as soon as they have all ended."""
-    if attention not in ("auto", "kernel", "sdpa"):
-        raise ValueError(f"attention {attention!r}: expected 'auto', 'kernel' or 'sdpa'")
+def _decode(run: "_Run", feed, desc: str) -> None:
+    """Step `run` until every prompt (and every one `feed` adds meanwhile) has all its completions."""
     from tqdm.auto import tqdm
 
-    if not supported(model):
-        return _hf_generate(model, tok, prompts, num_return_sequences=num_return_sequences, do_sample=do_sample,
-                            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                            batch_size=batch_size, seed=seed, calculator=calculator, desc=desc)
-    if do_sample and temperature <= 0:
-        raise ValueError(f"temperature {temperature!r}: sampling needs temperature > 0 (use greedy instead)")
-    K = num_return_sequences
-    if feed is not None and not supported(model):
-        raise ValueError(f"feed needs the slot-cache engine, which {type(model).__name__} does not support")
-    run = _Run(model, tok, prompts, K=K, batch_size=batch_size, do_sample=do_sample, temperature=temperature,
-               top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, calculator=calculator, fused=fused, seeds=seeds,
-               attention=attention, max_prompt_tokens=max_prompt_tokens, on_prompt=on_prompt, caps=caps)
-
+    K = run.K
     start_t = time.perf_counter()
-    bar = tqdm(total=len(prompts) * K, desc=desc, unit="sample", file=sys.stderr)
+    bar = tqdm(total=run.n_prompts * K, desc=desc, unit="sample", file=sys.stderr)
     done_before = 0
     while run.any_live() or run.queue:
         if feed is not None:
@@ -689,6 +659,44 @@ def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, d
             bar.set_postfix(tok_s=f"{run.new_tokens / (time.perf_counter() - start_t):.0f}")
     bar.update(len(run.results) - done_before)
     bar.close()
+
+
+@torch.inference_mode()
+def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, do_sample: bool = False,
+             temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 256,
+             batch_size: int = 64, seed: int = 0, calculator: bool = False,
+             desc: str = "generate", fused: bool = True, attention: str = "auto",
+             seeds: list[int] | None = None, feed=None, on_prompt=None, max_prompt_tokens: int = 0,
+             caps: list[int] | None = None) -> Generation:
+    """texts[i][k]: the k-th completion of prompts[i]. `batch_size` is rows (sequences) decoded
+    together; each prompt takes `num_return_sequences` of them. Deterministic for a fixed seed
+    (`seeds`: one per prompt instead, so requests with their own seeds share one batch).
+    `fused`: Llama-family models decode through tutorloop/inference/fused.py (bit-identical to the HF
+    forward); `attention` ("auto" or "kernel", a resolved runtime's name for it | "sdpa"): in bf16 or fp32 on CPU,
+    the C kernel (tutorloop/inference/kernels/attention.py) or torch's SDPA. Generation.attention says which ran.
+
+    Serving (`tutorloop serve`): `feed(run)` is called between steps and may `run.extend(...)`
+    prompts that `run.fits`; `max_prompt_tokens` sizes the buffer for them; `caps`: a token cap
+    per prompt, each <= max_new_tokens (the buffer's); `on_prompt(i, texts,
+    counts, reasons)` gets each prompt's K completions as soon as they have all ended."""
+    if attention not in ("auto", "kernel", "sdpa"):
+        raise ValueError(f"attention {attention!r}: expected 'auto', 'kernel' or 'sdpa'")
+    if feed is not None and not supported(model):
+        # checked before the HF fallback: that path never calls feed or on_prompt, so a server
+        # over it would leave every request unanswered
+        raise ValueError(f"feed needs the slot-cache engine, which {type(model).__name__} does not support")
+    if not supported(model):
+        return _hf_generate(model, tok, prompts, num_return_sequences=num_return_sequences, do_sample=do_sample,
+                            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, seed=seed, calculator=calculator, desc=desc)
+    if do_sample and temperature <= 0:
+        raise ValueError(f"temperature {temperature!r}: sampling needs temperature > 0 (use greedy instead)")
+    K = num_return_sequences
+    run = _Run(model, tok, prompts, K=K, batch_size=batch_size, do_sample=do_sample, temperature=temperature,
+               top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, calculator=calculator, fused=fused, seeds=seeds,
+               attention=attention, max_prompt_tokens=max_prompt_tokens, on_prompt=on_prompt, caps=caps)
+    start_t = time.perf_counter()
+    _decode(run, feed, desc)
     seconds = time.perf_counter() - start_t
     counts, reasons = run.per_completion()
     return Generation(texts=run.texts(), new_tokens=run.new_tokens, seconds=seconds,

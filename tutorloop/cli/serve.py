@@ -1,0 +1,129 @@
+"""`tutorloop serve` (a checkpoint behind an OpenAI-compatible API) and `tutorloop harness`
+(lm-evaluation-harness's GSM8K through it, logged to MLflow).
+
+May import: the library, lazily.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tutorloop.cli.common import app, bad_input
+
+def _served_runtime(precision: str):
+    """The runtime `tutorloop serve` / `harness` run a checkpoint on: `--precision` on this machine's
+    device (auto), resolved once here (a ConfigError for a precision the device cannot do)."""
+    from tutorloop.config import Runtime
+    from tutorloop.hardware import resolve_runtime
+
+    return resolve_runtime(Runtime(precision=precision))
+
+
+@app.command(rich_help_panel="Serve a checkpoint")
+def serve(model: str = typer.Option("models:/tutor@champion", help="a checkpoint folder or models:/<name>@<alias>"),
+          host: str = typer.Option("127.0.0.1", help="address to listen on"),
+          port: int = typer.Option(8000, help="port to listen on"),
+          calculator: Optional[bool] = typer.Option(None, "--calculator/--no-calculator",
+                                                    help="default: what the version was evaluated with (its eval.calculator tag); off for a folder"),
+          precision: str = typer.Option("auto", help="auto | float32 | bfloat16 (runtime.precision's rule)"),
+          rows: int = typer.Option(64, help="engine rows decoded together"),
+          backend: str = typer.Option("engine", help="engine (tutorloop's, any CPU) | vllm (exec `vllm serve` on the folder: a GPU)")) -> None:
+    """Serve a checkpoint over an OpenAI-compatible API (tutorloop/serving/server.py)."""
+    import shutil
+
+    import uvicorn
+
+    from tutorloop.runtime.entry import BAD_INPUT
+    from tutorloop.serving.server import create_app, load_served, resolve_model
+
+    if backend not in ("engine", "vllm"):
+        typer.secho(f"--backend {backend!r}: expected engine or vllm", fg="red", err=True)
+        raise typer.Exit(2)
+    if backend == "vllm":
+        # vLLM's server does not run the engine's calculator: a model evaluated with it scores lower there.
+        exe = shutil.which("vllm")
+        if exe is None:
+            typer.secho("--backend vllm: no `vllm` on PATH (pip install vllm, on a machine with a GPU)", fg="red", err=True)
+            raise typer.Exit(2)
+        try:
+            folder, name, tags = resolve_model(model)
+        except BAD_INPUT as err:
+            bad_input(err)
+        typer.echo(f"serving {name} with vLLM at http://{host}:{port}/v1 (the calculator is off under vLLM"
+                   f"{'; this version was evaluated with it' if tags.get('eval.calculator') == 'true' else ''})", err=True)
+        os.execv(exe, [exe, "serve", str(folder), "--served-model-name", name, "--host", host, "--port", str(port)])
+    try:
+        served = load_served(model, _served_runtime(precision), calculator=calculator, rows=rows)
+    except BAD_INPUT as err:
+        bad_input(err)
+    typer.echo(f"serving {served.name} (calculator {'on' if served.calculator else 'off'}) "
+               f"at http://{host}:{port}/v1", err=True)
+    # A stop (SIGTERM / Ctrl-C) gives requests in flight 3 s to finish, then drops them: the process
+    # is gone within 5 s (measured in tests/test_serve.py), whatever max_tokens they asked for.
+    uvicorn.run(create_app(served), host=host, port=port, timeout_graceful_shutdown=3, log_level="warning")
+
+
+@app.command(rich_help_panel="Serve a checkpoint")
+def harness(model: str = typer.Option("models:/tutor@champion", help="a checkpoint folder or models:/<name>@<alias>"),
+            task: str = typer.Option("gsm8k", help="gsm8k (5-shot) | gsm8k_cot (8-shot CoT) | gsm8k_cot_zeroshot"),
+            limit: int = typer.Option(200, help="score the first N problems of --data"),
+            data: Path = typer.Option(Path("../shared/data/gsm8k/train.jsonl"), help="a GSM8K jsonl (question, answer)"),
+            fewshot: Optional[int] = typer.Option(None, help="few-shot examples (default: the task's own)"),
+            chat: bool = typer.Option(False, "--chat", help="local-chat-completions with the model's chat template"),
+            base_url: str = typer.Option("", help="an OpenAI-compatible server already serving --model (default: start one here)"),
+            calculator: Optional[bool] = typer.Option(None, "--calculator/--no-calculator",
+                                                      help="served model's calculator (default: as the version was evaluated)"),
+            precision: str = typer.Option("auto", help="auto | float32 | bfloat16"),
+            project: Path = typer.Option(Path("."), help="project root (its MLflow store gets the run)")) -> None:
+    """Score a checkpoint with EleutherAI's lm-evaluation-harness on GSM8K (offline, through
+    `tutorloop serve`); logs strict and flexible match to MLflow (tutorloop/serving/harness.py)."""
+    import tempfile
+
+    from tutorloop.runtime import tracking
+    from tutorloop.runtime.entry import BAD_INPUT
+    from tutorloop.serving import harness as lm_harness
+    from tutorloop.serving.server import load_served
+
+    if task not in lm_harness.TASKS:
+        typer.secho(f"--task {task!r}: expected one of {', '.join(lm_harness.TASKS)}", fg="red", err=True)
+        raise typer.Exit(2)
+    data = data.resolve()
+    if not data.exists():
+        typer.secho(f"--data {data}: no such file (a GSM8K jsonl with question and answer)", fg="red", err=True)
+        raise typer.Exit(2)
+    os.chdir(project)   # the project's MLflow store gets the run; --model folders are relative to it
+    try:
+        served = load_served(model, _served_runtime(precision), calculator=calculator)
+    except BAD_INPUT as err:
+        bad_input(err)
+    url, stop = (base_url, lambda: None) if base_url else lm_harness.serve_in_thread(served)
+    params = {"model": model, "served_as": served.name, "task": task, "limit": limit, "data": str(data),
+              "chat": chat, "calculator": served.calculator, "lm_eval": _version("lm_eval")}
+    with tracking.stage_run("harness", params) as log, tempfile.TemporaryDirectory() as tmp:
+        try:
+            score = lm_harness.evaluate(url, served.name, served.folder.resolve(), task, data, Path(tmp),
+                                        limit=limit, fewshot=fewshot, chat=chat, context=served.context or 2048)
+        finally:
+            stop()
+        log.metrics(score.metrics())
+        log.json(score.samples, f"harness/{task}-samples.json")
+    m = score.metrics()
+    typer.echo(f"{task} ({score.fewshot}-shot{', chat' if chat else ''}), {served.name}, n={score.n}: "
+               f"strict-match {score.strict:.1%} [{m['harness.strict_match_ci95_low']:.1%}, "
+               f"{m['harness.strict_match_ci95_high']:.1%}], flexible-extract {score.flexible:.1%} "
+               f"[{m['harness.flexible_extract_ci95_low']:.1%}, {m['harness.flexible_extract_ci95_high']:.1%}] "
+               f"in {score.seconds / 60:.1f} min")
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
