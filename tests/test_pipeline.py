@@ -246,6 +246,10 @@ def test_exp_run_switches_round_two_to_kto_visible_in_exp_show_and_mlflow(projec
     exp = client.get_experiment_by_name("tutorloop")
     kto_runs = client.search_runs([exp.experiment_id], "tags.method = 'kto'")
     assert kto_runs and kto_runs[0].data.metrics["method_kto"] == 1.0
+    # the experiment's stages nest under it and their round, as `tutorloop run` nests a round's
+    round_run = client.get_run(kto_runs[0].data.tags["mlflow.parentRunId"])
+    assert round_run.info.run_name == "kto-r2 round-2"
+    assert client.get_run(round_run.data.tags["mlflow.parentRunId"]).info.run_name == "kto-r2"
     assert json.loads((project / "data/round-2/preference_metrics.json").read_text())["method_kto"] == 1.0
     # a later commit: its HEAD has no experiments of its own; --all-commits finds those of the earlier one
     subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m",

@@ -1,4 +1,4 @@
-"""`tutorloop` commands that look at a workspace: doctor, report, docs, compare, heldout, paired.
+"""`tutorloop` commands that look at a workspace: doctor, report, docs, compare, heldout, paired, ui.
 
 May import: the library and flows/process.py (DVC through this interpreter), lazily.
 """
@@ -231,3 +231,72 @@ def _won_lost(a: dict, b: dict) -> str:
     res = mcnemar(a, b)
     return "no shared problem" if res is None else f"+{res[0]}/-{res[1]} of {len(a.keys() & b.keys())} p={res[2]:.2g}"
 
+
+
+@app.command(rich_help_panel="Inspect a workspace")
+def ui(project: Path = typer.Option(Path("."), help="project root (its MLflow store)"),
+       host: str = typer.Option("127.0.0.1", help="address the MLflow UI listens on"),
+       port: int = typer.Option(5000, help="port the MLflow UI listens on"),
+       browser: bool = typer.Option(True, "--browser/--no-browser", help="open the runs page in a browser")) -> None:
+    """Open the MLflow UI on this project's runs (not MLflow's GenAI overview): start `mlflow server`
+    on the project's store, print the runs page and the registered model's page, serve until Ctrl-C."""
+    import subprocess
+    import sys
+
+    from tutorloop.runtime import tracking
+
+    params = validate_project(project)
+    uri = tracking.tracking_uri(project)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        typer.secho(f"no MLflow store at {uri[len('sqlite:///'):]}: run the loop first (`make demo` or "
+                    "`tutorloop run`)", fg="red", err=True)
+        raise typer.Exit(2)
+    exp_id = tracking.ensure_store(project)
+    if tracking.is_server(uri):   # the team's tracking server already serves its UI
+        _print_ui(tracking.ui_urls(uri, exp_id, params.register_.model_name), browser)
+        return
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
+           "--port", str(port), "--workers", "1"]
+    server = subprocess.Popen(cmd, cwd=project)
+    try:
+        _wait_healthy(server, f"http://{host}:{port}/health")
+        _print_ui(tracking.ui_urls(f"http://{host}:{port}", exp_id, params.register_.model_name), browser)
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _wait_healthy(server, url: str, timeout: float = 60) -> None:
+    """Block until the MLflow server answers /health (exit 1 with its code if it dies first)."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            typer.secho(f"mlflow server exited with code {server.returncode}", fg="red", err=True)
+            raise typer.Exit(1)
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    typer.secho(f"mlflow server did not answer {url} within {timeout:.0f} s", fg="red", err=True)
+    raise typer.Exit(1)
+
+
+def _print_ui(urls: dict[str, str], browser: bool) -> None:
+    import sys
+    import webbrowser
+
+    typer.echo(f"runs (each round's stages nested under it): {urls['runs']}")
+    typer.echo(f"registered model (champion's evidence):     {urls['model']}")
+    # only where a graphical browser can open: on a headless machine webbrowser falls back to a
+    # text browser that would take over this terminal
+    graphical = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform in ("darwin", "win32")
+    if browser and graphical and sys.stdout.isatty():
+        webbrowser.open(urls["runs"])

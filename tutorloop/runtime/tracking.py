@@ -5,7 +5,10 @@
   the project finds them) — except on a tracking server (an ``http(s)://`` URI, the team stack in
   infra/compose.yaml), which chooses the artifact root itself.
 - Parent: the Prefect round flow opens the round's run and passes its id in
-  `TUTORLOOP_PARENT_RUN_ID`; `dvc repro` by hand has none and the stage run stands alone.
+  `TUTORLOOP_PARENT_RUN_ID`. A stage of a DVC experiment (`dvc exp run`, so every recipe and
+  `tutorloop seeds` arm; DVC names it in `DVC_EXP_NAME`) nests under its round's run, itself
+  under one run per experiment, both found or made here: the UI shows `quick > round-1 >
+  practice@1` as `tutorloop run` does. `dvc repro` by hand has neither and the stage run stands alone.
   A stage DVC skips never starts, so it logs nothing.
 - `TUTORLOOP_TRACKING=off` turns all of this into a no-op (unit tests of a single stage).
 - Secrets: only params and metrics we pass are logged; never the environment. Params, tags,
@@ -42,6 +45,7 @@ from tutorloop.secrets import redact
 
 EXPERIMENT = "tutorloop"
 PARENT_ENV = "TUTORLOOP_PARENT_RUN_ID"
+DVC_EXP_ENV, DVC_BASELINE_ENV = "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"   # set by `dvc exp run` for its stages
 
 
 def enabled() -> bool:
@@ -82,7 +86,20 @@ def ensure_store(root: Path | None = None) -> str:
     # --artifacts-destination): a file:// root chosen here would keep them on this machine, out
     # of reach of teammates and of register's paired-evidence download on any other machine.
     location = None if is_server(uri) else (root / "mlartifacts").as_uri()
-    return mlflow.create_experiment(experiment_name(), artifact_location=location)
+    # the kind MLflow 3 offers for runs of a training loop (its UI picks its landing page from the
+    # URL, see ui_urls; the tag keeps the experiment's kind right where a UI reads it)
+    return mlflow.create_experiment(experiment_name(), artifact_location=location,
+                                    tags={"mlflow.experimentKind": "custom_model_development"})
+
+
+def ui_urls(base: str, exp_id: str, model: str = "tutor") -> dict[str, str]:
+    """The MLflow UI pages a user opens first. MLflow 3.17's UI lands an experiment on its GenAI
+    overview (traces, an assistant) unless the URL says `workflowType=machine_learning` (read
+    before its localStorage switch `mlflow.workflowType_v1`; experiment tags are not read), and
+    keeps that parameter on its links: so every URL carries it."""
+    q = "?workflowType=machine_learning"
+    base = base.rstrip("/")
+    return {"runs": f"{base}/#/experiments/{exp_id}/runs{q}", "model": f"{base}/#/models/{model}{q}"}
 
 
 def git_commit(root: Path | None = None) -> str:
@@ -196,7 +213,8 @@ def stage_run(stage: str, params: dict, round_key: str | None = None) -> Iterato
         import mlflow
 
         exp_id = ensure_store()
-        parent = os.environ.get(PARENT_ENV) or None
+        containers = [] if os.environ.get(PARENT_ENV) else experiment_parent(exp_id, round_key)
+        parent = os.environ.get(PARENT_ENV) or (containers[-1] if containers else None)
         name = stage if round_key is None else f"{stage}@{round_key}"
         reap_stale_runs(exp_id)
         tags = {"tutorloop.stage": stage, "tutorloop.git_commit": git_commit(), **process_tags()}
@@ -216,8 +234,59 @@ def stage_run(stage: str, params: dict, round_key: str | None = None) -> Iterato
                 yield log
         except BaseException as exc:
             _end_run(mlflow, exc, outer_id)
+            _stretch(containers)
             raise
         _end_run(mlflow, None, outer_id)
+        _stretch(containers)
+
+
+def experiment_parent(exp_id: str, round_key: str | None) -> list[str]:
+    """[the experiment's run, its round's run] that a stage of a DVC experiment nests under (a
+    control and evaluate@control-k in round k; base and the stages before SFT in round 0); []
+    outside `dvc exp run`. Found by tags, else made: FINISHED containers whose end each stage
+    stretches (`_stretch`), so their duration is the stages'; the stages carry the status."""
+    name = os.environ.get(DVC_EXP_ENV)
+    if not name:
+        return []
+    from mlflow import MlflowClient
+
+    from tutorloop.config import control_round
+
+    client = MlflowClient()
+    common = {"tutorloop.dvc_exp": name, "tutorloop.dvc_baseline": os.environ.get(DVC_BASELINE_ENV, "")[:12]}
+    top = _container(client, exp_id, name, {**common, "tutorloop.kind": "experiment"}, None)
+    key = control_round(round_key or "") or (round_key if (round_key or "").isdigit() else "0")
+    return [top, _container(client, exp_id, f"{name} round-{key}",
+                            {**common, "tutorloop.kind": "round", "tutorloop.round": key}, top)]
+
+
+def _stretch(containers: list[str]) -> None:
+    """End the experiment's and the round's runs now: they span every stage run in them so far."""
+    if not containers:
+        return
+    import time
+
+    from mlflow import MlflowClient
+
+    client, now = MlflowClient(), int(time.time() * 1000)
+    for run_id in containers:
+        try:
+            client.set_terminated(run_id, status="FINISHED", end_time=now)
+        except Exception as err:  # noqa: BLE001 - a container's end time never fails a stage
+            print(f"tutorloop: could not update the MLflow run {run_id}: {redact(str(err))}", file=sys.stderr)
+
+
+def _container(client, exp_id: str, run_name: str, tags: dict[str, str], parent: str | None) -> str:
+    """The id of the run with these tags, made (nested under `parent`) if there is none yet."""
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    found = client.search_runs([exp_id], filter_string=query, max_results=1)
+    if found:
+        return found[0].info.run_id
+    extra = {"mlflow.parentRunId": parent} if parent else {}
+    run = client.create_run(exp_id, run_name=run_name, tags={**tags, **extra,
+                                                               "tutorloop.git_commit": git_commit()})
+    client.set_terminated(run.info.run_id, status="FINISHED")
+    return run.info.run_id
 
 
 # --- runs whose process is gone -------------------------------------------------------------
