@@ -128,7 +128,7 @@ def test_sft_and_dpo_resolve_auto_on_the_models_device(params_factory, tiny_mode
     model, _ = load(tiny_model_dir)
     raw_sft = params_factory().sft.model_dump()
     params = params_factory(sft={**raw_sft, "batch_size": "auto", "grad_accum": 3})
-    assert sft.resolve_batch(params, model) == (SFT_BATCH_CPU, 3)
+    assert sft.resolve_batch(params.sft, model) == (SFT_BATCH_CPU, 3)
     assert train_batching.device_batch("auto", 2, model, 256, PREFERENCE_BATCH_CPU, pairs=True) == (PREFERENCE_BATCH_CPU, 2)
 
 

@@ -36,7 +36,7 @@ def test_variants_are_rebuilt_from_provenance(tiny_model_dir):
 
     params = validate(tiny_params(tiny_model_dir))
     p = practice_set(1)[0]
-    out = variants.procedural_variants(p, params, 3, random.Random(0))
+    out = variants.procedural_variants(p, params.generate.agents, 3, random.Random(0))
     assert 1 <= len(out) <= 3 and out[0][0].startswith("suggest-edit")  # at least one harder problem
     for path, g in out:
         q, s, a = g.render()

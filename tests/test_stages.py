@@ -369,7 +369,7 @@ def test_fresh_adapter_disabled_is_exactly_the_previous_round(params_factory, wo
                      learning_rate=5e-3, report_to="none", save_strategy="no", use_cpu=True, bf16=False,
                      activation_checkpointing=False, dataset_num_proc=1, logging_steps=1)
     trainer = DPOTrainer(model=prev, ref_model=None, args=args, processing_class=tok,
-                         train_dataset=Dataset.from_list(preference.to_preference(rows, params)),
+                         train_dataset=Dataset.from_list(preference.to_preference(rows, params.prompt)),
                          peft_config=lora_config(params.preference.lora))
     ids = tok("What is 2+3? The answer is 5", return_tensors="pt")["input_ids"]
     with torch.no_grad():

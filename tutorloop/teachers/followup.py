@@ -14,7 +14,7 @@ import hashlib
 import random
 from collections import defaultdict
 
-from tutorloop.config import Params
+from tutorloop.config import Agents, Params
 from tutorloop.data.contamination import EvalIndex
 from tutorloop.data.dedup import Dedup
 from tutorloop.data.text import normalise
@@ -29,14 +29,14 @@ def all_wrong(feedback: list[dict]) -> list[str]:
     return [pid for pid, v in verdicts.items() if v and not any(v)]
 
 
-def procedural_variants(problem: dict, params: Params, k: int, rng: random.Random) -> list[tuple[str, object]]:
+def procedural_variants(problem: dict, a: Agents, k: int, rng: random.Random) -> list[tuple[str, object]]:
     """Easier/other (AMA) and harder (one suggest-edit) variants of a procedural problem, rebuilt
     exactly from its provenance (seed id + agent path)."""
     from tutorloop.teachers import ProceduralTeacher
     from tutorloop.teachers.agents import ask_me_anything, edit, expand, suggest
     from tutorloop.teachers.graph import Reject
 
-    prov, a = problem["provenance"], params.generate.agents
+    prov = problem["provenance"]
     g = None
     for path, graph, _ in expand(prov["seed_id"], ProceduralTeacher.graph(prov["seed_id"]), a.ama,
                                  a.suggest_edit_rounds, a.edits):
@@ -74,7 +74,7 @@ def make_variants(problems: list[dict], params: Params, round_key: str, chat=Non
         prov = p.get("provenance", {})
         mine: list[dict] = []
         if prov.get("teacher") == "procedural":
-            for path, g in procedural_variants(p, params, cfg.variants, rng):
+            for path, g in procedural_variants(p, params.generate.agents, cfg.variants, rng):
                 mine.append(graph_record(g, prov["seed_id"], f"followup/{round_key}/{path}"))
         else:  # LLM-written problem: the same agents, through the teacher's cached backend
             if llm is None:

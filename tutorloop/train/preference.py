@@ -29,7 +29,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from tutorloop.config import PREFERENCE_BATCH_CPU, ConfigError, Params
+from tutorloop.config import PREFERENCE_BATCH_CPU, ConfigError, Params, Prompt
 from tutorloop.data.jsonl import read_jsonl
 from tutorloop.data.preferences import control_rows, select_rft
 from tutorloop.hardware import ResolvedRuntime
@@ -44,18 +44,16 @@ LOGGED = (("rewards/accuracies", "reward_accuracy"), ("rewards/margins", "reward
           ("rewards/chosen", "reward_chosen"), ("rewards/rejected", "reward_rejected"), ("kl", "kl"))
 
 
-def to_preference(rows: list[dict], params: Params) -> list[dict]:
+def to_preference(rows: list[dict], p: Prompt) -> list[dict]:
     """TRL's conversational preference format: shared prompt, chosen/rejected assistant turns."""
-    p = params.prompt
     return [{"prompt": messages(r["question"], p.system, p.template),
              "chosen": [{"role": "assistant", "content": r["chosen"]}],
              "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows]
 
 
-def to_unpaired(rows: list[dict], params: Params, seed: int) -> list[dict]:
+def to_unpaired(rows: list[dict], p: Prompt, seed: int) -> list[dict]:
     """TRL's conversational unpaired format. KTOTrainer samples sequentially (its KL estimate
     pairs neighbours in a batch), so the order is shuffled here, seeded, to mix the labels."""
-    p = params.prompt
     out = [{"prompt": messages(r["question"], p.system, p.template),
             "completion": [{"role": "assistant", "content": r["completion"]}], "label": bool(r["label"])}
            for r in rows]
@@ -108,7 +106,7 @@ def trainer_and_data(params: Params, round_key: str, round_dir: Path, common: di
                               "has no such rows (no strictly correct student solution this round?)")
         student = sum(r["source"] == "student" for r in rows)
         return (make_sft_trainer_class(device), SFTConfig(**common, completion_only_loss=True),
-                to_conversations(rows, params),
+                to_conversations(rows, params.prompt),
                 {"examples": len(rows), "student_solutions": student, "rows": len(rows)})
     if rcfg.method == "dpo":
         from trl import DPOConfig, DPOTrainer
@@ -117,14 +115,14 @@ def trainer_and_data(params: Params, round_key: str, round_dir: Path, common: di
         # RPO: the DPO loss plus an NLL term on the chosen side keeps the policy's likelihood of
         # correct solutions from falling while the margin grows (a known DPO failure on math).
         rpo = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, rcfg.sft_weight]) if rcfg.sft_weight else {}
-        return (DPOTrainer, DPOConfig(**common, **rpo), to_preference(rows, params),
+        return (DPOTrainer, DPOConfig(**common, **rpo), to_preference(rows, params.prompt),
                 {"pairs": len(rows), "sft_weight": rcfg.sft_weight, "rows": len(rows)})
     from trl import KTOConfig, KTOTrainer
 
     rows = read_jsonl(round_dir / "unpaired.jsonl", required=("question", "completion", "label"))
     dw, uw = class_weights(rows)
     return (KTOTrainer, KTOConfig(**common, desirable_weight=dw, undesirable_weight=uw),
-            to_unpaired(rows, params, rcfg.seed),
+            to_unpaired(rows, params.prompt, rcfg.seed),
             {"examples": len(rows), "desirable": sum(r["label"] for r in rows), "desirable_weight": dw,
              "undesirable_weight": uw, "rows": len(rows)})
 
@@ -154,7 +152,7 @@ def _control_data(params: Params, round_key: str, round_dir: Path, common: dict,
         raise ConfigError(f"controls.{round_key}: {round_dir / 'rft.jsonl'} has no teacher rows to train on")
     args = {k: v for k, v in common.items() if k != "beta"}
     return (make_sft_trainer_class(device), SFTConfig(**args, completion_only_loss=True),
-            to_conversations(rows, params),
+            to_conversations(rows, params.prompt),
             {"examples": len(rows), "student_solutions": 0, "control": 1.0, "rows": len(rows)})
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tutorloop.config import SFT_BATCH_CPU, Params
+from tutorloop.config import SFT_BATCH_CPU, Params, Prompt, Sft
 from tutorloop.data.jsonl import read_jsonl
 from tutorloop.hardware import ResolvedRuntime
 from tutorloop.modeling import load, messages
@@ -53,15 +53,14 @@ def make_sft_trainer_class(device):
     return PlainLossSFTTrainer
 
 
-def to_conversations(rows: list[dict], params: Params) -> list[dict]:
-    p = params.prompt
+def to_conversations(rows: list[dict], p: Prompt) -> list[dict]:
+    """TRL's conversational prompt-completion format: the loss falls on the solution alone."""
     return [{"prompt": messages(r["question"], p.system, p.template),
              "completion": [{"role": "assistant", "content": r["solution"]}]} for r in rows]
 
 
-def resolve_batch(params: Params, model) -> tuple[int, int]:
+def resolve_batch(cfg: Sft, model) -> tuple[int, int]:
     """(per-device batch, grad_accum) for sft.batch_size on the model's device."""
-    cfg = params.sft
     return device_batch(cfg.batch_size, cfg.grad_accum, model, cfg.max_length, SFT_BATCH_CPU)
 
 
@@ -73,7 +72,7 @@ def build_trainer(params: Params, model, tok, rows: list[dict], work: Path, call
     from trl import SFTConfig
 
     cfg = params.sft
-    per_device, accum = batch or resolve_batch(params, model)
+    per_device, accum = batch or resolve_batch(params.sft, model)
     args = SFTConfig(
         **trainer_args(work, learning_rate=cfg.learning_rate, epochs=cfg.epochs, batch=per_device, grad_accum=accum,
                        warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length, seed=cfg.seed,
@@ -82,7 +81,7 @@ def build_trainer(params: Params, model, tok, rows: list[dict], work: Path, call
         # padding is compute on a CPU: similar lengths per batch (still shuffled across batches)
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
     return make_sft_trainer_class(model.device)(
-        model=model, args=args, train_dataset=Dataset.from_list(to_conversations(rows, params)),
+        model=model, args=args, train_dataset=Dataset.from_list(to_conversations(rows, params.prompt)),
         processing_class=tok, peft_config=lora_config(cfg.lora), callbacks=list(callbacks))
 
 
@@ -92,7 +91,7 @@ def train_sft(params: Params, base: Path, train_file: Path, out: Path, callbacks
     save to `out`; the run's metrics."""
     rows = read_jsonl(train_file, required=("question", "solution"))
     model, tok = load(base, dtype=train_dtype(runtime), device=runtime.device)
-    batch = resolve_batch(params, model)
+    batch = resolve_batch(params.sft, model)
     # auto: the resolved split is part of the run (a resumed run must keep it)
     split = [list(batch)] if params.sft.batch_size == "auto" else []
     work = work_dir("sft", params.sft.model_dump(), params.prompt.model_dump(), base, train_file, runtime.dtype, *split)
