@@ -97,6 +97,7 @@ def harness(model: str = typer.Option("models:/tutor@champion", help="a checkpoi
         raise typer.Exit(2)
     os.chdir(project)   # the project's MLflow store gets the run; --model folders are relative to it
     try:
+        lm_harness.read_data(data, limit)   # a bad --data fails here, before minutes of model loading
         served = load_served(model, _served_runtime(precision), calculator=calculator)
     except BAD_INPUT as err:
         bad_input(err)

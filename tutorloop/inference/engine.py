@@ -209,10 +209,12 @@ def _cache_kwarg(model) -> str:
 
 def supported(model) -> bool:
     """The slot cache covers decoder-only models whose every layer is full attention (Llama,
-    Qwen2, Mistral without a window, SmolLM2...); others go through HF `generate`."""
-    cfg = model.config.get_text_config(decoder=True)
+    Qwen2, Mistral without a window, SmolLM2...); others go through HF `generate`. `model`: a
+    model or its config (checked before loading weights)."""
+    root = getattr(model, "config", model)
+    cfg = root.get_text_config(decoder=True)
     types = getattr(cfg, "layer_types", None) or ["full_attention"]
-    return (not model.config.is_encoder_decoder and set(types) == {"full_attention"}
+    return (not root.is_encoder_decoder and set(types) == {"full_attention"}
             and getattr(cfg, "sliding_window", None) in (None, 0))
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from tutorloop.errors import DataError
+
 # our name -> the harness's task file (lm_eval/tasks/gsm8k/)
 TASKS = {"gsm8k": "gsm8k.yaml", "gsm8k_cot": "gsm8k-cot.yaml", "gsm8k_cot_zeroshot": "gsm8k-cot-zeroshot.yaml"}
 FILTERS = ("strict-match", "flexible-extract")
@@ -69,11 +71,30 @@ def task_config(task: str, test_file: Path, fewshot_file: Path) -> dict:
     return cfg
 
 
+def read_data(gsm8k: Path, limit: int) -> list[dict]:
+    """The rows of a GSM8K jsonl, checked before any model loads: a DataError names the file, the
+    line and what is wrong (not JSON, no question/answer, no `#### N`), or that it is too short."""
+    rows = []
+    for number, line in enumerate(Path(gsm8k).read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{gsm8k}:{number}: not a JSON object ({err.msg})") from None
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("question", "answer")):
+            raise DataError(f"{gsm8k}:{number}: a GSM8K row needs string fields question and answer")
+        if "####" not in row["answer"]:
+            raise DataError(f"{gsm8k}:{number}: answer has no '#### N' final answer")
+        rows.append(row)
+    if len(rows) <= limit:
+        raise DataError(f"{gsm8k}: {len(rows)} rows, need more than --limit {limit} (the rest are few-shot examples)")
+    return rows
+
+
 def write_task(task: str, gsm8k: Path, limit: int, fewshot_pool: int, folder: Path) -> str:
     """Write the offline task (its yaml and the two row files) into `folder`; returns its name."""
-    rows = [json.loads(line) for line in Path(gsm8k).read_text().splitlines() if line.strip()]
-    if len(rows) <= limit:
-        raise ValueError(f"{gsm8k}: {len(rows)} rows, need more than --limit {limit} (the rest are few-shot examples)")
+    rows = read_data(gsm8k, limit)
     folder.mkdir(parents=True, exist_ok=True)
     test, shots = folder / "test.jsonl", folder / "fewshot.jsonl"
     keep = ("question", "answer")

@@ -40,6 +40,7 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, Field
 
+from tutorloop.errors import ConfigError
 from tutorloop.hardware import ResolvedRuntime
 
 DEFAULT_MAX_TOKENS = 256
@@ -109,6 +110,7 @@ class Served:
         self.name, self.calculator, self.rows, self.folder = name, calculator, rows, Path(model_dir)
         self.prompt_room = prompt_room   # a call's KV buffer fits prompts this long that join it mid-call
         # the caller's resolved runtime: its device and precision, never re-resolved here
+        _check_servable(model_dir, name)
         self.model, self.tok = modeling.load(model_dir, dtype=runtime.dtype, device=runtime.device)
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
         self.calls = 0      # engine calls made (tests read it: concurrent requests share calls)
@@ -191,19 +193,7 @@ def resolve_model(spec: str) -> tuple[Path, str, dict]:
         if not path.is_dir():
             raise FileNotFoundError(f"--model {spec}: not a checkpoint folder or models:/ URI")
         return path, path.name, {}
-    import mlflow
-    from mlflow import MlflowClient
-
-    from tutorloop.runtime import tracking
-
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    client = MlflowClient()
-    name, _, ref = spec[len("models:/"):].partition("@")
-    if ref:
-        version = client.get_model_version_by_alias(name, ref)
-    else:
-        name, _, number = name.partition("/")
-        version = client.get_model_version(name, number)
+    version, name = _registry_version(spec)
     source = version.source
     if source.startswith("file://"):
         folder = Path(source[len("file://"):])
@@ -215,6 +205,48 @@ def resolve_model(spec: str) -> tuple[Path, str, dict]:
             raise FileNotFoundError(f"{spec}: no transformers checkpoint in {folder}")
         folder = found[0].parent
     return folder, f"{name}-v{version.version}", dict(version.tags)
+
+
+def _check_servable(model_dir: str | Path, name: str) -> None:
+    """Refuse, before any weights load, a model the engine's slot cache does not cover: the
+    HF-generate fallback cannot take requests mid-call, so every request would go unanswered."""
+    from transformers import AutoConfig
+
+    from tutorloop.inference import engine
+
+    config = AutoConfig.from_pretrained(model_dir)
+    if not engine.supported(config):
+        arch = (config.architectures or [type(config).__name__])[0]
+        raise ConfigError(f"--model {name}: {arch} (sliding-window or mixed attention) is not served by "
+                          "tutorloop's engine, which needs every layer full attention; serve it with "
+                          "`--backend vllm` on a GPU")
+
+
+def _registry_version(spec: str):
+    """(the model version `models:/<name>@<alias>` or `models:/<name>/<version>` names, its model's
+    name); a ConfigError naming what is missing: the store (never created here), the model, the alias."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from tutorloop.runtime import tracking
+
+    uri = tracking.tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise ConfigError(f"--model {spec}: no MLflow registry here ({uri[len('sqlite:///'):]} does not exist): "
+                          "run the loop first (`make demo`, `tutorloop run`), run this in the project, "
+                          "or pass a checkpoint folder (--model models/round-1)")
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    name, _, ref = spec[len("models:/"):].partition("@")
+    try:
+        if ref:
+            return client.get_model_version_by_alias(name, ref), name
+        name, _, number = name.partition("/")
+        return client.get_model_version(name, number), name
+    except MlflowException as err:
+        raise ConfigError(f"--model {spec}: not in the registry at {uri} "
+                          f"({' '.join(str(err.message).split())[:200]})") from None
 
 
 def load_served(spec: str, runtime: ResolvedRuntime, *, calculator: bool | None = None, rows: int = 64) -> Served:
