@@ -323,3 +323,28 @@ def test_sigterm_stops_the_real_server_within_5_s_with_a_request_in_flight(tiny_
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_errors_keep_the_openai_shape_and_a_cancelled_request_fails_no_other(tiny_model_dir, monkeypatch):
+    """A lone surrogate is a 400, an internal failure a JSON 500 (never a bare page); a future
+    cancelled by its client does not fail the rest of its engine call (InvalidStateError)."""
+    from concurrent.futures import Future
+
+    from fastapi.testclient import TestClient
+
+    served = srv.Served(tiny_model_dir, "tiny", fp32(), rows=8)
+    client = TestClient(srv.create_app(served), raise_server_exceptions=False)
+    body = '{"model": "tiny", "prompt": "half \\ud800 pair", "max_tokens": 2}'
+    bad = client.post("/v1/completions", content=body, headers={"content-type": "application/json"})
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error", bad.text
+    monkeypatch.setattr(srv.Served, "prompt_tokens", lambda self, text: 1 / 0)
+    boom = client.post("/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 2})
+    assert boom.status_code == 500 and boom.json()["error"] == {
+        "message": "internal error (ZeroDivisionError)", "type": "internal_error", "param": None, "code": None}
+    gone = srv.Job(["a"], 1, 0.0, 1.0, 4, 0)
+    gone.future.cancel()
+    gone.answer(0, ["x"], [1], ["stop"])                      # must not raise InvalidStateError
+    srv.settle(gone.future, error=RuntimeError("engine"))      # nor on the error path
+    alive = srv.Job(["b"], 1, 0.0, 1.0, 4, 0, future=Future())
+    alive.answer(0, ["y"], [1], ["stop"])
+    assert alive.future.result() == ([["y"]], [[1]], [["stop"]])

@@ -97,7 +97,21 @@ class Job:
         self.results[i] = (texts, counts, reasons)
         if len(self.results) == len(self.prompts):
             rows = [self.results[j] for j in range(len(self.prompts))]
-            self.future.set_result(tuple([r[f] for r in rows] for f in range(3)))
+            settle(self.future, result=tuple([r[f] for r in rows] for f in range(3)))
+
+
+def settle(future: Future, result=None, error: BaseException | None = None) -> None:
+    """Answer `future` unless it is already done: a client that disconnected cancels its future
+    at any moment, and its InvalidStateError must not fail the other requests of the call."""
+    from concurrent.futures import InvalidStateError
+
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 class Served:
@@ -180,8 +194,7 @@ class Served:
                             desc=f"serve ({self.calls})")
         except Exception as err:  # noqa: BLE001 - handed to every request of the call still waiting
             for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(err)
+                settle(job.future, error=err)
 
 
 def resolve_model(spec: str) -> tuple[Path, str, dict]:
@@ -304,6 +317,11 @@ def _job(served: Served, req: _Sampling, prompts: list[str]) -> Job:
         raise ApiError(404, f"The model `{req.model}` does not exist (serving `{served.name}`)",
                        param="model", code="model_not_found")
     max_tokens = req.max_tokens or DEFAULT_MAX_TOKENS
+    for p in prompts:
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:   # a lone surrogate ("\\ud800" in the JSON): the tokenizer would fail on it
+            raise ApiError(400, "the prompt is not valid Unicode text (a lone surrogate?)", param="messages") from None
     lengths = [served.prompt_tokens(p) for p in prompts]
     for used in lengths:
         if served.context and used + max_tokens > served.context:
@@ -385,6 +403,12 @@ def create_app(served: Served):
         where = ".".join(str(x) for x in first.get("loc", ())[1:]) or None
         return JSONResponse(ApiError(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}",
                                      param=where).body, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, err: Exception):
+        # anything else still answers in the OpenAI shape (the type only: never internals)
+        return JSONResponse(ApiError(500, f"internal error ({type(err).__name__})", type_="internal_error").body,
+                            status_code=500)
 
     @app.get("/v1/models")
     async def models():
