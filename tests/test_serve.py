@@ -348,3 +348,42 @@ def test_errors_keep_the_openai_shape_and_a_cancelled_request_fails_no_other(tin
     alive = srv.Job(["b"], 1, 0.0, 1.0, 4, 0, future=Future())
     alive.answer(0, ["y"], [1], ["stop"])
     assert alive.future.result() == ([["y"]], [[1]], [["stop"]])
+
+
+def test_an_api_key_is_required_when_set_and_loopback_answers_loopback_names_only(tiny_model_dir):
+    """--api-key-env: 401 without the bearer token (OpenAI-shaped), the SDK with the key works; a
+    server on loopback refuses another Host header (DNS rebinding), one bound elsewhere does not."""
+    from fastapi.testclient import TestClient
+
+    served = srv.Served(tiny_model_dir, "tiny", fp32(), rows=8)
+    hosts = srv.allowed_hosts("127.0.0.1", 8000)
+    client = TestClient(srv.create_app(served, api_key="s3cret", hosts=hosts), base_url="http://127.0.0.1:8000")
+    body = {"model": "tiny", "prompt": "hi", "max_tokens": 2, "temperature": 0}
+    assert client.post("/v1/completions", json=body).status_code == 401
+    wrong = client.post("/v1/completions", json=body, headers={"authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+    assert client.post("/v1/completions", json=body, headers={"authorization": "Bearer s3cret"}).status_code == 200
+    rebound = client.post("/v1/completions", json=body, headers={"authorization": "Bearer s3cret",
+                                                                  "host": "evil.example:8000"})
+    assert rebound.status_code == 403 and rebound.json()["error"]["code"] == "host_not_allowed"
+    assert srv.allowed_hosts("0.0.0.0", 8000) is None and "localhost:8000" in hosts
+
+
+def test_serve_without_a_key_off_loopback_warns_and_a_missing_key_variable_is_an_error(tiny_model_dir, monkeypatch):
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from tutorloop.cli import app
+
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app_, **kw: started.update(kw))
+    result = CliRunner().invoke(app, ["serve", "--model", str(tiny_model_dir), "--host", "0.0.0.0",
+                                      "--precision", "float32"])
+    assert result.exit_code == 0 and "without a key" in result.stderr and started["host"] == "0.0.0.0"
+    monkeypatch.delenv("TUTORLOOP_TEST_KEY", raising=False)
+    missing = CliRunner().invoke(app, ["serve", "--model", str(tiny_model_dir), "--api-key-env", "TUTORLOOP_TEST_KEY"])
+    assert missing.exit_code == 2 and "TUTORLOOP_TEST_KEY" in missing.stderr
+    monkeypatch.setenv("TUTORLOOP_TEST_KEY", "k3y-value")
+    keyed = CliRunner().invoke(app, ["serve", "--model", str(tiny_model_dir), "--api-key-env", "TUTORLOOP_TEST_KEY",
+                                     "--precision", "float32"])
+    assert keyed.exit_code == 0 and "without a key" not in keyed.stderr and "k3y-value" not in keyed.output

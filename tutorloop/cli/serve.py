@@ -31,18 +31,27 @@ def serve(model: str = typer.Option("models:/tutor@champion", help="a checkpoint
                                                     help="default: what the version was evaluated with (its eval.calculator tag); off for a folder"),
           precision: str = typer.Option("auto", help="auto | float32 | bfloat16 (runtime.precision's rule)"),
           rows: int = typer.Option(64, help="engine rows decoded together"),
-          backend: str = typer.Option("engine", help="engine (tutorloop's, any CPU) | vllm (exec `vllm serve` on the folder: a GPU)")) -> None:
+          backend: str = typer.Option("engine", help="engine (tutorloop's, any CPU) | vllm (exec `vllm serve` on the folder: a GPU)"),
+          api_key_env: str = typer.Option("", help="the environment variable holding the key clients must send "
+                                                   "(Authorization: Bearer ...); never the key itself")) -> None:
     """Serve a checkpoint over an OpenAI-compatible API (tutorloop/serving/server.py)."""
     import shutil
 
     import uvicorn
 
     from tutorloop.runtime.entry import BAD_INPUT
-    from tutorloop.serving.server import create_app, load_served, resolve_model
+    from tutorloop.serving.server import LOOPBACK, allowed_hosts, create_app, load_served, resolve_model
 
     if backend not in ("engine", "vllm"):
         typer.secho(f"--backend {backend!r}: expected engine or vllm", fg="red", err=True)
         raise typer.Exit(2)
+    api_key = os.environ.get(api_key_env) if api_key_env else None
+    if api_key_env and not api_key:
+        typer.secho(f"--api-key-env {api_key_env}: that environment variable is not set", fg="red", err=True)
+        raise typer.Exit(2)
+    if host not in LOOPBACK and api_key is None:
+        typer.secho(f"warning: serving on {host} without a key: anyone who reaches this port can use it "
+                    "(--api-key-env NAME)", fg="yellow", err=True)
     if backend == "vllm":
         # vLLM's server does not run the engine's calculator: a model evaluated with it scores lower there.
         exe = shutil.which("vllm")
@@ -55,7 +64,9 @@ def serve(model: str = typer.Option("models:/tutor@champion", help="a checkpoint
             bad_input(err)
         typer.echo(f"serving {name} with vLLM at http://{host}:{port}/v1 (the calculator is off under vLLM"
                    f"{'; this version was evaluated with it' if tags.get('eval.calculator') == 'true' else ''})", err=True)
-        os.execv(exe, [exe, "serve", str(folder), "--served-model-name", name, "--host", host, "--port", str(port)])
+        # vLLM reads its key from VLLM_API_KEY: in the environment, not on a command line `ps` shows
+        env = {**os.environ, **({"VLLM_API_KEY": api_key} if api_key else {})}
+        os.execve(exe, [exe, "serve", str(folder), "--served-model-name", name, "--host", host, "--port", str(port)], env)
     try:
         served = load_served(model, _served_runtime(precision), calculator=calculator, rows=rows)
     except BAD_INPUT as err:
@@ -64,7 +75,8 @@ def serve(model: str = typer.Option("models:/tutor@champion", help="a checkpoint
                f"at http://{host}:{port}/v1", err=True)
     # A stop (SIGTERM / Ctrl-C) gives requests in flight 3 s to finish, then drops them: the process
     # is gone within 5 s (measured in tests/test_serve.py), whatever max_tokens they asked for.
-    uvicorn.run(create_app(served), host=host, port=port, timeout_graceful_shutdown=3, log_level="warning")
+    uvicorn.run(create_app(served, api_key=api_key, hosts=allowed_hosts(host, port)), host=host, port=port,
+                timeout_graceful_shutdown=3, log_level="warning")
 
 
 @app.command(rich_help_panel="Serve a checkpoint")

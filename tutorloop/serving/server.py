@@ -385,13 +385,39 @@ def _stops(stop) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop or [])
 
 
-def create_app(served: Served):
-    """The FastAPI app serving `served`."""
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def allowed_hosts(host: str, port: int) -> set[str] | None:
+    """The Host headers a server bound to loopback answers (DNS rebinding: a page elsewhere must
+    not reach it under its own name); None (any) when bound to another address."""
+    if host not in LOOPBACK:
+        return None
+    return {f"{h}:{port}" for h in ("127.0.0.1", "localhost", "[::1]")} | {"127.0.0.1", "localhost", "[::1]"}
+
+
+def create_app(served: Served, api_key: str | None = None, hosts: set[str] | None = None):
+    """The FastAPI app serving `served`: with `api_key`, every request needs `Authorization:
+    Bearer <key>` (401 otherwise); with `hosts`, a Host header outside them is refused (403)."""
+    import hmac
+
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
 
     app = FastAPI(title="tutorloop serve")
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if hosts is not None and request.headers.get("host", "") not in hosts:
+            return JSONResponse(ApiError(403, "Host not allowed: this server answers on loopback only",
+                                         code="host_not_allowed").body, status_code=403)
+        if api_key is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return JSONResponse(ApiError(401, "Incorrect or missing API key (Authorization: Bearer ...)",
+                                             code="invalid_api_key").body, status_code=401)
+        return await call_next(request)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError):
