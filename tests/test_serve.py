@@ -387,3 +387,100 @@ def test_serve_without_a_key_off_loopback_warns_and_a_missing_key_variable_is_an
     keyed = CliRunner().invoke(app, ["serve", "--model", str(tiny_model_dir), "--api-key-env", "TUTORLOOP_TEST_KEY",
                                      "--precision", "float32"])
     assert keyed.exit_code == 0 and "without a key" not in keyed.stderr and "k3y-value" not in keyed.output
+
+
+@pytest.fixture
+def counted(tiny_model_dir, monkeypatch):
+    """A fresh server whose engine counts (and slows) decode steps and records the step of each `drop`."""
+    from tutorloop.inference import engine
+
+    seen = {"steps": 0, "dropped": []}
+    real_step, real_drop = engine._Run.step, engine._Run.drop
+
+    def step(self):   # 5 ms a step: 800 tokens take seconds, so a client can give up mid-request
+        seen["steps"] += 1
+        time.sleep(0.005)
+        return real_step(self)
+
+    def drop(self, prompts):
+        seen["dropped"].append(seen["steps"])
+        return real_drop(self, prompts)
+
+    monkeypatch.setattr(engine._Run, "step", step)
+    monkeypatch.setattr(engine._Run, "drop", drop)
+    r = Running(srv.Served(tiny_model_dir, "tiny", fp32(), rows=8))
+    yield r, seen
+    r.stop()
+
+
+def _settled(seen, drops: int, timeout: float = 30) -> None:
+    """Wait for `drops` drops, then for the engine to stop stepping."""
+    deadline = time.monotonic() + timeout
+    while len(seen["dropped"]) < drops:
+        assert time.monotonic() < deadline, "the disconnect never reached the engine"
+        time.sleep(0.05)
+    last = -1
+    while last != seen["steps"]:
+        last = seen["steps"]
+        time.sleep(0.3)
+
+
+LONG = {"model": "tiny", "prompt": "Once upon a time", "temperature": 0, "max_tokens": 800}   # never ends early
+
+
+def test_a_client_that_disconnects_frees_its_rows_within_a_decode_step(counted):
+    running, seen = counted
+    with httpx.stream("POST", f"{running.url}/completions", json={**LONG, "stream": True}, timeout=60) as resp:
+        for i, _ in enumerate(resp.iter_lines()):
+            if i >= 4:
+                break                                            # the client goes away mid-stream
+    _settled(seen, 1)
+    assert seen["steps"] - seen["dropped"][0] <= 2 and seen["steps"] < 400, seen
+    with pytest.raises(httpx.ReadTimeout):                      # a non-streamed request given up on
+        httpx.post(f"{running.url}/completions", json=LONG, timeout=1.5)
+    _settled(seen, 2)
+    assert seen["steps"] - seen["dropped"][1] <= 2, seen
+    ok = running.client().completions.create(model="tiny", prompt="Hi", temperature=0, max_tokens=3)
+    assert ok.choices[0].finish_reason in ("length", "stop")   # and the server goes on serving
+
+
+def test_held_requests_are_served_within_a_bound_under_steady_traffic(running):
+    """Greedy requests arriving back to back keep a greedy call alive; a sampled request waits at
+    most HOLD_S plus the call's drain, not until the greedy traffic stops."""
+    c = running.client()
+    stop, answered = threading.Event(), {}
+
+    def greedy():
+        while not stop.is_set():
+            c.completions.create(model="tiny", prompt="Count:", temperature=0, max_tokens=24)
+
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            pool.submit(greedy)
+        time.sleep(1.0)
+        sent = time.monotonic()
+        c.completions.create(model="tiny", prompt="Pick:", temperature=0.7, max_tokens=4, seed=1)
+        answered["after"] = time.monotonic() - sent
+        answered["traffic_running"] = not stop.is_set()
+        stop.set()
+    assert answered["traffic_running"], answered
+    assert answered["after"] < 60, answered
+
+
+def test_limits_answer_413_429_and_400_not_an_unbounded_queue(tiny_model_dir):
+    from fastapi.testclient import TestClient
+
+    served = srv.Served(tiny_model_dir, "tiny", fp32(), rows=8, max_waiting=0, max_model_len=64,
+                        kv_budget=10 << 20)
+    client = TestClient(srv.create_app(served, max_body=2000))
+    ask = {"model": "tiny", "prompt": "hi", "max_tokens": 4}
+    busy = client.post("/v1/completions", json=ask)              # nothing may wait: the queue is full
+    assert busy.status_code == 429 and busy.headers["retry-after"] == "1" and busy.json()["error"]["code"] == "rate_limit"
+    assert client.post("/v1/completions", json={**ask, "prompt": "x" * 3000}).status_code == 413
+    assert client.post("/v1/completions", json={**ask, "stop": ["a", "b", "c", "d", "e"]}).status_code == 400
+    assert client.post("/v1/completions", json={**ask, "prompt": ["p"] * 65}).status_code == 400
+    long = client.post("/v1/completions", json={**ask, "max_tokens": 80})   # prompt + 80 > --max-model-len 64
+    assert long.status_code == 400 and long.json()["error"]["code"] == "context_length_exceeded"
+    served.context = 0                                          # the KV budget alone: 10 MiB
+    huge = client.post("/v1/completions", json={**ask, "max_tokens": 60000})
+    assert huge.status_code == 400 and "KV cache" in huge.json()["error"]["message"], huge.text

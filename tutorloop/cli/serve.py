@@ -33,7 +33,13 @@ def serve(model: str = typer.Option("models:/tutor@champion", help="a checkpoint
           rows: int = typer.Option(64, help="engine rows decoded together"),
           backend: str = typer.Option("engine", help="engine (tutorloop's, any CPU) | vllm (exec `vllm serve` on the folder: a GPU)"),
           api_key_env: str = typer.Option("", help="the environment variable holding the key clients must send "
-                                                   "(Authorization: Bearer ...); never the key itself")) -> None:
+                                                   "(Authorization: Bearer ...); never the key itself"),
+          max_model_len: int = typer.Option(0, help="prompt + max_tokens of one request (0: the model's context); "
+                                                    "longer requests are answered 400"),
+          kv_budget_gb: float = typer.Option(0.0, help="KV cache one engine call may take (0: half the memory "
+                                                       "free at start); a request needing more is answered 400"),
+          max_waiting: int = typer.Option(256, help="requests queued behind the running call; more are answered 429"),
+          max_connections: int = typer.Option(512, help="open connections; more are answered 503 (uvicorn)")) -> None:
     """Serve a checkpoint over an OpenAI-compatible API (tutorloop/serving/server.py)."""
     import shutil
 
@@ -68,7 +74,8 @@ def serve(model: str = typer.Option("models:/tutor@champion", help="a checkpoint
         env = {**os.environ, **({"VLLM_API_KEY": api_key} if api_key else {})}
         os.execve(exe, [exe, "serve", str(folder), "--served-model-name", name, "--host", host, "--port", str(port)], env)
     try:
-        served = load_served(model, _served_runtime(precision), calculator=calculator, rows=rows)
+        served = load_served(model, _served_runtime(precision), calculator=calculator, rows=rows,
+                             max_model_len=max_model_len, kv_budget=int(kv_budget_gb * 2**30), max_waiting=max_waiting)
     except BAD_INPUT as err:
         bad_input(err)
     typer.echo(f"serving {served.name} (calculator {'on' if served.calculator else 'off'}) "
@@ -76,7 +83,7 @@ def serve(model: str = typer.Option("models:/tutor@champion", help="a checkpoint
     # A stop (SIGTERM / Ctrl-C) gives requests in flight 3 s to finish, then drops them: the process
     # is gone within 5 s (measured in tests/test_serve.py), whatever max_tokens they asked for.
     uvicorn.run(create_app(served, api_key=api_key, hosts=allowed_hosts(host, port)), host=host, port=port,
-                timeout_graceful_shutdown=3, log_level="warning")
+                timeout_graceful_shutdown=3, log_level="warning", limit_concurrency=max_connections)
 
 
 @app.command(rich_help_panel="Serve a checkpoint")

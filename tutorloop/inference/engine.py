@@ -366,6 +366,20 @@ class _Run:
         if len(row):
             self.cap[int(row[0])] = self.n_gen[int(row[0])]
 
+    def drop(self, prompts: list[int]) -> None:
+        """Abandon `prompts` (serving: their client went away): queued ones never start, and each
+        row decoding one ends after its next token, so its row is free within one decode step.
+        Their results are whatever they had; `on_prompt` is not called for them."""
+        gone = set(prompts)
+        self.queue[:] = [p for p in self.queue if p not in gone]
+        for p in gone:
+            for owner in range(p * self.K, (p + 1) * self.K):
+                if (self.owner == owner).any():
+                    self.end(owner)
+                else:
+                    self.results.setdefault(owner, [])
+            self.ended[p] = self.K   # counted as ended now: a live row ending later must not call on_prompt
+
     def fits(self, n_tokens: int, cap: int) -> bool:
         """Whether a prompt of `n_tokens` with token cap `cap` can join this run (`extend`)."""
         return n_tokens <= self.lmax and 0 < cap <= self.max_new_tokens
