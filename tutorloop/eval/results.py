@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 
 from tutorloop.data.jsonl import write_json
-from tutorloop.eval.report import COLUMNS, label
+from tutorloop.eval.report import COLUMNS, label, rows
 from tutorloop.eval.stats import wilson
 
 RESULTS = Path("docs") / "results"
@@ -36,18 +37,19 @@ WRITE_COMMAND = "tutorloop docs --write"
 
 def save(project: Path, name: str, provenance: dict, source: Path | None = None,
          minutes: dict[str, float] | None = None) -> list[Path]:
-    """Copy a run's figures to docs/results/NAME.{csv | pooled.json} with NAME.json (provenance):
-    the workspace's reports/accuracy.csv (plus a minutes column) unless `source` names another."""
+    """File a run's figures as docs/results/NAME.{csv | pooled.json} with NAME.json (provenance):
+    the workspace's report rows (what reports/accuracy.csv holds, with the rounds' training and
+    practice figures from data/ and each checkpoint's minutes), or a copy of `source`: a
+    `tutorloop seeds` pooled.json or another accuracy.csv."""
     out = project / RESULTS
     out.mkdir(parents=True, exist_ok=True)
-    source = source or project / "reports" / "accuracy.csv"
-    if source.suffix == ".json":
+    if source is not None and source.suffix == ".json":
         target = out / f"{name}.pooled.json"
         shutil.copyfile(source, target)
     else:
         target = out / f"{name}.csv"
-        with open(source, newline="") as f:
-            data = list(csv.DictReader(f))
+        data = _read_csv(source) if source is not None else \
+            rows(project / "metrics", project / "data", project / "eval")
         with open(target, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=[*COLUMNS, "minutes"], extrasaction="ignore")
             writer.writeheader()
@@ -58,8 +60,9 @@ def save(project: Path, name: str, provenance: dict, source: Path | None = None,
     return [target, out / f"{name}.json"]
 
 
-def render(project: Path, name: str) -> str:
-    """The markdown a `results: NAME` block holds: the table, then where the figures come from."""
+def render(project: Path, name: str, page: Path | None = None) -> str:
+    """The markdown a `results: NAME` block of `page` holds: the table, then where the figures
+    come from (linked relative to the page)."""
     folder = project / RESULTS
     meta_path = folder / f"{name}.json"
     if not meta_path.exists():
@@ -69,9 +72,10 @@ def render(project: Path, name: str) -> str:
     body = pooled_markdown(json.loads(pooled.read_text())) if pooled.exists() else \
         accuracy_markdown(_read_csv(folder / f"{name}.csv"))
     source = f"{name}.pooled.json" if pooled.exists() else f"{name}.csv"
+    link = os.path.relpath(folder / source, (page or project / "docs" / "x.md").parent)
     return (body + f"\n\n*{meta.get('cpu', 'CPU not recorded')}, {meta.get('precision', '?')}; commit "
             f"`{meta.get('commit', '?')}`, {meta.get('date', '?')}; `{meta.get('command', '?')}`; "
-            f"generated from [docs/results/{source}](results/{source}) by `{WRITE_COMMAND}`.*\n")
+            f"generated from [docs/results/{source}]({link}) by `{WRITE_COMMAND}`.*\n")
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -92,17 +96,19 @@ def _vs(r: dict, tag: str) -> str:
 def accuracy_markdown(data: list[dict]) -> str:
     """A report's rows (reports/accuracy.csv) as a markdown table: greedy pass@1 with its 95%
     interval, GSM8K beside it, each checkpoint paired (won/lost, one-sided McNemar p)."""
-    gsm8k = any(r.get("gsm8k_accuracy", "") != "" for r in data)
-    minutes = any(r.get("minutes", "") != "" for r in data)
+    gsm8k, minutes, practice = (any(r.get(c, "") != "" for r in data)
+                                for c in ("gsm8k_accuracy", "minutes", "practice_pass_rate"))
     head = ["checkpoint", f"held-out, n = {data[0]['n']} [95% CI]"] + (["GSM8K side check"] if gsm8k else []) \
-        + ["vs SFT", "vs previous", "vs its control", "practice pass"] + (["minutes"] if minutes else [])
+        + ["vs SFT", "vs previous", "vs its control"] + (["practice pass"] if practice else []) \
+        + (["minutes"] if minutes else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in data:
         cells = [label(r["checkpoint"]), _pct(r["accuracy"], r["n"])]
         if gsm8k:
             cells.append(_pct(r["gsm8k_accuracy"], r["gsm8k_n"]) if r["gsm8k_accuracy"] != "" else "–")
-        cells += [_vs(r, "sft") if r["checkpoint"] != "0" else "–", _vs(r, "prev"), _vs(r, "control"),
-                  f"{float(r['practice_pass_rate']):.1%}" if r.get("practice_pass_rate", "") != "" else "–"]
+        cells += [_vs(r, "sft") if r["checkpoint"] != "0" else "–", _vs(r, "prev"), _vs(r, "control")]
+        if practice:
+            cells.append(f"{float(r['practice_pass_rate']):.1%}" if r.get("practice_pass_rate", "") != "" else "–")
         cells += [r["minutes"] or "–"] if minutes else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -122,8 +128,8 @@ def pages(project: Path) -> list[Path]:
     return sorted({p for pattern in PAGES for p in project.glob(pattern)})
 
 
-def _pasted(project: Path, text: str) -> str:
-    return BLOCK.sub(lambda m: m.group(1) + render(project, m.group("name")) + m.group(4), text)
+def _pasted(project: Path, text: str, page: Path) -> str:
+    return BLOCK.sub(lambda m: m.group(1) + render(project, m.group("name"), page) + m.group(4), text)
 
 
 def paste(project: Path) -> list[Path]:
@@ -131,7 +137,7 @@ def paste(project: Path) -> list[Path]:
     changed = []
     for page in pages(project):
         text = page.read_text()
-        new = _pasted(project, text)
+        new = _pasted(project, text, page)
         if new != text:
             page.write_text(new)
             changed.append(page)
@@ -144,7 +150,7 @@ def stale(project: Path) -> list[str]:
     for page in pages(project):
         text = page.read_text()
         try:
-            if _pasted(project, text) != text:
+            if _pasted(project, text, page) != text:
                 problems.append(f"{page.relative_to(project)}: a results block differs from docs/results/")
         except FileNotFoundError as err:
             problems.append(f"{page.relative_to(project)}: {err}")
