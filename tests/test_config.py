@@ -165,10 +165,10 @@ def test_each_method_takes_only_its_own_keys():
 def test_a_method_switch_by_dvc_set_validates(method):
     """`dvc exp run -S rounds.N.preference.method=...` cannot delete keys: another method's keys
     left at their defaults are inert and let through (on params.yaml and on every recipe)."""
-    from tutorloop.config.recipes import RECIPES, apply_overrides, recipe_overrides
+    from tutorloop.config.recipes import RECIPES, apply_overrides, complete, recipe_overrides
 
     for recipe in [None] + sorted(p.stem for p in RECIPES.glob("*.yaml")):
-        raw = apply_overrides(raw_params(), recipe_overrides(recipe) if recipe else {})
+        raw = apply_overrides(raw_params(), complete(raw_params(), recipe_overrides(recipe)) if recipe else {})
         if recipe == "gsm8k" and method != "dpo":   # its RPO term is DPO's: set back with -S too
             raw = apply_overrides(raw, {f"rounds.{k}.preference.sft_weight": 0.0 for k in raw["rounds"]})
         switched = apply_overrides(raw, {f"rounds.{k}.preference.method": method for k in raw["rounds"]})
@@ -286,20 +286,20 @@ def test_teacher_and_seed_cross_checks():
 
 
 def test_every_recipe_applies_to_params_yaml_and_validates():
-    from tutorloop.config.recipes import RECIPES, apply_overrides, recipe_overrides
+    from tutorloop.config.recipes import RECIPES, apply_overrides, complete, recipe_overrides
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     recipes = sorted(RECIPES.glob("*.yaml"))
     assert recipes, "recipes/ holds at least the GSM8K recipe"
     for path in recipes:
-        overrides = recipe_overrides(path.stem)
+        overrides = complete(raw, recipe_overrides(path.stem))
         params = validate(apply_overrides(raw, overrides))
         for key, value in overrides.items():   # every override lands on a real knob
             node = params.model_dump(by_alias=True)
             for part in key.split("."):
                 node = node[part]
             assert node == value, key
-    gsm = validate(apply_overrides(raw, recipe_overrides("gsm8k")))
+    gsm = validate(apply_overrides(raw, complete(raw, recipe_overrides("gsm8k"))))
     assert gsm.generate.teacher.kind == "dataset" and gsm.generate.n_test >= 500
     assert gsm.evaluate.calculator and gsm.practice.calculator
 
@@ -340,9 +340,9 @@ def test_a_server_backend_needs_a_url_and_cannot_run_the_calculator():
     params = validate(raw)
     assert params.practice.server.api_key_env == "VLLM_API_KEY" and params.evaluate.server.n is True
     # the GSM8K recipe turns the calculator on: with a server backend that is one clear problem
-    from tutorloop.config.recipes import apply_overrides, recipe_overrides
+    from tutorloop.config.recipes import apply_overrides, complete, recipe_overrides
 
-    gsm = apply_overrides(raw_params(), recipe_overrides("gsm8k"))
+    gsm = apply_overrides(raw_params(), complete(raw_params(), recipe_overrides("gsm8k")))
     gsm["evaluate"].update(backend="openai", server={"base_url": "http://localhost:8000/v1"})
     assert "evaluate.calculator: True" in errors_of(gsm)
     raw = raw_params()
@@ -361,3 +361,15 @@ def test_keys_of_an_older_params_yaml_say_where_they_went():
     assert "dpo: ... -> renamed to `preference`" in msg and "rounds.1.dpo: ... -> renamed to rounds.1.preference" in msg
     assert "practice.dtype: 'bfloat16' -> replaced by runtime.precision" in msg
     assert "feedback.judge.dtype: 'bfloat16' -> replaced by runtime.precision" in msg
+
+
+def test_a_recipe_that_adds_a_control_gets_its_checkpoint_derived_not_typed():
+    from tutorloop.config.recipes import apply_overrides, complete, recipe_overrides
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    asdiv = recipe_overrides("asdiv")
+    assert not any(k.startswith("checkpoints.") for k in asdiv), "recipes no longer keep a checkpoints map"
+    with pytest.raises(ConfigError, match="control-2"):
+        validate(apply_overrides(raw, asdiv))                       # the map DVC needs is incomplete alone
+    added = {k: v for k, v in complete(raw, asdiv).items() if k not in asdiv}
+    assert added == {"checkpoints.control-2": "models/control-2"}   # control-1 is params.yaml's already

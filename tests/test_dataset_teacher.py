@@ -195,9 +195,10 @@ def test_dataset_teacher_writes_asdiv_solutions_and_keeps_bare_answers_out_of_tr
 
 @pytest.mark.skipif(not ASDIV.exists(), reason="../shared/data/asdiv/asdiv.jsonl not present")
 def test_asdiv_recipe_generates_its_splits_from_the_real_file(tmp_path):
-    from tutorloop.config.recipes import apply_overrides, recipe_overrides
+    from tutorloop.config.recipes import apply_overrides, complete, recipe_overrides
 
-    raw = apply_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()), recipe_overrides("asdiv"))
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = apply_overrides(base, complete(base, recipe_overrides("asdiv")))
     raw["generate"]["seeds"]["path"] = str(ASDIV)          # the recipe's path is relative to the project
     cfg = validate(raw).generate
     counts = generate.generate_dataset(cfg, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)

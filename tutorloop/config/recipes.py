@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from tutorloop.config.loading import ConfigError, read_yaml
-from tutorloop.config.schema import validate
+from tutorloop.config.schema import expected_checkpoints, validate
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -76,8 +76,18 @@ def recipe_params(name: str, project: Path, sets: list[str] = (), extra: dict | 
     raw = read_yaml(project / "params.yaml")
     if not isinstance(raw, dict):
         raise ConfigError(f"{project / 'params.yaml'}: top level must be a mapping, got {type(raw).__name__}")
+    overrides = complete(raw, overrides)
     validate(apply_overrides(raw, overrides))
     return overrides, raw
+
+
+def complete(raw: dict, overrides: dict) -> dict:
+    """`overrides` plus the checkpoints of the rounds and controls they add (DVC's foreach reads
+    `checkpoints` from params.yaml): derived here, never a second map a recipe keeps."""
+    merged = apply_overrides(raw, overrides)
+    have = merged.get("checkpoints") if isinstance(merged.get("checkpoints"), dict) else {}
+    return {**overrides, **{f"checkpoints.{key}": folder for key, folder in expected_checkpoints(merged).items()
+                            if have.get(key) != folder}}
 
 
 def exp_command(name: str, overrides: dict, raw: dict, targets: tuple[str, ...] = ()) -> list[str]:

@@ -474,10 +474,7 @@ def _cross_checks(raw: dict) -> list[str]:
         problems.append(f"feedback.judge.model: {judge.get('model', '')!r} -> required when judge.mode is {judge.get('mode')!r}")
     checkpoints = raw.get("checkpoints")
     if isinstance(checkpoints, dict):
-        want = {"base": "models/base", "0": "models/round-0"}
-        want.update({str(k): f"models/round-{k}" for k in rounds})
-        controls = raw.get("controls") if isinstance(raw.get("controls"), dict) else {}
-        want.update({f"{CONTROL}{k}": f"models/{CONTROL}{k}" for k in controls})
+        want = expected_checkpoints(raw)
         have = {str(k): v for k, v in checkpoints.items()}
         if have != want:
             problems.append(f"checkpoints: {have!r} -> must be {want!r} (base, SFT, every round and control)")
@@ -486,6 +483,16 @@ def _cross_checks(raw: dict) -> list[str]:
 
 
 CONTROL = "control-"   # checkpoint control-k: round k's control (models/control-k, stage control@k)
+
+
+def expected_checkpoints(raw: dict) -> dict[str, str]:
+    """The `checkpoints` map the rounds and controls of a params mapping imply: base, SFT, every
+    round and control. params.yaml spells it out because DVC's `foreach` reads it from there;
+    a recipe's are derived (tutorloop/config/recipes.py)."""
+    rounds = raw.get("rounds") if isinstance(raw.get("rounds"), dict) else {}
+    controls = raw.get("controls") if isinstance(raw.get("controls"), dict) else {}
+    return {"base": "models/base", "0": "models/round-0", **{str(k): f"models/round-{k}" for k in rounds},
+            **{f"{CONTROL}{k}": f"models/{CONTROL}{k}" for k in controls}}
 
 
 def control_round(checkpoint: str) -> str | None:
