@@ -287,7 +287,7 @@ class StudentEndpoint(Endpoint):
     """An OpenAI-compatible server that serves the stage's checkpoint (backend: openai)."""
 
     model: str = _default("model", "", "the served model name; empty = the checkpoint folder's name (models/round-0 -> round-0, models/base -> base)")
-    base_url: str = _default("base_url", "", "the server's URL, e.g. http://localhost:8000/v1 for `vllm serve models/round-0 --served-model-name round-0`; required for backend openai")
+    base_url: Union[str, list[str]] = Field("", description="the server's URL, e.g. http://localhost:8000/v1 for `vllm serve models/round-0 --served-model-name round-0`, or a list of servers serving the same checkpoint (one vLLM per GPU, several `tutorloop serve`): requests go to each in turn and move to a healthy one when one fails; required for backend openai")
     api_key_env: str = _default("api_key_env", "VLLM_API_KEY", "NAME of the environment variable holding the server's key; VLLM_API_KEY is the one vLLM itself reads (one export serves both), and an OpenAI key in OPENAI_API_KEY is never sent to a student's server by default; unset = any key, which keyless local servers accept")
     concurrency: int = _default("concurrency", 64, "requests in flight at once (a vLLM server batches them continuously: more in flight = fuller GPU)")
     timeout: float = _default("timeout", 300, "seconds per request before it counts as a timeout (retried)")

@@ -72,11 +72,18 @@ class OpenAIChat:
         self.json_mode = True  # False once the server has rejected response_format
 
     @classmethod
-    def of(cls, endpoint, *, model: str | None = None, what: str = "generate.teacher") -> "OpenAIChat":
+    def of(cls, endpoint, *, model: str | None = None, what: str = "generate.teacher"):
         """The client for a `config.Endpoint` (teacher, judge, served student); `model`
-        overrides the endpoint's (a served student's name defaults to its folder's)."""
-        return cls(model or endpoint.model, endpoint.base_url, endpoint.api_key_env, endpoint.timeout,
-                   endpoint.max_retries, what=what)
+        overrides the endpoint's (a served student's name defaults to its folder's). A list of
+        base URLs (a served student on several servers) gives a `PooledChat` over them."""
+        urls = endpoint.base_url if isinstance(endpoint.base_url, list) else [endpoint.base_url]
+        if len(urls) == 1:
+            return cls(model or endpoint.model, urls[0], endpoint.api_key_env, endpoint.timeout,
+                       endpoint.max_retries, what=what)
+        # a few retries per server: a dead one is left for the next within seconds, not minutes
+        return PooledChat([cls(model or endpoint.model, url, endpoint.api_key_env, endpoint.timeout,
+                               min(endpoint.max_retries, 2), what=what) for url in urls],
+                          rounds=max(1, endpoint.max_retries // 2))
 
     def __call__(self, messages: list[dict], sampling: Sampling) -> str:
         return self.complete(messages, sampling).texts[0]
@@ -142,3 +149,50 @@ class OpenAIChat:
                                f"`n`; set {self.what}.n: false (one request per sample)")
         tokens = getattr(reply.usage, "completion_tokens", None) or 0
         return Replies([c.message.content or "" for c in choices], int(tokens))
+
+
+class PooledChat:
+    """Several OpenAI-compatible servers serving the same model (one vLLM per GPU, several
+    `tutorloop serve` processes), used as one client: each request goes to the next server in
+    turn; one that fails (unreachable, timing out, 5xx after its own retries) is skipped for
+    `cooldown` seconds while the request moves on to the next healthy one. A sample's text does
+    not depend on the server that drew it (its seed is its own), so results are the same whatever
+    the number of servers, or the one that died mid-run.
+
+    Why hand-written: the openai SDK talks to one base URL; a load balancer in front of the
+    servers would do, but is one more service for a user to run."""
+
+    kind = "openai"
+
+    def __init__(self, clients: list, cooldown: float = 30.0, rounds: int = 3) -> None:
+        import itertools
+        import threading
+
+        self.clients, self.cooldown, self.rounds = clients, cooldown, rounds
+        self.shown_url = ", ".join(c.shown_url for c in clients)
+        self._turn, self._lock, self._down_until = itertools.count(), threading.Lock(), [0.0] * len(clients)
+        self.failovers = 0   # requests that moved to another server (tests and metrics read it)
+
+    def __call__(self, messages: list[dict], sampling: Sampling) -> str:
+        return self.complete(messages, sampling).texts[0]
+
+    def complete(self, messages: list[dict], sampling: Sampling, n: int = 1) -> Replies:
+        """The reply of the first server, in turn order from this request's, that answers: the
+        healthy ones first, then (a last resort, `rounds` times) the ones marked down."""
+        import time
+
+        with self._lock:
+            start = next(self._turn)
+        last: TeacherError | None = None
+        for attempt in range(self.rounds * len(self.clients)):
+            i = (start + attempt) % len(self.clients)
+            if time.monotonic() < self._down_until[i] and attempt < len(self.clients) * (self.rounds - 1):
+                continue
+            try:
+                return self.clients[i].complete(messages, sampling, n)
+            except TeacherError as err:   # the SDK's own retries on this server are spent
+                last = err
+                with self._lock:
+                    self._down_until[i] = time.monotonic() + self.cooldown
+                    self.failovers += 1
+        raise TeacherError(f"every server failed ({self.shown_url}); the last: {last}")
