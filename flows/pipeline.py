@@ -100,8 +100,9 @@ def _stage_env(parent_run_id: str | None) -> dict[str, str]:
 
 
 @task(name="dvc-stage", cache_policy=NO_CACHE, retries=0, task_run_name="{stage}")
-def dvc_stage(stage: str, parent_run_id: str | None = None, project: str = ".") -> dict:
-    """Run one DVC stage if stale; returns {stage, ran, seconds}."""
+def dvc_stage(stage: str, parent_run_id: str | None = None, project: str = ".", push: bool = False) -> dict:
+    """Run one DVC stage if stale; returns {stage, ran, seconds}. `push`: then `dvc push` its
+    outputs to the default remote, so another machine's workspace can `dvc pull` them."""
     from filelock import FileLock
 
     logger = get_run_logger()
@@ -114,12 +115,14 @@ def dvc_stage(stage: str, parent_run_id: str | None = None, project: str = ".") 
         if code != 0:
             raise RuntimeError(f"dvc repro -s {stage} failed with exit code {code}")
         ran = _lock_entry(root, stage) != before
+        if push and run_group(dvc("push", "-q", stage), cwd=root, env=_stage_env(None)) != 0:
+            raise RuntimeError(f"dvc push {stage} failed (is a default remote configured? `dvc remote list`)")
     logger.info("%s: %s in %.1f s", stage, "ran" if ran else "up to date", seconds)
     return {"stage": stage, "ran": ran, "seconds": seconds}
 
 
 @flow(name="tutorloop-round", flow_run_name="round-{round_key}")
-def round_flow(round_key: str, project: str = ".") -> list[dict]:
+def round_flow(round_key: str, project: str = ".", push: bool = False) -> list[dict]:
     """One round's stages in order, nested under one MLflow parent run."""
     from mlflow import MlflowClient
 
@@ -133,7 +136,7 @@ def round_flow(round_key: str, project: str = ".") -> list[dict]:
     results: list[dict] = []
     try:
         for stage in stages:
-            results.append(dvc_stage(stage, parent, str(root)))
+            results.append(dvc_stage(stage, parent, str(root), push))
     except BaseException:
         client.set_terminated(parent, status="FAILED")
         raise
@@ -147,14 +150,15 @@ def round_flow(round_key: str, project: str = ".") -> list[dict]:
 
 
 @flow(name="tutorloop-loop")
-def loop_flow(project: str = ".") -> list[dict]:
-    """Round 0 (base, data, SFT), then every round in params.yaml, then the report."""
+def loop_flow(project: str = ".", push: bool = False) -> list[dict]:
+    """Round 0 (base, data, SFT), then every round in params.yaml, then the report; `push`:
+    each stage's outputs go to the DVC remote as soon as the stage is done."""
     params = load_params(Path(project) / "params.yaml")  # validate before any work
-    results = round_flow("0", project)
+    results = round_flow("0", project, push)
     for key in sorted(params.rounds, key=int):
-        results += round_flow(key, project)
+        results += round_flow(key, project, push)
     for stage in plan(Path(project).resolve(), params.rounds)[AFTER_LOOP]:
-        results.append(dvc_stage(stage, None, project))
+        results.append(dvc_stage(stage, None, project, push))
     return results
 
 

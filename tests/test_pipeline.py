@@ -259,3 +259,26 @@ def test_exp_run_switches_round_two_to_kto_visible_in_exp_show_and_mlflow(projec
                              capture_output=True, text=True, cwd=project)
         assert cli.returncode == 0, cli.stderr
         assert ("kto-r2" in cli.stdout) is listed, cli.stdout
+
+
+def test_pushed_outputs_let_a_second_workspace_pull_and_run_nothing(project, first_run, tmp_path_factory):
+    """`tutorloop run --push` (loop_flow(push=True)) pushes each stage's outputs to the DVC remote;
+    a clone elsewhere (another machine: a second workspace here) pulls them and `dvc repro` runs
+    nothing. A local remote stands in for the team stack's S3 (MinIO) one."""
+    from flows.pipeline import loop_flow
+
+    remote = tmp_path_factory.mktemp("remote")
+    dvc(project, "remote", "add", "-f", "-d", "shared", str(remote))
+    results = loop_flow(str(project), push=True)
+    assert not [r["stage"] for r in results if r["ran"] and r["stage"] != "inputs"]   # up to date: only pushed
+    assert any(remote.rglob("*")), "nothing reached the remote"
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-qm", "pushed"], cwd=project, check=True)
+    second = tmp_path_factory.mktemp("second") / "ws"
+    subprocess.run(["git", "clone", "-q", str(project), str(second)], check=True)
+    assert not (second / "models" / "round-2").exists()
+    dvc(second, "pull", "-q")
+    assert (second / "models" / "round-2" / "model.safetensors").exists()
+    assert stale(second) == {}                                  # every output restored, nothing to run
+    assert ran_stages(dvc(second, "repro").stdout) == set()

@@ -73,13 +73,17 @@ def deps(project: Path = typer.Option(Path("."), help="project root"),
 
 @app.command(rich_help_panel="Run the loop")
 def run(project: Path = typer.Option(Path("."), help="project root"),
-        round: Optional[str] = typer.Option(None, "--round", help="run this round and the rounds it builds on ('0' = SFT)")) -> None:
+        round: Optional[str] = typer.Option(None, "--round", help="run this round and the rounds it builds on ('0' = SFT)"),
+        push: bool = typer.Option(False, "--push", help="dvc push each stage's outputs to the default DVC remote "
+                                                        "when it is done (another machine then `dvc pull`s them)")) -> None:
     """Run the improvement loop (Prefect flow over the DVC stages) and print the accuracy table."""
     params = validate_project(project)
+    if push:
+        _require_remote(project)
     from flows.pipeline import loop_flow, round_flow
 
     if round is None:
-        results = loop_flow(str(project))
+        results = loop_flow(str(project), push)
     else:
         if round != "0" and round not in params.rounds:
             typer.secho(f"--round {round!r}: not in params.yaml rounds {sorted(params.rounds)}", fg="red", err=True)
@@ -89,10 +93,23 @@ def run(project: Path = typer.Option(Path("."), help="project root"),
         chain = [round]
         while chain[-1] != "0":
             chain.append(params.rounds[chain[-1]].prev)
-        results = [r for key in reversed(chain) for r in round_flow(key, str(project))]
+        results = [r for key in reversed(chain) for r in round_flow(key, str(project), push)]
     ran = [r["stage"] for r in results if r["ran"]]
     typer.echo(f"stages run: {len(ran)} of {len(results)} ({', '.join(ran) or 'all up to date'})")
     report(project)
+
+
+def _require_remote(project: Path) -> None:
+    """Exit 2 with one line unless the project has a default DVC remote (`dvc remote add -d`)."""
+    import subprocess
+
+    from flows.process import dvc, interpreter_env
+
+    got = subprocess.run(dvc("remote", "default"), cwd=project, env=interpreter_env(), capture_output=True, text=True)
+    if got.returncode != 0 or not got.stdout.strip():
+        typer.secho("--push: no default DVC remote; add one: `dvc remote add -d storage /path/or/s3://bucket/dvc` "
+                    "(infra/README.md: the team stack's MinIO)", fg="red", err=True)
+        raise typer.Exit(2)
 
 
 DEMO_SIZES = ("auto", "full", "quick")
@@ -131,7 +148,7 @@ def demo(project: Path = typer.Option(Path("."), help="project root"),
     if dry_run:
         return
     if size == "full":
-        run(project, round=None)
+        run(project, round=None, push=False)
         return
     code = _run_recipe("quick", project)
     if code != 0:
