@@ -1,9 +1,11 @@
 """Each stage's run() on a tiny random Llama: the real code paths, in seconds, with folders only."""
 
 import json
+from pathlib import Path
 from argparse import Namespace
 
 import pytest
+from support import ROOT
 import torch
 
 from components import base_model, evaluate, feedback, practice
@@ -189,6 +191,29 @@ def test_killed_sft_resumes_from_its_last_checkpoint(params_factory, workdir, tm
     from tutorloop.train.resume import work_dir
     assert work_dir("sft", other.sft.model_dump(), other.prompt.model_dump(), base, data) != \
         work_dir("sft", params.sft.model_dump(), params.prompt.model_dump(), base, data)
+
+
+def test_a_fix_to_the_code_a_trainer_computes_with_starts_afresh_not_resumes(tmp_path):
+    """The resume key covers the library code: a checkpoint written by older code is never
+    continued by newer code (only a file the trainer imports, directly or not, counts)."""
+    import shutil
+
+    from tutorloop.train.resume import code_digest, work_dir
+
+    copy = tmp_path / "tree"
+    shutil.copytree(ROOT / "tutorloop", copy / "tutorloop", ignore=shutil.ignore_patterns("__pycache__"))
+    start = copy / "tutorloop" / "train" / "sft.py"
+    before = code_digest(start, copy)
+    (copy / "tutorloop" / "serving" / "server.py").write_text("# not imported by the trainer\n")
+    assert code_digest(start, copy) == before
+    lora = copy / "tutorloop" / "train" / "lora.py"
+    lora.write_text(lora.read_text() + "\n# a fix\n")                 # imported by sft.py's trainer
+    assert code_digest(start, copy) != before
+    modeling = copy / "tutorloop" / "modeling.py"                   # imported transitively (train/lora.py)
+    changed = code_digest(start, copy)
+    modeling.write_text(modeling.read_text() + "\n# a fix\n")
+    assert code_digest(start, copy) != changed
+    assert work_dir("sft", {"a": 1}, code=ROOT / "tutorloop/train/sft.py") != work_dir("sft", {"a": 1})
 
 
 def test_a_kill_during_a_checkpoint_save_resumes_from_the_last_complete_one(params_factory, workdir, tmp_path,
@@ -436,3 +461,25 @@ def test_bad_inputs_are_clear_errors(params_factory, tmp_path, workdir):
     with pytest.raises(DataError, match="missing field"):
         preference.train_preference(params, "1", workdir / "models/round-0", tmp_path, tmp_path / "out",
                                     runtime=resolved(params))
+
+
+def test_a_checkpoint_is_written_whole_or_not_at_all(tiny_model_dir, tmp_path):
+    """modeling.save writes a temporary sibling and renames it: a save that dies half way leaves
+    the folder a reader (`tutorloop serve --model models/round-N`) had, and no debris."""
+    from tutorloop import modeling
+
+    model, tok = modeling.load(tiny_model_dir)
+    out = tmp_path / "models" / "round-1"
+    modeling.save(model, tok, out)
+    before = (out / "model.safetensors").read_bytes()
+
+    class Dies:
+        def save_pretrained(self, path):
+            (Path(path) / "tokenizer.json").write_text("{half")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        modeling.save(model, Dies(), out)
+    assert (out / "model.safetensors").read_bytes() == before and "{half" not in (out / "tokenizer.json").read_text()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["round-1"]     # no temporary folder left
+    modeling.load(out)                                                      # still a whole checkpoint

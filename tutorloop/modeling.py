@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -173,12 +174,28 @@ def generate(model, tok, prompts: list[str], *, num_return_sequences: int = 1, d
 
 
 def save(model, tok, out: str | Path, dtype: str = "float32") -> None:
-    """Write a standalone safetensors checkpoint (+ tokenizer) that from_pretrained loads."""
+    """Write a standalone safetensors checkpoint (+ tokenizer) that from_pretrained loads.
+
+    Written into a temporary sibling and renamed into place: a reader (`tutorloop serve --model
+    models/round-N` while the stage runs, a stopped stage) sees the old folder or the whole new
+    one, never half of it."""
+    import shutil
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model = model.to(DTYPES[dtype])
-    model.save_pretrained(str(out), safe_serialization=True)
-    tok.save_pretrained(str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model = model.to(DTYPES[dtype])
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def merge_and_save(peft_model, tok, out: str | Path) -> None:

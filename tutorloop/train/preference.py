@@ -179,7 +179,8 @@ def train_preference(params: Params, round_key: str, prev_model: Path, round_dir
     name = f"{'control-' if control else ''}{rcfg.method}-{round_key}"   # a control resumes apart from its round
     work = work_dir(name, cfg.model_dump(), rcfg.model_dump(), params.prompt.model_dump(),
                     start, data_file, sft_model if ref_model is not None else "", precision.dtype, *split,
-                    *([round_dir / "rft.jsonl"] if control else []))   # a control's rows come from rft.jsonl
+                    *([round_dir / "rft.jsonl"] if control else []),   # a control's rows come from rft.jsonl
+                    code=Path(__file__))
     common = trainer_args(work, learning_rate=rcfg.learning_rate, epochs=rcfg.epochs, batch=batch, grad_accum=accum,
                           warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length, seed=rcfg.seed,
                           logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, runtime=runtime)

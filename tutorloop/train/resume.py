@@ -28,11 +28,25 @@ from tutorloop.train.lora import merge_and_save_full_precision
 from tutorloop.train.precision import trainer_precision
 
 
-def work_dir(stage: str, *parts) -> Path:
+def work_dir(stage: str, *parts, code: Path | None = None) -> Path:
     """The resumable working folder of a training run decided by `parts` (params dicts, input
-    files or folders, hashed by content)."""
+    files or folders, hashed by content) and by the library code `code` (a module file: the
+    trainer's) computes with: a fix to that code starts afresh instead of resuming a checkpoint
+    the old code wrote."""
     root = Path(os.environ.get("TUTORLOOP_TRAIN_DIR", ".tutorloop-cache/train"))
-    return root / f"{stage}-{digest(*parts, length=16)}"
+    return root / f"{stage}-{digest(*parts, *([code_digest(code)] if code else []), length=16)}"
+
+
+def code_digest(start: Path, root: Path | None = None) -> str:
+    """A content hash of every library file `start` computes with (its imports, transitively:
+    the set dvc.yaml's deps list for the stage, tutorloop/runtime/deps.py); `root`: the folder
+    holding the package (this one's by default)."""
+    from tutorloop.runtime.deps import computes_with
+
+    root = (root or Path(__file__).resolve().parents[2]).resolve()
+    start = Path(start).resolve()
+    return digest(*(root / f for f in sorted(computes_with(root, start) | {start.relative_to(root).as_posix()})),
+                  length=16)
 
 
 COMPLETE = "tutorloop-complete.json"   # written last, atomically, into a checkpoint fully saved

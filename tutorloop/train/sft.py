@@ -94,7 +94,8 @@ def train_sft(params: Params, base: Path, train_file: Path, out: Path, callbacks
     batch = resolve_batch(params.sft, model)
     # auto: the resolved split is part of the run (a resumed run must keep it)
     split = [list(batch)] if params.sft.batch_size == "auto" else []
-    work = work_dir("sft", params.sft.model_dump(), params.prompt.model_dump(), base, train_file, runtime.dtype, *split)
+    work = work_dir("sft", params.sft.model_dump(), params.prompt.model_dump(), base, train_file, runtime.dtype, *split,
+                    code=Path(__file__))
     trainer = build_trainer(params, model, tok, rows, work, callbacks, batch, runtime=runtime)
     run = train_and_merge(trainer, work, tok, out, base)
     tokens = sum(len(x) for x in trainer.train_dataset["input_ids"]) * params.sft.epochs
