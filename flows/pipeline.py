@@ -29,7 +29,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.process import dvc, interpreter_env, run_group
+from flows.process import dvc, interpreter_env, run_group, workspace_lock
 from tutorloop.config import control_round, load_params
 from tutorloop.runtime import tracking
 
@@ -127,12 +127,21 @@ def round_flow(round_key: str, project: str = ".", push: bool = False) -> list[d
     from mlflow import MlflowClient
 
     root = Path(project).resolve()
-    exp_id = tracking.ensure_store(root)
-    client = MlflowClient(tracking.tracking_uri(root))
-    parent = client.create_run(exp_id, run_name=f"round-{round_key}", tags={
-        "tutorloop.round": round_key, "tutorloop.kind": "round",
-        "tutorloop.git_commit": tracking.git_commit(root), **tracking.process_tags()}).info.run_id
-    stages = plan(root, load_params(root / "params.yaml").rounds)[round_key]
+    with workspace_lock(root, f"the round flow of round {round_key}"):
+        # planned first: a plan that fails leaves no parent run behind, RUNNING for ever
+        stages = plan(root, load_params(root / "params.yaml").rounds)[round_key]
+        exp_id = tracking.ensure_store(root)
+        client = MlflowClient(tracking.tracking_uri(root))
+        parent = client.create_run(exp_id, run_name=f"round-{round_key}", tags={
+            "tutorloop.round": round_key, "tutorloop.kind": "round",
+            "tutorloop.git_commit": tracking.git_commit(root), **tracking.process_tags()}).info.run_id
+        results = _round_stages(client, parent, stages, root, push)
+    return results
+
+
+def _round_stages(client, parent: str, stages: list[str], root: Path, push: bool) -> list[dict]:
+    """Run a round's stages under its parent run, which ends FINISHED, FAILED, or deleted when
+    DVC ran nothing."""
     results: list[dict] = []
     try:
         for stage in stages:
@@ -154,11 +163,12 @@ def loop_flow(project: str = ".", push: bool = False) -> list[dict]:
     """Round 0 (base, data, SFT), then every round in params.yaml, then the report; `push`:
     each stage's outputs go to the DVC remote as soon as the stage is done."""
     params = load_params(Path(project) / "params.yaml")  # validate before any work
-    results = round_flow("0", project, push)
-    for key in sorted(params.rounds, key=int):
-        results += round_flow(key, project, push)
-    for stage in plan(Path(project).resolve(), params.rounds)[AFTER_LOOP]:
-        results.append(dvc_stage(stage, None, project, push))
+    with workspace_lock(project, "the loop flow"):
+        results = round_flow("0", project, push)
+        for key in sorted(params.rounds, key=int):
+            results += round_flow(key, project, push)
+        for stage in plan(Path(project).resolve(), params.rounds)[AFTER_LOOP]:
+            results.append(dvc_stage(stage, None, project, push))
     return results
 
 

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 # `dvc exp run` checks the workspace out before it reproduces (dvc/repo/experiments/executor/base.py,
@@ -99,3 +100,48 @@ def _stop_group(proc: subprocess.Popen, sig: int, wait: float) -> None:
     finally:   # what is left after the wait (or when a second stop cuts it short) is killed
         send(signal.SIGKILL)
         proc.wait()
+
+
+# --- one flow run or recipe per workspace -------------------------------------------------------
+#
+# Stages hold the stage lock (pipeline.LOCK) one at a time, so two flow runs (a schedule firing
+# while a user runs `tutorloop run`, or a recipe) would interleave their stages in one workspace.
+# A whole run holds this lock instead; a second one exits at once naming the holder. It is an
+# flock: the kernel drops it when the holder dies, however it dies.
+
+RUN_LOCK = ".tutorloop.run.lock"
+_held: set[str] = set()   # workspaces this process holds: a flow inside a held run takes it again
+
+
+class WorkspaceBusy(RuntimeError):
+    """Another flow run or recipe holds this workspace."""
+
+
+@contextmanager
+def workspace_lock(root: str | Path, what: str):
+    """Hold `root`'s run lock for `what` (e.g. "tutorloop run"), or raise WorkspaceBusy naming the
+    process that holds it; re-entered by the same process (loop_flow -> round_flow) without waiting."""
+    import fcntl
+
+    path = Path(root).resolve() / RUN_LOCK
+    if str(path) in _held:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise WorkspaceBusy(f"{Path(root).resolve()}: {holder} is running in this workspace; wait for it, or "
+                            "stop it first") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} ({what})".encode(), 0)
+    _held.add(str(path))
+    try:
+        yield
+    finally:
+        _held.discard(str(path))
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

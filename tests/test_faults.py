@@ -687,3 +687,34 @@ def test_stopping_a_prefect_flow_stops_its_dvc_stage(store, tmp_path):
     assert final.info.status == "KILLED" and final.data.tags["tutorloop.stopped_by"] == "SIGTERM"
     assert flow_proc.returncode != 0 and took < 60, (flow_proc.returncode, took)
     print(f"\nflow SIGTERM -> stage stopped and flow exited in {took:.1f} s")
+
+
+def test_one_flow_run_or_recipe_per_workspace_and_the_lock_dies_with_its_holder(tmp_path):
+    """A second `tutorloop run` (or recipe, or seeds) in a workspace another one holds exits 2 in
+    one line naming the holder's pid, before any work; the lock is re-entered by the process that
+    holds it (loop_flow -> round_flow) and freed when its holder dies, even by SIGKILL."""
+    from typer.testing import CliRunner
+
+    from flows.process import WorkspaceBusy, workspace_lock
+    from tutorloop.cli import app
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    holder = subprocess.Popen([PY, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
+                               "from flows.process import workspace_lock\n"
+                               "with workspace_lock(sys.argv[2], 'a scheduled loop'):\n"
+                               "    print('held', flush=True); time.sleep(120)", str(ROOT), str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for args in (["run"], ["recipe", "quick"], ["seeds", "quick", "--seeds", "1"]):
+            result = CliRunner().invoke(app, [*args, "--project", str(tmp_path)])
+            [line] = stderr_lines(result.stderr)
+            assert result.exit_code == 2 and f"pid {holder.pid} (a scheduled loop)" in line, (args, result.output)
+        with pytest.raises(WorkspaceBusy):
+            with workspace_lock(tmp_path, "me"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with workspace_lock(tmp_path, "me"), workspace_lock(tmp_path, "me again"):   # free again; re-entrant
+        assert "me" in (tmp_path / ".tutorloop.run.lock").read_text()

@@ -7,6 +7,7 @@ commands so that `tutorloop --help` stays fast.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -41,7 +42,8 @@ def _run_recipe(name: str, project: Path, dry_run: bool = False, name_as: str = 
         return 0
     from flows.process import dvc, interpreter_env
 
-    return subprocess.run(dvc(*cmd[1:]), cwd=project, env=interpreter_env()).returncode
+    with _one_run(project, f"tutorloop recipe {name}"):
+        return subprocess.run(dvc(*cmd[1:]), cwd=project, env=interpreter_env()).returncode
 
 
 @app.command(rich_help_panel="Run the loop")
@@ -80,23 +82,46 @@ def run(project: Path = typer.Option(Path("."), help="project root"),
     params = validate_project(project)
     if push:
         _require_remote(project)
-    from flows.pipeline import loop_flow, round_flow
-
-    if round is None:
-        results = loop_flow(str(project), push)
-    else:
-        if round != "0" and round not in params.rounds:
-            typer.secho(f"--round {round!r}: not in params.yaml rounds {sorted(params.rounds)}", fg="red", err=True)
-            raise typer.Exit(2)
-        # Stages run with `dvc repro -s`, which does not look upstream: so run the rounds this one
-        # builds on first (DVC skips them in ~1 s each when they are up to date).
-        chain = [round]
-        while chain[-1] != "0":
-            chain.append(params.rounds[chain[-1]].prev)
-        results = [r for key in reversed(chain) for r in round_flow(key, str(project), push)]
+    with _one_run(project, "tutorloop run"):
+        results = _run_flows(project, params, round, push)
     ran = [r["stage"] for r in results if r["ran"]]
     typer.echo(f"stages run: {len(ran)} of {len(results)} ({', '.join(ran) or 'all up to date'})")
     report(project)
+
+
+def _run_flows(project: Path, params, round: Optional[str], push: bool) -> list[dict]:
+    """The loop flow, or round `round` after the rounds it builds on."""
+    from flows.pipeline import loop_flow, round_flow
+
+    if round is None:
+        return loop_flow(str(project), push)
+    if round != "0" and round not in params.rounds:
+        typer.secho(f"--round {round!r}: not in params.yaml rounds {sorted(params.rounds)}", fg="red", err=True)
+        raise typer.Exit(2)
+    # Stages run with `dvc repro -s`, which does not look upstream: so run the rounds this one
+    # builds on first (DVC skips them in ~1 s each when they are up to date).
+    chain = [round]
+    while chain[-1] != "0":
+        chain.append(params.rounds[chain[-1]].prev)
+    return [r for key in reversed(chain) for r in round_flow(key, str(project), push)]
+
+
+@contextmanager
+def _one_run(project: Path, what: str):
+    """Hold the workspace's run lock (flows/process.py) for `what`; exit 2 with one line naming
+    the holder when another flow run or recipe has it."""
+    from flows.process import WorkspaceBusy, workspace_lock
+
+    try:
+        lock = workspace_lock(project, what)
+        lock.__enter__()
+    except WorkspaceBusy as err:
+        typer.secho(f"tutorloop: {err}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def _require_remote(project: Path) -> None:
@@ -191,24 +216,25 @@ def seeds(recipe_name: str = typer.Argument(..., metavar="RECIPE", help="a recip
     out = project / "extra" / "seeds" / name
     typer.echo(f"decision rule (fixed before the runs): round {round_key} beats a baseline when the pooled "
                f"one-sided sign test over problems gives p < 0.05 ({n} seeds)")
-    for i in range(n):
-        shifted = {f"rounds.{round_key}.practice.seed": rnd.practice.seed + SEED_STEP * i,
-                   f"rounds.{round_key}.preference.seed": rnd.preference.seed + SEED_STEP * i}
-        over, _ = recipe_params(recipe_name, project, sets, shifted)
-        cmd = exp_command(f"{name}-seed{i}", over, raw, tuple(f"evaluate@{c}" for c in checkpoints))
-        typer.echo(" ".join(cmd))
-        if dry_run:
-            continue
-        if subprocess.run(dvc(*cmd[1:]), cwd=project, env=interpreter_env()).returncode != 0:
-            raise typer.Exit(1)
-        for c in checkpoints:   # the workspace holds this experiment's evaluations until the next one
-            (out / f"seed{i}").mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(project / "eval" / c / "predictions.jsonl", out / f"seed{i}" / f"{c}.jsonl")
-            if extra is not None:
-                # the checkpoints the arm starts from are the same model in every seed (restored from
-                # DVC's cache, scored greedily): score them once, reuse seed 0's predictions after
-                again = out / "seed0" / f"{c}-extra" if i and c not in (round_key, f"control-{round_key}") else None
-                _score_extra(project, c, params.checkpoints[c], extra, out / f"seed{i}", again)
+    with nullcontext() if dry_run else _one_run(project, f"tutorloop seeds {recipe_name}"):
+        for i in range(n):
+            shifted = {f"rounds.{round_key}.practice.seed": rnd.practice.seed + SEED_STEP * i,
+                       f"rounds.{round_key}.preference.seed": rnd.preference.seed + SEED_STEP * i}
+            over, _ = recipe_params(recipe_name, project, sets, shifted)
+            cmd = exp_command(f"{name}-seed{i}", over, raw, tuple(f"evaluate@{c}" for c in checkpoints))
+            typer.echo(" ".join(cmd))
+            if dry_run:
+                continue
+            if subprocess.run(dvc(*cmd[1:]), cwd=project, env=interpreter_env()).returncode != 0:
+                raise typer.Exit(1)
+            for c in checkpoints:   # the workspace holds this experiment's evaluations until the next one
+                (out / f"seed{i}").mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(project / "eval" / c / "predictions.jsonl", out / f"seed{i}" / f"{c}.jsonl")
+                if extra is not None:
+                    # the checkpoints the arm starts from are the same model in every seed (restored from
+                    # DVC's cache, scored greedily): score them once, reuse seed 0's predictions after
+                    again = out / "seed0" / f"{c}-extra" if i and c not in (round_key, f"control-{round_key}") else None
+                    _score_extra(project, c, params.checkpoints[c], extra, out / f"seed{i}", again)
     if not dry_run:
         _print_pooled(out, n, checkpoints)
 
