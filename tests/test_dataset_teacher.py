@@ -118,7 +118,7 @@ def test_jsonl_round_trips_unicode_line_separators(tmp_path):
     assert read_jsonl(tmp_path / "x.jsonl") == rows
 
 
-def test_inputs_stage_snapshots_gsm8k_and_seeds_and_empties_what_is_absent(params_factory, tmp_path):
+def test_inputs_stage_snapshots_gsm8k_and_seeds_and_empties_what_is_absent(params_factory, tmp_path, monkeypatch):
     """The `inputs` stage copies what the loop reads from outside the project; consumers read the
     copies (the DVC deps) and get the same problems and seed ids as from the source itself."""
     from components import inputs
@@ -140,8 +140,14 @@ def test_inputs_stage_snapshots_gsm8k_and_seeds_and_empties_what_is_absent(param
     assert gsm8k_problems(params.evaluate.gsm8k, tmp_path / "inputs/gsm8k.jsonl") == load_gsm8k(params.evaluate.gsm8k)
     copy, direct = SeedSource(params.generate, tmp_path / "inputs/seeds.jsonl"), SeedSource(params.generate)
     assert copy.rows == direct.rows and copy.rows[0]["seed_id"].startswith("gsm.jsonl:")
-    raw["evaluate"]["gsm8k"]["path"] = str(tmp_path / "absent.jsonl")      # a user without the file
+    raw["evaluate"]["gsm8k"]["path"] = str(tmp_path / "absent.jsonl")      # a typo: an error, not a quiet skip
     raw["generate"]["seeds"]["source"], raw["generate"]["teacher"]["kind"] = "procedural", "procedural"
+    from tutorloop.errors import DataError
+
+    with pytest.raises(DataError, match="evaluate.gsm8k.path: .*absent.jsonl does not exist"):
+        inputs.snapshot(validate(raw), tmp_path / "inputs")
+    raw["evaluate"]["gsm8k"]["path"] = "../shared/data/gsm8k/train.jsonl"  # the default, on a machine without it
+    monkeypatch.chdir(tmp_path)
     params = validate(raw)
     m = inputs.snapshot(params, tmp_path / "inputs")
     assert m["gsm8k"]["rows"] == 0 and m["seeds"]["rows"] == 0

@@ -75,3 +75,26 @@ def test_harness_with_bad_data_fails_before_the_model_loads(content, says, tiny_
                                       "--project", str(tmp_path)])
     assert says in _one_error_line(result)
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_harness_refuses_rows_the_workspace_trained_on(tiny_model_dir, tmp_path, monkeypatch):
+    """The GSM8K recipe's seeds come from GSM8K train, as the harness's default rows do: rows the
+    workspace's SFT or practice set holds are refused (a score on training problems is not one);
+    the workspace's own held-out rows (question, solution with `#### N`) are scored."""
+    from tutorloop.serving import server
+
+    monkeypatch.setattr(server, "load_served", lambda *a, **k: pytest.fail("loaded the model"))
+    rows = [{"question": f"Tom has {i} apples. How many?", "solution": f"He has {i}.\n#### {i}", "answer": str(i)}
+            for i in range(8)]
+    (tmp_path / "data" / "clean").mkdir(parents=True)
+    (tmp_path / "data" / "clean" / "sft.jsonl").write_text(json.dumps(rows[1]) + "\n")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(app, ["harness", "--model", str(tiny_model_dir), "--data", str(data), "--limit", "4",
+                                      "--project", str(tmp_path)])
+    assert "1 of the 4 rows to score are problems this workspace trained on" in _one_error_line(result)
+    from tutorloop.serving import harness
+
+    kept = harness.read_data(data, 4)                                   # the loop's own format is read
+    harness.refuse_trained(kept[4:], 4, tmp_path)                       # untrained rows pass
+    assert kept[0]["answer"].endswith("#### 0")

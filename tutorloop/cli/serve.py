@@ -116,7 +116,8 @@ def harness(model: str = typer.Option("models:/tutor@champion", help="a checkpoi
         raise typer.Exit(2)
     os.chdir(project)   # the project's MLflow store gets the run; --model folders are relative to it
     try:
-        lm_harness.read_data(data, limit)   # a bad --data fails here, before minutes of model loading
+        # a bad --data fails here, before minutes of model loading; so do rows the workspace trained on
+        lm_harness.refuse_trained(lm_harness.read_data(data, limit), limit, Path("."))
         served = load_served(model, _served_runtime(precision), calculator=calculator)
     except BAD_INPUT as err:
         bad_input(err)

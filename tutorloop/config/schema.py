@@ -349,7 +349,7 @@ class Preference(Section):
 
 
 class Gsm8k(Section):
-    path: str = Field("../shared/data/gsm8k/train.jsonl", description="local GSM8K-format jsonl (question, answer ending '#### N'); empty = none; absent = skipped with a note")
+    path: str = Field("../shared/data/gsm8k/train.jsonl", description="local GSM8K-format jsonl (question, answer ending '#### N'); empty = none; a path set here that does not exist is an error (it also feeds decontamination); the default, absent without ../shared, is skipped with a note")
     dataset: str = Field("", description="`datasets` id (e.g. openai/gsm8k), used when path is empty; needs the hub")
     subset: str = Field("main", description="config name of `dataset` (GSM8K: main)")
     split: str = Field("test", description="split of `dataset`")

@@ -17,12 +17,18 @@ from pathlib import Path
 
 from tutorloop.config import Gsm8k, Seeds
 from tutorloop.data.jsonl import read_jsonl
+from tutorloop.errors import DataError
 
 
 def load_gsm8k(cfg: Gsm8k) -> list[dict] | None:
     """GSM8K problems as {id, question, answer, solution}, or None when none is configured/present."""
     if cfg.path:
         if not Path(cfg.path).exists():
+            if cfg.path != type(cfg).model_fields["path"].default:
+                # a path someone set: a typo must not quietly turn off GSM8K and its decontamination gate
+                raise DataError(f"evaluate.gsm8k.path: {cfg.path} does not exist (it also feeds decontamination); "
+                                "fix the path, or set it to '' to run without GSM8K")
+            # the shipped default, absent on a machine without ../shared: the loop runs without GSM8K
             print(f"evaluate: GSM8K file {cfg.path} not found; skipping GSM8K", file=sys.stderr)
             return None
         rows = read_jsonl(cfg.path, required=("question", "answer"))

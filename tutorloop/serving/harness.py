@@ -84,12 +84,31 @@ def read_data(gsm8k: Path, limit: int) -> list[dict]:
             raise DataError(f"{gsm8k}:{number}: not a JSON object ({err.msg})") from None
         if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("question", "answer")):
             raise DataError(f"{gsm8k}:{number}: a GSM8K row needs string fields question and answer")
+        if "####" not in row["answer"] and "####" in str(row.get("solution", "")):
+            row = {**row, "answer": row["solution"]}   # the loop's own sets: the worked solution carries it
         if "####" not in row["answer"]:
             raise DataError(f"{gsm8k}:{number}: answer has no '#### N' final answer")
         rows.append(row)
     if len(rows) <= limit:
         raise DataError(f"{gsm8k}: {len(rows)} rows, need more than --limit {limit} (the rest are few-shot examples)")
     return rows
+
+
+def refuse_trained(rows: list[dict], limit: int, project: Path) -> None:
+    """A DataError when any of the `limit` rows to score is a problem the workspace trained on
+    (its SFT or practice set): the GSM8K recipe's seeds come from GSM8K train, the harness's default
+    rows too, and a score on training problems is not a score."""
+    from tutorloop.data.jsonl import read_jsonl
+    from tutorloop.data.text import normalise
+
+    trained = {normalise(r["question"]) for name in ("sft.jsonl", "practice.jsonl")
+               if (project / "data" / "clean" / name).exists()
+               for r in read_jsonl(project / "data" / "clean" / name, allow_empty=True)}
+    seen = sum(normalise(r["question"]) in trained for r in rows[:limit])
+    if seen:
+        raise DataError(f"--data: {seen} of the {min(limit, len(rows))} rows to score are problems this workspace "
+                        "trained on (data/clean/sft.jsonl, practice.jsonl): score held-out rows, e.g. "
+                        "--data data/generated/test.jsonl")
 
 
 def write_task(task: str, gsm8k: Path, limit: int, fewshot_pool: int, folder: Path) -> str:
