@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     same = sum(a == t[0] for (a, _), t in zip(answers, local.texts))
     figures = {"machine": machine, "requests": args.requests, "rows": args.rows,
                "in_process_tok_s": local.new_tokens / local_s, "served_tok_s": served_tokens / served_s,
-               "engine_calls": served.calls, "identical": same}
+               "engine_calls": served.calls, "identical": same,
+               "in_process_tokens": local.new_tokens, "served_tokens": served_tokens}
     figures["ratio"] = figures["served_tok_s"] / figures["in_process_tok_s"]
     print(f"in-process engine: {local.new_tokens} tokens in {local_s:.1f} s = {figures['in_process_tok_s']:.1f} tok/s")
     print(f"served, {args.requests} concurrent requests: {served_tokens} tokens in {served_s:.1f} s = "

@@ -65,11 +65,22 @@ def test_cuda_with_and_without_bf16(monkeypatch):
     assert hardware.resolve("float32", "cuda").amp is None
 
 
-def test_the_probe_measures_both_dtypes_for_real():
-    fp32, bf16 = hardware.matmul_gflops(torch.float32, n=64), hardware.matmul_gflops(torch.bfloat16, n=64)
-    assert fp32 > 0 and bf16 > 0
+def test_the_probe_counts_the_flops_of_its_best_pass(monkeypatch):
+    """2 n^3 FLOPs over the fastest timed matmul (the warm-up is not timed): 2 x 64^3 in 1 ms is
+    0.524 GFLOP/s; and bf16 counts as fast only at PROBE_MIN_RATIO of fp32's speed or more."""
+    clock = iter([0.0, 0.003, 1.0, 1.001, 2.0, 2.002])   # three timed passes: 3, 1 and 2 ms
+    monkeypatch.setattr(hardware.time, "perf_counter", lambda: next(clock))
+    assert hardware.matmul_gflops(torch.float32, n=64) == pytest.approx(2 * 64 ** 3 / 1e-3 / 1e9)
+    hardware.cpu_bf16_fast.cache_clear()
+    monkeypatch.setattr(hardware, "onednn_bf16", lambda: True)
+    speeds = {torch.float32: 100.0, torch.bfloat16: 100.0 * hardware.PROBE_MIN_RATIO - 1}
+    monkeypatch.setattr(hardware, "matmul_gflops", lambda dtype, *a, **k: speeds[dtype])
     fast, why = hardware.cpu_bf16_fast()
-    assert isinstance(fast, bool) and why
+    assert not fast and f"{speeds[torch.bfloat16]:.1f} GFLOP/s against 100.0" in why
+    hardware.cpu_bf16_fast.cache_clear()
+    speeds[torch.bfloat16] = 400.0
+    assert hardware.cpu_bf16_fast()[0] is True
+    hardware.cpu_bf16_fast.cache_clear()
 
 
 def test_doctor_prints_what_auto_resolves_to_and_why(cpu, monkeypatch):

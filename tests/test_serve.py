@@ -100,9 +100,9 @@ def test_streaming_n_and_seeds(running):
     assert [got[i] for i in range(3)] == texts(a) and set(ends) == {0, 1, 2}
     stop = c.completions.create(model="tiny", prompt="2 + 2 =", temperature=0, max_tokens=12)
     text = stop.choices[0].text
-    if len(text) > 3:
-        cut = c.completions.create(model="tiny", prompt="2 + 2 =", temperature=0, max_tokens=12, stop=[text[2:4]])
-        assert cut.choices[0].text == text[:text.find(text[2:4])] and cut.choices[0].finish_reason == "stop"
+    assert len(text) > 3, f"12 greedy tokens gave {text!r}: too short to cut at a stop string"
+    cut = c.completions.create(model="tiny", prompt="2 + 2 =", temperature=0, max_tokens=12, stop=[text[2:4]])
+    assert cut.choices[0].text == text[:text.find(text[2:4])] and cut.choices[0].finish_reason == "stop"
 
 
 def test_streaming_sends_text_as_it_decodes(running):

@@ -19,4 +19,5 @@ def test_served_and_in_process_decode_the_same_requests(tiny_model_dir, capsys):
     out = capsys.readouterr().out
     assert out.startswith("machine: ") and "float32" in out.splitlines()[0]
     assert figures["identical"] == 6 and figures["engine_calls"] >= 1
-    assert figures["ratio"] == pytest.approx(figures["served_tok_s"] / figures["in_process_tok_s"])
+    # the same work on both sides (what makes the ratio a fair one): every greedy text, every token
+    assert figures["served_tokens"] == figures["in_process_tokens"] > 0
