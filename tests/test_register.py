@@ -239,3 +239,36 @@ def test_register_refuses_without_evaluation(tracked_cwd, tiny_model_dir, params
     with pytest.raises(FileNotFoundError, match="no model checkpoint"):
         do_register(params, tracked_cwd, "0", tracked_cwd / "nope")
     assert MlflowClient(tracking.tracking_uri()).search_model_versions("name='tutor'") == []
+
+
+def test_a_registration_cut_short_is_finished_by_its_rerun_not_duplicated(tracked_cwd, tiny_model_dir,
+                                                                          params_factory, monkeypatch):
+    """A stop after the version is made but before its aliases: the re-run finds its own version
+    (same weights, same checkpoint), finishes it and moves the aliases; a re-run of a finished
+    registration replays its record and adds nothing."""
+    from mlflow import MlflowClient
+
+    from tutorloop.registry import version as reg
+
+    params = params_factory(rounds=1)
+    params = params.model_copy(update={"register_": params.register_.model_copy(update={"log_model": False})})
+    write_lock(tracked_cwd, {"1": "0"})
+    write_eval(tracked_cwd, "base", "0" * 40)
+    real = reg.move_aliases
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reg, "move_aliases", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        do_register(params, tracked_cwd, "base", tiny_model_dir)
+    client = MlflowClient(tracking.tracking_uri())
+    [cut] = client.search_model_versions("name='tutor'")
+    assert reg.RECORD_TAG not in cut.tags and not client.get_registered_model("tutor").aliases
+    monkeypatch.setattr(reg, "move_aliases", real)
+    first = do_register(params, tracked_cwd, "base", tiny_model_dir)
+    again = do_register(params, tracked_cwd, "base", tiny_model_dir)
+    versions = client.search_model_versions("name='tutor'")
+    assert len(versions) == 1 and first["version"] == again["version"] == cut.version
+    assert client.get_model_version_by_alias("tutor", "champion").version == cut.version
+    assert again == first and json.loads(versions[0].tags[reg.RECORD_TAG]) == first

@@ -207,18 +207,52 @@ def register(params: Params, checkpoint: str, model_dir: Path, metrics_file: Pat
                          champion_before=version_by_alias(client, cfg.model_name, CHAMPION))
     else:
         prom = promote(client, cfg, metrics, correctness(predictions), weights)
+    evaluation = digest(metrics_file, predictions_file)   # the same weights scored anew are a new registration
+    own = own_version(client, cfg.model_name, weights, checkpoint, evaluation)
+    if own is not None and own.tags.get(RECORD_TAG):   # registered to the end before: the same answer again
+        record = json.loads(own.tags[RECORD_TAG])
+        write_json(record, out)
+        log.tags({"registered_version": own.version, "alias": record["alias"], "registration": "replayed"})
+        return record
     log.artifact(predictions_file, "eval")  # the paired evidence a later challenger is tested against
-    version = create_version(client, cfg, model_dir, log).version
+    # a stop after the version was made (before its aliases): this run finishes that version
+    version = own.version if own is not None else create_version(client, cfg, model_dir, log).version
     client.set_model_version_tag(cfg.model_name, version, WEIGHTS_TAG, weights)
+    client.set_model_version_tag(cfg.model_name, version, "round", checkpoint)
+    client.set_model_version_tag(cfg.model_name, version, EVALUATION_TAG, evaluation)
     describe(client, cfg, version, checkpoint, metrics, prom, log, data_dir)
-    move_aliases(client, cfg.model_name, version, prom)
-    before = prom.champion_before
-    record = {"name": cfg.model_name, "version": version, "alias": prom.verdict, "reason": prom.deploy_reason,
-              "champion": version if prom.deploy else before.version if before else None,
-              "previous_champion": before.version if before else None,
-              "scope": prom.scope, "scope_alias": scope_alias(prom.scope) if prom.alias == CHAMPION else None,
-              "scope_reason": prom.reason, "previous_scope_champion": prom.previous.version if prom.previous else None,
-              **prom.stats}
+    move_aliases(client, cfg.model_name, version, prom)   # last: a stop before here leaves no alias moved
+    record = _record(cfg.model_name, version, prom)
+    client.set_model_version_tag(cfg.model_name, version, RECORD_TAG, json.dumps(record))   # done: replayable
     write_json(record, out)
     log.tags({"registered_version": version, "alias": prom.verdict})
     return record
+
+
+RECORD_TAG = "registration.record"   # set last: a version without it is a registration a stop cut short
+EVALUATION_TAG = "registration.evaluation"   # the digest of the metrics and predictions it was registered on
+
+
+def own_version(client, name: str, weights: str, checkpoint: str, evaluation: str):
+    """The version an earlier attempt of this registration made (same weights, checkpoint and
+    evaluation), or None: a re-run finishes it instead of adding a version."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None   # no registered model yet
+    mine = [v for v in found if v.tags.get(WEIGHTS_TAG) == weights and v.tags.get("round") == checkpoint
+            and v.tags.get(EVALUATION_TAG) == evaluation]
+    return max(mine, key=lambda v: int(v.version)) if mine else None
+
+
+def _record(name: str, version: str, prom: Promotion) -> dict:
+    """What register writes to registry/<checkpoint>.json (and keeps on the version)."""
+    before = prom.champion_before
+    return {"name": name, "version": version, "alias": prom.verdict, "reason": prom.deploy_reason,
+            "champion": version if prom.deploy else before.version if before else None,
+            "previous_champion": before.version if before else None,
+            "scope": prom.scope, "scope_alias": scope_alias(prom.scope) if prom.alias == CHAMPION else None,
+            "scope_reason": prom.reason, "previous_scope_champion": prom.previous.version if prom.previous else None,
+            **prom.stats}
