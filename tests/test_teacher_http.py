@@ -366,3 +366,20 @@ def test_llm_judge_over_http_is_cached_and_counts_unreadable_verdicts(server, mo
     rows = judge(probs, samples)
     stats = llm_judge(rows, probs, cfg.model_copy(update={"cache_dir": str(tmp_path / "fresh")}))
     assert stats["judge_unparsed"] == 1 and stats["judge_decided"] == 0 and rows[2]["correct"] is False
+
+
+def test_an_openai_key_goes_to_openai_only_and_no_url_carries_credentials(monkeypatch):
+    """OPENAI_API_KEY (the teacher's and judge's default) is sent to api.openai.com alone: a local
+    or third-party server gets no key unless `api_key_env` names one of its own; a base_url with
+    user:token@ (which dvc.lock would keep and git would carry) is refused, the token unshown."""
+    from tutorloop.llm.client import OpenAIChat, TeacherError
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-secret")
+    monkeypatch.setenv("LOCAL_KEY", "local-secret")
+    assert OpenAIChat("m", "", "OPENAI_API_KEY")._client.api_key == "sk-openai-secret"
+    assert OpenAIChat("m", "https://api.openai.com/v1", "OPENAI_API_KEY")._client.api_key == "sk-openai-secret"
+    assert OpenAIChat("m", "http://localhost:8000/v1", "OPENAI_API_KEY")._client.api_key == "not-needed"
+    assert OpenAIChat("m", "http://gpu-box:8000/v1", "LOCAL_KEY")._client.api_key == "local-secret"
+    with pytest.raises(TeacherError, match="credentials inside the URL") as err:
+        OpenAIChat("m", "http://tutor:tok3n-value@gpu-box:8000/v1", "LOCAL_KEY")
+    assert "tok3n-value" not in str(err.value)

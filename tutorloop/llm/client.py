@@ -48,6 +48,9 @@ class Chat(Protocol):
     def __call__(self, messages: list[dict], sampling: Sampling) -> str: ...
 
 
+OPENAI_KEY = "OPENAI_API_KEY"   # sent to api.openai.com only (`api_key_env` names another server's key)
+
+
 class OpenAIChat:
     """Chat completions from an OpenAI-compatible server."""
 
@@ -62,7 +65,16 @@ class OpenAIChat:
         self.shown_url = redact(self.base_url)  # what error messages show: no user:token@
         self.what = what
         self._who = who = "the teacher" if what == "generate.teacher" else f"the server of {what}"
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.base_url)
+        if parts.username or parts.password:
+            # a URL is logged, locked (dvc.lock) and committed: credentials never ride in one
+            raise TeacherError(f"{who} at {self.shown_url}: credentials inside the URL; put the key in the "
+                               f"environment variable named by {what}.api_key_env instead")
         key = os.environ.get(api_key_env, "")
+        if api_key_env == OPENAI_KEY and not (parts.hostname or "").endswith("openai.com"):
+            key = ""   # an OpenAI key goes to OpenAI only; another server's key lives in a variable of its own
         if not key and not base_url:
             raise TeacherError(f"{who} is api.openai.com but ${api_key_env} is not set")
         # Local servers (vLLM, Ollama, llama.cpp) accept any key; the SDK insists on one.
