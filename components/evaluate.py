@@ -49,19 +49,19 @@ def run(params: Params, model_dir: Path, test_file: Path, metrics_file: Path, ou
     # resolved once here and handed down; a server backend's numerics are its own (no runtime)
     runtime = resolve_runtime(params.runtime) if cfg.backend == "local" else None
     sampler = make_sampler(cfg, model_dir, runtime, "evaluate")
-    preds, metrics = score(sampler, params, test, f"evaluate {model_dir.name}", shots)
+    preds, metrics = score(sampler, params.evaluate, params.prompt, test, f"evaluate {model_dir.name}", shots)
     write_jsonl(out_dir / "predictions.jsonl", preds)
     by_family: dict[str, list[bool]] = defaultdict(list)
     for x in preds:
         by_family[x["family"]].append(x["correct"])
     metrics["family"] = {f: sum(v) / len(v) for f, v in sorted(by_family.items())}
     if gsm8k:
-        g_preds, g_stats = score(sampler, params, gsm8k, "evaluate gsm8k", shots)
+        g_preds, g_stats = score(sampler, params.evaluate, params.prompt, gsm8k, "evaluate gsm8k", shots)
         write_jsonl(out_dir / "gsm8k_predictions.jsonl", g_preds)
         metrics["gsm8k"] = g_stats
     # the protocol takes the resolved runtime itself (device, precision), not strings read back
     # from the metrics; and the decode attention the held-out pass ran, as its Generation recorded it
-    metrics["protocol"] = protocol(params, runtime, metrics.get("attention"))
+    metrics["protocol"] = protocol(params.evaluate, params.prompt, runtime, metrics.get("attention"))
     metrics["precision"] = sampler.precision
     metrics["calculator"] = cfg.calculator
     metrics["backend"] = sampler.backend

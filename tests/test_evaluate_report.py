@@ -306,7 +306,7 @@ def test_scoring_counts_what_the_grader_says(params_factory):
               [["10", "#### 10", "x"]]
     params = params_factory()
     params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"maj_k": 3, "pass_k": [1, 2, 3, 4]})})
-    preds, stats = scoring.score(_Written(greedy, sampled), params, problems, "hand")
+    preds, stats = scoring.score(_Written(greedy, sampled), params.evaluate, params.prompt, problems, "hand")
     assert [p["correct"] for p in preds] == [True, True, True, True, False, False, False, False]
     assert [p["strict_correct"] for p in preds] == [True, True, True, False, False, False, False, False]
     assert (stats["correct"], stats["n"], stats["accuracy"], stats["strict_accuracy"]) == (4, 8, 0.5, 0.375)

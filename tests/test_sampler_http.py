@@ -161,16 +161,17 @@ def test_evaluate_through_a_server_is_the_engines_greedy(tiny_model_dir, tmp_pat
     assert [p["completion"] for p in read_jsonl(tmp_path / "eval-local" / "predictions.jsonl")] == \
         [p["completion"] for p in read_jsonl(tmp_path / "eval" / "predictions.jsonl")]
     assert lm["protocol"] != m["protocol"] and lm["backend"] == "local"
-    assert protocol(local, on("float32")) == protocol(validate({**raw, "evaluate": {
-        **raw["evaluate"], "backend": "local", "server": {}}}), on("float32"))  # server knobs alone change nothing
+    bare = validate({**raw, "evaluate": {**raw["evaluate"], "backend": "local", "server": {}}})
+    assert protocol(local.evaluate, local.prompt, on("float32")) == \
+        protocol(bare.evaluate, bare.prompt, on("float32"))   # server knobs alone change nothing
     # the numerics are part of it: the resolved precision, the decode attention and the device
     from tutorloop.inference.kernels import attention as decode_attention
 
     ran = "kernel" if decode_attention.load() is not None else "sdpa"    # fp32 has a kernel path too
     assert lm["precision"] == "float32" and lm["attention"] == ran and lm["device"] == "cpu"
-    assert lm["protocol"] == protocol(local, on("float32"), ran)
-    variants = {protocol(local, on("float32"), "sdpa"), protocol(local, on("bfloat16"), "sdpa"),
-                protocol(local, on("bfloat16"), "kernel"), protocol(local, on("bfloat16", "cuda"), "kernel")}
+    assert lm["protocol"] == protocol(local.evaluate, local.prompt, on("float32"), ran)
+    variants = {protocol(local.evaluate, local.prompt, on("float32"), "sdpa"), protocol(local.evaluate, local.prompt, on("bfloat16"), "sdpa"),
+                protocol(local.evaluate, local.prompt, on("bfloat16"), "kernel"), protocol(local.evaluate, local.prompt, on("bfloat16", "cuda"), "kernel")}
     assert len(variants) == 4
     # a server's fingerprint stays what it was before the numerics were added: its numerics are its own
     import hashlib
@@ -181,6 +182,6 @@ def test_evaluate_through_a_server_is_the_engines_greedy(tiny_model_dir, tmp_pat
                "limit": cfg.limit, "fewshot": cfg.fewshot, **extra}
         return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
-    assert protocol(params, None) == protocol(params, on("float32")) == m["protocol"] == old(params.evaluate, backend="openai")
+    assert protocol(params.evaluate, params.prompt, None) == protocol(params.evaluate, params.prompt, on("float32")) == m["protocol"] == old(params.evaluate, backend="openai")
     # a local fingerprint is the one it was when precision and device came back from the metrics' strings
     assert lm["protocol"] == old(local.evaluate, "float32", numerics={"attention": ran, "device": "cpu"})

@@ -8,11 +8,11 @@ from __future__ import annotations
 import hashlib
 import json
 
-from tutorloop.config import Params
+from tutorloop.config import Evaluate, Prompt
 from tutorloop.hardware import ResolvedRuntime
 
 
-def protocol(params: Params, runtime: ResolvedRuntime | None, attention: str | None = None) -> str:
+def protocol(cfg: Evaluate, prompt: Prompt, runtime: ResolvedRuntime | None, attention: str | None = None) -> str:
     """A fingerprint of how a model was evaluated: verdicts pair only under the same protocol.
 
     The numerics are part of it, because they change greedy text: the stage's resolved `runtime`
@@ -21,14 +21,13 @@ def protocol(params: Params, runtime: ResolvedRuntime | None, attention: str | N
     sdpa / hf: 1.0% vs 2.2% on the same bf16 weights in one A/B). Moving to a machine that
     decides any of them differently starts a new scope, and the champion stays where it is
     (registry/promotion.py)."""
-    cfg = params.evaluate
     local = cfg.backend == "local"
     if local and runtime is None:
         raise ValueError("evaluate.backend: local -> the protocol needs the stage's resolved runtime")
     # a server's precision is its own; "bfloat16" there keeps the fingerprint it had before
     # runtime.precision existed, so server scopes keep their champions
     dtype = runtime.dtype if local else "bfloat16"
-    key = {"prompt": params.prompt.model_dump(), "max_new_tokens": cfg.max_new_tokens, "dtype": dtype,
+    key = {"prompt": prompt.model_dump(), "max_new_tokens": cfg.max_new_tokens, "dtype": dtype,
            "limit": cfg.limit, "fewshot": cfg.fewshot}
     if cfg.calculator:  # only when on, so calculator-free protocols keep their earlier fingerprint
         key["calculator"] = True

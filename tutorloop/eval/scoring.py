@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tutorloop.config import Params
+from tutorloop.config import Evaluate, Prompt
 from tutorloop.eval.grading import grade
 from tutorloop.eval.stats import mean_pass_at_k, wilson
 from tutorloop.modeling import messages
@@ -21,11 +21,11 @@ def majority(answers: list[str | None]) -> str | None:
     return max(counted, key=lambda a: (counted[a], -answers.index(a))) if counted else None
 
 
-def score(sampler, params: Params, problems: list[dict], desc: str,
+def score(sampler, cfg: Evaluate, prompt: Prompt, problems: list[dict], desc: str,
           shots: list[tuple[str, str]] = ()) -> tuple[list[dict], dict]:
-    cfg = params.evaluate
-    conversations = [messages(p["question"], params.prompt.system, params.prompt.template, shots)
-                     for p in problems]
+    """Greedy pass@1 of `problems` (and maj@k / pass@k when `cfg.maj_k`): per-problem predictions
+    and the stats evaluate logs; one grading function (eval/grading.py) decides every verdict."""
+    conversations = [messages(p["question"], prompt.system, prompt.template, shots) for p in problems]
     gen = sampler(conversations, max_new_tokens=cfg.max_new_tokens, desc=desc)
     preds = []
     for p, texts in zip(problems, gen.texts):
