@@ -95,7 +95,8 @@ def tiny_params(model_source: str | Path, rounds: int = 1) -> dict:
     raw["preference"].update(batch_size=4, grad_accum=1, max_length=256, logging_steps=1,
                       lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"})
     raw["evaluate"].update(batch_size=8, max_new_tokens=16,
-                           gsm8k={"path": str(GSM8K_TRAIN), "dataset": "", "subset": "main",
+                           # '' where ../shared is absent: a set path that does not exist is an error
+                           gsm8k={"path": str(GSM8K_TRAIN) if GSM8K_TRAIN.exists() else "", "dataset": "", "subset": "main",
                                   "split": "test", "limit": 4})
     raw["rounds"] = {str(r): {"prev": str(r - 1),
                               "practice": {"samples": 2, "temperature": 0.7, "top_p": 0.95, "seed": r},
