@@ -272,3 +272,53 @@ def test_a_registration_cut_short_is_finished_by_its_rerun_not_duplicated(tracke
     assert len(versions) == 1 and first["version"] == again["version"] == cut.version
     assert client.get_model_version_by_alias("tutor", "champion").version == cut.version
     assert again == first and json.loads(versions[0].tags[reg.RECORD_TAG]) == first
+
+
+RACE = """
+import json, sys, time
+from pathlib import Path
+sys.path[:0] = [sys.argv[1] + "/tests", sys.argv[1]]
+from support import write_eval
+from test_register import do_register
+from conftest import tiny_params
+from tutorloop.config import validate
+from tutorloop.registry import version as reg
+
+root, key, model = Path.cwd(), sys.argv[2], Path(sys.argv[3])
+raw = tiny_params(model, rounds=2)
+raw["register"]["log_model"] = False
+params = validate(raw)
+real = reg.promote
+
+def slow(*a, **k):   # both read the champion, then think a while: the window a lock must close
+    got = real(*a, **k)
+    time.sleep(1.5)
+    return got
+
+reg.promote = slow
+print(json.dumps(do_register(params, root, key, model)))
+"""
+
+
+def test_two_registrations_at_once_do_not_both_beat_the_same_champion(tracked_cwd, tiny_model_dir, params_factory):
+    """Rounds 1 and 2, each far better than the champion (base), register at the same moment in
+    two processes: the second to decide is paired with the first (the champion by then), not with
+    base; without the lock both would "beat base" and the last alias write would win."""
+    import subprocess
+    import sys
+
+    from support import ROOT
+
+    params = params_factory(rounds=2)
+    params = params.model_copy(update={"register_": params.register_.model_copy(update={"log_model": False})})
+    write_lock(tracked_cwd, {"1": "0", "2": "1"})
+    write_eval(tracked_cwd, "base", "0" * 40)
+    base = do_register(params, tracked_cwd, "base", tiny_model_dir)
+    write_eval(tracked_cwd, "1", "1" * 30 + "0" * 10)
+    write_eval(tracked_cwd, "2", "1" * 32 + "0" * 8)
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, str(ROOT), key, str(tiny_model_dir)], cwd=tracked_cwd,
+                              stdout=subprocess.PIPE, text=True) for key in ("1", "2")]
+    records = [json.loads(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    previous = sorted(r["previous_champion"] for r in records)
+    assert previous[0] == base["version"] and previous[1] != base["version"], records   # one after the other

@@ -199,6 +199,30 @@ def register(params: Params, checkpoint: str, model_dir: Path, metrics_file: Pat
         raise RuntimeError("register needs MLflow tracking (TUTORLOOP_TRACKING is off)")
     client = MlflowClient()
     weights = digest(model_dir)
+    # one registration of this model at a time on this machine: two stages must not both "beat"
+    # the same champion (read the champion, decide, move the aliases: one step under the lock)
+    with registry_lock(cfg.model_name):
+        return _register(client, cfg, checkpoint, model_dir, metrics_file, predictions_file, out, log, data_dir,
+                         metrics, predictions, weights)
+
+
+def registry_lock(model_name: str):
+    """A lock per tracking store and model on this machine (a file beside the user's cache)."""
+    import hashlib
+    import os
+
+    from filelock import FileLock
+
+    key = hashlib.sha1(f"{tracking.tracking_uri()}|{model_name}".encode()).hexdigest()[:16]
+    folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tutorloop" / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder / f"register-{key}.lock"))
+
+
+def _register(client, cfg: Register, checkpoint: str, model_dir: Path, metrics_file: Path, predictions_file: Path,
+              out: Path, log: tracking.StageLog, data_dir: Path | None, metrics: dict, predictions: list[dict],
+              weights: str) -> dict:
+    """register's steps under the registry lock: decide, make or finish the version, aliases last."""
     if control_round(checkpoint) is not None:   # evaluated and registered like a round, never promoted
         scope = eval_scope(metrics.get("protocol", ""), correctness(predictions))
         prom = Promotion(checkpoint, "a control is never a champion candidate", {}, scope,
@@ -221,12 +245,23 @@ def register(params: Params, checkpoint: str, model_dir: Path, metrics_file: Pat
     client.set_model_version_tag(cfg.model_name, version, "round", checkpoint)
     client.set_model_version_tag(cfg.model_name, version, EVALUATION_TAG, evaluation)
     describe(client, cfg, version, checkpoint, metrics, prom, log, data_dir)
+    if control_round(checkpoint) is None and _moved(client, cfg.model_name, prom):
+        # another machine moved `champion` meanwhile (a shared tracking server: the lock is per
+        # machine): decide again against the one that holds it now
+        prom = promote(client, cfg, metrics, correctness(predictions), weights)
+        describe(client, cfg, version, checkpoint, metrics, prom, log, data_dir)
     move_aliases(client, cfg.model_name, version, prom)   # last: a stop before here leaves no alias moved
     record = _record(cfg.model_name, version, prom)
     client.set_model_version_tag(cfg.model_name, version, RECORD_TAG, json.dumps(record))   # done: replayable
     write_json(record, out)
     log.tags({"registered_version": version, "alias": prom.verdict})
     return record
+
+
+def _moved(client, model_name: str, prom: Promotion) -> bool:
+    """Whether `champion` is no longer where `prom` read it."""
+    now, before = version_by_alias(client, model_name, CHAMPION), prom.champion_before
+    return (now.version if now else None) != (before.version if before else None)
 
 
 RECORD_TAG = "registration.record"   # set last: a version without it is a registration a stop cut short
