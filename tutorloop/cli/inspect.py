@@ -70,7 +70,8 @@ def report(project: Path = typer.Option(Path("."), help="project root"),
                                     help="save the figures as docs/results/NAME (+ NAME.json: commit, CPU, command)"),
            source: Optional[Path] = typer.Option(None, "--from", help="with --save: a `tutorloop seeds` pooled.json "
                                                                       "instead of reports/accuracy.csv"),
-           command: str = typer.Option("tutorloop run", help="with --save: the command that reproduces the figures")) -> None:
+           command: str = typer.Option("tutorloop run", help="with --save: the command that reproduces the figures"),
+           commit: str = typer.Option("", help="with --save: the commit that ran (default: the project's HEAD)")) -> None:
     """Print accuracy per checkpoint with CIs, pairs and minutes; write reports/accuracy.png.
 
     `--save NAME` files the run's figures under docs/results/ for `tutorloop docs --write` to paste
@@ -86,7 +87,8 @@ def report(project: Path = typer.Option(Path("."), help="project root"),
         write_report(project / "metrics", project / "reports")
     minutes = stage_minutes(project) if source is None else {}
     if save:
-        saved = results.save(project, save, _provenance(project, command), source, minutes)
+        saved = results.save(project, save, {**_provenance(project, command), **({"commit": commit} if commit else {})},
+                             source, minutes)
         typer.echo("saved: " + ", ".join(str(p) for p in saved) + f"; paste with `{results.WRITE_COMMAND}`")
         return
     if markdown:
