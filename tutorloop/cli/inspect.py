@@ -109,14 +109,17 @@ def _with_minutes(path: Path, minutes: dict[str, float]) -> list[dict]:
 def _provenance(project: Path, command: str) -> dict:
     """Where saved figures come from: commit, CPU and the precision it computes in, date, command."""
     import datetime
+    import json
     import subprocess
 
     from tutorloop import hardware
     from tutorloop.config import Runtime
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=project, capture_output=True, text=True)
-    resolved = hardware.resolve_runtime(Runtime())
-    return {"commit": commit.stdout.strip() or "not a git checkout", "cpu": hardware.cpu_summary(), "precision": resolved.precision.dtype,
+    # the precision the evaluations ran in (their metrics say), else what this machine resolves now
+    ran = {json.loads(f.read_text()).get("precision") for f in (project / "metrics").glob("*.json")} - {None}
+    precision = ran.pop() if len(ran) == 1 else hardware.resolve_runtime(Runtime()).precision.dtype
+    return {"commit": commit.stdout.strip() or "not a git checkout", "cpu": hardware.cpu_summary(), "precision": precision,
             "date": datetime.date.today().isoformat(), "command": command}
 
 
