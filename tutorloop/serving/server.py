@@ -27,8 +27,9 @@ when MAX_WAITING requests already wait, 500 for anything else (the exception's t
 Under load and abuse: tokenisation runs off the event loop; a client that disconnects (or
 abandons a stream) cancels its request and the engine frees its rows at the next decode step
 (`drop`); a call's KV buffer grows for the waiting requests that join it only within the budget;
-and a request held back by another setting's call waits at most HOLD_S (2 s) plus the time that
-call's rows take to finish (at most their max_tokens steps): past HOLD_S the call takes no one new.
+and a request held back by another setting's call waits at most for that call to drain: the call
+takes only requests that arrived within HOLD_S (2 s) of the oldest request of another setting
+waiting, so it ends after those (at most their max_tokens steps), whatever the traffic.
 
     python -c "from tutorloop.config import Runtime; from tutorloop.hardware import resolve_runtime
     from tutorloop.serving.server import load_served; print(load_served('models/base', resolve_runtime(Runtime())))"
@@ -56,7 +57,7 @@ from tutorloop.hardware import ResolvedRuntime
 
 DEFAULT_MAX_TOKENS = 256
 MAX_WAITING = 256        # requests queued beyond the running call: more are answered 429 (Retry-After)
-HOLD_S = 2.0             # a request held back by another setting's call stops that call taking new ones after this
+HOLD_S = 2.0             # a call takes no request that arrived more than this after the oldest waiting one of another setting
 MAX_BODY = 4 << 20       # request bodies above 4 MiB are answered 413
 
 
@@ -211,12 +212,14 @@ class Served:
                 elif job.watched:
                     job.progress(run, self.tok)
             waiting = self._waiting()
-            # a request of another setting waiting past HOLD_S closes this call to newcomers: it
-            # starts when the call's rows drain (at most their max_tokens steps), whatever the traffic
-            starving = any(j.group != first.group and time.monotonic() - j.submitted > HOLD_S
-                           for j in [*self._held, *waiting])
+            # fairness: a request of this setting joins only if it arrived within HOLD_S of the
+            # oldest request of another setting waiting; later ones wait for the next call, so the
+            # held request starts once this call drains, whatever the traffic (and the call still
+            # takes every request of its setting that was already waiting: no batch of one)
+            others = [j.submitted for j in [*self._held, *waiting] if j.group != first.group]
+            cutoff = min(others) + HOLD_S if others else float("inf")
             for job in waiting:
-                if not starving and job.group == first.group and \
+                if job.group == first.group and job.submitted <= cutoff and \
                         all(run.fits(n, job.max_tokens) for n in job.prompt_tokens):
                     job.first_index = run.extend(job.prompts, [job.seed] * len(job.prompts),
                                                  [job.max_tokens] * len(job.prompts))
