@@ -85,3 +85,17 @@ def test_report_command_saves_prints_markdown_and_docs_checks(tmp_path):
     assert runner.invoke(app, ["docs", "--project", str(project)]).exit_code == 1
     assert runner.invoke(app, ["docs", "--project", str(project), "--write"]).exit_code == 0
     assert runner.invoke(app, ["docs", "--project", str(project)]).exit_code == 0
+
+
+def test_a_load_benchmarks_figures_render_as_one_row(tmp_path):
+    figures = {"clients": 200, "seconds": 185.3, "requests": 671, "hung": 0, "p50_s": 48.3, "p99_s": 69.35,
+               "tokens_per_second": 191.18, "peak_rss_gb": 2.2976, "kv_budget_gb": 4.0, "longest_sampled_wait_s": 69.35,
+               "statuses": {"200": 591, "400": 23, "413": 11, "disconnected": 46}}
+    source = tmp_path / "load.json"
+    source.write_text(json.dumps(figures))
+    assert [p.name for p in results.save(tmp_path, "load-x", PROVENANCE, source=source)] == ["load-x.load.json",
+                                                                                          "load-x.json"]
+    (tmp_path / "README.md").write_text("<!-- results: load-x -->\n<!-- /results -->\n")
+    results.paste(tmp_path)
+    row = [ln for ln in (tmp_path / "README.md").read_text().splitlines() if ln.startswith("| 200")][0]
+    assert "591 x 200, 23 x 400, 11 x 413, 46 x disconnected" in row and "| 0 |" in row and "191.2" in row

@@ -44,7 +44,9 @@ def save(project: Path, name: str, provenance: dict, source: Path | None = None,
     out = project / RESULTS
     out.mkdir(parents=True, exist_ok=True)
     if source is not None and source.suffix == ".json":
-        target = out / f"{name}.pooled.json"
+        # benchmarks/load.py's figures or a `tutorloop seeds` pooled.json
+        kind = "load" if isinstance(json.loads(source.read_text()), dict) else "pooled"
+        target = out / f"{name}.{kind}.json"
         shutil.copyfile(source, target)
     else:
         target = out / f"{name}.csv"
@@ -68,10 +70,13 @@ def render(project: Path, name: str, page: Path | None = None) -> str:
     if not meta_path.exists():
         raise FileNotFoundError(f"{meta_path}: no saved results named {name!r} (tutorloop report --save {name})")
     meta = json.loads(meta_path.read_text())
-    pooled = folder / f"{name}.pooled.json"
-    body = pooled_markdown(json.loads(pooled.read_text())) if pooled.exists() else \
-        accuracy_markdown(_read_csv(folder / f"{name}.csv"))
-    source = f"{name}.pooled.json" if pooled.exists() else f"{name}.csv"
+    pooled, load = folder / f"{name}.pooled.json", folder / f"{name}.load.json"
+    if pooled.exists():
+        body, source = pooled_markdown(json.loads(pooled.read_text())), pooled.name
+    elif load.exists():
+        body, source = load_markdown(json.loads(load.read_text())), load.name
+    else:
+        body, source = accuracy_markdown(_read_csv(folder / f"{name}.csv")), f"{name}.csv"
     link = os.path.relpath(folder / source, (page or project / "docs" / "x.md").parent)
     return (body + f"\n\n*{meta.get('cpu', 'CPU not recorded')}, {meta.get('precision', '?')}; commit "
             f"`{meta.get('commit', '?')}`, {meta.get('date', '?')}; `{meta.get('command', '?')}`; "
@@ -122,6 +127,16 @@ def pooled_markdown(results: list[dict]) -> str:
         lines.append(f"| {label(r['arm'])} | {label(r['baseline'])} | {r['arm_accuracy']:.1%} | "
                      f"{r['baseline_accuracy']:.1%} | +{r['ahead']}/−{r['behind']} of {r['n']} | {r['p']:.2g} |")
     return "\n".join(lines)
+
+
+def load_markdown(f: dict) -> str:
+    """benchmarks/load.py's figures as a one-row markdown table."""
+    answered = ", ".join(f"{n} x {k}" for k, n in sorted(f["statuses"].items()))
+    return ("| clients x seconds (with the drain) | requests (status x count) | hung | p50 / p99 | useful tok/s | peak RSS | "
+            "longest sampled wait |\n|---|---|---|---|---|---|---|\n"
+            f"| {f['clients']} x {f['seconds']:.0f} s | {f['requests']} ({answered}) | {f['hung']} | "
+            f"{f['p50_s']:.1f} / {f['p99_s']:.1f} s | {f['tokens_per_second']:.1f} | "
+            f"{f['peak_rss_gb']:.2f} GB (KV budget {f['kv_budget_gb']:.0f} GB) | {f['longest_sampled_wait_s']:.1f} s |")
 
 
 def pages(project: Path) -> list[Path]:
