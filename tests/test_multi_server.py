@@ -4,7 +4,6 @@ still answered, and the seeded samples are the ones a single server gives."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -84,4 +83,3 @@ def test_a_list_of_urls_validates_and_a_single_one_stays_one_client():
     ep = StudentEndpoint(base_url=["http://h1:8000/v1", "http://h2:8000/v1"], model="m")
     assert isinstance(OpenAIChat.of(ep, what="practice.server"), PooledChat)
     assert isinstance(OpenAIChat.of(StudentEndpoint(base_url="http://h1:8000/v1", model="m")), OpenAIChat)
-    os.environ.pop("NOT_SET_KEY", None)

@@ -60,7 +60,7 @@ def test_the_default_registry_model_without_a_registry_is_one_line_and_creates_n
 
 
 @pytest.mark.parametrize("content, says", [
-    ('{"question": "q", "answer": "a\\n#### 1"}\nnot json\n', "gsm8k.jsonl:2: not a JSON object"),
+    ('{"question": "q", "answer": "a\\n#### 1"}\nnot json\n', "gsm8k.jsonl:2: not valid JSON"),
     ('{"question": "q"}\n', "gsm8k.jsonl:1: a GSM8K row needs string fields question and answer"),
     ('{"question": "q", "answer": "no final answer"}\n', "gsm8k.jsonl:1: answer has no '#### N'"),
     ('{"question": "q", "answer": "a\\n#### 1"}\n' * 3, "3 rows, need more than --limit 200"),

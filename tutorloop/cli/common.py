@@ -39,6 +39,21 @@ def console():
     return Console() if sys.stdout.isatty() else Console(width=240)
 
 
+def check_or_write(write: bool, check: bool, rewrite, stale, what: str, fix: str) -> None:
+    """The `--check` (default) / `--write` pair of `deps` and `docs`: `rewrite()` says whether it
+    changed anything, `stale()` lists the problems; a stale check exits 1 naming `fix`."""
+    if write and not check:
+        typer.echo(f"{what}: rewritten" if rewrite() else f"{what}: already current")
+        return
+    problems = stale()
+    for line in problems:
+        typer.secho(line, fg="red", err=True)
+    if problems:
+        typer.secho(f"run `{fix}` to rewrite them", fg="red", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{what}: current")
+
+
 def validate_project(project: Path):
     """params.yaml of `project`, validated; bad input exits 2 with one line per problem."""
     from tutorloop.config import load_params

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from tutorloop.cli.common import app, bad_input, console, validate_project
+from tutorloop.cli.common import app, bad_input, check_or_write, console, validate_project
 
 @app.command(rich_help_panel="Inspect a workspace")
 def doctor(project: Path = typer.Option(Path("."), help="project root")) -> None:
@@ -130,17 +130,9 @@ def docs(project: Path = typer.Option(Path("."), help="project root"),
     """Check (default) or --write the results tables of README.md and docs/ from docs/results/."""
     from tutorloop.eval import results
 
-    if write and not check:
-        changed = results.paste(project.resolve())
-        typer.echo("pasted: " + ", ".join(str(p) for p in changed) if changed else "results blocks already current")
-        return
-    problems = results.stale(project.resolve())
-    for line in problems:
-        typer.secho(line, fg="red", err=True)
-    if problems:
-        typer.secho(f"run `{results.WRITE_COMMAND}` to paste them", fg="red", err=True)
-        raise typer.Exit(1)
-    typer.echo("results blocks are current")
+    root = project.resolve()
+    check_or_write(write, check, lambda: bool(results.paste(root)), lambda: results.stale(root),
+                   "results blocks", results.WRITE_COMMAND)
 
 
 @app.command(rich_help_panel="Inspect a workspace")

@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from tutorloop.cli.common import app, bad_input, console, recipe_params, validate_project
+from tutorloop.cli.common import app, bad_input, check_or_write, console, recipe_params, validate_project
 from tutorloop.cli.inspect import doctor, report
 from tutorloop.config.recipes import apply_overrides, exp_command
 
@@ -60,17 +60,10 @@ def deps(project: Path = typer.Option(Path("."), help="project root"),
     """Check (default) or --write each dvc.yaml stage's `tutorloop/...` deps from its import graph."""
     from tutorloop.runtime import deps as stage_deps
 
-    if write and not check:
-        changed = stage_deps.write(project.resolve())
-        typer.echo("dvc.yaml: tutorloop deps rewritten" if changed else "dvc.yaml: tutorloop deps already current")
-        return
-    problems = stage_deps.stale(project.resolve())
-    for line in problems:
-        typer.secho(f"dvc.yaml: {line}", fg="red", err=True)
-    if problems:
-        typer.secho(f"run `{stage_deps.WRITE_COMMAND}` to rewrite them", fg="red", err=True)
-        raise typer.Exit(1)
-    typer.echo("dvc.yaml: tutorloop deps are current")
+    root = project.resolve()
+    check_or_write(write, check, lambda: stage_deps.write(root),
+                   lambda: [f"dvc.yaml: {line}" for line in stage_deps.stale(root)],
+                   "dvc.yaml: tutorloop deps", stage_deps.WRITE_COMMAND)
 
 
 @app.command(rich_help_panel="Run the loop")
@@ -113,15 +106,11 @@ def _one_run(project: Path, what: str):
     from flows.process import WorkspaceBusy, workspace_lock
 
     try:
-        lock = workspace_lock(project, what)
-        lock.__enter__()
+        with workspace_lock(project, what):   # re-entered in this process without raising
+            yield
     except WorkspaceBusy as err:
         typer.secho(f"tutorloop: {err}", fg="red", err=True)
         raise typer.Exit(2) from None
-    try:
-        yield
-    finally:
-        lock.__exit__(None, None, None)
 
 
 def _require_remote(project: Path) -> None:

@@ -74,15 +74,11 @@ def task_config(task: str, test_file: Path, fewshot_file: Path) -> dict:
 def read_data(gsm8k: Path, limit: int) -> list[dict]:
     """The rows of a GSM8K jsonl, checked before any model loads: a DataError names the file, the
     line and what is wrong (not JSON, no question/answer, no `#### N`), or that it is too short."""
+    from tutorloop.data.jsonl import read_jsonl
+
     rows = []
-    for number, line in enumerate(Path(gsm8k).read_text(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{gsm8k}:{number}: not a JSON object ({err.msg})") from None
-        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("question", "answer")):
+    for number, row in enumerate(read_jsonl(gsm8k), 1):   # JSON errors name the file and line there
+        if not all(isinstance(row.get(k), str) for k in ("question", "answer")):
             raise DataError(f"{gsm8k}:{number}: a GSM8K row needs string fields question and answer")
         if "####" not in row["answer"] and "####" in str(row.get("solution", "")):
             row = {**row, "answer": row["solution"]}   # the loop's own sets: the worked solution carries it
