@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tutorloop.data.jsonl import write_json
 from tutorloop.hardware import resolve_runtime
+from tutorloop.runtime.distributed import is_main
 from tutorloop.runtime.stage import Arg, stage
 from tutorloop.runtime.tracking import trainer_callback
 from tutorloop.train.preference import train_preference
@@ -25,6 +26,7 @@ from tutorloop.train.preference import train_preference
 @stage("control", Arg("round"), Arg("prev_model", Path, "the checkpoint round k starts from"),
        Arg("round_dir", Path, "round k's folder: rft.jsonl (the teacher's solutions) and the round's rows"),
        Arg("out", Path), Arg("--sft", Path, "the SFT model, where the round starts from it"), round_arg="round",
+       distributed_training=True,
        logged=lambda params, args: {"preference": params.preference.model_dump(),
                                     "round": params.rounds[args.round].preference.model_dump(),
                                     "prev": params.rounds[args.round].prev})
@@ -33,7 +35,8 @@ def main(params, args, log) -> dict:
     metrics = train_preference(params, args.round, args.prev_model, args.round_dir, args.out,
                                [trainer_callback(log)], args.sft, control=True,
                                runtime=resolve_runtime(params.runtime))   # resolved once, handed down
-    write_json(metrics, args.round_dir / "control_metrics.json")   # a DVC metric beside MLflow's copy
+    if is_main():   # under accelerate, rank 0 writes (tutorloop/runtime/distributed.py)
+        write_json(metrics, args.round_dir / "control_metrics.json")   # a DVC metric beside MLflow's copy
     return metrics
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tutorloop.data.jsonl import write_json
 from tutorloop.hardware import resolve_runtime
+from tutorloop.runtime.distributed import is_main
 from tutorloop.runtime.stage import Arg, stage
 from tutorloop.runtime.tracking import trainer_callback
 from tutorloop.train.preference import train_preference
@@ -24,6 +25,7 @@ from tutorloop.train.preference import train_preference
 @stage("preference", Arg("round"), Arg("prev_model", Path),
        Arg("round_dir", Path, "holds pairs.jsonl (DPO), unpaired.jsonl (KTO) and rft.jsonl (RFT)"), Arg("out", Path),
        Arg("--sft", Path, "the SFT model, for reference: sft"), round_arg="round",
+       distributed_training=True,
        logged=lambda params, args: {"preference": params.preference.model_dump(),
                                     "round": params.rounds[args.round].preference.model_dump(),
                                     "prev": params.rounds[args.round].prev})
@@ -34,7 +36,8 @@ def main(params, args, log) -> dict:
     # resolved once here (threads, device, precision) and handed down: the library never re-resolves
     metrics = train_preference(params, args.round, args.prev_model, args.round_dir, args.out,
                                [trainer_callback(log)], args.sft, runtime=resolve_runtime(params.runtime))
-    write_json(metrics, args.round_dir / "preference_metrics.json")  # a DVC metric beside MLflow's copy
+    if is_main():   # under accelerate, rank 0 writes (tutorloop/runtime/distributed.py)
+        write_json(metrics, args.round_dir / "preference_metrics.json")  # a DVC metric beside MLflow's copy
     return metrics
 
 

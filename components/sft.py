@@ -17,7 +17,7 @@ from tutorloop.runtime.tracking import trainer_callback
 from tutorloop.train.sft import train_sft
 
 
-@stage("sft", Arg("base", Path), Arg("train", Path), Arg("out", Path), round_key="0",
+@stage("sft", Arg("base", Path), Arg("train", Path), Arg("out", Path), round_key="0", distributed_training=True,
        logged=lambda params, args: {"sft": params.sft.model_dump(), "prompt": params.prompt.model_dump()})
 def main(params, args, log) -> dict:
     # resolved once here (threads, device, precision) and handed down: the library never re-resolves

@@ -99,6 +99,28 @@ def test_unknown_key_wrong_type_and_impossible_values_all_reported():
     assert "generate.n_test: 'many'" in msg
 
 
+def test_several_training_processes_need_the_launcher_and_a_batch_they_can_split():
+    raw = raw_params()
+    raw["training"].update(processes=2)
+    assert "training.launcher: 'none' -> 2 training processes need launcher: accelerate" in errors_of(raw)
+    raw["training"].update(launcher="accelerate")
+    validate(raw)                                  # sft 8 x 2 and preference 4 x 2 split over 2
+    raw["training"].update(processes=3)
+    problems = errors_of(raw)
+    assert "training.processes: 3 -> sft's global batch (sft.batch_size 8 x grad_accum 2)" in problems
+    assert "preference's global batch (preference.batch_size 4 x grad_accum 2)" in problems
+
+
+def test_each_rank_takes_its_share_of_the_global_batch():
+    from tutorloop.train.batching import split_over
+
+    assert split_over(8, 2, 1) == (8, 2)
+    assert split_over(8, 2, 2) == (8, 1)           # the accumulation is split first
+    assert split_over(8, 1, 2) == (4, 1)           # else the batch
+    with pytest.raises(ConfigError, match="cannot be split over 3 processes"):
+        split_over(8, 2, 3)
+
+
 def test_round_referring_to_missing_round():
     raw = raw_params()
     raw["rounds"]["2"]["prev"] = "5"

@@ -5,7 +5,9 @@
 - `batch_size: auto` resolves from the GPU's free memory, and a practice-sized run with it works;
 - a tiny SFT step on CUDA: the frozen base in bf16, bf16 mixed precision, TRL's own loss (not the
   CPU plain-loss override), fp32 adapters, and an fp32 checkpoint merged into the fp32 base;
-- a tiny DPO step on CUDA the same way.
+- a tiny DPO step on CUDA the same way;
+- the sft stage under `accelerate launch` (training.launcher: accelerate) on every GPU there is
+  (NCCL; one process per GPU) ends where one process ends, with one MLflow run.
 
     python -m pytest tests/test_cuda.py -q      # on a machine with a GPU
 """
@@ -127,3 +129,30 @@ def test_a_tiny_dpo_step_on_cuda_in_bf16(params_factory, tiny_model_dir, tmp_pat
     assert metrics["pairs"] == 8 and metrics["train_loss"] == metrics["train_loss"]
     merged, _ = load(tmp_path / "out")
     assert {p.dtype for p in merged.parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_the_sft_stage_under_accelerate_on_gpus_ends_where_one_process_ends(gpus, tmp_path, tiny_model_dir):
+    """tests/test_distributed.py's check on GPUs (NCCL instead of gloo), one process per GPU."""
+    import subprocess
+    import sys
+
+    import yaml
+    from test_distributed import SFT, TOLERANCE, env_for, project, sft_runs
+
+    if torch.cuda.device_count() < gpus:
+        pytest.skip(f"needs {gpus} GPUs")
+    weights = {}
+    for n, launcher in ((1, "none"), (gpus, "accelerate")):
+        ws = project(tmp_path / launcher, tiny_model_dir, n)
+        raw = yaml.safe_load((ws / "params.yaml").read_text())
+        raw["runtime"].update(device="cuda", precision="float32")
+        raw["training"].update(launcher=launcher)
+        (ws / "params.yaml").write_text(yaml.safe_dump(raw))
+        done = subprocess.run([sys.executable, *SFT], cwd=ws, env=env_for(ws), capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert [r.data.metrics["processes"] for r in sft_runs(ws)] == [n]
+        weights[launcher], _ = modeling.load(ws / "models" / "round-0")
+    one, many = weights["none"].state_dict(), weights["accelerate"].state_dict()
+    assert max((one[k] - many[k]).abs().max().item() for k in one) < TOLERANCE * 10   # TF32 / NCCL sums

@@ -173,14 +173,19 @@ def set_threads(threads: int) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Two busy threads per core made a training step 12x slower: never exceed the core count.
     # sched_getaffinity honours cgroup/taskset limits; os.cpu_count() would count the host's cores.
-    count = threads or len(os.sched_getaffinity(0)) or 1
+    # The ranks of an `accelerate launch` on this machine (LOCAL_WORLD_SIZE) share its cores.
+    share = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    count = threads or max(1, len(os.sched_getaffinity(0)) // share)
     torch.set_num_threads(count)
     return count
 
 
 def pick_device(setting: str) -> str:
     """`runtime.device` as a torch device string: cuda when asked for, or auto with CUDA present."""
-    return "cuda" if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()) else "cpu"
+    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
+        # one GPU per rank of an `accelerate launch` (tutorloop/runtime/distributed.py)
+        return f"cuda:{os.environ['LOCAL_RANK']}" if "LOCAL_RANK" in os.environ else "cuda"
+    return "cpu"
 
 
 @dataclass(frozen=True)

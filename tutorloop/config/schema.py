@@ -348,6 +348,16 @@ class Preference(Section):
     save_steps: int = Field(20, ge=0, description="checkpoint every N updates so a killed run resumes there (0 = never)")
 
 
+class Training(Section):
+    """How the training stages (sft, preference@r, control@k) are launched: one process, or
+    several under `accelerate launch` (tutorloop/runtime/distributed.py)."""
+
+    launcher: Literal["none", "accelerate"] = Field("none", description="none = the stage trains in its own process; accelerate = it relaunches itself under `accelerate launch` (DDP over training.processes; FSDP / ZeRO-3 with accelerate_config), rank 0 logging, writing and merging")
+    processes: int = Field(1, ge=1, description="training processes per machine (one per GPU; on a CPU, gloo processes sharing its cores); the global batch stays batch_size x grad_accum, so grad_accum (or else the per-device batch) is divided by the process count")
+    machines: int = Field(1, ge=1, description="machines training together (their ranks, addresses and ports come from accelerate_config)")
+    accelerate_config: str = Field("", description="an `accelerate config` file (infra/accelerate/fsdp.yaml, zero3.yaml, multi-machine settings); empty = plain DDP through torchrun")
+
+
 class Gsm8k(Section):
     path: str = Field("../shared/data/gsm8k/train.jsonl", description="local GSM8K-format jsonl (question, answer ending '#### N'); empty = none; a path set here that does not exist is an error (it also feeds decontamination); the default, absent without ../shared, is skipped with a note")
     dataset: str = Field("", description="`datasets` id (e.g. openai/gsm8k), used when path is empty; needs the hub")
@@ -384,6 +394,7 @@ class Params(Section):
     followup: Followup = Field(default_factory=Followup, description="closing the loop: failures become next round's practice")
     preference: Preference = Field(default_factory=Preference, description="preference learning shared by every round (DPO, KTO or RFT: rounds.r.preference)")
     evaluate: Evaluate = Field(default_factory=Evaluate)
+    training: Training = Field(default_factory=Training, description="how the training stages are launched: one process or several (accelerate)")
     # `register` would shadow BaseModel.register (ABC); the alias keeps the YAML key.
     register_: Register = Field(default_factory=Register, alias="register")
     rounds: dict[str, Round] = Field(description="preference rounds keyed by number ('1', '2', ...); keys quoted for DVC")
@@ -478,7 +489,30 @@ def _cross_checks(raw: dict) -> list[str]:
         have = {str(k): v for k, v in checkpoints.items()}
         if have != want:
             problems.append(f"checkpoints: {have!r} -> must be {want!r} (base, SFT, every round and control)")
-    problems += _control_checks(raw, rounds)
+    problems += _control_checks(raw, rounds) + _training_checks(raw)
+    return problems
+
+
+def _training_checks(raw: dict) -> list[str]:
+    """Several processes need the launcher, and each must get a whole share of the global batch."""
+    training = raw.get("training")
+    if not isinstance(training, dict):
+        return []
+    processes, problems = training.get("processes", 1), []
+    if not isinstance(processes, int) or processes < 1:
+        return problems   # field validation names it
+    world = processes * (training.get("machines") or 1) if isinstance(training.get("machines", 1), int) else processes
+    if world > 1 and training.get("launcher", "none") != "accelerate":
+        problems.append(f"training.launcher: {training.get('launcher', 'none')!r} -> {world} training processes need "
+                        "launcher: accelerate")
+    for section, cpu_default in (("sft", SFT_BATCH_CPU), ("preference", PREFERENCE_BATCH_CPU)):
+        cfg = raw.get(section) if isinstance(raw.get(section), dict) else {}
+        batch, accum = cfg.get("batch_size", cpu_default), cfg.get("grad_accum", 2)
+        batch = cpu_default if batch == "auto" else batch
+        if isinstance(batch, int) and isinstance(accum, int) and accum % world and batch % world:
+            problems.append(f"training.processes: {processes!r} -> {section}'s global batch ({section}.batch_size {batch} "
+                            f"x grad_accum {accum}) cannot be split over {world} processes: make grad_accum or "
+                            f"batch_size a multiple of {world}")
     return problems
 
 

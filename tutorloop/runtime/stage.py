@@ -14,6 +14,10 @@ round's parent run, KILLED on SIGINT/SIGTERM, FAILED on an exception), calls the
 metrics it returns, and ends the process as `tutorloop.runtime.entry.run_main` says: bad input is
 one line per problem and exit 2, a stop dies by its signal (130 / 143).
 
+A training stage (`distributed=True`: sft, preference, control) under `training.launcher:
+accelerate` relaunches itself under `accelerate launch` before any run opens; of its ranks only
+the main one opens the MLflow run (tutorloop/runtime/distributed.py).
+
 Debug a stage without DVC or Prefect: `python -m components.practice 1 models/round-0 ...` from
 the project root, or call `main([...])` from a test or a debugger (TUTORLOOP_TRACKING=off skips
 MLflow).
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from tutorloop.config import Params, load_params
-from tutorloop.runtime import tracking
+from tutorloop.runtime import distributed, tracking
 from tutorloop.runtime.entry import run_main
 
 
@@ -49,19 +53,21 @@ Body = Callable[[Params, argparse.Namespace, tracking.StageLog], "dict | None"]
 
 def stage(name: str, *args: Arg, round_arg: str | None = None, round_key: str | None = None,
           logged: Callable[[Params, argparse.Namespace], dict] | None = None, tracked: bool = True,
-          needs_params: bool = True):
+          needs_params: bool = True, distributed_training: bool = False):
     """Turn `body(params, args, log) -> metrics` into the stage's `main(argv=None)`.
 
     `round_arg`: the argument naming the round/checkpoint (the MLflow run is `name@<it>`);
     `round_key`: a fixed one (sft is round 0). `logged`: the params the run records (default:
     the section called `name`). `tracked=False`: no MLflow run (the inputs snapshot runs on every
-    repro); `needs_params=False`: the body gets None for params (the report reads only files).
+    repro); `needs_params=False`: the body gets None for params (the report reads only files);
+    `distributed_training`: the stage trains, and runs on `training.processes` under accelerate.
     """
     def wrap(body: Body) -> Callable[[list[str] | None], None]:
         module = sys.modules[body.__module__]
         doc = (module.__doc__ or name).strip().splitlines()[0]
         # under `python -m components.x` the module is __main__; its spec keeps the real name
-        prog = f"python -m {getattr(module.__spec__, 'name', None) or body.__module__}"
+        module_name = getattr(module.__spec__, "name", None) or body.__module__
+        prog = f"python -m {module_name}"
 
         def main(argv: list[str] | None = None) -> None:
             def go() -> None:
@@ -70,7 +76,10 @@ def stage(name: str, *args: Arg, round_arg: str | None = None, round_key: str | 
                     arg.add_to(parser)
                 ns = parser.parse_args(argv)
                 params = load_params() if needs_params else None
-                if not tracked:
+                if distributed_training and _relaunch(params, module_name, argv):
+                    return
+                if not tracked or (distributed_training and not distributed.is_main()):
+                    # an untracked stage, or a rank other than the main one: it trains, logs nothing
                     body(params, ns, tracking.StageLog(None))
                     return
                 recorded = logged(params, ns) if logged else _section(params, name)
@@ -88,6 +97,21 @@ def stage(name: str, *args: Arg, round_arg: str | None = None, round_key: str | 
         return main
 
     return wrap
+
+
+def _relaunch(params: Params, module_name: str, argv: list[str] | None) -> bool:
+    """Under `training.launcher: accelerate`, outside a launch: become `accelerate launch` of this
+    stage (exec; returns only in tests that replace the exec). False = train in this process."""
+    training = params.training
+    if training.launcher != "accelerate" or distributed.launched():
+        return False
+    from tutorloop.hardware import pick_device
+
+    distributed.relaunch_under_accelerate(
+        module_name, list(sys.argv[1:] if argv is None else argv), processes=training.processes,
+        machines=training.machines, config_file=training.accelerate_config,
+        cpu=pick_device(params.runtime.device) == "cpu")
+    return True
 
 
 def _section(params: Params | None, name: str) -> dict:

@@ -16,13 +16,19 @@ explicitly (an integer batch_size) if you want it.
 rows in tutorloop/inference/batching.py). An estimate written without a GPU at hand
 (tests/test_cuda.py checks it on one when present); an integer batch_size always overrides it.
 Resolved when a stage starts; sft/preference metrics record batch_size and grad_accum.
+
+Under `training.launcher: accelerate` the *global* batch stays batch x grad_accum: each of the
+launch's processes takes grad_accum / processes (or, where that does not divide, batch /
+processes) — `split_over`, so N processes run the optimisation one process runs.
 """
 
 from __future__ import annotations
 
 import torch
 
+from tutorloop.errors import ConfigError
 from tutorloop.hardware import MEMORY_SHARE, free_memory
+from tutorloop.runtime.distributed import world_size
 
 MAX_TRAIN_BATCH = 256
 
@@ -56,5 +62,20 @@ def device_batch(setting: int | str, grad_accum: int, model, max_length: int, cp
                  pairs: bool = False) -> tuple[int, int]:
     """(per-device batch, grad_accum) for `batch_size: setting` on the model's device (auto keeps
     batch x grad_accum the same on every device)."""
-    return train_batch(setting, grad_accum, device=model.device, cpu_default=cpu_default,
-                       example_bytes=train_example_bytes(model.config, max_length, pairs))
+    batch, accum = train_batch(setting, grad_accum, device=model.device, cpu_default=cpu_default,
+                               example_bytes=train_example_bytes(model.config, max_length, pairs))
+    return split_over(batch, accum, world_size())
+
+
+def split_over(batch: int, grad_accum: int, processes: int) -> tuple[int, int]:
+    """(per-device batch, grad_accum) of each of `processes` ranks so that together they take the
+    global batch `batch x grad_accum`: the accumulation is split first (each rank keeps its
+    batch), else the batch."""
+    if processes == 1:
+        return batch, grad_accum
+    if grad_accum % processes == 0:
+        return batch, grad_accum // processes
+    if batch % processes == 0:
+        return batch // processes, grad_accum
+    raise ConfigError(f"training.processes: {processes} -> the global batch {batch} x {grad_accum} cannot be split "
+                      f"over {processes} processes: make grad_accum or batch_size a multiple of {processes}")

@@ -51,3 +51,14 @@ def merge_and_save_full_precision(peft_model, tok, out: str | Path, base: str | 
     fresh = get_peft_model(full, config, adapter_name=name)
     set_peft_model_state_dict(fresh, state, adapter_name=name)
     merge_and_save(fresh, tok, out)
+
+
+def merge_saved_adapter(adapter: str | Path, tok, out: str | Path, base: str | Path) -> None:
+    """Fold an adapter saved by `trainer.save_model` (a multi-process run's, gathered from every
+    rank) into the fp32 weights of `base` and save the checkpoint, on the CPU."""
+    from peft import PeftModel
+
+    from tutorloop.modeling import load, merge_and_save
+
+    full, _ = load(base, dtype="float32", device="cpu")
+    merge_and_save(PeftModel.from_pretrained(full, str(adapter)), tok, out)

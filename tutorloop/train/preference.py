@@ -34,6 +34,7 @@ from tutorloop.data.jsonl import read_jsonl
 from tutorloop.data.preferences import control_rows, select_rft
 from tutorloop.hardware import ResolvedRuntime
 from tutorloop.modeling import load, messages
+from tutorloop.runtime.distributed import world_size
 from tutorloop.train.batching import device_batch
 from tutorloop.train.lora import lora_config
 from tutorloop.train.precision import train_dtype
@@ -196,7 +197,8 @@ def train_preference(params: Params, round_key: str, prev_model: Path, round_dir
     metrics: dict = {"method_kto": float(rcfg.method == "kto"), "method_rft": float(rcfg.method == "rft"),
                      "start_sft": float(start != prev_model),
                      "reference_sft": float(ref_model is not None and rcfg.method != "rft"),
-                     "batch_size": batch, "grad_accum": accum, "precision": precision.dtype, **described,
+                     "batch_size": batch, "grad_accum": accum, "processes": world_size(),
+                     "precision": precision.dtype, **described,
                      "resumed_from_step": run.resumed_from_step, "train_loss": run.result.training_loss,
                      "train_seconds": run.seconds, "examples_per_second": n_rows * rcfg.epochs / run.seconds}
     for key, name in LOGGED:

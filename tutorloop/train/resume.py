@@ -10,6 +10,11 @@ complete once a marker file is renamed into it after the Trainer saved everythin
 mid-save has no marker and is removed, so a retry never loads half-written weights or a
 truncated optimizer file. The folder is removed
 once the merged model is saved.
+
+Under `accelerate launch` (tutorloop/runtime/distributed.py) every rank finds the same folder (its
+key holds the process count: a checkpoint's data order and per-rank RNG states belong to one
+world size) and resumes the same last complete checkpoint; only the main rank marks, rotates
+and removes checkpoints (after a barrier: every rank's part is on disk) and merges the adapter.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from pathlib import Path
 
 from tutorloop.data.digest import digest
 from tutorloop.hardware import ResolvedRuntime
-from tutorloop.train.lora import merge_and_save_full_precision
+from tutorloop.runtime.distributed import barrier, is_main, world_size
+from tutorloop.train.lora import merge_and_save_full_precision, merge_saved_adapter
 from tutorloop.train.precision import trainer_precision
 
 
@@ -34,7 +40,8 @@ def work_dir(stage: str, *parts, code: Path | None = None) -> Path:
     trainer's) computes with: a fix to that code starts afresh instead of resuming a checkpoint
     the old code wrote."""
     root = Path(os.environ.get("TUTORLOOP_TRAIN_DIR", ".tutorloop-cache/train"))
-    return root / f"{stage}-{digest(*parts, *([code_digest(code)] if code else []), length=16)}"
+    world = [f"processes={world_size()}"] if world_size() > 1 else []   # one process: the key as before
+    return root / f"{stage}-{digest(*parts, *world, *([code_digest(code)] if code else []), length=16)}"
 
 
 def code_digest(start: Path, root: Path | None = None) -> str:
@@ -89,8 +96,9 @@ def complete_checkpoints_callback(work: Path):
 
     class CompleteCheckpoints(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
+            barrier()   # every rank has written its part (its RNG state, its shard)
             newest = work / f"checkpoint-{state.global_step}"
-            if newest.is_dir():
+            if is_main() and newest.is_dir():
                 mark_complete(newest, state.global_step)
                 for step, path in _checkpoints(work):
                     if step != state.global_step:
@@ -108,7 +116,7 @@ def last_checkpoint(work: Path) -> str | None:
     complete = [(step, path) for step, path in found if (path / COMPLETE).is_file()]
     best = complete[-1][1] if complete else None
     for _, path in found:
-        if path != best and not (path / COMPLETE).is_file():
+        if is_main() and path != best and not (path / COMPLETE).is_file():
             shutil.rmtree(path, ignore_errors=True)
     return str(best) if best else None
 
@@ -144,6 +152,16 @@ def train_and_merge(trainer, work: Path, tok, out: Path, base: Path) -> Trained:
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
-    merge_and_save_full_precision(trainer.model, tok, out, base)
-    shutil.rmtree(work, ignore_errors=True)
+    if world_size() == 1:
+        merge_and_save_full_precision(trainer.model, tok, out, base)
+    else:
+        # every rank takes part in saving (FSDP / ZeRO-3 gather the adapter's shards); the main
+        # rank merges the saved adapter into base's fp32 weights while the others wait
+        trainer.save_model(str(work / "adapter"))
+        barrier()
+        if is_main():
+            merge_saved_adapter(work / "adapter", tok, out, base)
+        barrier()
+    if is_main():
+        shutil.rmtree(work, ignore_errors=True)
     return Trained(result, seconds, int(resume.rsplit("-", 1)[1]) if resume else 0)

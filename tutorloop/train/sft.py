@@ -21,6 +21,7 @@ from tutorloop.config import SFT_BATCH_CPU, Params, Prompt, Sft
 from tutorloop.data.jsonl import read_jsonl
 from tutorloop.hardware import ResolvedRuntime
 from tutorloop.modeling import load, messages
+from tutorloop.runtime.distributed import world_size
 from tutorloop.train.batching import device_batch
 from tutorloop.train.lora import lora_config
 from tutorloop.train.precision import train_dtype
@@ -102,4 +103,4 @@ def train_sft(params: Params, base: Path, train_file: Path, out: Path, callbacks
     return {"train_loss": run.result.training_loss, "train_seconds": run.seconds,
             "train_tokens_per_second": tokens / run.seconds, "examples": len(rows),
             "batch_size": batch[0], "grad_accum": batch[1], "resumed_from_step": run.resumed_from_step,
-            "precision": runtime.dtype}
+            "precision": runtime.dtype, "processes": world_size()}
