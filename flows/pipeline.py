@@ -16,6 +16,13 @@ pairing needs (registry order is not a file dependency, so dvc.yaml's foreach or
 MLflow: each round flow opens the round's parent run and hands its id to the stages through
 `TUTORLOOP_PARENT_RUN_ID`; a round in which DVC ran nothing leaves no run behind.
 
+A stage named in params.yaml `placement.stages` runs on a Prefect worker in another workspace
+(`stage_flow`, deployed by infra/prefect.yaml as `tutorloop-stage/worker`): this flow pushes the
+stage's inputs to the DVC remote and starts the deployment with this workspace's commit,
+params.yaml and dvc.lock; the worker pulls the inputs, runs `dvc repro -s <stage>` and pushes the
+outputs with DVC's run cache; back here, `dvc repro -s <stage>` finds that run in the run cache
+and checks its outputs out instead of running it (and refuses to run it here if it is not there).
+
     python -m flows.pipeline          # the loop flow on params.yaml (what `tutorloop run` does)
 """
 
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -99,10 +107,25 @@ def _stage_env(parent_run_id: str | None) -> dict[str, str]:
     return env
 
 
+def _dvc_or_fail(root: Path, *args: str, env: dict[str, str] | None = None, why: str = "") -> None:
+    code = run_group(dvc(*args), cwd=root, env=env or _stage_env(None))
+    if code != 0:
+        raise RuntimeError(f"dvc {' '.join(args)} failed with exit code {code}{why}")
+
+
+def placed(root: Path, stage: str) -> str | None:
+    """The Prefect deployment params.yaml `placement.stages` sends `stage` to; None = run it here."""
+    from fnmatch import fnmatchcase
+
+    stages = load_params(root / "params.yaml").placement.stages
+    return next((d for pattern, d in stages.items() if fnmatchcase(stage, pattern)), None)
+
+
 @task(name="dvc-stage", cache_policy=NO_CACHE, retries=0, task_run_name="{stage}")
 def dvc_stage(stage: str, parent_run_id: str | None = None, project: str = ".", push: bool = False) -> dict:
-    """Run one DVC stage if stale; returns {stage, ran, seconds}. `push`: then `dvc push` its
-    outputs to the default remote, so another machine's workspace can `dvc pull` them."""
+    """Run one DVC stage if stale, here or on the worker `placement.stages` names; returns
+    {stage, ran, seconds}. `push`: then `dvc push` its outputs to the default remote, so another
+    machine's workspace can `dvc pull` them."""
     from filelock import FileLock
 
     logger = get_run_logger()
@@ -110,15 +133,95 @@ def dvc_stage(stage: str, parent_run_id: str | None = None, project: str = ".", 
     with FileLock(str(root / LOCK)):
         before = _lock_entry(root, stage)
         start = time.perf_counter()
-        code = run_group(dvc("repro", "-s", stage), cwd=root, env=_stage_env(parent_run_id))
+        deployment = placed(root, stage)
+        if deployment and _stale(root, stage):
+            _on_worker(root, stage, deployment, parent_run_id)
+        _dvc_or_fail(root, "repro", "-s", stage, env=_stage_env(parent_run_id))
         seconds = time.perf_counter() - start
-        if code != 0:
-            raise RuntimeError(f"dvc repro -s {stage} failed with exit code {code}")
         ran = _lock_entry(root, stage) != before
-        if push and run_group(dvc("push", "-q", stage), cwd=root, env=_stage_env(None)) != 0:
-            raise RuntimeError(f"dvc push {stage} failed (is a default remote configured? `dvc remote list`)")
-    logger.info("%s: %s in %.1f s", stage, "ran" if ran else "up to date", seconds)
+        if push:
+            _dvc_or_fail(root, "push", "-q", stage, why=" (is a default remote configured? `dvc remote list`)")
+    logger.info("%s: %s in %.1f s%s", stage, "ran" if ran else "up to date", seconds,
+                f" (on {deployment})" if deployment and ran else "")
     return {"stage": stage, "ran": ran, "seconds": seconds}
+
+
+def _stale(root: Path, stage: str) -> bool:
+    status = json.loads(subprocess.run(dvc("status", "--json", stage), cwd=root, env=_stage_env(None),
+                                       capture_output=True, text=True, check=True).stdout or "{}")
+    return stage in status
+
+
+def _upstream(root: Path, stage: str) -> list[str]:
+    """The stages whose outputs `stage` reads, directly or not (DVC's graph)."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        node = next(s for s in repo.index.stages if s.name == stage)
+        return sorted(s.name for s in nx.descendants(repo.index.graph, node))
+
+
+def _on_worker(root: Path, stage: str, deployment: str, parent_run_id: str | None) -> None:
+    """Run `stage` through the Prefect deployment `deployment` (`stage_flow` on a worker in another
+    workspace) and fetch the run it leaves in the DVC remote's run cache; a failed or mismatched
+    run raises (the stage is never silently run here instead)."""
+    from prefect.deployments import run_deployment
+
+    logger = get_run_logger()
+    upstream = _upstream(root, stage)
+    _dvc_or_fail(root, "push", "-q", *upstream, why=" (a placed stage reads its inputs from the default DVC remote)")
+    logger.info("%s: sent to %s", stage, deployment)
+    run = run_deployment(deployment, timeout=None, parameters={
+        "stage": stage, "commit": tracking.git_commit(root), "params_yaml": (root / "params.yaml").read_text(),
+        "dvc_lock": (root / "dvc.lock").read_text() if (root / "dvc.lock").exists() else "",
+        "parent_run_id": parent_run_id})
+    if not run.state.is_completed():
+        raise RuntimeError(f"{stage} on {deployment}: flow run {run.name} ended {run.state.type.value}: {run.state.message}")
+    _dvc_or_fail(root, "fetch", "-q", "--run-cache")
+    if not _in_run_cache(root, stage):
+        raise RuntimeError(f"{stage}: the worker's run is not in the DVC run cache for this workspace's inputs "
+                           "(another commit, params or data there?); not running it here")
+
+
+def _in_run_cache(root: Path, stage: str) -> bool:
+    """Check out `stage`'s outputs from a run in DVC's run cache on exactly this workspace's deps
+    and params, pulling them from the remote; False where there is none (`dvc repro` then
+    records the stage as run)."""
+    from dvc.repo import Repo
+    from dvc.stage.cache import RunCacheNotFoundError
+
+    with Repo(str(root)) as repo, repo.lock:   # checking outputs out takes DVC's repo lock
+        target = next(s for s in repo.index.stages if s.name == stage)
+        target.save_deps()   # the deps' hashes as they are here (the run-cache key)
+        try:
+            repo.stage_cache.restore(target, pull=True)
+        except RunCacheNotFoundError:
+            return False
+    return True
+
+
+@flow(name="tutorloop-stage", flow_run_name="{stage}")
+def stage_flow(stage: str, commit: str, params_yaml: str, dvc_lock: str, parent_run_id: str | None = None,
+               project: str = ".") -> dict:
+    """One stage of a loop that runs in another workspace, on this worker's (a GPU machine's)
+    checkout: the loop's params.yaml and dvc.lock, its inputs pulled from the DVC remote, then
+    `dvc repro -s <stage>` and its outputs pushed with the run cache."""
+    root = Path(project).resolve()
+    with workspace_lock(root, f"the stage flow of {stage}"):
+        here = tracking.git_commit(root)
+        if here != commit:
+            raise RuntimeError(f"this workspace ({root}) is at commit {here}, the loop at {commit}: "
+                               f"`git fetch && git checkout {commit}` here first")
+        (root / "params.yaml").write_text(params_yaml)
+        (root / "dvc.lock").write_text(dvc_lock)
+        _dvc_or_fail(root, "pull", "-q", *_upstream(root, stage))
+        start = time.perf_counter()
+        _dvc_or_fail(root, "repro", "-s", stage, env=_stage_env(parent_run_id))
+        seconds = time.perf_counter() - start
+        _dvc_or_fail(root, "push", "-q", "--run-cache", stage)
+    get_run_logger().info("%s: ran in %.1f s on %s", stage, seconds, root)
+    return {"stage": stage, "seconds": seconds, "workspace": str(root)}
 
 
 @flow(name="tutorloop-round", flow_run_name="round-{round_key}")

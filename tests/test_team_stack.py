@@ -411,6 +411,78 @@ def test_prefect_on_postgres_deploys_nightly_and_a_process_worker_runs_a_flow(po
     assert sorted(postgres.psql("prefect", "SELECT name FROM deployment")) == [["nightly"], ["smoke"]]
 
 
+ROUND_ZERO = """
+import sys
+from flows.pipeline import round_flow
+results = round_flow("0", sys.argv[1])
+print("RESULT", [(r["stage"], r["ran"]) for r in results])
+"""
+
+
+@pytest.mark.slow
+def test_a_placed_stage_runs_on_a_worker_in_its_workspace_and_the_flow_goes_on(
+        postgres, prefect_server, mlflow_server, tmp_path, tiny_model_dir):
+    """params.yaml `placement.stages: {sft: tutorloop-stage/worker}`: round 0's flow in workspace
+    A pushes sft's inputs to the DVC remote and starts infra/prefect.yaml's `worker` deployment;
+    a process worker runs it in workspace B (another clone, another machine's stand-in), whose
+    outputs come back to A through the remote's run cache, and A's flow goes on to evaluate@0."""
+    import httpx
+    import yaml
+    from conftest import copy_project, tiny_params
+    from mlflow import MlflowClient
+
+    env = dict(prefect_server.client_env, MLFLOW_TRACKING_URI=mlflow_server.url, TUTORLOOP_TRACKING="on")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    a, b, remote = tmp_path / "a", tmp_path / "b", tmp_path / "remote"
+    copy_project(a)
+    raw = tiny_params(tiny_model_dir)
+    raw["placement"] = {"stages": {"sft": "tutorloop-stage/worker"}}
+    (a / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"],
+                [sys.executable, "-m", "dvc", "remote", "add", "-d", "shared", str(remote)],
+                ["git", "add", "-A"], [*git, "commit", "-qm", "a project"]):
+        subprocess.run(cmd, cwd=a, check=True, env=env)
+    subprocess.run(["git", "clone", "-q", str(a), str(b)], check=True)
+
+    def prefect(*args: str) -> None:
+        out = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=180)
+        assert out.returncode == 0, f"prefect {' '.join(args)}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+
+    # infra/prefect.yaml's comments, as the GPU machine's operator runs them
+    prefect("work-pool", "create", "tutorloop-stage", "--type", "process")
+    prefect("--no-prompt", "deploy", "--prefect-file", "infra/prefect.yaml", "--name", "worker")
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "tutorloop-stage"],
+                              cwd=b, env=dict(env, TUTORLOOP_PROJECT=str(b), PYTHONPATH=str(b)), stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        (tmp_path / "round_zero.py").write_text(ROUND_ZERO)
+        done = subprocess.run([sys.executable, str(tmp_path / "round_zero.py"), str(a)], cwd=a,
+                              env=dict(env, PYTHONPATH=str(a)),
+                              capture_output=True, text=True, timeout=900)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=60)
+        log.close()
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\nworker:\n{_tail(tmp_path / 'worker.log')}"
+    ran = dict(eval(done.stdout.split("RESULT", 1)[1]))
+    assert ran["sft"] and ran["evaluate@0"] and ran["register@0"]      # the flow went on after the worker
+    # the worker's run, in B: its stage log says so, and A checked the outputs out of the run cache
+    runs = httpx.post(prefect_server.api + "/flow_runs/filter", timeout=30,
+                      json={"flow_runs": {"name": {"any_": ["sft"]}}}).raise_for_status().json()
+    assert [r["state"]["type"] for r in runs] == ["COMPLETED"]
+    lock_a, lock_b = (yaml.safe_load((w / "dvc.lock").read_text())["stages"]["sft"] for w in (a, b))
+    assert lock_a["outs"] == lock_b["outs"]                                # the same checkpoint, by hash
+    assert (a / "models" / "round-0" / "model.safetensors").exists()
+    # one sft@0 run, nested under A's round-0 run, owned by the worker's process
+    client = MlflowClient(mlflow_server.url)
+    exp = client.get_experiment_by_name("tutorloop")
+    sft_runs = client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'sft@0'")
+    rounds = client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'round-0'")
+    assert len(sft_runs) == 1 and sft_runs[0].data.tags["mlflow.parentRunId"] in {r.info.run_id for r in rounds}
+
+
 def test_only_a_tracking_server_chooses_the_artifact_root(mlflow_server, tmp_path, monkeypatch):
     """ensure_store leaves the artifact root to a server (teammates and register's paired-evidence
     download must reach the artifacts), and a local store keeps <project>/mlartifacts."""

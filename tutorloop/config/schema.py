@@ -358,6 +358,12 @@ class Training(Section):
     accelerate_config: str = Field("", description="an `accelerate config` file (infra/accelerate/fsdp.yaml, zero3.yaml, multi-machine settings); empty = plain DDP through torchrun")
 
 
+class Placement(Section):
+    """Where the flows run each stage: here (the default), or on a Prefect worker elsewhere."""
+
+    stages: dict[str, str] = Field(default_factory=dict, description="stage name or pattern (fnmatch: 'sft', 'preference@*') -> the Prefect deployment that runs it on a worker in another workspace ('tutorloop-stage/worker', infra/prefect.yaml): the flow pushes the stage's inputs to the DVC remote, waits for the worker's run, and restores its outputs from DVC's run cache; {} = every stage here")
+
+
 class Gsm8k(Section):
     path: str = Field("../shared/data/gsm8k/train.jsonl", description="local GSM8K-format jsonl (question, answer ending '#### N'); empty = none; a path set here that does not exist is an error (it also feeds decontamination); the default, absent without ../shared, is skipped with a note")
     dataset: str = Field("", description="`datasets` id (e.g. openai/gsm8k), used when path is empty; needs the hub")
@@ -395,6 +401,7 @@ class Params(Section):
     preference: Preference = Field(default_factory=Preference, description="preference learning shared by every round (DPO, KTO or RFT: rounds.r.preference)")
     evaluate: Evaluate = Field(default_factory=Evaluate)
     training: Training = Field(default_factory=Training, description="how the training stages are launched: one process or several (accelerate)")
+    placement: Placement = Field(default_factory=Placement, description="which stages the flows send to a Prefect worker elsewhere (read by flows/, by no stage)")
     # `register` would shadow BaseModel.register (ABC); the alias keeps the YAML key.
     register_: Register = Field(default_factory=Register, alias="register")
     rounds: dict[str, Round] = Field(description="preference rounds keyed by number ('1', '2', ...); keys quoted for DVC")
