@@ -16,6 +16,7 @@ import sys
 import pytest
 import yaml
 from conftest import copy_project, tiny_params
+from support import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -282,3 +283,42 @@ def test_pushed_outputs_let_a_second_workspace_pull_and_run_nothing(project, fir
     assert (second / "models" / "round-2" / "model.safetensors").exists()
     assert stale(second) == {}                                  # every output restored, nothing to run
     assert ran_stages(dvc(second, "repro").stdout) == set()
+
+
+def test_an_s3_compatible_remote_carries_the_outputs_between_workspaces(project, first_run, tmp_path_factory,
+                                                                        monkeypatch):
+    """The same through an S3-compatible server, as infra/README.md's MinIO remote: moto's S3
+    server on loopback (MinIO itself needs Docker here), DVC's s3 remote with an endpoint URL."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from flows.pipeline import loop_flow
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        for var, value in (("AWS_ACCESS_KEY_ID", "tutorloop"), ("AWS_SECRET_ACCESS_KEY", "not-a-secret"),
+                           ("AWS_DEFAULT_REGION", "us-east-1")):
+            monkeypatch.setenv(var, value)      # from the environment, as a real key would be
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="dvc")
+        dvc(project, "remote", "add", "-f", "-d", "team", "s3://dvc/tutorloop")
+        dvc(project, "remote", "modify", "--local", "team", "endpointurl", endpoint)   # per machine, untracked
+        results = loop_flow(str(project), push=True)
+        assert not [r["stage"] for r in results if r["ran"] and r["stage"] != "inputs"]
+        listed = boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket="dvc", Prefix="tutorloop/")
+        assert listed.get("KeyCount", 0) > 0, "nothing reached the bucket"
+        git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+        subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+        subprocess.run([*git, "commit", "-qm", "the team remote"], cwd=project, check=True)
+        second = tmp_path_factory.mktemp("third") / "ws"
+        subprocess.run(["git", "clone", "-q", str(project), str(second)], check=True)
+        dvc(second, "remote", "modify", "--local", "team", "endpointurl", endpoint)
+        pulled = dvc(second, "pull", "-q")
+        assert pulled.returncode == 0, pulled.stderr
+        assert (second / "models" / "round-2" / "model.safetensors").exists()
+        assert stale(second) == {}
+        assert ran_stages(dvc(second, "repro").stdout) == set()
+    finally:
+        server.stop()
