@@ -14,13 +14,13 @@ import typer
 
 from tutorloop.cli.common import app, bad_input
 
-def _served_runtime(precision: str):
+def _served_runtime(precision: str, threads: int = 0):
     """The runtime `tutorloop serve` / `harness` run a checkpoint on: `--precision` on this machine's
     device (auto), resolved once here (a ConfigError for a precision the device cannot do)."""
     from tutorloop.config import Runtime
     from tutorloop.hardware import resolve_runtime
 
-    return resolve_runtime(Runtime(precision=precision))
+    return resolve_runtime(Runtime(precision=precision, threads=threads))
 
 
 @app.command(rich_help_panel="Serve a checkpoint")
@@ -31,6 +31,7 @@ def serve(model: str = typer.Option("models:/tutor@champion", help="a checkpoint
                                                     help="default: what the version was evaluated with (its eval.calculator tag); off for a folder"),
           precision: str = typer.Option("auto", help="auto | float32 | bfloat16 (runtime.precision's rule)"),
           rows: int = typer.Option(64, help="engine rows decoded together"),
+          threads: int = typer.Option(0, help="CPU threads (0: one per core); servers sharing a machine split its cores"),
           backend: str = typer.Option("engine", help="engine (tutorloop's, any CPU) | vllm (exec `vllm serve` on the folder: a GPU)"),
           api_key_env: str = typer.Option("", help="the environment variable holding the key clients must send "
                                                    "(Authorization: Bearer ...); never the key itself"),
@@ -74,7 +75,7 @@ def serve(model: str = typer.Option("models:/tutor@champion", help="a checkpoint
         env = {**os.environ, **({"VLLM_API_KEY": api_key} if api_key else {})}
         os.execve(exe, [exe, "serve", str(folder), "--served-model-name", name, "--host", host, "--port", str(port)], env)
     try:
-        served = load_served(model, _served_runtime(precision), calculator=calculator, rows=rows,
+        served = load_served(model, _served_runtime(precision, threads), calculator=calculator, rows=rows,
                              max_model_len=max_model_len, kv_budget=int(kv_budget_gb * 2**30), max_waiting=max_waiting)
     except BAD_INPUT as err:
         bad_input(err)
