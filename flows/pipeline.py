@@ -117,6 +117,8 @@ def placed(root: Path, stage: str) -> str | None:
     """The Prefect deployment params.yaml `placement.stages` sends `stage` to; None = run it here."""
     from fnmatch import fnmatchcase
 
+    if not (root / "params.yaml").exists():   # a DVC project without tutorloop's params: all here
+        return None
     stages = load_params(root / "params.yaml").placement.stages
     return next((d for pattern, d in stages.items() if fnmatchcase(stage, pattern)), None)
 

@@ -153,6 +153,6 @@ def test_the_sft_stage_under_accelerate_on_gpus_ends_where_one_process_ends(gpus
                               timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
         assert [r.data.metrics["processes"] for r in sft_runs(ws)] == [n]
-        weights[launcher], _ = modeling.load(ws / "models" / "round-0")
+        weights[launcher], _ = modeling.load(ws / "models" / "sft")
     one, many = weights["none"].state_dict(), weights["accelerate"].state_dict()
     assert max((one[k] - many[k]).abs().max().item() for k in one) < TOLERANCE * 10   # TF32 / NCCL sums

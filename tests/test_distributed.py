@@ -64,9 +64,9 @@ def env_for(ws: Path) -> dict:
     return env
 
 
-SFT = ["-m", "components.sft", "models/base", "data/sft.jsonl", "models/round-0"]
+SFT = ["-m", "components.sft", "models/base", "data/sft.jsonl", "models/sft"]
 # (command, its MLflow run, the checkpoint it writes, the one it starts from)
-STAGES = {"sft": (SFT, "sft@0", "models/round-0", "models/base"),
+STAGES = {"sft": (SFT, "sft@0", "models/sft", "models/base"),
           "preference": (["-m", "components.preference", "1", "models/round-0", "data/round-1", "models/round-1"],
                          "preference@1", "models/round-1", "models/round-0")}
 
@@ -115,9 +115,13 @@ def mlflow_history(ws: Path, run_id: str, key: str) -> list:
     return mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}").get_metric_history(run_id, key)
 
 
-def test_a_sigterm_ends_every_rank_and_the_rerun_resumes_where_they_stopped(tmp_path, tiny_model_dir):
-    # 100 updates, a complete checkpoint after each: stopped after its first ones, resumed
-    ws = project(tmp_path, tiny_model_dir, 2, epochs=25, save_steps=1)
+def test_a_sigterm_ends_every_rank_and_the_rerun_resumes_where_they_stopped(tmp_path):
+    # 100 updates of a model large enough that they take tens of seconds (the stop must land
+    # mid-run even on a loaded machine), a complete checkpoint after each: stopped, then resumed
+    from conftest import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "model", hidden=256, layers=4)
+    ws = project(tmp_path, model, 2, epochs=25, save_steps=1)
     with open(ws / "log.txt", "w") as log:
         proc = subprocess.Popen([PY, *SFT], cwd=ws, env=env_for(ws), stdout=log, stderr=subprocess.STDOUT)
     ranks = wait_for_a_complete_checkpoint(ws, proc)
@@ -132,13 +136,13 @@ def test_a_sigterm_ends_every_rank_and_the_rerun_resumes_where_they_stopped(tmp_
     assert not alive, f"ranks still running after the stop: {alive}"
     runs = sft_runs(ws)
     assert [r.info.status for r in runs] == ["KILLED"]        # rank 0 ended its run as stopped
-    assert not (ws / "models" / "round-0").exists()
+    assert not (ws / "models" / "sft").exists()
     # both ranks resume from the last checkpoint marked complete (after every rank saved its part)
     done = subprocess.run([PY, *SFT], cwd=ws, env=env_for(ws), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rerun = [r for r in sft_runs(ws) if r.info.status == "FINISHED"]
     assert len(rerun) == 1 and 0 < rerun[0].data.metrics["resumed_from_step"] < 100, rerun
-    assert (ws / "models" / "round-0" / "model.safetensors").exists()
+    assert (ws / "models" / "sft" / "model.safetensors").exists()
 
 
 def wait_for_a_complete_checkpoint(ws: Path, proc: subprocess.Popen, timeout: float = 300) -> list:

@@ -23,6 +23,29 @@ def _served_runtime(precision: str, threads: int = 0):
     return resolve_runtime(Runtime(precision=precision, threads=threads))
 
 
+def _exec_vllm(model: str, host: str, port: int, api_key: str | None) -> None:
+    """`--backend vllm`: become `vllm serve` on the checkpoint's folder (does not return)."""
+    import shutil
+
+    from tutorloop.runtime.entry import BAD_INPUT
+    from tutorloop.serving.server import resolve_model
+
+    # vLLM's server does not run the engine's calculator: a model evaluated with it scores lower there.
+    exe = shutil.which("vllm")
+    if exe is None:
+        typer.secho("--backend vllm: no `vllm` on PATH (pip install vllm, on a machine with a GPU)", fg="red", err=True)
+        raise typer.Exit(2)
+    try:
+        folder, name, tags = resolve_model(model)
+    except BAD_INPUT as err:
+        bad_input(err)
+    typer.echo(f"serving {name} with vLLM at http://{host}:{port}/v1 (the calculator is off under vLLM"
+               f"{'; this version was evaluated with it' if tags.get('eval.calculator') == 'true' else ''})", err=True)
+    # vLLM reads its key from VLLM_API_KEY: in the environment, not on a command line `ps` shows
+    env = {**os.environ, **({"VLLM_API_KEY": api_key} if api_key else {})}
+    os.execve(exe, [exe, "serve", str(folder), "--served-model-name", name, "--host", host, "--port", str(port)], env)
+
+
 @app.command(rich_help_panel="Serve a checkpoint")
 def serve(model: str = typer.Option("models:/tutor@champion", help="a checkpoint folder or models:/<name>@<alias>"),
           host: str = typer.Option("127.0.0.1", help="address to listen on"),
@@ -42,12 +65,10 @@ def serve(model: str = typer.Option("models:/tutor@champion", help="a checkpoint
           max_waiting: int = typer.Option(256, help="requests queued behind the running call; more are answered 429"),
           max_connections: int = typer.Option(512, help="open connections; more are answered 503 (uvicorn)")) -> None:
     """Serve a checkpoint over an OpenAI-compatible API (tutorloop/serving/server.py)."""
-    import shutil
-
     import uvicorn
 
     from tutorloop.runtime.entry import BAD_INPUT
-    from tutorloop.serving.server import LOOPBACK, allowed_hosts, create_app, load_served, resolve_model
+    from tutorloop.serving.server import LOOPBACK, allowed_hosts, create_app, load_served
 
     if backend not in ("engine", "vllm"):
         typer.secho(f"--backend {backend!r}: expected engine or vllm", fg="red", err=True)
@@ -60,20 +81,7 @@ def serve(model: str = typer.Option("models:/tutor@champion", help="a checkpoint
         typer.secho(f"warning: serving on {host} without a key: anyone who reaches this port can use it "
                     "(--api-key-env NAME)", fg="yellow", err=True)
     if backend == "vllm":
-        # vLLM's server does not run the engine's calculator: a model evaluated with it scores lower there.
-        exe = shutil.which("vllm")
-        if exe is None:
-            typer.secho("--backend vllm: no `vllm` on PATH (pip install vllm, on a machine with a GPU)", fg="red", err=True)
-            raise typer.Exit(2)
-        try:
-            folder, name, tags = resolve_model(model)
-        except BAD_INPUT as err:
-            bad_input(err)
-        typer.echo(f"serving {name} with vLLM at http://{host}:{port}/v1 (the calculator is off under vLLM"
-                   f"{'; this version was evaluated with it' if tags.get('eval.calculator') == 'true' else ''})", err=True)
-        # vLLM reads its key from VLLM_API_KEY: in the environment, not on a command line `ps` shows
-        env = {**os.environ, **({"VLLM_API_KEY": api_key} if api_key else {})}
-        os.execve(exe, [exe, "serve", str(folder), "--served-model-name", name, "--host", host, "--port", str(port)], env)
+        _exec_vllm(model, host, port, api_key)
     try:
         served = load_served(model, _served_runtime(precision, threads), calculator=calculator, rows=rows,
                              max_model_len=max_model_len, kv_budget=int(kv_budget_gb * 2**30), max_waiting=max_waiting)
