@@ -172,7 +172,8 @@ def _on_worker(root: Path, stage: str, deployment: str, parent_run_id: str | Non
 
     logger = get_run_logger()
     upstream = _upstream(root, stage)
-    _dvc_or_fail(root, "push", "-q", *upstream, why=" (a placed stage reads its inputs from the default DVC remote)")
+    if upstream:   # `dvc push` with no target would push everything
+        _dvc_or_fail(root, "push", "-q", *upstream, why=" (a placed stage reads its inputs from the default DVC remote)")
     logger.info("%s: sent to %s", stage, deployment)
     run = run_deployment(deployment, timeout=None, parameters={
         "stage": stage, "commit": tracking.git_commit(root), "params_yaml": (root / "params.yaml").read_text(),
@@ -194,13 +195,22 @@ def _in_run_cache(root: Path, stage: str) -> bool:
     from dvc.stage.cache import RunCacheNotFoundError
 
     with Repo(str(root)) as repo, repo.lock:   # checking outputs out takes DVC's repo lock
+        # restore() hashes the deps itself where they changed (saving them first would make it
+        # check out the lock's old outputs instead of looking the new run up)
         target = next(s for s in repo.index.stages if s.name == stage)
-        target.save_deps()   # the deps' hashes as they are here (the run-cache key)
         try:
             repo.stage_cache.restore(target, pull=True)
         except RunCacheNotFoundError:
             return False
     return True
+
+
+def _write_or_remove(path: Path, text: str) -> None:
+    """Write `text` to `path`; empty = no such file (an empty dvc.lock is not a valid one)."""
+    if text:
+        path.write_text(text)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @flow(name="tutorloop-stage", flow_run_name="{stage}")
@@ -215,13 +225,21 @@ def stage_flow(stage: str, commit: str, params_yaml: str, dvc_lock: str, parent_
         if here != commit:
             raise RuntimeError(f"this workspace ({root}) is at commit {here}, the loop at {commit}: "
                                f"`git fetch && git checkout {commit}` here first")
-        (root / "params.yaml").write_text(params_yaml)
-        (root / "dvc.lock").write_text(dvc_lock)
-        _dvc_or_fail(root, "pull", "-q", *_upstream(root, stage))
-        start = time.perf_counter()
-        _dvc_or_fail(root, "repro", "-s", stage, env=_stage_env(parent_run_id))
-        seconds = time.perf_counter() - start
-        _dvc_or_fail(root, "push", "-q", "--run-cache", stage)
+        kept = {name: (root / name).read_text() if (root / name).exists() else None
+                for name in ("params.yaml", "dvc.lock")}
+        try:
+            _write_or_remove(root / "params.yaml", params_yaml)
+            _write_or_remove(root / "dvc.lock", dvc_lock)
+            upstream = _upstream(root, stage)
+            if upstream:   # `dvc pull` with no target would pull everything
+                _dvc_or_fail(root, "pull", "-q", *upstream)
+            start = time.perf_counter()
+            _dvc_or_fail(root, "repro", "-s", stage, env=_stage_env(parent_run_id))
+            seconds = time.perf_counter() - start
+            _dvc_or_fail(root, "push", "-q", "--run-cache", stage)
+        finally:   # the worker's checkout as it was (a later `git checkout <commit>` must not refuse)
+            for name, text in kept.items():
+                _write_or_remove(root / name, text or "")
     get_run_logger().info("%s: ran in %.1f s on %s", stage, seconds, root)
     return {"stage": stage, "seconds": seconds, "workspace": str(root)}
 

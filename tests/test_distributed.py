@@ -179,3 +179,18 @@ def test_the_launch_command_and_the_shipped_accelerate_configs():
         cmd = launch_command("components.sft", [], processes=8, machines=2, config_file=str(path))
         assert cmd[cmd.index("--num_processes") + 1] == "16" and cmd[cmd.index("--config_file") + 1] == str(path)
         assert "--multi_gpu" not in cmd      # the config decides the distribution
+
+
+def test_one_process_under_the_accelerate_launcher_trains_in_the_stage_itself(params_factory, monkeypatch):
+    """processes 1 and no accelerate config: nothing to launch (torchrun's DDP path refuses a
+    single process), so the stage trains in its own process; 2 processes relaunch."""
+    from tutorloop.runtime import distributed, stage
+
+    launched = []
+    monkeypatch.setattr(distributed, "relaunch_under_accelerate", lambda *a, **k: launched.append(k))
+    monkeypatch.delenv(distributed.LAUNCHED, raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    one = params_factory(training={"launcher": "accelerate", "processes": 1, "machines": 1, "accelerate_config": ""})
+    assert stage._relaunch(one, "components.sft", ["a"]) is False and launched == []
+    two = params_factory(training={"launcher": "accelerate", "processes": 2, "machines": 1, "accelerate_config": ""})
+    assert stage._relaunch(two, "components.sft", ["a"]) is True and launched[0]["processes"] == 2

@@ -461,6 +461,12 @@ def test_a_placed_stage_runs_on_a_worker_in_its_workspace_and_the_flow_goes_on(
         done = subprocess.run([sys.executable, str(tmp_path / "round_zero.py"), str(a)], cwd=a,
                               env=dict(env, PYTHONPATH=str(a)),
                               capture_output=True, text=True, timeout=900)
+        # a changed knob makes sft stale again: the worker retrains it, A never does (it checked
+        # out the lock's old outputs and trained locally before a review caught it)
+        raw["sft"]["learning_rate"] = raw["sft"]["learning_rate"] / 2
+        (a / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        again = subprocess.run([sys.executable, str(tmp_path / "round_zero.py"), str(a)], cwd=a,
+                               env=dict(env, PYTHONPATH=str(a)), capture_output=True, text=True, timeout=900)
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         try:
@@ -470,21 +476,27 @@ def test_a_placed_stage_runs_on_a_worker_in_its_workspace_and_the_flow_goes_on(
             worker.wait()
         log.close()
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\nworker:\n{_tail(tmp_path / 'worker.log')}"
-    ran = dict(eval(done.stdout.split("RESULT", 1)[1]))
-    assert ran["sft"] and ran["evaluate@0"] and ran["register@0"]      # the flow went on after the worker
-    # the worker's run, in B: its stage log says so, and A checked the outputs out of the run cache
+    assert again.returncode == 0, f"{again.stdout[-3000:]}\n{again.stderr[-3000:]}"
+    for out in (done, again):
+        ran = dict(eval(out.stdout.split("RESULT", 1)[1]))
+        assert ran["sft"] and ran["evaluate@0"] and ran["register@0"]   # the flow went on after the worker
+    # both sft runs were the worker's: two stage flow runs, and the checkpoint A checked out is an
+    # object B's cache made (B's own params.yaml and dvc.lock are put back after each run)
     runs = httpx.post(prefect_server.api + "/flow_runs/filter", timeout=30,
                       json={"flow_runs": {"name": {"any_": ["sft"]}}}).raise_for_status().json()
-    assert [r["state"]["type"] for r in runs] == ["COMPLETED"]
-    lock_a, lock_b = (yaml.safe_load((w / "dvc.lock").read_text())["stages"]["sft"] for w in (a, b))
-    assert lock_a["outs"] == lock_b["outs"]                                # the same checkpoint, by hash
+    assert [r["state"]["type"] for r in runs] == ["COMPLETED", "COMPLETED"]
+    out_hash = yaml.safe_load((a / "dvc.lock").read_text())["stages"]["sft"]["outs"][0]["md5"]
+    assert (b / ".dvc" / "cache" / "files" / "md5" / out_hash[:2] / out_hash[2:]).exists()
+    assert subprocess.run(["git", "status", "--porcelain", "--", "params.yaml", "dvc.lock"], cwd=b,
+                          capture_output=True, text=True, check=True).stdout == ""
     assert (a / "models" / "round-0" / "model.safetensors").exists()
-    # one sft@0 run, nested under A's round-0 run, owned by the worker's process
+    # two sft@0 runs (never a third trained in A), each nested under one of A's round-0 runs
     client = MlflowClient(mlflow_server.url)
     exp = client.get_experiment_by_name("tutorloop")
     sft_runs = client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'sft@0'")
-    rounds = client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'round-0'")
-    assert len(sft_runs) == 1 and sft_runs[0].data.tags["mlflow.parentRunId"] in {r.info.run_id for r in rounds}
+    rounds = {r.info.run_id for r in client.search_runs([exp.experiment_id],
+                                                        filter_string="attributes.run_name = 'round-0'")}
+    assert len(sft_runs) == 2 and all(r.data.tags["mlflow.parentRunId"] in rounds for r in sft_runs)
 
 
 def test_only_a_tracking_server_chooses_the_artifact_root(mlflow_server, tmp_path, monkeypatch):

@@ -355,7 +355,7 @@ class Training(Section):
     launcher: Literal["none", "accelerate"] = Field("none", description="none = the stage trains in its own process; accelerate = it relaunches itself under `accelerate launch` (DDP over training.processes; FSDP / ZeRO-3 with accelerate_config), rank 0 logging, writing and merging")
     processes: int = Field(1, ge=1, description="training processes per machine (one per GPU; on a CPU, gloo processes sharing its cores); the global batch stays batch_size x grad_accum, so grad_accum (or else the per-device batch) is divided by the process count")
     machines: int = Field(1, ge=1, description="machines training together (their ranks, addresses and ports come from accelerate_config)")
-    accelerate_config: str = Field("", description="an `accelerate config` file (infra/accelerate/fsdp.yaml, zero3.yaml, multi-machine settings); empty = plain DDP through torchrun")
+    accelerate_config: str = Field("", description="an `accelerate config` file (infra/accelerate/fsdp2.yaml, zero3.yaml, multi-machine settings); empty = plain DDP through torchrun")
 
 
 class Placement(Section):

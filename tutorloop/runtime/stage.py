@@ -105,6 +105,8 @@ def _relaunch(params: Params, module_name: str, argv: list[str] | None) -> bool:
     training = params.training
     if training.launcher != "accelerate" or distributed.launched():
         return False
+    if training.processes * training.machines == 1 and not training.accelerate_config:
+        return False   # one process, plain DDP: nothing to launch (torchrun's path wants two or more)
     from tutorloop.hardware import pick_device
 
     distributed.relaunch_under_accelerate(

@@ -159,9 +159,8 @@ def train_and_merge(trainer, work: Path, tok, out: Path, base: Path) -> Trained:
         # rank merges the saved adapter into base's fp32 weights while the others wait
         trainer.save_model(str(work / "adapter"))
         barrier()
-        if is_main():
+        if is_main():   # the others exit meanwhile (torchrun waits for every rank): no barrier to time out
             merge_saved_adapter(work / "adapter", tok, out, base)
-        barrier()
     if is_main():
         shutil.rmtree(work, ignore_errors=True)
     return Trained(result, seconds, int(resume.rsplit("-", 1)[1]) if resume else 0)
