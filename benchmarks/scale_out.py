@@ -71,9 +71,9 @@ def sft_seconds_per_update(model: Path, processes: int, updates: int, work: Path
 def start_server(model: Path, threads: int, rows: int) -> tuple[subprocess.Popen, str]:
     import httpx
 
-    from tutorloop.runtime.distributed import _free_port
+    from tutorloop.runtime.distributed import free_port
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([str(EXE), "serve", "--model", str(model), "--port", str(port), "--threads", str(threads),
                              "--rows", str(rows)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"

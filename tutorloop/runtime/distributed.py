@@ -64,7 +64,7 @@ def launch_command(module: str, argv: list[str], *, processes: int, machines: in
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes * machines),
            "--num_machines", str(machines)]
     if machines == 1 and not config_file:
-        cmd += ["--main_process_port", str(_free_port())]   # two launches on one machine never collide
+        cmd += ["--main_process_port", str(free_port())]   # two launches on one machine never collide
     if config_file:
         cmd += ["--config_file", config_file]
     else:
@@ -75,7 +75,8 @@ def launch_command(module: str, argv: list[str], *, processes: int, machines: in
     return [*cmd, "-m", module, *argv]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free loopback TCP port (the launch's rendezvous; benchmarks start servers on it)."""
     import socket
 
     with socket.socket() as sock:
