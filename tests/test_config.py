@@ -145,7 +145,7 @@ def test_practice_offset_is_checked_against_the_set_the_round_practises_on():
     assert f"rounds.2.practice.offset: {n_sft} -> past the SFT set (generate.n_sft: {n_sft})" in errors_of(raw)
 
 
-def test_rft_rows_belongs_to_rft_rounds():
+def test_rft_rows_and_weight_belong_to_rft_rounds():
     raw = raw_params()
     raw["rounds"]["1"]["preference"]["rft_rows"] = "teacher"
     assert "rounds.1.preference.rft_rows: 'teacher' -> not a key of method 'dpo' (dpo takes: " in errors_of(raw)
@@ -153,6 +153,10 @@ def test_rft_rows_belongs_to_rft_rounds():
     assert validate(raw).rounds["1"].preference.rft_rows == "teacher"
     raw["rounds"]["1"]["preference"]["rft_rows"] = "all"
     assert "rounds.1.preference.rft_rows" in errors_of(raw)
+    raw["rounds"]["1"]["preference"].update(rft_rows="both", rft_weight="failures")
+    assert validate(raw).rounds["1"].preference.rft_weight == "failures"
+    raw["rounds"]["1"]["preference"]["rft_weight"] = "signal"
+    assert "rounds.1.preference.rft_weight: 'signal'" in errors_of(raw)
 
 
 def test_each_method_takes_only_its_own_keys():

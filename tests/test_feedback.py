@@ -1,5 +1,7 @@
 """Orca-Math's pairing rules, proven on small hand-made tables."""
 
+import pytest
+
 from tutorloop.config import Feedback
 from tutorloop.data.preferences import build_pairs
 from tutorloop.eval.feedback import judge
@@ -261,6 +263,26 @@ def test_rft_keeps_distinct_strictly_correct_solutions_mixed_with_the_teachers()
     assert [r["solution"] for r in select_rft(rows, "student")] == [same_path[0], other_path]
     assert [r["problem_id"] for r in select_rft(rows, "teacher")] == ["a", "b"]
     assert all(r["source"] == "teacher" for r in select_rft(rows, "teacher"))
+
+
+def test_failures_weighting_spends_the_rounds_rows_where_the_judge_found_errors():
+    from tutorloop.data.preferences import build_rft, select_rft, weigh_rft
+
+    probs = [problem("easy", "5"), problem("mixed", "5"), problem("hard", "5")]
+    right, wrong = "<<2+3=5>>5\n#### 5", "<<2+2=4>>4\n#### 4"
+    samples = [{"problem_id": p, "sample": i, "completion": c} for p, texts in
+               {"easy": [right] * 4, "mixed": [right, wrong, wrong, right], "hard": [wrong] * 4}.items()
+               for i, c in enumerate(texts)]
+    rows, _ = build_rft(probs, judge(probs, samples))
+    assert {r["problem_id"]: r["wrong"] for r in rows if r["source"] == "teacher"} == {"easy": 0, "mixed": 2, "hard": 4}
+    assert weigh_rft(rows, "uniform") == rows
+    got = weigh_rft(rows, "failures")
+    # the teacher's solution once per wrong sample, the student's solution once, the always-solved problem gone
+    assert [(r["problem_id"], r["source"]) for r in got] == [("mixed", "student")] + [("mixed", "teacher")] * 2 \
+        + [("hard", "teacher")] * 4
+    assert [r["problem_id"] for r in select_rft(got, "student")] == ["mixed"]
+    with pytest.raises(ValueError, match="re-run the feedback stage"):
+        weigh_rft([{k: v for k, v in r.items() if k != "wrong"} for r in rows], "failures")
 
 
 def test_control_rows_are_the_teachers_repeated_to_the_rounds_count():

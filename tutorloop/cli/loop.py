@@ -33,11 +33,12 @@ def recipe(name: str = typer.Argument(..., help="a recipe in recipes/, e.g. gsm8
 
 def _run_recipe(name: str, project: Path, dry_run: bool = False, name_as: str = "", sets: list[str] = ()) -> int:
     """Validate a recipe on params.yaml, print its `dvc exp run` command, run it: the exit code."""
+    import shlex
     import subprocess
 
     overrides, raw = recipe_params(name, project, sets)
     cmd = exp_command(name_as or name, overrides, raw)
-    typer.echo(" ".join(cmd if not dry_run else [c if " " not in c else repr(c) for c in cmd]))
+    typer.echo(shlex.join(cmd))   # quoted so the printed command runs as is (-S 'controls.1="0"' stays a string)
     if dry_run:
         return 0
     from flows.process import dvc, interpreter_env

@@ -20,7 +20,8 @@ RFT (rejection-sampling fine-tuning, arXiv 2308.01825; `rounds.N.preference.meth
 the student's *strictly* correct samples (a stated final answer that is right, whatever
 `feedback.labels` says), one per distinct reasoning path — samples are the same path when they
 write the same sequence of equations (`equations`) — mixed with the teacher's solution of every
-practice problem: rft.jsonl.
+practice problem: rft.jsonl. Each teacher row carries `wrong`, how many of the problem's samples the
+judge marked wrong, so a round can spend its rows where the student fails (`weigh_rft`).
 
 Pure and seeded: the same feedback and config give the same pairs.
 """
@@ -161,15 +162,37 @@ def select_rft(rows: list[dict], which: str) -> list[dict]:
     return [r for r in rows if r["source"] in RFT_SOURCES[which]]
 
 
+def weigh_rft(rows: list[dict], weight: str) -> list[dict]:
+    """The rows a round trains on, weighted by the judge (`rounds.N.preference.rft_weight`):
+    uniform = each row once; failures = a problem's teacher solution once per sample the judge
+    marked wrong and its student solutions once, problems the student always solved dropped — the
+    round spends its updates where practice found errors, which a teacher-only control (uniform
+    over the same problems) cannot know. Pure: the same rows give the same list, in order."""
+    if weight == "uniform":
+        return rows
+    teacher = [r for r in rows if r["source"] == "teacher"]
+    if any("wrong" not in r for r in teacher):
+        raise ValueError("rft rows without `wrong` (written before rft_weight existed): re-run the feedback stage")
+    wrong = {r["problem_id"]: r["wrong"] for r in teacher}
+    out = []
+    for r in rows:
+        k = wrong.get(r["problem_id"], 0)
+        out += [r] * (k if r["source"] == "teacher" else min(k, 1))
+    return out
+
+
 def build_rft(problems: list[dict], feedback: list[dict]) -> tuple[list[dict], dict]:
     """RFT's training rows: per problem, the distinct strictly correct student solutions (dedup by
     `equations`, or by the whole text when a solution writes none) and the teacher's solution,
-    each row tagged with its `source` (`select_rft` picks what a round trains on); (rows, stats).
+    each row tagged with its `source` (`select_rft` picks what a round trains on) and the teacher's
+    with `wrong`, the problem's samples the judge marked wrong (`weigh_rft`); (rows, stats).
     Pure: the same feedback gives the same rows."""
     kept: dict[str, list[str]] = defaultdict(list)
     paths: dict[str, set] = defaultdict(set)
+    wrong: dict[str, int] = defaultdict(int)
     strict_right = 0
     for r in feedback:
+        wrong[r["problem_id"]] += not r["correct"]
         if not r.get("correct_strict", r["correct"]):
             continue
         strict_right += 1
@@ -182,7 +205,7 @@ def build_rft(problems: list[dict], feedback: list[dict]) -> tuple[list[dict], d
         rows += [{"problem_id": p["id"], "question": p["question"], "solution": t, "source": "student"}
                  for t in kept[p["id"]]]
         rows.append({"problem_id": p["id"], "question": p["question"], "solution": p["solution"],
-                     "source": "teacher"})
+                     "source": "teacher", "wrong": wrong[p["id"]]})
     student = sum(len(v) for v in kept.values())
     stats = {"rft_rows": len(rows), "rft_student_solutions": student, "rft_strict_correct_samples": strict_right,
              "rft_problems_with_student_solution": sum(1 for v in kept.values() if v),

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from tutorloop.config import PREFERENCE_BATCH_CPU, ConfigError, Params, Prompt
 from tutorloop.data.jsonl import read_jsonl
-from tutorloop.data.preferences import control_rows, select_rft
+from tutorloop.data.preferences import control_rows, select_rft, weigh_rft
 from tutorloop.hardware import ResolvedRuntime
 from tutorloop.modeling import load, messages
 from tutorloop.runtime.distributed import world_size
@@ -100,8 +100,8 @@ def trainer_and_data(params: Params, round_key: str, round_dir: Path, common: di
 
         from tutorloop.train.sft import make_sft_trainer_class, to_conversations
 
-        rows = select_rft(read_jsonl(round_dir / "rft.jsonl", required=("question", "solution", "source")),
-                          rcfg.rft_rows)
+        rows = select_rft(weigh_rft(read_jsonl(round_dir / "rft.jsonl", required=("question", "solution", "source")),
+                                    rcfg.rft_weight), rcfg.rft_rows)
         if not rows:
             raise ConfigError(f"rounds.{round_key}.preference.rft_rows: {rcfg.rft_rows!r} -> {round_dir / 'rft.jsonl'} "
                               "has no such rows (no strictly correct student solution this round?)")
@@ -128,10 +128,11 @@ def trainer_and_data(params: Params, round_key: str, round_dir: Path, common: di
              "undesirable_weight": uw, "rows": len(rows)})
 
 
-def round_rows(round_dir: Path, method: str, rft_rows: str) -> int:
+def round_rows(round_dir: Path, method: str, rft_rows: str, rft_weight: str = "uniform") -> int:
     """How many rows a round trains on: its RFT rows, DPO pairs or KTO rows (the control's count)."""
     if method == "rft":
-        return len(select_rft(read_jsonl(round_dir / "rft.jsonl", required=("source",)), rft_rows))
+        return len(select_rft(weigh_rft(read_jsonl(round_dir / "rft.jsonl", required=("source",)), rft_weight),
+                              rft_rows))
     return len(read_jsonl(round_dir / ("pairs.jsonl" if method == "dpo" else "unpaired.jsonl")))
 
 
@@ -146,7 +147,7 @@ def _control_data(params: Params, round_key: str, round_dir: Path, common: dict,
     from tutorloop.train.sft import make_sft_trainer_class, to_conversations
 
     rcfg = params.rounds[round_key].preference
-    n = round_rows(round_dir, rcfg.method, getattr(rcfg, "rft_rows", "both"))
+    n = round_rows(round_dir, rcfg.method, getattr(rcfg, "rft_rows", "both"), getattr(rcfg, "rft_weight", "uniform"))
     rows = control_rows(read_jsonl(round_dir / "rft.jsonl", required=("question", "solution", "source")), n,
                         rcfg.seed)
     if not rows:
