@@ -64,3 +64,15 @@ def test_extra_scores_of_a_seed_invariant_checkpoint_are_reused_not_recomputed(t
     assert [r["id"] for r in rows] == ["q0", "extra-777-0"]          # held-out, then the reused extra set
     with __import__("pytest").raises(AssertionError, match="scored again"):   # the arm itself is always scored
         cli._score_extra(tmp_path, "1", "models/round-1", tmp_path / "extra.jsonl", later, None)
+
+
+def test_a_recipes_dry_run_prints_a_command_the_shell_runs_as_is():
+    """Pasted into a shell, the printed command must pass DVC the same -S values: unquoted,
+    `controls.1="0"` reached DVC as the integer 0 and validation refused it."""
+    import shlex
+
+    result = CliRunner().invoke(app, ["recipe", "asdiv", "--dry-run", "--project", str(ROOT)])
+    assert result.exit_code == 0, result.output
+    args = shlex.split(result.output.strip())
+    assert args[:3] == ["dvc", "exp", "run"]
+    assert 'controls.1="0"' in args and "generate.seeds.path=../shared/data/asdiv/asdiv.jsonl" in args

@@ -190,6 +190,7 @@ def seeds(recipe_name: str = typer.Argument(..., metavar="RECIPE", help="a recip
     (and the control's): the checkpoint it starts from is restored from DVC's cache. The decision
     rule is fixed before the runs: the round beats a baseline when the exact one-sided sign test
     over problems, each problem's difference averaged over the seeds, gives p < 0.05."""
+    import shlex
     import shutil
     import subprocess
 
@@ -212,7 +213,7 @@ def seeds(recipe_name: str = typer.Argument(..., metavar="RECIPE", help="a recip
                        f"rounds.{round_key}.preference.seed": rnd.preference.seed + SEED_STEP * i}
             over, _ = recipe_params(recipe_name, project, sets, shifted)
             cmd = exp_command(f"{name}-seed{i}", over, raw, tuple(f"evaluate@{c}" for c in checkpoints))
-            typer.echo(" ".join(cmd))
+            typer.echo(shlex.join(cmd))
             if dry_run:
                 continue
             if subprocess.run(dvc(*cmd[1:]), cwd=project, env=interpreter_env()).returncode != 0:
