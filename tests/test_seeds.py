@@ -4,6 +4,7 @@ paired test pooled over seeds with the decision rule printed before any run."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -76,3 +77,46 @@ def test_a_recipes_dry_run_prints_a_command_the_shell_runs_as_is():
     args = shlex.split(result.output.strip())
     assert args[:3] == ["dvc", "exp", "run"]
     assert 'controls.1="0"' in args and "generate.seeds.path=../shared/data/asdiv/asdiv.jsonl" in args
+
+
+def test_each_seed_runs_on_params_yaml_as_the_seed_before_left_it(tmp_path, monkeypatch):
+    """DVC applies each experiment's values to the workspace, so a key the recipe adds with `+`
+    (the ASDiv recipe's controls.2) exists from the second seed on: it must be overridden then
+    (DVC refuses to append a key that is there), and every seed must still get the recipe's value."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    sets, real_run = [], subprocess.run
+
+    def dvc_exp_run(cmd, *args, cwd, **kwargs):   # what `dvc exp run` leaves behind: params applied, evaluations
+        if "exp" not in cmd:
+            return real_run(cmd, *args, cwd=cwd, **kwargs)
+        cwd, args = Path(cwd), cmd[cmd.index("exp") + 2:]
+        pairs = [args[i + 1] for i, a in enumerate(args) if a == "-S"]
+        sets.append(pairs)
+        params = yaml.safe_load((cwd / "params.yaml").read_text())
+        for pair in pairs:
+            key, value = pair.split("=", 1)
+            *path, last = key.lstrip("+").split(".")
+            node = params
+            for k in path:
+                node = node.setdefault(k, {})
+            assert not (key.startswith("+") and last in node), f"DVC: cannot append {key}: it exists"
+            node[last] = yaml.safe_load(value)
+        (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+        for target in (a for a in args if a.startswith("evaluate@")):
+            write_jsonl(cwd / "eval" / target.split("@")[1] / "predictions.jsonl",
+                        [{"id": f"q{i}", "correct": i % 2 == 0} for i in range(4)])
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", dvc_exp_run)
+    result = CliRunner().invoke(app, ["seeds", "asdiv", "--round", "2", "--seeds", "3", "--project", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert len(sets) == 3
+    assert any(p.startswith("+controls.2=") for p in sets[0])
+    for later in sets[1:]:
+        assert not any(p.startswith("+") for p in later) and 'controls.2="1"' in later
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["controls"] == {"1": "0", "2": "1"}

@@ -211,8 +211,10 @@ def seeds(recipe_name: str = typer.Argument(..., metavar="RECIPE", help="a recip
         for i in range(n):
             shifted = {f"rounds.{round_key}.practice.seed": rnd.practice.seed + SEED_STEP * i,
                        f"rounds.{round_key}.preference.seed": rnd.preference.seed + SEED_STEP * i}
-            over, _ = recipe_params(recipe_name, project, sets, shifted)
-            cmd = exp_command(f"{name}-seed{i}", over, raw, tuple(f"evaluate@{c}" for c in checkpoints))
+            # params.yaml as it is now: DVC applied the last seed's values to the workspace, so a key
+            # the recipe added then (`+controls.2`) is overridden now, not appended a second time
+            over, now = recipe_params(recipe_name, project, sets, shifted)
+            cmd = exp_command(f"{name}-seed{i}", over, now, tuple(f"evaluate@{c}" for c in checkpoints))
             typer.echo(shlex.join(cmd))
             if dry_run:
                 continue
