@@ -120,3 +120,28 @@ def test_each_seed_runs_on_params_yaml_as_the_seed_before_left_it(tmp_path, monk
     for later in sets[1:]:
         assert not any(p.startswith("+") for p in later) and 'controls.2="1"' in later
     assert yaml.safe_load((tmp_path / "params.yaml").read_text())["controls"] == {"1": "0", "2": "1"}
+
+
+def test_a_knob_an_earlier_experiment_left_in_params_yaml_is_named_before_the_run(tmp_path):
+    """DVC applies an experiment's values to the workspace: the next recipe or seeds run inherits
+    any it does not set, so both name those keys (and not the ones they set) before running."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    for cmd in (["init", "-q"], ["add", "params.yaml"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "p"]):
+        subprocess.run(["git", *cmd], cwd=tmp_path, check=True)
+    runner = CliRunner()
+    clean = runner.invoke(app, ["recipe", "quick", "--dry-run", "--project", str(tmp_path)])
+    assert clean.exit_code == 0 and "rides along" not in clean.stderr
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["evaluate"]["limit"] = 7                              # left by an earlier experiment
+    params["rounds"]["1"]["preference"]["learning_rate"] = 3e-4  # also left, but the recipe sets it
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for args in (["recipe", "quick", "--dry-run"], ["seeds", "quick", "--dry-run"]):
+        result = runner.invoke(app, [*args, "--project", str(tmp_path)])
+        assert result.exit_code == 0, result.output
+        said = [ln for ln in result.stderr.splitlines() if "rides along" in ln]
+        assert said == ["tutorloop: params.yaml evaluate.limit: 7 (committed: 0) is not set by this run and rides along"], said

@@ -37,6 +37,7 @@ def _run_recipe(name: str, project: Path, dry_run: bool = False, name_as: str = 
     import subprocess
 
     overrides, raw = recipe_params(name, project, sets)
+    _say_leftovers(project, overrides)
     cmd = exp_command(name_as or name, overrides, raw)
     typer.echo(shlex.join(cmd))   # quoted so the printed command runs as is (-S 'controls.1="0"' stays a string)
     if dry_run:
@@ -45,6 +46,19 @@ def _run_recipe(name: str, project: Path, dry_run: bool = False, name_as: str = 
 
     with _one_run(project, f"tutorloop recipe {name}"):
         return subprocess.run(dvc(*cmd[1:]), cwd=project, env=interpreter_env()).returncode
+
+
+def _say_leftovers(project: Path, overrides: dict) -> None:
+    """Warn (stderr) of params.yaml values an earlier experiment left that this one would inherit."""
+    from tutorloop.config.recipes import leftovers
+
+    left = leftovers(project, overrides)
+    for key, (now, committed) in left.items():
+        typer.echo(f"tutorloop: params.yaml {key}: {now!r} (committed: {committed!r}) is not set by this run "
+                   "and rides along", err=True)
+    if left:
+        typer.echo("tutorloop: (an earlier experiment applied it to the workspace; `git checkout params.yaml` "
+                   "starts from the committed values)", err=True)
 
 
 @app.command(rich_help_panel="Run the loop")
@@ -198,6 +212,7 @@ def seeds(recipe_name: str = typer.Argument(..., metavar="RECIPE", help="a recip
     from tutorloop.config import validate as validate_raw
 
     overrides, raw = recipe_params(recipe_name, project, sets)
+    _say_leftovers(project, overrides)
     params = validate_raw(apply_overrides(raw, overrides))
     if round_key not in params.rounds:
         bad_input(ValueError(f"--round {round_key!r}: not a round of recipe {recipe_name} ({sorted(params.rounds)})"))

@@ -26,17 +26,36 @@ def recipe_overrides(name: str) -> dict:
         known = sorted(p.stem for p in RECIPES.glob("*.yaml"))
         raise FileNotFoundError(f"no recipe {name!r} (known: {known})")
 
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in d.items():
-            key = f"{prefix}{k}"
-            out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
-        return out
-
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of params.yaml keys, got {type(data).__name__}", path=path)
     return flat(data)
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    """A nested mapping as dotted keys to leaf values."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def leftovers(project: Path, overrides: dict) -> dict:
+    """{dotted key: (workspace value, committed value)} where params.yaml differs from git HEAD's
+    and `overrides` sets nothing there. `dvc exp run` applies an experiment's values to the
+    workspace, so an earlier experiment's knob rides along into the next one unless reset: said
+    before the run. {} outside a git repository or without a committed params.yaml."""
+    import subprocess
+
+    got = subprocess.run(["git", "show", "HEAD:./params.yaml"], cwd=project, capture_output=True, text=True)
+    if got.returncode != 0:
+        return {}
+    committed, now = flat(yaml.safe_load(got.stdout) or {}), flat(read_yaml(project / "params.yaml") or {})
+    covered = tuple(overrides)
+    return {key: (now.get(key), committed.get(key)) for key in sorted(set(now) | set(committed))
+            if now.get(key) != committed.get(key)
+            and not any(key == c or key.startswith(c + ".") or c.startswith(key + ".") for c in covered)}
 
 
 def apply_overrides(raw: dict, overrides: dict) -> dict:
