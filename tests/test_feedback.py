@@ -296,3 +296,21 @@ def test_control_rows_are_the_teachers_repeated_to_the_rounds_count():
     assert got == control_rows(rows, 7, seed=1)                                # seeded
     assert any(control_rows(rows, 3, seed=s) != control_rows(rows, 3, seed=1) for s in range(2, 9))
     assert control_rows(rows, 0, seed=1) == [] and control_rows(rows[3:], 5, seed=1) == []
+
+
+def test_a_weighted_rounds_control_takes_as_many_rows_as_the_round(tmp_path):
+    """control@k trains on as many rows as its round: under `rft_weight: failures` that is the
+    weighted count, not rft.jsonl's."""
+    from tutorloop.config.schema import RftRound
+    from tutorloop.data.jsonl import write_jsonl
+    from tutorloop.data.preferences import build_rft
+    from tutorloop.train.preference import round_rows
+
+    probs = [problem("easy", "5"), problem("hard", "5")]
+    samples = [{"problem_id": p, "sample": i, "completion": c} for p, c in
+               [("easy", "#### 5"), ("easy", "#### 5"), ("hard", "#### 4"), ("hard", "#### 6")] for i in (0,)]
+    write_jsonl(tmp_path / "rft.jsonl", build_rft(probs, judge(probs, samples))[0])
+    uniform = RftRound(method="rft", learning_rate=1e-4, seed=1)
+    assert round_rows(tmp_path, uniform) == 3                                    # easy: own + teacher; hard: teacher
+    assert round_rows(tmp_path, uniform.model_copy(update={"rft_weight": "failures"})) == 2   # hard's teacher x 2
+    assert round_rows(tmp_path, uniform.model_copy(update={"rft_rows": "teacher"})) == 2

@@ -18,7 +18,7 @@ def test_seeds_dry_run_prints_one_experiment_per_seed_with_shifted_seeds():
     result = CliRunner().invoke(app, ["seeds", "quick", "--round", "1", "--seeds", "3", "--dry-run",
                                           "--project", str(ROOT)])
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()
     assert "p < 0.05" in lines[0] and "3 seeds" in lines[0]          # the rule, before the runs
     runs = [ln for ln in lines if ln.startswith("dvc exp run")]
     assert [r.split(" -n ")[1].split()[0] for r in runs] == ["quick-r1-seed0", "quick-r1-seed1", "quick-r1-seed2"]
@@ -74,15 +74,15 @@ def test_a_recipes_dry_run_prints_a_command_the_shell_runs_as_is():
 
     result = CliRunner().invoke(app, ["recipe", "asdiv", "--dry-run", "--project", str(ROOT)])
     assert result.exit_code == 0, result.output
-    args = shlex.split(result.output.strip())
+    args = shlex.split(result.stdout.strip())
     assert args[:3] == ["dvc", "exp", "run"]
     assert 'controls.1="0"' in args and "generate.seeds.path=../shared/data/asdiv/asdiv.jsonl" in args
 
 
 def test_each_seed_runs_on_params_yaml_as_the_seed_before_left_it(tmp_path, monkeypatch):
-    """DVC applies each experiment's values to the workspace, so a key the recipe adds with `+`
-    (the ASDiv recipe's controls.2) exists from the second seed on: it must be overridden then
-    (DVC refuses to append a key that is there), and every seed must still get the recipe's value."""
+    """DVC applies each experiment's values to the workspace, so a key the recipe adds (the ASDiv
+    recipe's controls.2) exists from the second seed on: a single `+key` (append) would be refused
+    then, `++key` (add or override) is not, and every seed must still get the recipe's value."""
     import shutil
     import subprocess
 
@@ -104,7 +104,7 @@ def test_each_seed_runs_on_params_yaml_as_the_seed_before_left_it(tmp_path, monk
             node = params
             for k in path:
                 node = node.setdefault(k, {})
-            assert not (key.startswith("+") and last in node), f"DVC: cannot append {key}: it exists"
+            assert not (key.startswith("+") and not key.startswith("++") and last in node), f"DVC: cannot append {key}"
             node[last] = yaml.safe_load(value)
         (cwd / "params.yaml").write_text(yaml.safe_dump(params))
         for target in (a for a in args if a.startswith("evaluate@")):
@@ -116,10 +116,15 @@ def test_each_seed_runs_on_params_yaml_as_the_seed_before_left_it(tmp_path, monk
     result = CliRunner().invoke(app, ["seeds", "asdiv", "--round", "2", "--seeds", "3", "--project", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert len(sets) == 3
-    assert any(p.startswith("+controls.2=") for p in sets[0])
+    assert any(p.startswith("++controls.2=") for p in sets[0])
     for later in sets[1:]:
         assert not any(p.startswith("+") for p in later) and 'controls.2="1"' in later
     assert yaml.safe_load((tmp_path / "params.yaml").read_text())["controls"] == {"1": "0", "2": "1"}
+    # a dry run applies nothing, so every printed command must run pasted in order: no single `+`
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    dry = CliRunner().invoke(app, ["seeds", "asdiv", "--round", "2", "--dry-run", "--project", str(tmp_path)])
+    printed = [a for ln in dry.stdout.splitlines() if ln.startswith("dvc exp run") for a in ln.split()]
+    assert "'++controls.2=\"1\"'" in printed and not [a for a in printed if a.startswith(("+c", "'+c"))]
 
 
 def test_a_knob_an_earlier_experiment_left_in_params_yaml_is_named_before_the_run(tmp_path):
@@ -145,3 +150,26 @@ def test_a_knob_an_earlier_experiment_left_in_params_yaml_is_named_before_the_ru
         assert result.exit_code == 0, result.output
         said = [ln for ln in result.stderr.splitlines() if "rides along" in ln]
         assert said == ["tutorloop: params.yaml evaluate.limit: 7 (committed: 0) is not set by this run and rides along"], said
+
+
+
+def test_seeds_count_from_the_committed_seeds_not_those_an_earlier_seeds_run_left(tmp_path):
+    """An earlier `seeds` run leaves its last seed (2001) applied in params.yaml: the next arm must
+    still run the recipe's own seed, +1000, +2000, and not call its own seed keys leftovers."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    for cmd in (["init", "-q"], ["add", "params.yaml"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "p"]):
+        subprocess.run(["git", *cmd], cwd=tmp_path, check=True)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["rounds"]["1"]["practice"]["seed"] = params["rounds"]["1"]["preference"]["seed"] = 2001
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = CliRunner().invoke(app, ["seeds", "quick", "--dry-run", "--project", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    runs = [ln for ln in result.stdout.splitlines() if ln.startswith("dvc exp run")]
+    for i, run in enumerate(runs):
+        assert f"rounds.1.practice.seed={1 + 1000 * i}" in run and f"rounds.1.preference.seed={1 + 1000 * i}" in run
+    assert "rides along" not in result.stderr

@@ -48,17 +48,21 @@ def _run_recipe(name: str, project: Path, dry_run: bool = False, name_as: str = 
         return subprocess.run(dvc(*cmd[1:]), cwd=project, env=interpreter_env()).returncode
 
 
-def _say_leftovers(project: Path, overrides: dict) -> None:
-    """Warn (stderr) of params.yaml values an earlier experiment left that this one would inherit."""
+def _say_leftovers(project: Path, overrides: dict, also_set: tuple[str, ...] = ()) -> dict:
+    """Warn (stderr) of params.yaml values that differ from git HEAD's and that this run would
+    inherit (an earlier experiment applied them, or an uncommitted edit); `also_set`: keys the run
+    sets itself. Returns every such difference, {key: (workspace value, committed value)}."""
     from tutorloop.config.recipes import leftovers
 
     left = leftovers(project, overrides)
-    for key, (now, committed) in left.items():
+    said = {k: v for k, v in left.items() if k not in also_set}
+    for key, (now, committed) in said.items():
         typer.echo(f"tutorloop: params.yaml {key}: {now!r} (committed: {committed!r}) is not set by this run "
                    "and rides along", err=True)
-    if left:
-        typer.echo("tutorloop: (an earlier experiment applied it to the workspace; `git checkout params.yaml` "
-                   "starts from the committed values)", err=True)
+    if said:
+        typer.echo("tutorloop: (an earlier experiment applied it to the workspace, or an uncommitted edit; "
+                   "`git checkout params.yaml` starts from the committed values)", err=True)
+    return left
 
 
 @app.command(rich_help_panel="Run the loop")
@@ -212,7 +216,8 @@ def seeds(recipe_name: str = typer.Argument(..., metavar="RECIPE", help="a recip
     from tutorloop.config import validate as validate_raw
 
     overrides, raw = recipe_params(recipe_name, project, sets)
-    _say_leftovers(project, overrides)
+    seed_keys = (f"rounds.{round_key}.practice.seed", f"rounds.{round_key}.preference.seed")
+    left = _say_leftovers(project, overrides, also_set=seed_keys)
     params = validate_raw(apply_overrides(raw, overrides))
     if round_key not in params.rounds:
         bad_input(ValueError(f"--round {round_key!r}: not a round of recipe {recipe_name} ({sorted(params.rounds)})"))
@@ -220,14 +225,15 @@ def seeds(recipe_name: str = typer.Argument(..., metavar="RECIPE", help="a recip
     checkpoints = [rnd.prev, round_key] + ([f"control-{round_key}"] if round_key in params.controls else []) \
         + (["0"] if rnd.prev != "0" else [])   # a later round is held against SFT too
     out = project / "extra" / "seeds" / name
+    # the seeds count from the committed ones, not from those an earlier seeds run left applied
+    base = [left[k][1] if left.get(k, (None, None))[1] is not None else own
+            for k, own in zip(seed_keys, (rnd.practice.seed, rnd.preference.seed))]
     typer.echo(f"decision rule (fixed before the runs): round {round_key} beats a baseline when the pooled "
                f"one-sided sign test over problems gives p < 0.05 ({n} seeds)")
     with nullcontext() if dry_run else _one_run(project, f"tutorloop seeds {recipe_name}"):
         for i in range(n):
-            shifted = {f"rounds.{round_key}.practice.seed": rnd.practice.seed + SEED_STEP * i,
-                       f"rounds.{round_key}.preference.seed": rnd.preference.seed + SEED_STEP * i}
-            # params.yaml as it is now: DVC applied the last seed's values to the workspace, so a key
-            # the recipe added then (`+controls.2`) is overridden now, not appended a second time
+            shifted = {key: seed + SEED_STEP * i for key, seed in zip(seed_keys, base)}
+            # params.yaml as it is now: DVC applied the last seed's values to the workspace
             over, now = recipe_params(recipe_name, project, sets, shifted)
             cmd = exp_command(f"{name}-seed{i}", over, now, tuple(f"evaluate@{c}" for c in checkpoints))
             typer.echo(shlex.join(cmd))

@@ -113,8 +113,9 @@ def exp_command(name: str, overrides: dict, raw: dict, targets: tuple[str, ...] 
     """`dvc exp run -n NAME -S key=value ... [targets]` for overrides on params.yaml's `raw`."""
     cmd = ["dvc", "exp", "run", "-n", name]
     for key, value in overrides.items():
-        # DVC's Hydra-style -S only overrides keys params.yaml has; a new one needs `+key=`.
-        key = key if has_key(raw, key) else "+" + key
+        # DVC's Hydra-style -S only overrides keys params.yaml has; a new one needs `++key=` (add or
+        # override: a single `+` fails once an earlier experiment has applied the key to the workspace)
+        key = key if has_key(raw, key) else "++" + key
         # JSON keeps '' and booleans intact through DVC's parser, and quotes a string YAML would
         # read as something else (a checkpoint key "0" must not become the integer 0)
         cmd += ["-S", f"{key}={value if _plain(value) else json.dumps(value)}"]

@@ -249,7 +249,7 @@ class RftRound(MethodRound):
     method: Literal["rft"] = Field(description="rft: fine-tune on the student's distinct strictly correct solutions mixed with the teacher's (rft.jsonl)")
     start: Literal["prev", "sft"] = Field("prev", description="fine-tune from the previous round's model (prev) or, as ReST-EM does, from the SFT model every round (sft)")
     rft_rows: Literal["both", "student", "teacher"] = Field("both", description="what the round trains on from rft.jsonl: both = the student's distinct correct solutions and the teacher's; student = the student's alone (RFT as published); teacher = the teacher's alone (the control: a second pass over the teacher's solutions, no student signal)")
-    rft_weight: Literal["uniform", "failures"] = Field("uniform", description="how the judge weighs those rows: uniform = each once; failures = a problem's teacher solution once per sample judged wrong (its student solutions once), problems solved in every sample dropped, so the round trains where practice found errors (its control stays uniform over the same problems)")
+    rft_weight: Literal["uniform", "failures"] = Field("uniform", description="how the judge weighs those rows: uniform = each once; failures = a problem's teacher solution once per sample judged wrong (its student solutions once), problems solved in every sample dropped, so the round trains where practice found errors (its control stays uniform over all the round's problems, the always-solved included)")
 
 
 METHOD_ROUNDS: dict[str, type[MethodRound]] = {"dpo": DpoRound, "kto": KtoRound, "rft": RftRound}

@@ -167,7 +167,8 @@ def weigh_rft(rows: list[dict], weight: str) -> list[dict]:
     uniform = each row once; failures = a problem's teacher solution once per sample the judge
     marked wrong and its student solutions once, problems the student always solved dropped — the
     round spends its updates where practice found errors, which a teacher-only control (uniform
-    over the same problems) cannot know. Pure: the same rows give the same list, in order."""
+    over all the round's problems) cannot know; a problem with no samples counts as never wrong.
+    Pure: the same rows give the same list, in order."""
     if weight == "uniform":
         return rows
     teacher = [r for r in rows if r["source"] == "teacher"]

@@ -100,11 +100,11 @@ def trainer_and_data(params: Params, round_key: str, round_dir: Path, common: di
 
         from tutorloop.train.sft import make_sft_trainer_class, to_conversations
 
-        rows = select_rft(weigh_rft(read_jsonl(round_dir / "rft.jsonl", required=("question", "solution", "source")),
-                                    rcfg.rft_weight), rcfg.rft_rows)
+        rows = rft_rows(round_dir, rcfg)
         if not rows:
-            raise ConfigError(f"rounds.{round_key}.preference.rft_rows: {rcfg.rft_rows!r} -> {round_dir / 'rft.jsonl'} "
-                              "has no such rows (no strictly correct student solution this round?)")
+            raise ConfigError(f"rounds.{round_key}.preference.rft_rows: {rcfg.rft_rows!r} (rft_weight: {rcfg.rft_weight!r}) "
+                              f"-> {round_dir / 'rft.jsonl'} has no such rows (no strictly correct student solution "
+                              "this round, or under failures no sample judged wrong?)")
         student = sum(r["source"] == "student" for r in rows)
         return (make_sft_trainer_class(device), SFTConfig(**common, completion_only_loss=True),
                 to_conversations(rows, params.prompt),
@@ -128,18 +128,26 @@ def trainer_and_data(params: Params, round_key: str, round_dir: Path, common: di
              "undesirable_weight": uw, "rows": len(rows)})
 
 
-def round_rows(round_dir: Path, method: str, rft_rows: str, rft_weight: str = "uniform") -> int:
-    """How many rows a round trains on: its RFT rows, DPO pairs or KTO rows (the control's count)."""
-    if method == "rft":
-        return len(select_rft(weigh_rft(read_jsonl(round_dir / "rft.jsonl", required=("source",)), rft_weight),
-                              rft_rows))
-    return len(read_jsonl(round_dir / ("pairs.jsonl" if method == "dpo" else "unpaired.jsonl")))
+def rft_rows(round_dir: Path, rcfg) -> list[dict]:
+    """The rft.jsonl rows an RFT round trains on: weighed by the judge, then selected by source."""
+    rows = read_jsonl(round_dir / "rft.jsonl", required=("question", "solution", "source"))
+    return select_rft(weigh_rft(rows, rcfg.rft_weight), rcfg.rft_rows)
+
+
+def round_rows(round_dir: Path, rcfg) -> int:
+    """How many rows the round `rcfg` (its preference config) trains on: its RFT rows as it selects
+    and weighs them, DPO pairs or KTO rows — the control's count."""
+    if rcfg.method == "rft":
+        return len(rft_rows(round_dir, rcfg))
+    return len(read_jsonl(round_dir / ("pairs.jsonl" if rcfg.method == "dpo" else "unpaired.jsonl")))
 
 
 def _control_data(params: Params, round_key: str, round_dir: Path, common: dict, device):
     """control@k's trainer and rows: the SFT trainer (completion-only loss) on the teacher's
     solutions of the round's problems, as many rows as the round trains on (`control_rows`). For
-    an RFT round that is the round without the student's solutions; a DPO/KTO round has no
+    an RFT round that is the round without the student's solutions (and, under `rft_weight:
+    failures`, without the judge's weights: uniform over all the round's problems, the
+    always-solved included); a DPO/KTO round has no
     objective without the student's negatives, so its control is the supervised pass on the
     teacher's solutions with the round's rows, step, batch and updates."""
     from trl import SFTConfig
@@ -147,7 +155,7 @@ def _control_data(params: Params, round_key: str, round_dir: Path, common: dict,
     from tutorloop.train.sft import make_sft_trainer_class, to_conversations
 
     rcfg = params.rounds[round_key].preference
-    n = round_rows(round_dir, rcfg.method, getattr(rcfg, "rft_rows", "both"), getattr(rcfg, "rft_weight", "uniform"))
+    n = round_rows(round_dir, rcfg)
     rows = control_rows(read_jsonl(round_dir / "rft.jsonl", required=("question", "solution", "source")), n,
                         rcfg.seed)
     if not rows:
