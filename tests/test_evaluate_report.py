@@ -5,6 +5,7 @@ import json
 import pytest
 
 from components import evaluate
+from tests.conftest import ROOT
 from tutorloop.data.jsonl import read_jsonl
 from tutorloop.eval import report, scoring
 from tutorloop.modeling import chat_prompts, load
@@ -106,6 +107,27 @@ def test_each_round_says_what_it_trained_on(tmp_path):
     assert result.exit_code == 0, result.output
     assert "149 rft rows (49 own)" in result.output and "96 kto rows" in result.output
     assert "48 pairs" in result.output and "24 pairs" not in result.output
+
+
+def test_demo_and_run_end_with_the_report(tmp_path, monkeypatch):
+    """`make demo` and `tutorloop run` print the table when the loop is done: both called the Typer
+    command as a function, whose unfilled options (truthy OptionInfo objects) sent it down the
+    --save path, so every demo crashed after its last stage. The loop itself is stubbed here."""
+    from typer.testing import CliRunner
+
+    from tutorloop.cli import app
+    from tutorloop.cli import loop
+
+    write_metrics(tmp_path, "base", 0.01)
+    write_metrics(tmp_path, "0", 0.425)
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    monkeypatch.setattr(loop, "doctor", lambda project: None)
+    monkeypatch.setattr(loop, "_run_recipe", lambda name, project, **kw: 0)
+    monkeypatch.setattr(loop, "_run_flows", lambda *a, **kw: [{"stage": "sft", "ran": True}])
+    for args in (["demo", "--size", "quick"], ["run"]):
+        result = CliRunner().invoke(app, [*args, "--project", str(tmp_path)], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (args, result.output, result.exception)
+        assert "round 0 (SFT)" in result.output and "42.5%" in result.output
 
 
 def test_cli_report_prints_the_table(tmp_path):

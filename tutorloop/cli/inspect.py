@@ -76,6 +76,13 @@ def report(project: Path = typer.Option(Path("."), help="project root"),
 
     `--save NAME` files the run's figures under docs/results/ for `tutorloop docs --write` to paste
     into README.md and docs/ (after `dvc exp apply EXP` for an experiment's)."""
+    show_report(project, markdown=markdown, save=save, source=source, command=command, commit=commit)
+
+
+def show_report(project: Path, markdown: bool = False, save: str = "", source: Optional[Path] = None,
+                command: str = "tutorloop run", commit: str = "") -> None:
+    """`tutorloop report` as a plain function: what `run` and `demo` call when they end (calling the
+    Typer command itself would pass its unfilled options, truthy OptionInfo objects, as values)."""
     from tutorloop.eval import results
     from tutorloop.eval.report import rows, stage_minutes, table, write_report
 

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from tutorloop.cli.common import app, bad_input, check_or_write, console, recipe_params, validate_project
-from tutorloop.cli.inspect import doctor, report
+from tutorloop.cli.inspect import doctor, show_report
 from tutorloop.config.recipes import apply_overrides, exp_command
 
 @app.command(rich_help_panel="Run the loop")
@@ -98,7 +98,7 @@ def run(project: Path = typer.Option(Path("."), help="project root"),
         results = _run_flows(project, params, round, push)
     ran = [r["stage"] for r in results if r["ran"]]
     typer.echo(f"stages run: {len(ran)} of {len(results)} ({', '.join(ran) or 'all up to date'})")
-    report(project)
+    show_report(project)
 
 
 def _run_flows(project: Path, params, round: Optional[str], push: bool) -> list[dict]:
@@ -186,7 +186,7 @@ def demo(project: Path = typer.Option(Path("."), help="project root"),
     code = _run_recipe("quick", project)
     if code != 0:
         raise typer.Exit(code)
-    report(project)
+    show_report(project)
 
 
 SEED_STEP = 1000   # seed i of an arm adds i x this to the round's practice and training seeds
