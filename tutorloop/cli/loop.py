@@ -226,8 +226,8 @@ def seeds(recipe_name: str = typer.Argument(..., metavar="RECIPE", help="a recip
         + (["0"] if rnd.prev != "0" else [])   # a later round is held against SFT too
     out = project / "extra" / "seeds" / name
     # the seeds count from the committed ones, not from those an earlier seeds run left applied
-    base = [left[k][1] if left.get(k, (None, None))[1] is not None else own
-            for k, own in zip(seed_keys, (rnd.practice.seed, rnd.preference.seed))]
+    committed = [left.get(k, (None, None))[1] for k in seed_keys]
+    base = [own if c is None else c for c, own in zip(committed, (rnd.practice.seed, rnd.preference.seed))]
     typer.echo(f"decision rule (fixed before the runs): round {round_key} beats a baseline when the pooled "
                f"one-sided sign test over problems gives p < 0.05 ({n} seeds)")
     with nullcontext() if dry_run else _one_run(project, f"tutorloop seeds {recipe_name}"):
